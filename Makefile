@@ -1,0 +1,63 @@
+# mobileo-deploy: set-up, tests, parity and benchmarks.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST  := $(PY) -m pytest
+SWIFT_PKG := ios_bridge/swift
+# torch and torchvision must come from the same build (PyPI's); a machine-wide pip
+# find-links with other torch wheels would mix builds, so it is switched off here.
+export PIP_FIND_LINKS :=
+# MLX's Linux wheel bundles the reference BLAS; Debian's OpenBLAS is ~14x faster.
+OPENBLAS := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3)
+export LD_PRELOAD := $(firstword $(OPENBLAS))
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup system-packages test test-python swift-test parity parity-full convert-full \
+        full-checkpoint demo bench clean
+
+setup: system-packages $(VENV)/.installed
+
+system-packages:
+	@if [ "$$(uname)" = Linux ] && command -v apt-get >/dev/null && ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libopenblas0-pthread; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[convert,dev]"
+	touch $@
+
+test: test-python swift-test
+
+test-python:
+	$(PYTEST) -q
+
+swift-test:
+	@if command -v swift >/dev/null; then \
+	  cd $(SWIFT_PKG) && swift build && swift test; \
+	else echo "swift-test: no Swift toolchain on this machine, skipped"; fi
+
+# component-by-component and end-to-end parity report (tiny + reduced full-width configs)
+parity:
+	$(PY) -m tests.parity_report
+
+# the same at the real sizes; writes a full-size random checkpoint first
+parity-full: full-checkpoint
+	MOBILEO_FULL_CHECKPOINT=checkpoints/full $(PYTEST) -q -m full
+
+full-checkpoint: checkpoints/full/model.safetensors.index.json
+checkpoints/full/model.safetensors.index.json:
+	$(PY) -m weights.synthetic checkpoints/full --preset full
+
+convert-full: full-checkpoint
+	$(PY) -m coreml_convert --model checkpoints/full --out build/full
+
+demo:
+	$(PY) -m mlx_model.generate "a red cup" --model demo
+
+bench: full-checkpoint
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf build $(SWIFT_PKG)/.build

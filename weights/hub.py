@@ -1,0 +1,76 @@
+"""``--model`` resolution: a hub id, a local folder, or ``demo``.
+
+Hub ids go through ``huggingface_hub`` (progress bars, cache reuse, only the files we
+need).  When the hub is unreachable and nothing is cached, one line says what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelNotFoundError
+
+DEMO = "demo"
+
+
+@dataclass(frozen=True)
+class HubModel:
+    repo_id: str
+    subfolder: str | None = None  # where config.json and the safetensors live in the repo
+    revision: str | None = None
+
+
+KNOWN_MODELS = {
+    "Amshaker/Mobile-O-0.5B": HubModel("Amshaker/Mobile-O-0.5B", "final_merged_model_23620"),
+    "Amshaker/Mobile-O-1.5B": HubModel("Amshaker/Mobile-O-1.5B"),
+}
+DEFAULT_MODEL = "Amshaker/Mobile-O-0.5B"
+ALLOW_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.tiktoken", "tokenizer*")
+
+
+def _patterns(sub: str | None) -> list[str]:
+    return [f"{sub}/{p}" if sub else p for p in ALLOW_PATTERNS] + (
+        [f"{sub}/*/*.json"] if sub else ["*/*.json"])
+
+
+def resolve_model(model: str, *, revision: str | None = None, offline: bool | None = None) -> Path:
+    """Local folder holding config.json + safetensors for ``model``."""
+    if model == DEMO:
+        from .synthetic import demo_path
+
+        return demo_path()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") != 1
+    if looks_local:
+        raise ModelNotFoundError(f"model folder {model} does not exist.",
+                                 fix=f"pass an existing folder, a hub id such as {DEFAULT_MODEL}, or 'demo'.")
+    spec = KNOWN_MODELS.get(model, HubModel(model))
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - base dependency
+        raise ModelNotFoundError("huggingface_hub is not installed.", fix="pip install huggingface-hub") from None
+    try:
+        root = snapshot_download(spec.repo_id, revision=revision or spec.revision,
+                                 allow_patterns=_patterns(spec.subfolder),
+                                 local_files_only=bool(offline))
+    except Exception as e:  # network errors, missing repo, gated repo, offline and not cached
+        kind = type(e).__name__
+        raise ModelNotFoundError(
+            f"cannot get {model} from the Hugging Face hub ({kind}) and it is not in the local cache.",
+            fix="connect to the internet or log in (huggingface-cli login), pass a local folder "
+            "with --model /path/to/model, or try the pipeline with --model demo.") from None
+    folder = Path(root) / spec.subfolder if spec.subfolder else Path(root)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"{model} has no folder {spec.subfolder!r}.",
+                                 fix="pass the folder that holds config.json with --model.")
+    return folder
+
+
+def open_model(model: str, **kw):
+    """Resolve ``model`` and open its checkpoint."""
+    from .checkpoint import Checkpoint
+
+    return Checkpoint.open(resolve_model(model, **kw))
