@@ -1,18 +1,19 @@
-# mobileo-deploy: set-up, tests, parity and benchmarks.
+# mobileo-deploy: set-up, tests and parity reports.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST  := $(PY) -m pytest
 SWIFT_PKG := ios_bridge/swift
-# torch and torchvision must come from the same build (PyPI's); a machine-wide pip
-# find-links with other torch wheels would mix builds, so it is switched off here.
-export PIP_FIND_LINKS :=
+# torch and torchvision must come from the same build (PyPI's): a machine-wide pip config
+# or find-links pointing at other torch wheels would mix builds, so both are ignored here.
+unexport PIP_FIND_LINKS
+export PIP_CONFIG_FILE := /dev/null
 # MLX's Linux wheel bundles the reference BLAS; Debian's OpenBLAS is ~14x faster.
 OPENBLAS := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3)
 export LD_PRELOAD := $(firstword $(OPENBLAS))
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup system-packages test test-python swift-test parity parity-full convert-full \
-        full-checkpoint demo bench clean
+        full-checkpoint demo clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -26,6 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[convert,dev]"
+	$(PY) -c "import mlx.core, mlx_lm, torch, torchvision, timm, diffusers, transformers, coremltools" \
+	  || { echo "setup: the environment is broken (see above); remove $(VENV) and rerun make setup"; exit 1; }
 	touch $@
 
 test: test-python swift-test
@@ -33,18 +36,22 @@ test: test-python swift-test
 test-python:
 	$(PYTEST) -q
 
+# golden vectors (sampler, real-Qwen tokenizer ids, manifest, fake-runner pipeline) are
+# written by Python into the gitignored $(GOLDEN) and checked by `swift test`
+GOLDEN := build/golden
 swift-test:
 	@if command -v swift >/dev/null; then \
-	  cd $(SWIFT_PKG) && swift build && swift test; \
+	  $(PY) -m ios_bridge.golden $(GOLDEN) && \
+	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test; \
 	else echo "swift-test: no Swift toolchain on this machine, skipped"; fi
 
 # component-by-component and end-to-end parity report (tiny + reduced full-width configs)
 parity:
-	$(PY) -m tests.parity_report
+	$(PYTEST) -q
 
 # the same at the real sizes; writes a full-size random checkpoint first
 parity-full: full-checkpoint
-	MOBILEO_FULL_CHECKPOINT=checkpoints/full $(PYTEST) -q -m full
+	MOBILEO_FULL_CHECKPOINT=checkpoints/full $(PYTEST) -q -m full -o addopts=""
 
 full-checkpoint: checkpoints/full/model.safetensors.index.json
 checkpoints/full/model.safetensors.index.json:
@@ -55,9 +62,6 @@ convert-full: full-checkpoint
 
 demo:
 	$(PY) -m mlx_model.generate "a red cup" --model demo
-
-bench: full-checkpoint
-	$(PY) -m tests.bench
 
 clean:
 	rm -rf build $(SWIFT_PKG)/.build

@@ -32,3 +32,43 @@ def full_ckpt():
     from weights.checkpoint import Checkpoint
 
     return Checkpoint.open(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Parity report: tests record what they measured; `make parity` prints the table and
+# writes build/parity.json.  Recording never replaces the test's own assertion.
+
+_PARITY: list[dict] = []
+
+
+@pytest.fixture()
+def parity(request):
+    """parity(component, runtime, metric, value, limit, passed) -> value."""
+
+    def record(component, runtime, metric, value, limit, passed=None):
+        higher_is_better = metric.lower().startswith("psnr")
+        if passed is None:
+            passed = value >= limit if higher_is_better else value <= limit
+        _PARITY.append(dict(test=request.node.nodeid, component=component, runtime=runtime,
+                            metric=metric, value=float(value), limit=float(limit), passed=bool(passed)))
+        return value
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _PARITY:
+        return
+    import json
+
+    tr = terminalreporter
+    tr.section("parity vs upstream references")
+    tr.write_line(f"{'component':<16}{'runtime':<22}{'metric':<22}{'value':>12}{'limit':>12}  result")
+    for r in _PARITY:
+        v = "inf" if r["value"] == float("inf") else f"{r['value']:.3g}"
+        tr.write_line(f"{r['component']:<16}{r['runtime']:<22}{r['metric']:<22}{v:>12}"
+                      f"{r['limit']:>12.3g}  {'PASS' if r['passed'] else 'FAIL'}")
+    out = ROOT / "build" / "parity.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(_PARITY, indent=1))
+    tr.write_line(f"{sum(r['passed'] for r in _PARITY)}/{len(_PARITY)} checks passed; written to {out}")

@@ -37,7 +37,7 @@ from .tokenizer import byte_vocab, qwen_tiktoken_path, tiktoken_vocab, write_tok
 
 Layout = dict[str, dict[str, tuple[int, ...]]]  # component -> local key -> shape
 DATA = Path(__file__).parent / "data"
-FORMAT_VERSION = 1  # bump when the synthetic values or layout change (invalidates the demo cache)
+FORMAT_VERSION = 2  # bump when the synthetic values or layout change (invalidates the demo cache)
 TINY_VOCAB = 256 + len(SPECIAL_TOKENS)
 FULL_VOCAB = 151643 + len(SPECIAL_TOKENS)  # Qwen2 BPE ranks + 3 Qwen2 + 3 Mobile-O tokens
 

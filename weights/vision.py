@@ -23,7 +23,7 @@ _SEGMENT = [
     ("layer_scale_1", "layer_scale_1.gamma"),
     ("layer_scale_2", "layer_scale_2.gamma"),
     ("convffn", "mlp"),
-    ("lkb_reparam", "reparam_conv"),
+    ("proj.0.lkb_reparam", "proj.0.reparam_conv"),  # only the downsample large-kernel conv
     ("se.reduce", "se.fc1"),
     ("se.expand", "se.fc2"),
 ]
@@ -90,3 +90,23 @@ def to_timm_state(apple: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def timm_shape_to_apple(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(shape)) if key == "head.fc.weight" else tuple(shape)
+
+
+# ------------------------------------------------------------------ MLX layout
+# The MLX modules (mlx_model/vision.py, mlx_model/projector.py) use the checkpoint's
+# Apple names as parameter paths, so these transforms change layouts only, never keys.
+
+
+def mlx_vision(key: str, value: np.ndarray) -> np.ndarray:
+    """Per-tensor transform for MLX (NHWC): convs OIHW -> OHWI, layer scales [C,1,1] -> [C]."""
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf.startswith("layer_scale"):
+        return value.reshape(value.shape[0])
+    if value.ndim == 4:
+        return value.transpose(0, 2, 3, 1)
+    return value  # linears (qkv, proj) are [out, in] in both; norms, biases, head.proj
+
+
+def mlx_projector(key: str, value: np.ndarray) -> np.ndarray:
+    """mlp2x_gelu Linear weights are [out, in] in torch and MLX alike."""
+    return value
