@@ -1,0 +1,96 @@
+"""``python -m mlx_model.generate "a red cup"``: a Mobile-O image with MLX only (no torch).
+
+Python use, same options:
+
+    from mlx_model.generate import generate
+    paths = generate("a red cup", model="demo", steps=20, seed=0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from weights.errors import run_cli
+
+from . import cli_common as cc
+
+__all__ = ["generate", "main"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlx_model.generate",
+                                description="Make an image from a prompt with Mobile-O in MLX.")
+    p.add_argument("prompt", help="what to draw")
+    cc.add_model_options(p)
+    cc.add_sampling_options(p)
+    cc.add_output_options(p)
+    return p
+
+
+def generate(prompt: str, *, model: str = "demo", revision: str | None = None, quantize: int = 4,
+             dtype: str | None = None, steps: int = 20, guidance: float = 1.5, seed: int | None = None,
+             n_images: int = 1, latents=None, scheduler: str = "dpm", output: str | Path = "image.png",
+             metadata: bool = False, verbose: bool = False, progress: bool = False, pipeline=None,
+             log=None) -> list[Path]:
+    """Make ``n_images`` images and save them as PNGs; returns the paths written.
+
+    ``latents``: an array or a .npy path of shape (n_images, C, h, w).  ``pipeline``: reuse a
+    loaded :class:`~mlx_model.pipeline.GenerationPipeline` (``model``/``quantize``/``dtype`` ignored).
+    """
+    from .pipeline import GenerationPipeline, load_latents
+
+    log = log or (lambda msg: print(msg, flush=True))
+
+    if not prompt or not prompt.strip():  # fail before loading anything
+        from .tokenizer import PromptError
+
+        raise PromptError("the prompt is empty.", fix="pass a non-empty prompt, e.g. \"a red cup\".")
+    if isinstance(latents, (str, Path)):
+        latents_file, latents = str(latents), load_latents(latents)
+    else:
+        latents_file = None
+    if pipeline is None:
+        pipeline = GenerationPipeline.from_pretrained(model, quantize=quantize, dtype=cc.dtype_of(dtype),
+                                                      revision=revision)
+    if verbose:
+        c = pipeline.config
+        log(f"model: {pipeline.source} ({c.diffusion_name_or_path}); quantize: {pipeline.quantize or 'float'}; "
+            f"dtype: {cc.dtype_name(pipeline.dtype)}; image {c.image_size}x{c.image_size}, latents {list(c.latent_shape)}")
+    bar = cc.StepProgress(steps, enabled=progress)
+    with bar:
+        out = pipeline.generate(prompt, steps=steps, guidance=guidance, seed=seed, n_images=n_images,
+                                latents=latents, scheduler=scheduler, progress=bar.update)
+    if verbose:
+        log(f"prompt: {out.prompt_tokens} tokens; seed: {out.seed}")
+    paths = cc.output_paths(output, n_images)
+    for i, (img, path) in enumerate(zip(out.images, paths)):
+        meta = {"prompt": prompt, "model": model, "revision": revision, "steps": steps, "guidance": guidance,
+                "seed": None if out.seed is None else out.seed + i, "n_images": n_images, "index": i, "scheduler": scheduler,
+                "quantize": pipeline.quantize, "dtype": cc.dtype_name(pipeline.dtype),
+                "latents": latents_file, "size": list(img.shape[:2]), "generator": "mobileo-deploy mlx_model"}
+        cc.save_png(img, path, meta, write_json=metadata)
+        log(f"saved {path}")
+    timings = {"load": pipeline.load_seconds, **out.timings}
+    peaks = {"load": pipeline.load_peak_memory, **out.peak_memory}
+    if verbose:
+        log("peak memory by phase: " + ", ".join(f"{k} {cc.format_bytes(v)}" for k, v in peaks.items()))
+    log(cc.closing_line(timings, peaks, steps))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .platform import use_openblas
+
+    if argv is None:
+        use_openblas()
+    a = parser().parse_args(argv)
+    run_cli(lambda: generate(a.prompt, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
+                             steps=a.steps, guidance=a.guidance, seed=a.seed, n_images=a.n_images,
+                             latents=a.latents, scheduler=a.scheduler, output=a.output,
+                             metadata=a.metadata, verbose=a.verbose, progress=sys.stderr.isatty() or a.verbose))
+
+
+if __name__ == "__main__":
+    main()

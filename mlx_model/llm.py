@@ -1,0 +1,149 @@
+"""Qwen2 through mlx-lm's own model (``mlx_lm.models.qwen2``), weights from :mod:`weights`.
+
+Mobile-O conditions the DiT on the last ``vlm_num_layers`` hidden states of the LLM, in
+transformers' ``output_hidden_states`` convention: entry 0 is the input embeddings, entry i
+the output of layer i-1, and the LAST entry is the final-RMSNorm output of the last layer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def _light_mlx_lm() -> None:
+    """Let ``mlx_lm.models.*`` import without running ``mlx_lm/__init__.py``.
+
+    That ``__init__`` imports mlx-lm's converter and loader, which import transformers (and
+    with it torch, when installed): seconds of start-up and a torch import the MLX path must
+    not have.  The model files themselves need only MLX.  The package is registered unexecuted
+    and runs its real ``__init__`` the first time anyone reads an attribute from it
+    (``mlx_lm.load`` etc. keep working).
+    """
+    if "mlx_lm" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is None or spec.loader is None:
+        return
+    pkg = importlib.util.module_from_spec(spec)
+
+    class _Deferred(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__") and name not in ("__all__", "__version__"):
+                raise AttributeError(name)  # import-machinery probes must not run __init__
+            self.__class__ = types.ModuleType
+            spec.loader.exec_module(self)
+            return getattr(self, name)
+
+    pkg.__class__ = _Deferred
+    sys.modules["mlx_lm"] = pkg
+
+
+_light_mlx_lm()
+
+from mlx_lm.models.base import create_attention_mask  # noqa: E402
+from mlx_lm.models.qwen2 import Model, ModelArgs  # noqa: E402
+
+from weights.mlx_map import load_component
+
+from .tokenizer import Tokenizer
+
+
+def quantize_linears(module: nn.Module, bits: int | None, group_size: int = 64,
+                     dequantize: bool | None = None) -> nn.Module:
+    """Affine ``bits``-bit quantization of the Linear layers whose input dim is a multiple of
+    ``group_size`` (the others stay float).  ``bits`` None or 0: unchanged.
+
+    ``dequantize`` (default: when Metal is unavailable) turns the quantized layers back into
+    float Linear layers holding the *dequantized* 4/8-bit values: the numbers of the quantized
+    model, computed with float matmuls.  On CPU, MLX's quantized matmul is ~40x slower than an
+    OpenBLAS fp32 matmul for prompt-sized inputs (5760x1152 weight, 512 rows: 10.6 s vs 0.24 s).
+    """
+    if not bits:
+        return module
+    nn.quantize(module, group_size=group_size, bits=bits,
+                class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0)
+    if dequantize is None:
+        from .platform import metal_available
+
+        dequantize = not metal_available()
+    if dequantize:
+        dequantize_linears(module)
+    return module
+
+
+def dequantize_linears(module: nn.Module) -> nn.Module:
+    """Replace every QuantizedLinear by a Linear with its dequantized weight (same values)."""
+    from mlx.utils import tree_map_with_path
+
+    def swap(_, m):
+        if not isinstance(m, nn.QuantizedLinear):
+            return m
+        w = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits, mode=m.mode)
+        lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+        lin.weight = w.astype(m.scales.dtype)
+        if "bias" in m:
+            lin.bias = m.bias
+        return lin
+
+    module.update_modules(tree_map_with_path(swap, module.leaf_modules(), is_leaf=nn.Module.is_module))
+    return module
+
+
+def cast(module: nn.Module, dtype) -> nn.Module:
+    """Cast the floating-point parameters (not quantized weights) to ``dtype``."""
+    if dtype is not None and dtype != mx.float32:
+        module.apply(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x)
+    return module
+
+
+class LanguageModel:
+    def __init__(self, model: Model, tokenizer: Tokenizer | None, config):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = 64,
+                        dtype=mx.float32, dequantize: bool | None = None) -> "LanguageModel":
+        """``dequantize``: see :func:`quantize_linears` (default: on CPU only)."""
+        cfg = ckpt.config.llm
+        model = Model(ModelArgs.from_dict(cfg.to_hf_dict()))
+        load_component(model, ckpt, "llm", keys=model.sanitize)
+        cast(model, dtype)
+        quantize_linears(model, quantize_bits, group_size, dequantize)
+        model.eval()
+        mx.eval(model.parameters())
+        return cls(model, Tokenizer.from_checkpoint(ckpt), cfg)
+
+    @property
+    def dtype(self):
+        return self.model.model.norm.weight.dtype
+
+    def embed(self, ids: mx.array) -> mx.array:
+        """[B, L] token ids -> [B, L, D] input embeddings."""
+        return self.model.model.embed_tokens(ids)
+
+    def hidden_states(self, embeds: mx.array, num: int, mask=None) -> list[mx.array]:
+        """The last ``num`` entries of transformers' ``output_hidden_states`` for ``embeds``."""
+        inner = self.model.model
+        n_layers = len(inner.layers)
+        if not 1 <= num <= n_layers + 1:
+            raise ValueError(f"num must be in 1..{n_layers + 1}, got {num}")
+        if mask is None:
+            mask = create_attention_mask(embeds, None)
+        states = [embeds]
+        h = embeds
+        for layer in inner.layers:
+            h = layer(h, mask, None)
+            states.append(h)
+        states[-1] = inner.norm(h)
+        return states[-num:]
+
+    def __call__(self, embeds: mx.array, cache=None) -> mx.array:
+        """Logits [B, L, V]; ``cache`` from ``mlx_lm.models.cache.make_prompt_cache(self.model)``."""
+        return self.model(None, cache=cache, input_embeddings=embeds)

@@ -1,0 +1,214 @@
+"""Mobile-O text-to-image in MLX: prompt -> Qwen2 hidden states -> MCP -> SANA DiT sampling
+-> DC-AE decode (mobile-o.md section 7).
+
+    pipe = GenerationPipeline.from_pretrained("demo", quantize=0)
+    out = pipe.generate("a red cup", steps=20, guidance=1.5, seed=0)
+    out.images          # uint8 [n, H, W, 3]
+
+Sampling is a generator over steps (``sample``) driven by any ``denoise(latents, t)``, so
+numpy callers (golden vectors, Swift parity) can run the very same loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from weights.errors import MobileOError
+from weights.prompts import generation_prompt
+
+from .cli_common import QUANTIZE_CHOICES
+from .dcae import AutoencoderDC
+from .dit import SanaTransformer
+from .llm import LanguageModel
+from .mcp import MCP
+from .scheduler import SCHEDULERS, classifier_free_guidance
+
+QUANT_GROUP_SIZE = 64
+
+
+class LatentsError(MobileOError):
+    """A --latents file that cannot be used."""
+
+
+def sample(denoise: Callable, latents, scheduler) -> Iterator:
+    """Yield the latents after each step; ``denoise(latents, t) -> velocity`` (CFG already applied)."""
+    for i, t in enumerate(scheduler.timesteps):
+        latents = scheduler.step(denoise(latents, t), latents, i)
+        yield latents
+
+
+def cfg_batch(hidden_states: list) -> list:
+    """Mobile-O's CFG input: each hidden state h -> concat([zeros_like(h), h]) (uncond first)."""
+    return [mx.concatenate([mx.zeros_like(h), h], axis=0) for h in hidden_states]
+
+
+@dataclass
+class Generation:
+    images: np.ndarray  # uint8 [n, H, W, 3]
+    latents: np.ndarray  # final latents [n, C, h, w] (scaled, before decoding)
+    initial_latents: np.ndarray
+    seed: int | None
+    prompt_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    peak_memory: dict[str, float] = field(default_factory=dict)  # phase -> bytes
+
+
+def _phase(name: str, timings: dict, peaks: dict):
+    class _P:
+        def __enter__(self):
+            mx.reset_peak_memory()
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = time.perf_counter() - self.t
+            peaks[name] = float(mx.get_peak_memory())
+
+    return _P()
+
+
+class GenerationPipeline:
+    def __init__(self, llm: LanguageModel, mcp: MCP, dit: SanaTransformer, vae: AutoencoderDC,
+                 config, *, quantize: int = 0, dtype=mx.float32, source: str = ""):
+        self.llm, self.mcp, self.dit, self.vae = llm, mcp, dit, vae
+        self.config = config
+        self.quantize = quantize
+        self.dtype = dtype
+        self.source = source
+        self.load_seconds = 0.0
+        self.load_peak_memory = 0.0
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
+                        dequantize: bool | None = None):
+        """``quantize`` 0 (float), 4 or 8 bits for the LLM and DiT Linear layers; ``dtype`` of
+        weights and activations (default: :func:`mlx_model.platform.default_dtype`);
+        ``dequantize`` quantized layers for float compute (default: on CPU, see
+        :func:`mlx_model.llm.quantize_linears`)."""
+        from .platform import default_dtype
+
+        if quantize not in QUANTIZE_CHOICES:
+            raise MobileOError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}.",
+                               fix="use -q 0 (float), 4 or 8.")
+        dtype = default_dtype() if dtype is None else dtype
+        mx.reset_peak_memory()
+        t = time.perf_counter()
+        llm = LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize)
+        if "lm_head" in llm.model:  # generation reads hidden states only: free the vocab projection
+            llm.model.pop("lm_head")
+        mcp = MCP.from_checkpoint(ckpt, dtype=mx.float32)  # tiny; Mobile-O casts its output to fp32
+        dit = SanaTransformer.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize=dequantize)
+        vae = AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)
+        pipe = cls(llm, mcp, dit, vae, ckpt.config, quantize=quantize, dtype=dtype, source=str(ckpt.folder))
+        pipe.load_seconds = time.perf_counter() - t
+        pipe.load_peak_memory = float(mx.get_peak_memory())
+        return pipe
+
+    @classmethod
+    def from_pretrained(cls, model: str = "demo", quantize: int = 4, dtype=None, revision: str | None = None):
+        """``model``: a hub id, a local folder, or ``demo`` (tiny random checkpoint)."""
+        from weights.hub import open_model
+
+        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype)
+
+    # ------------------------------------------------------------------ stages
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.llm.tokenizer.encode_prompt(prompt, generation_prompt)
+
+    def encode_prompt(self, prompt: str) -> mx.array:
+        """[2, L, caption_channels]: row 0 unconditional (MCP of zeros), row 1 the prompt."""
+        ids = mx.array([self.prompt_ids(prompt)])
+        hidden = self.llm.hidden_states(self.llm.embed(ids), self.config.mcp.num_layers)
+        return self.mcp([h.astype(mx.float32) for h in cfg_batch(hidden)])
+
+    def denoiser(self, context: mx.array, guidance: float, n: int) -> Callable:
+        """``denoise(latents [n,C,h,w], t) -> CFG velocity``; DiT runs on one batch of 2n."""
+        uncond, cond = context[:1], context[1:]
+        ctx = mx.concatenate([mx.repeat(uncond, n, axis=0), mx.repeat(cond, n, axis=0)], axis=0)
+        ctx = ctx.astype(self.dtype)
+
+        def denoise(latents, t):
+            x = mx.concatenate([latents, latents], axis=0).astype(self.dtype)
+            ts = mx.full((2 * n,), float(t), dtype=mx.float32)
+            v = self.dit(x, ctx, ts).astype(mx.float32)
+            return classifier_free_guidance(v[:n], v[n:], guidance)
+
+        return denoise
+
+    def initial_latents(self, n: int, seed: int | None = None, latents=None) -> mx.array:
+        """N(0, 1) latents [n, C, h, w] (fp32), image i seeded with ``seed + i`` (so any image of
+        a batch can be remade alone); or ``latents`` checked against that shape."""
+        shape = (n, *self.config.latent_shape)
+        if latents is None:
+            keys = [mx.random.key(seed + i) if seed is not None else None for i in range(n)]
+            return mx.stack([mx.random.normal(shape[1:], dtype=mx.float32, key=k) for k in keys])
+        arr = np.asarray(latents)
+        if tuple(arr.shape) != shape:
+            raise LatentsError(f"the initial latents have shape {list(arr.shape)} but this model and "
+                               f"--n-images {n} need {list(shape)}.",
+                               fix=f"save an array of shape {shape} (numpy .npy), or change --n-images.")
+        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+            raise LatentsError(f"the initial latents must be finite floats (got {arr.dtype}).",
+                               fix="save float32 noise, e.g. np.random.randn(...).astype('float32').")
+        return mx.array(arr.astype(np.float32))
+
+    def decode(self, latents: mx.array) -> mx.array:
+        """Scaled latents -> uint8 images [n, H, W, 3]."""
+        x = self.vae.decode(latents / self.config.vae.scaling_factor).astype(mx.float32)
+        x = mx.clip(x / 2 + 0.5, 0, 1)
+        return mx.round(x * 255).astype(mx.uint8).transpose(0, 2, 3, 1)
+
+    def scheduler(self, name: str, steps: int):
+        if name not in SCHEDULERS:
+            raise MobileOError(f"unknown scheduler {name!r}.", fix=f"use one of {sorted(SCHEDULERS)}.")
+        return SCHEDULERS[name](self.config.scheduler, steps)
+
+    # ------------------------------------------------------------------ all together
+    def generate(self, prompt: str, *, steps: int | None = None, guidance: float | None = None,
+                 seed: int | None = None, n_images: int = 1, latents=None, scheduler: str = "dpm",
+                 progress: Callable[[int, int], None] | None = None) -> Generation:
+        """Whole pipeline; ``progress(step, total)`` is called after every denoising step."""
+        d = self.config.defaults
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        if seed is None and latents is None:
+            seed = int(time.time_ns() % (2**31))
+        timings, peaks = {}, {}
+        with _phase("text", timings, peaks):
+            ids = self.prompt_ids(prompt)
+            if n_images < 1:
+                raise MobileOError(f"--n-images must be at least 1, got {n_images}.",
+                                   fix="pass --n-images 1 or more.")
+            sched = self.scheduler(scheduler, steps)
+            context = self.encode_prompt(prompt)
+            x0 = self.initial_latents(n_images, seed, latents)
+            mx.eval(context, x0)
+        with _phase("denoise", timings, peaks):
+            x = x0
+            for i, x in enumerate(sample(self.denoiser(context, guidance, n_images), x0, sched)):
+                mx.eval(x)
+                if progress is not None:
+                    progress(i + 1, steps)
+        with _phase("decode", timings, peaks):
+            images = self.decode(x)
+            mx.eval(images)
+        return Generation(images=np.array(images), latents=np.array(x), initial_latents=np.array(x0),
+                          seed=seed if latents is None else None, prompt_tokens=len(ids),
+                          timings=timings, peak_memory=peaks)
+
+
+def load_latents(path: str | Path) -> np.ndarray:
+    """A ``--latents`` file (numpy .npy) with one clear error for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentsError(f"--latents file {path} does not exist.", fix="pass an existing .npy file.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError/OSError/UnpicklingError variants
+        raise LatentsError(f"--latents file {path} is not a numpy .npy array ({type(e).__name__}).",
+                           fix="write it with numpy.save(path, array).") from None

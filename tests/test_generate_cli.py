@@ -1,0 +1,129 @@
+"""``python -m mlx_model.generate``: outputs, metadata, no torch, clear one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("torch", "transformers", "diffusers", "timm", "coremltools")
+
+
+def run(args, tmp_path, code=None, env_extra=None):
+    env = dict(os.environ, MOBILEO_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "mlx_model.generate", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_demo_on_fresh_cache_without_torch(tmp_path):
+    """Fresh machine: empty cache, demo checkpoint written on first use; torch never imported."""
+    code = (
+        "import sys, json\n"
+        "from mlx_model.generate import main\n"
+        "main(['a red cup', '--model', 'demo', '--seed', '0', '--metadata', '--steps', '4'])\n"
+        f"print('MODULES=' + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})))\n"
+    )
+    r = run([], tmp_path, code=code)
+    assert r.returncode == 0, r.stderr
+    assert "MODULES=[]" in r.stdout, r.stdout
+    img = tmp_path / "image.png"
+    assert img.is_file() and (tmp_path / "image.json").is_file()
+    from PIL import Image
+
+    from mlx_model.cli_common import read_png_metadata
+
+    with Image.open(img) as im:
+        assert im.size == (64, 64) and im.mode == "RGB"
+    meta = read_png_metadata(img)
+    assert meta["prompt"] == "a red cup" and meta["seed"] == 0 and meta["steps"] == 4
+    assert meta["guidance"] == 1.5 and meta["quantize"] == 4
+    assert json.loads((tmp_path / "image.json").read_text()) == meta
+    closing = r.stdout.strip().splitlines()[-2]
+    for word in ("load", "text", "denoise", "decode", "peak memory"):
+        assert word in closing, closing
+
+
+def test_cli_module_never_overwrites_and_reproduces(tmp_path):
+    args = ["a red cup", "--model", "demo", "--seed", "5", "--steps", "3", "-q", "0", "--n-images", "2"]
+    r = run(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    r2 = run(args[:-2], tmp_path)  # one more image, same seed
+    assert r2.returncode == 0, r2.stderr
+    names = sorted(p.name for p in tmp_path.glob("image*.png"))
+    assert names == ["image.png", "image_1.png", "image_2.png"]
+    from PIL import Image
+
+    a = np.array(Image.open(tmp_path / "image.png"))
+    c = np.array(Image.open(tmp_path / "image_2.png"))
+    np.testing.assert_array_equal(a, c)  # same seed, same first image
+
+
+def test_latents_file_matches_python_api(tmp_path):
+    from weights.synthetic import tiny_config
+
+    from mlx_model.generate import generate
+
+    x0 = np.random.default_rng(0).standard_normal((1, *tiny_config().latent_shape)).astype(np.float32)
+    np.save(tmp_path / "noise.npy", x0)
+    r = run(["a red cup", "--model", "demo", "--latents", "noise.npy", "--steps", "3", "-q", "0",
+             "--output", "cli.png"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    os.environ["MOBILEO_CACHE"] = str(tmp_path / "cache")
+    try:
+        (path,) = generate("a red cup", model="demo", latents=tmp_path / "noise.npy", steps=3, quantize=0,
+                           output=tmp_path / "api.png", log=lambda _: None)
+    finally:
+        del os.environ["MOBILEO_CACHE"]
+    from PIL import Image
+
+    np.testing.assert_array_equal(np.array(Image.open(path)), np.array(Image.open(tmp_path / "cli.png")))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["", "--model", "demo"], "prompt is empty"),
+    (["a red cup", "--model", "/no/such/model"], "does not exist"),
+    (["a red cup", "--model", "demo", "--latents", "bad.npy"], "[1, 8, 8, 8]"),
+    (["a red cup", "--model", "demo", "--latents", "missing.npy"], "does not exist"),
+    (["a red cup", "--model", "demo", "--steps", "0"], "steps"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, needle):
+    np.save(tmp_path / "bad.npy", np.zeros((1, 4, 8, 8), np.float32))
+    r = run(args, tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_too_long_prompt_is_clear(tmp_path):
+    r = run(["word " * 600, "--model", "demo"], tmp_path)
+    assert r.returncode == 2 and "the limit is 512" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_openblas_reexec(tmp_path):
+    from mlx_model.platform import openblas_path
+
+    if not sys.platform.startswith("linux") or openblas_path() is None:
+        pytest.skip("no Debian OpenBLAS here")
+    code = ("import os\nfrom mlx_model.platform import use_openblas\nuse_openblas()\n"
+            "print('PRELOAD=' + os.environ.get('LD_PRELOAD', ''))\n")
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    r = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"PRELOAD={openblas_path()}" in r.stdout
+
+
+def test_unique_path(tmp_path):
+    from mlx_model.cli_common import output_paths, unique_path
+
+    (tmp_path / "a.png").write_bytes(b"")
+    assert unique_path(tmp_path / "a.png").name == "a_1.png"
+    assert [p.name for p in output_paths(tmp_path / "a.png", 3)] == ["a_1.png", "a_2.png", "a_3.png"]
+    assert unique_path(tmp_path / "b").name == "b.png"
