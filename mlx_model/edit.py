@@ -1,0 +1,158 @@
+"""``python -m mlx_model.edit IMAGE "instruction"``: Mobile-O image editing with MLX only.
+
+Editing is generation with another conditioning source: the image (vision tower +
+projector) and the instruction go through the LLM with the editing template; its last
+``vlm_num_layers`` hidden states go through the MCP into the DiT.  Everything after that --
+the CFG batch, the sampler, the decoder, the options and the output handling -- is the
+generation pipeline's (:mod:`mlx_model.pipeline`, :mod:`mlx_model.cli_common`).
+
+Python use:
+
+    from mlx_model.edit import EditPipeline
+    pipe = EditPipeline.from_pretrained("demo", quantize=0)
+    out = pipe.edit("photo.jpg", "make it snowy", steps=20, seed=0)
+    out.images          # uint8 [n, H, W, 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from weights.errors import run_cli
+from weights.prompts import editing_prompt
+
+from . import cli_common as cc
+from .multimodal import ImageEncoder, MultimodalPrompt
+from .pipeline import GenerationPipeline, cfg_batch
+from .tokenizer import PromptError
+
+__all__ = ["EditPipeline", "EditRequest", "edit", "main"]
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """What :meth:`GenerationPipeline.generate` conditions on when editing."""
+
+    pixels: np.ndarray  # [1, S, S, 3], preprocessed
+    instruction: str
+
+
+class EditPipeline(GenerationPipeline):
+    """The generation pipeline plus the image encoder; ``prompt`` is an :class:`EditRequest`."""
+
+    encoder: ImageEncoder
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, **kw) -> "EditPipeline":
+        pipe = super().from_checkpoint(ckpt, quantize=quantize, dtype=dtype, **kw)
+        t = time.perf_counter()
+        pipe.encoder = ImageEncoder.from_checkpoint(ckpt)
+        pipe.load_seconds += time.perf_counter() - t
+        pipe.load_peak_memory = max(pipe.load_peak_memory, float(mx.get_peak_memory()))
+        return pipe
+
+    def request(self, image, instruction: str) -> EditRequest:
+        if not instruction or not instruction.strip():
+            raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
+        return EditRequest(self.encoder.pixels(image), instruction)
+
+    def multimodal_prompt(self, request: EditRequest) -> MultimodalPrompt:
+        return MultimodalPrompt.build(self.llm.tokenizer, editing_prompt(request.instruction), self.encoder.num_tokens)
+
+    # the two hooks GenerationPipeline.generate calls with its ``prompt``
+    def prompt_ids(self, request: EditRequest) -> list[int]:
+        return self.multimodal_prompt(request).ids()
+
+    def encode_prompt(self, request: EditRequest) -> mx.array:
+        """[2, L, caption_channels]: row 0 unconditional (MCP of zeros), row 1 image + instruction."""
+        embeds = self.multimodal_prompt(request).embed(self.llm, self.encoder(request.pixels))
+        hidden = self.llm.hidden_states(embeds, self.config.mcp.num_layers)
+        return self.mcp([h.astype(mx.float32) for h in cfg_batch(hidden)])
+
+    def edit(self, image, instruction: str, **kw):
+        """Edit ``image`` (path, PIL image or uint8 array); keywords as ``generate``."""
+        return self.generate(self.request(image, instruction), **kw)
+
+
+# ------------------------------------------------------------------ command line
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlx_model.edit",
+                                description="Edit an image following an instruction, with Mobile-O in MLX.")
+    p.add_argument("image", help="image to edit (anything Pillow opens)")
+    p.add_argument("instruction", help="what to change")
+    cc.add_model_options(p)
+    cc.add_sampling_options(p)
+    cc.add_output_options(p, default="edited.png")
+    return p
+
+
+def edit(image, instruction: str, *, model: str = "demo", revision: str | None = None, quantize: int = 4,
+         dtype: str | None = None, steps: int = 20, guidance: float = 1.5, seed: int | None = None,
+         n_images: int = 1, latents=None, scheduler: str = "dpm", output: str | Path = "edited.png",
+         metadata: bool = False, verbose: bool = False, progress: bool = False,
+         pipeline: EditPipeline | None = None, log=None) -> list[Path]:
+    """Edit ``image`` ``n_images`` times and save PNGs; returns the paths written."""
+    from weights.hub import open_model
+
+    from .pipeline import load_latents
+    from .preprocess import load_image
+
+    log = log or (lambda msg: print(msg, flush=True))
+    if not instruction or not instruction.strip():  # fail before loading anything
+        raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
+    source = load_image(image)  # unreadable images fail before loading weights
+    if isinstance(latents, (str, Path)):
+        latents_file, latents = str(latents), load_latents(latents)
+    else:
+        latents_file = None
+    if pipeline is None:
+        pipeline = EditPipeline.from_checkpoint(open_model(model, revision=revision), quantize=quantize,
+                                                dtype=cc.dtype_of(dtype))
+    request = pipeline.request(source, instruction)
+    if verbose:
+        c = pipeline.config
+        log(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; dtype: {cc.dtype_name(pipeline.dtype)}; "
+            f"input {source.width}x{source.height} -> {c.vision.image_size}x{c.vision.image_size} "
+            f"({c.vision.num_tokens} image tokens); output {c.image_size}x{c.image_size}")
+    bar = cc.StepProgress(steps, enabled=progress)
+    with bar:
+        out = pipeline.generate(request, steps=steps, guidance=guidance, seed=seed, n_images=n_images,
+                                latents=latents, scheduler=scheduler, progress=bar.update)
+    if verbose:
+        log(f"prompt: {out.prompt_tokens} tokens (with the image); seed: {out.seed}")
+    paths = cc.output_paths(output, n_images)
+    for i, (img, path) in enumerate(zip(out.images, paths)):
+        meta = {"task": "edit", "image": str(image) if isinstance(image, (str, Path)) else None,
+                "instruction": instruction, "model": model, "revision": revision, "steps": steps,
+                "guidance": guidance, "seed": out.seed, "n_images": n_images, "index": i, "scheduler": scheduler,
+                "quantize": pipeline.quantize, "dtype": cc.dtype_name(pipeline.dtype), "latents": latents_file,
+                "size": list(img.shape[:2]), "generator": "mobileo-deploy mlx_model"}
+        cc.save_png(img, path, meta, write_json=metadata)
+        log(f"saved {path}")
+    timings = {"load": pipeline.load_seconds, **out.timings}
+    peaks = {"load": pipeline.load_peak_memory, **out.peak_memory}
+    log(cc.closing_line(timings, peaks, steps))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .platform import use_openblas
+
+    if argv is None:
+        use_openblas()
+    a = parser().parse_args(argv)
+    run_cli(lambda: edit(a.image, a.instruction, model=a.model, revision=a.revision, quantize=a.quantize,
+                         dtype=a.dtype, steps=a.steps, guidance=a.guidance, seed=a.seed, n_images=a.n_images,
+                         latents=a.latents, scheduler=a.scheduler, output=a.output, metadata=a.metadata,
+                         verbose=a.verbose, progress=sys.stderr.isatty() or a.verbose))
+
+
+if __name__ == "__main__":
+    main()
