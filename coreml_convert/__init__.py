@@ -1,0 +1,1 @@
+"""Core ML conversion of Mobile-O: Neural-Engine components, checked against upstream and on numpy."""

@@ -1,0 +1,38 @@
+"""The Core ML components in pipeline order; each module exposes ``build_spec(ckpt, seed=0)``.
+
+``REGISTRY[name]`` imports the module on first use, so one missing or broken component
+module does not stop the others from converting.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+
+from ..spec import COMPONENT_NAMES
+
+
+class _LazyModules(Mapping):
+    def __init__(self, names: tuple[str, ...]):
+        self._names = names
+        self._loaded: dict[str, ModuleType] = {}
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._loaded:
+            self._loaded[name] = importlib.import_module(f"{__name__}.{name}")
+        return self._loaded[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"REGISTRY({', '.join(self._names)})"
+
+
+REGISTRY: Mapping[str, ModuleType] = _LazyModules(COMPONENT_NAMES)  # pipeline order

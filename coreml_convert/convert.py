@@ -1,0 +1,211 @@
+"""Trace a component's Neural-Engine torch module and convert it to an ML program.
+
+    model = convert(spec, "fp16")                # ct.models.MLModel (iOS 18 target)
+    model = compress(model, {"weights": "palettize", "nbits": 6})
+    path  = save_atomic(model, out_dir, spec.file)   # out_dir/dit.mlpackage, never half-written
+
+Default path (ml-stable-diffusion style): ``torch.jit.trace`` on the spec's example inputs,
+then ``ct.convert(convert_to="mlprogram")`` with every input/output named and typed from the
+spec's TensorSpecs (enumerated dims become ``ct.EnumeratedShapes``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from weights.errors import MobileOError
+
+from .spec import PRECISIONS, ComponentSpec, TensorSpec
+
+IOS_TARGET = "iOS18"
+COMPUTE_UNITS = {"all": "ALL", "cpuOnly": "CPU_ONLY", "cpuAndGPU": "CPU_AND_GPU",
+                 "cpuAndNeuralEngine": "CPU_AND_NE"}
+TMP_SUFFIX = ".tmp"  # temp folders in the output dir: ".<bundle>.<random>.tmp"
+
+
+class ConversionError(MobileOError):
+    """A component that cannot be traced, converted, compressed or saved."""
+
+
+def io_specs(specs: list[TensorSpec], precision: str) -> list[TensorSpec]:
+    """The TensorSpecs a bundle of this precision really has: fp32 bundles take and give
+    float32 where the fp16 bundle uses float16 (int32 and float32 stay)."""
+    _check_precision(precision)
+    if precision == "fp16":
+        return list(specs)
+    return [replace(t, dtype="float32") if t.dtype == "float16" else t for t in specs]
+
+
+def _check_precision(precision: str):
+    if precision not in PRECISIONS:
+        raise ConversionError(f"unknown precision {precision!r}.", fix=f"use one of {', '.join(PRECISIONS)}.")
+
+
+def _ct_dtype(dtype: str):
+    return {"float16": np.float16, "float32": np.float32, "int32": np.int32}[dtype]
+
+
+def ct_input(t: TensorSpec):
+    import coremltools as ct
+
+    shape = ct.EnumeratedShapes(shapes=t.shapes(), default=t.shape) if t.enumerated else t.shape
+    return ct.TensorType(name=t.name, shape=shape, dtype=_ct_dtype(t.dtype))
+
+
+def ct_state(t: TensorSpec):
+    import coremltools as ct
+
+    return ct.StateType(wrapped_type=ct.TensorType(shape=t.shape, dtype=_ct_dtype(t.dtype)), name=t.name)
+
+
+def torch_inputs(spec: ComponentSpec, inputs: dict[str, np.ndarray] | None = None) -> list:
+    """Example inputs as torch tensors in the spec's input order (floats as float32)."""
+    import torch
+
+    inputs = spec.example_inputs if inputs is None else inputs
+    out = []
+    for t in spec.inputs:
+        a = np.asarray(inputs[t.name])
+        a = a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int32)
+        out.append(torch.from_numpy(np.ascontiguousarray(a)))
+    return out
+
+
+def trace(spec: ComponentSpec):
+    import torch
+
+    with torch.no_grad():
+        return torch.jit.trace(spec.module.eval(), tuple(torch_inputs(spec)), check_trace=False, strict=False)
+
+
+def convert(spec: ComponentSpec, precision: str = "fp16",
+            op_selector: Callable | None = None):
+    """The default conversion: trace, ``ct.convert`` to an iOS 18 ML program -> ct.models.MLModel.
+
+    ``op_selector`` (fp16 only): coremltools' FP16ComputePrecision selector — return False
+    for ops that must stay fp32 (e.g. the DiT's timestep sinusoid).
+    """
+    import coremltools as ct
+
+    _check_precision(precision)
+    traced = trace(spec)
+    if precision == "fp32":
+        compute_precision = ct.precision.FLOAT32
+    elif op_selector is not None:
+        compute_precision = ct.transform.FP16ComputePrecision(op_selector=op_selector)
+    else:
+        compute_precision = ct.precision.FLOAT16
+    try:
+        model = ct.convert(
+            traced,
+            convert_to="mlprogram",
+            inputs=[ct_input(t) for t in io_specs(spec.inputs, precision)],
+            outputs=[ct.TensorType(name=t.name, dtype=_ct_dtype(t.dtype)) for t in io_specs(spec.outputs, precision)],
+            states=[ct_state(t) for t in io_specs(spec.states, precision)] or None,
+            compute_precision=compute_precision,
+            minimum_deployment_target=getattr(ct.target, IOS_TARGET),
+            compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[spec.compute_units]),
+            skip_model_load=True,
+        )
+    except MobileOError:
+        raise
+    except Exception as e:
+        raise ConversionError(f"{spec.name}: coremltools could not convert the traced module "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).",
+                              fix="report it with the component name; run with --components to isolate it.") from e
+    del traced
+    return model
+
+
+def convert_spec(spec: ComponentSpec, precision: str = "fp16"):
+    """The spec's own conversion when it has one, else :func:`convert`."""
+    return spec.convert(precision) if spec.convert is not None else convert(spec, precision)
+
+
+# ------------------------------------------------------------------ compression
+
+COMPRESSIONS = ("palettize", "int8")
+
+
+def compress(model, recipe: dict | None):
+    """Post-training weight compression (coremltools.optimize.coreml).
+
+    recipe: None or {"weights": "fp16"} -> unchanged;
+            {"weights": "palettize", "nbits": 4|6|8, "group_size": 16?} -> k-means LUTs
+            (grouped channels when group_size is given);
+            {"weights": "int8"} -> per-channel symmetric linear quantization.
+    Embedding tables (``gather``) stay uncompressed.  Measure the gates after compressing.
+    """
+    if not recipe or recipe.get("weights") in (None, "fp16", "fp32"):
+        return model
+    import coremltools.optimize.coreml as cto
+
+    kind = recipe["weights"]
+    if kind == "palettize":
+        kw = {"mode": "kmeans", "nbits": int(recipe.get("nbits", 6))}
+        if recipe.get("group_size"):
+            kw.update(granularity="per_grouped_channel", group_size=int(recipe["group_size"]))
+        op_config = cto.OpPalettizerConfig(**kw)
+        config = cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
+        return cto.palettize_weights(model, config)
+    if kind == "int8":
+        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                granularity="per_channel")
+        config = cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
+        return cto.linear_quantize_weights(model, config)
+    raise ConversionError(f"unknown compression {kind!r}.", fix=f"use one of {', '.join(COMPRESSIONS)} or fp16.")
+
+
+def parse_compression(text: str | None) -> dict | None:
+    """CLI form: "palettize6", "palettize4g16" (group size 16), "int8", or None."""
+    if not text or text in ("none", "fp16"):
+        return None
+    if text == "int8":
+        return {"weights": "int8"}
+    import re
+
+    m = re.fullmatch(r"palettize(\d)(?:g(\d+))?", text)
+    if not m or int(m[1]) not in (1, 2, 3, 4, 6, 8):
+        raise ConversionError(f"unknown --compress value {text!r}.",
+                              fix="use none, int8, palettize<bits> or palettize<bits>g<group>, e.g. palettize6.")
+    recipe = {"weights": "palettize", "nbits": int(m[1])}
+    if m[2]:
+        recipe["group_size"] = int(m[2])
+    return recipe
+
+
+# ------------------------------------------------------------------ atomic save
+
+
+def save_atomic(model, out_dir: str | Path, file: str) -> Path:
+    """Save ``model`` as ``out_dir/file`` (an .mlpackage folder) so that an interrupted run
+    leaves nothing: written into a temp folder inside ``out_dir``, then ``os.replace``-d in.
+    An existing bundle of that name is replaced only after the new one is complete."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / file
+    tmp = Path(tempfile.mkdtemp(prefix=f".{file}.", suffix=TMP_SUFFIX, dir=out_dir))
+    try:
+        staged = tmp / file
+        model.save(str(staged))
+        if not staged.exists():
+            raise ConversionError(f"coremltools wrote nothing for {file}.", fix="check free disk space in the output folder.")
+        if final.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside first
+            os.replace(final, tmp / "previous")
+        os.replace(staged, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def leftover_temp_folders(out_dir: str | Path) -> list[Path]:
+    """Temp folders an interrupted save left (a crash can still leave one: the CLI removes them)."""
+    out_dir = Path(out_dir)
+    return sorted(p for p in out_dir.glob(f".*{TMP_SUFFIX}") if p.is_dir()) if out_dir.is_dir() else []

@@ -1,0 +1,137 @@
+"""The two parity gates every converted component must pass (runnable on Linux).
+
+  gate 1  our Neural-Engine torch module vs the upstream reference (diffusers / transformers /
+          timm / weights.mcp_reference), fp32, on the spec's example inputs: PSNR >= 60 dB;
+  gate 2  the saved bundle's MIL program, executed on numpy (coreml_convert.mil_exec), vs the
+          torch module: PSNR >= 35 dB.  Unknown ops raise; they never pass.
+On macOS the bundle also runs through ``MLModel.predict`` (same threshold as gate 2); on
+other systems that check is skipped with a reason.  PSNR = 20 log10(max|ref| / RMSE)
+(coreml_convert.metrics.psnr); a component's gate value is the minimum over its outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+
+from .convert import io_specs, torch_inputs
+from .spec import ComponentSpec
+
+GATE1_MIN_DB = 60.0
+GATE2_MIN_DB = 35.0
+
+
+def torch_outputs(spec: ComponentSpec, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The Neural-Engine torch module on ``inputs`` (default: the examples), keyed by output name."""
+    import torch
+
+    with torch.no_grad():
+        out = spec.module(*torch_inputs(spec, inputs))
+    if isinstance(out, torch.Tensor):
+        out = (out,)
+    if isinstance(out, dict):
+        return {k: v.float().numpy() for k, v in out.items()}
+    if len(out) != len(spec.outputs):
+        raise ValueError(f"{spec.name}: module returned {len(out)} outputs, spec declares {len(spec.outputs)}")
+    return {t.name: o.float().numpy() for t, o in zip(spec.outputs, out)}
+
+
+def compare(reference: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, float]:
+    """PSNR per output named in ``reference``."""
+    from .metrics import psnr
+
+    missing = sorted(set(reference) - set(test))
+    if missing:
+        raise ValueError(f"outputs {missing} are missing (got {sorted(test)})")
+    return {k: psnr(reference[k], np.asarray(test[k], np.float32)) for k in reference}
+
+
+def _min(values: dict[str, float]) -> float:
+    return min(values.values()) if values else math.nan
+
+
+def gate1(spec: ComponentSpec) -> dict[str, float]:
+    """PSNR per output of the torch module against the upstream reference (fp32)."""
+    return compare(spec.reference(spec.example_inputs), torch_outputs(spec))
+
+
+def program_inputs(spec: ComponentSpec, precision: str) -> dict[str, np.ndarray]:
+    """The example inputs in the bundle's input dtypes (fp16 bundles take fp16)."""
+    dtypes = {t.name: t.np_dtype for t in io_specs(spec.inputs, precision)}
+    return {k: np.asarray(v).astype(dtypes.get(k, np.asarray(v).dtype)) for k, v in spec.example_inputs.items()}
+
+
+def gate2(spec: ComponentSpec, path, precision: str = "fp16") -> dict[str, float]:
+    """PSNR per output of the saved program (numpy MIL execution) against the torch module,
+    both fed the same (dtype-rounded) inputs."""
+    from .mil_exec import run_program
+
+    inputs = program_inputs(spec, precision)
+    if spec.program_check is not None:
+        program = spec.program_check(str(path))
+    else:
+        program = run_program(str(path), {t.name: inputs[t.name] for t in spec.inputs}, "main")
+    return compare(torch_outputs(spec, inputs), program)
+
+
+def predict_check(spec: ComponentSpec, path, precision: str = "fp16") -> tuple[dict[str, float] | None, str]:
+    """``MLModel.predict`` vs the torch module on macOS; elsewhere (None, reason)."""
+    if platform.system() != "Darwin":
+        return None, f"MLModel.predict needs macOS (this is {platform.system()}); the MIL program gate ran instead"
+    if spec.states or len(spec.functions) > 1:
+        return None, "stateful / multifunction bundles are checked through their program_check"
+    import coremltools as ct
+
+    inputs = program_inputs(spec, precision)
+    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
+    out = model.predict({t.name: inputs[t.name] for t in spec.inputs})
+    return compare(torch_outputs(spec, inputs), out), "ran MLModel.predict (cpuAndNeuralEngine)"
+
+
+@dataclass
+class GateReport:
+    reference: dict[str, float]  # gate 1 per output
+    program: dict[str, float]  # gate 2 per output
+    predict: dict[str, float] | None = None
+    predict_note: str = ""
+
+    @property
+    def reference_psnr_db(self) -> float:
+        return _min(self.reference)
+
+    @property
+    def program_psnr_db(self) -> float:
+        return _min(self.program)
+
+    @property
+    def failures(self) -> list[str]:
+        out = []
+        if not self.reference_psnr_db >= GATE1_MIN_DB:
+            out.append(f"gate 1 (vs reference) {self.reference_psnr_db:.1f} dB < {GATE1_MIN_DB:.0f} dB")
+        if not self.program_psnr_db >= GATE2_MIN_DB:
+            out.append(f"gate 2 (program) {self.program_psnr_db:.1f} dB < {GATE2_MIN_DB:.0f} dB")
+        if self.predict is not None and not _min(self.predict) >= GATE2_MIN_DB:
+            out.append(f"MLModel.predict {_min(self.predict):.1f} dB < {GATE2_MIN_DB:.0f} dB")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def as_gates(self) -> dict[str, float]:
+        g = {"reference_psnr_db": self.reference_psnr_db, "program_psnr_db": self.program_psnr_db}
+        if self.predict is not None:
+            g["predict_psnr_db"] = _min(self.predict)
+        return g
+
+
+def run_gates(spec: ComponentSpec, path, precision: str = "fp16",
+              reference: dict[str, float] | None = None) -> GateReport:
+    """Both gates (gate 1 reused when already computed) plus the macOS predict check."""
+    ref = gate1(spec) if reference is None else reference
+    prog = gate2(spec, path, precision)
+    pred, note = predict_check(spec, path, precision)
+    return GateReport(ref, prog, pred, note)

@@ -1,0 +1,180 @@
+"""The conversion framework: spec round trips, torch_map, ANE blocks vs upstream math, and
+the CLI (table, resumable skips, --force, exit codes, atomic bundles, manifest)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from coreml_convert import ane, cli
+from coreml_convert import convert as cv
+from coreml_convert.spec import ConversionResult, TensorSpec, sequence_lengths
+from weights.torch_map import to_torch
+
+# ------------------------------------------------------------------ spec / torch_map / ane
+
+
+def test_tensor_spec_and_result_round_trip():
+    t = TensorSpec("encoder_hidden_states", (2, 48, 1, 64), "float16", "B,C,1,S", {3: (64, 128)})
+    assert TensorSpec.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    assert t.shapes() == [(2, 48, 1, 64), (2, 48, 1, 128)]
+    with pytest.raises(ValueError):
+        TensorSpec("x", (1, 2), "float16", "B,C,H")  # layout names 3 axes for 2
+    with pytest.raises(ValueError):
+        TensorSpec("x", (1, 5), "float16", "B,S", {1: (64, 128)})  # default not enumerated
+    r = ConversionResult("dit", "dit.mlpackage", 10, "ab" * 32, [t], [t], [], ("main",), "cpuAndNeuralEngine",
+                         {"iOS": "18.0"}, {"precision": "fp16"}, {"reference_psnr_db": float("inf"),
+                                                                   "program_psnr_db": 71.234}, 1.5, 100.0)
+    d = r.to_dict()
+    assert d["gates"]["program_psnr_db"] == 71.23 and d["inputs"][0]["enumerated"] == {"3": [64, 128]}
+    assert ConversionResult.from_dict(d).gates["reference_psnr_db"] == float("inf")
+
+
+def test_sequence_lengths(tiny_ckpt):
+    assert sequence_lengths(tiny_ckpt.config) == (64, 128, 256, 512)
+
+
+def test_torch_map_reshapes_only():
+    t = {"a.weight": np.ones((4, 3), np.float32), "a.bias": np.ones(4, np.float32),
+         "c.weight": np.ones((4, 1, 3), np.float32), "norm.weight": np.ones(4, np.float32),
+         "scale_shift_table": np.ones((6, 4), np.float32)}
+    dit = to_torch("dit", t)
+    assert set(dit) == set(t) and dit["a.weight"].shape == (4, 3, 1, 1)
+    assert dit["scale_shift_table"].shape == (6, 4) and dit["norm.weight"].shape == (4,)
+    assert to_torch("mcp", t)["c.weight"].shape == (4, 1, 1, 3)
+    emb = {"model.embed_tokens.weight": np.ones((10, 4), np.float32)}
+    assert to_torch("llm", emb)["model.embed_tokens.weight"].shape == (10, 4)
+    assert to_torch("vision", {"head.proj": np.ones((8, 4), np.float32)})["head.proj"].shape == (8, 4)
+
+
+def test_channel_norms_match_upstream():
+    from diffusers.models.normalization import RMSNorm
+
+    x = torch.randn(2, 24, 3, 5) * 7
+    ln = ane.LayerNorm(24, eps=1e-6)
+    torch.nn.init.normal_(ln.weight)
+    torch.nn.init.normal_(ln.bias)
+    ref = torch.nn.functional.layer_norm(x.movedim(1, -1), (24,), ln.weight, ln.bias, 1e-6).movedim(-1, 1)
+    assert torch.allclose(ln(x), ref, atol=1e-5)
+    rms, up = ane.RMSNorm(24, eps=1e-5, bias=True), RMSNorm(24, eps=1e-5, elementwise_affine=True, bias=True)
+    torch.nn.init.normal_(rms.weight)
+    torch.nn.init.normal_(rms.bias)
+    up.load_state_dict(rms.state_dict())
+    assert torch.allclose(rms(x), up(x.movedim(1, -1)).movedim(-1, 1), atol=1e-5)
+
+
+def test_linear_attention_matches_sana_formula():
+    b, h, d, n = 2, 3, 8, 50
+    q, k, v = torch.randn(b, h, d, n).relu(), torch.randn(b, h, d, n).relu(), torch.randn(b, h, d, n)
+    # diffusers SanaLinearAttnProcessor2_0: pad v with ones, (v k^T) q, divide by the last row
+    vp = torch.nn.functional.pad(v, (0, 0, 0, 1), value=1.0)
+    ref = (vp @ k.transpose(2, 3)) @ q
+    ref = ref[:, :, :-1] / (ref[:, :, -1:] + 1e-15)
+    assert torch.allclose(ane.linear_attention(q, k, v), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_split_and_batched_agree():
+    q, k, v = torch.randn(2, 32, 1, 7), torch.randn(2, 32, 1, 9), torch.randn(2, 32, 1, 9)
+    bias = ane.attention_mask_bias(torch.tensor([[1.0] * 9, [1.0] * 5 + [0.0] * 4]))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        ane.to_heads(q, 8).transpose(2, 3), ane.to_heads(k, 8).transpose(2, 3), ane.to_heads(v, 8).transpose(2, 3),
+        attn_mask=bias[:, None, :, 0, 0][:, :, None, :])
+    ref = ane.from_heads(ref.transpose(2, 3))
+    for split in (True, False):
+        assert torch.allclose(ane.attention(q, k, v, 8, bias, split=split), ref, atol=1e-5)
+
+
+def test_parse_compression():
+    assert cv.parse_compression(None) is None and cv.parse_compression("int8") == {"weights": "int8"}
+    assert cv.parse_compression("palettize4g16") == {"weights": "palettize", "nbits": 4, "group_size": 16}
+    with pytest.raises(cv.ConversionError):
+        cv.parse_compression("palettize5")
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def bundles(out):
+    return sorted(p.name for p in out.iterdir() if p.name.endswith(".mlpackage"))
+
+
+def temp_folders(out):
+    return [p for p in out.iterdir() if p.name.startswith(".") and p.name.endswith(cv.TMP_SUFFIX)]
+
+
+def test_cli_convert_skip_force(tiny_ckpt_dir, tmp_path, capsys):
+    out = tmp_path / "build"
+    code, stdout, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
+    assert code == 0, err
+    header = stdout.splitlines()
+    assert any(all(c in line for c in cli.COLUMNS[:6]) for line in header)
+    assert bundles(out) == ["mcp.mlpackage"] and not temp_folders(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["components"]] == ["mcp"]
+    gates_ = manifest["components"][0]["gates"]
+    assert gates_["reference_psnr_db"] >= 60 and gates_["program_psnr_db"] >= 35
+    first = (out / "mcp.mlpackage").stat().st_mtime_ns
+
+    code, stdout, _ = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
+    assert code == 0 and cli.SKIPPED in stdout
+    assert (out / "mcp.mlpackage").stat().st_mtime_ns == first
+
+    code, stdout, _ = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp",
+                               "--force"], capsys)
+    assert code == 0 and cli.SKIPPED not in stdout
+    assert bundles(out) == ["mcp.mlpackage"] and not temp_folders(out)
+
+
+def test_cli_bad_input_one_line(tiny_ckpt_dir, tmp_path, capsys):
+    code, _, err = run_cli(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(tmp_path / "b"),
+                            "--components", "unet"], capsys)
+    assert code == 2 and "unknown component 'unet'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_failed_gate_exits_3_and_is_redone(tiny_ckpt_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "build"
+    monkeypatch.setattr("coreml_convert.gates.GATE2_MIN_DB", 1e9)
+    code, stdout, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
+    assert code == cli.EXIT_GATE_FAILED and "FAILED" in stdout and "gate 2" in err
+    assert cli.read_record(out, "mcp")["passed"] is False
+    assert cli.finished(out, "mcp", "fp16", None) is None  # a rerun converts it again
+    assert json.loads((out / "manifest.json").read_text())["components"] == []
+
+
+@pytest.mark.parametrize("exc, code", [(RuntimeError("disk full"), cli.EXIT_CRASHED), (KeyboardInterrupt(), 130)])
+def test_interrupted_save_leaves_nothing(tiny_ckpt_dir, tmp_path, capsys, monkeypatch, exc, code):
+    out = tmp_path / "build"
+
+    class HalfSaved:
+        def save(self, path):  # writes part of a bundle, then dies
+            (cv.Path(path) / "Data").mkdir(parents=True)
+            (cv.Path(path) / "Data" / "weight.bin").write_bytes(b"\0" * 1000)
+            raise exc
+
+    monkeypatch.setattr(cv, "compress", lambda model, recipe: HalfSaved())
+    got, _, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
+    assert got == code, err
+    assert bundles(out) == [] and not temp_folders(out)
+    assert cli.read_record(out, "mcp") is None
+
+
+def test_compression_hook_int8(tiny_ckpt, tmp_path):
+    from coreml_convert import gates
+    from coreml_convert.components import dit
+    from coreml_convert.mil_exec import op_types
+
+    spec = dit.build_spec(tiny_ckpt)  # (the tiny MCP's weights are under coremltools' size threshold)
+    model = cv.compress(cv.convert_spec(spec, "fp16"), cv.parse_compression("int8"))
+    path = cv.save_atomic(model, tmp_path, spec.file)
+    assert any(t.startswith("constexpr_") for t in op_types(path))
+    assert gates.gate2(spec, path, "fp16")["velocity"] >= gates.GATE2_MIN_DB

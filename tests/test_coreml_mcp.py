@@ -1,0 +1,64 @@
+"""Core ML MCP: the Neural-Engine module vs weights/mcp_reference.py (gate 1, fp32) and the
+converted fp16 program on numpy vs the module (gate 2); masked padding reproduces the
+reference run on the unpadded sequence."""
+
+import numpy as np
+import pytest
+
+from coreml_convert import convert as cv
+from coreml_convert import gates
+from coreml_convert.components import mcp
+from coreml_convert.metrics import max_relative_error, psnr
+from coreml_convert.mil_exec import run_program
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_ckpt):
+    return mcp.build_spec(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def bundle(spec, tmp_path_factory):
+    return cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("mcp"), spec.file)
+
+
+def test_gate1_matches_reference(spec):
+    x = spec.example_inputs
+    valid = int(x["attention_mask"].sum())
+    assert 0 < valid < x["attention_mask"].shape[1]
+    ref = spec.reference(x)["conditioning"]
+    ours = gates.torch_outputs(spec)["conditioning"]
+    assert max_relative_error(ref, ours) <= 1e-4
+    assert psnr(ref, ours) >= gates.GATE1_MIN_DB
+    assert np.all(ours[..., valid:] == 0)
+
+
+def test_padding_content_is_ignored(spec):
+    x = mcp.example_inputs(spec.module.cfg, 64, seed=5, valid=17)
+    base = gates.torch_outputs(spec, x)["conditioning"]
+    x["hidden_states"][..., 17:] = 50.0
+    assert np.array_equal(gates.torch_outputs(spec, x)["conditioning"], base)
+    assert max_relative_error(spec.reference(x)["conditioning"], base) <= 1e-4
+
+
+def test_unconditional_zeros(spec):
+    """Mobile-O's unconditional branch: MCP(zeros_like(h)) at the same length."""
+    x = mcp.example_inputs(spec.module.cfg, 64, valid=40)
+    x["hidden_states"][:] = 0
+    ours = gates.torch_outputs(spec, x)["conditioning"]
+    assert np.all(np.isfinite(ours))
+    assert max_relative_error(spec.reference(x)["conditioning"], ours) <= 1e-4
+
+
+def test_gate2_fp16_program(spec, bundle):
+    db = gates.gate2(spec, bundle, "fp16")["conditioning"]
+    assert db >= gates.GATE2_MIN_DB, db
+
+
+def test_enumerated_length_128(spec, bundle):
+    assert spec.inputs[0].enumerated == {3: (64, 128, 256, 512)}
+    x = mcp.example_inputs(spec.module.cfg, 128, seed=2, valid=101)
+    x16 = {k: v.astype(np.float16) for k, v in x.items()}
+    prog = run_program(bundle, x16)["conditioning"]
+    assert prog.shape == (1, spec.module.cfg.out_dim, 1, 128)
+    assert psnr(gates.torch_outputs(spec, x16)["conditioning"], prog) >= gates.GATE2_MIN_DB

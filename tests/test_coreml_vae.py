@@ -1,0 +1,76 @@
+"""Core ML DC-AE decoder: the Neural-Engine module vs diffusers AutoencoderDC.decode (gate 1,
+fp32) and the converted fp16 program on numpy vs the module (gate 2): tiny checkpoint, and
+the real channel widths (128..1024, one layer per stage) on a small latent."""
+
+import numpy as np
+import pytest
+
+from coreml_convert import convert as cv
+from coreml_convert import gates
+from coreml_convert.components import vae_decoder
+from coreml_convert.metrics import max_relative_error, psnr
+
+
+def write_reduced(folder, **parts):
+    """A synthetic checkpoint: tiny everywhere except the given configs (e.g. vae=...)."""
+    from weights import synthetic
+    from weights.checkpoint import Checkpoint
+
+    t = synthetic.tiny_config()
+    kw = dict(llm=t.llm, vision=t.vision, dit=t.dit, vae=t.vae)
+    kw.update(parts)
+    cfg = synthetic._config(**kw, mcp={"dim": 32, "attn_dim": 8}, name="synthetic/reduced")
+    folder.mkdir(parents=True)
+    synthetic._write_into(folder, cfg, synthetic.upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")
+    return Checkpoint.open(folder)
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_ckpt):
+    return vae_decoder.build_spec(tiny_ckpt)
+
+
+def test_gate1_matches_diffusers_decode(spec, tiny_ckpt):
+    ref = spec.reference(spec.example_inputs)["image"]
+    ours = gates.torch_outputs(spec)["image"]
+    cfg = tiny_ckpt.config
+    assert ours.shape == (1, 3, cfg.image_size, cfg.image_size)
+    assert max_relative_error(ref, ours) <= 1e-4
+    assert psnr(ref, ours) >= gates.GATE1_MIN_DB
+    inside = np.mean((ref > 0) & (ref < 1))
+    assert inside > 0.3, f"only {inside:.0%} of the pixels are unclipped: the comparison would be trivial"
+
+
+def test_bundle_takes_the_scaled_latent(spec, tiny_ckpt):
+    """The bundle divides by scaling_factor itself: its input is the sampler's latent."""
+    assert spec.module.inv_scale == pytest.approx(1 / tiny_ckpt.config.vae.scaling_factor)
+    assert [t.name for t in spec.inputs] == ["latent"] and [t.name for t in spec.outputs] == ["image"]
+
+
+def test_quadratic_branch_small_latent(tiny_ckpt):
+    """DC-AE switches to quadratic ReLU attention when H*W <= head_dim: 2x2 latent, 8-dim heads."""
+    small = vae_decoder.build_spec(tiny_ckpt, latent_size=2)
+    assert gates.gate1(small)["image"] >= gates.GATE1_MIN_DB
+
+
+def test_gate2_fp16_program(spec, tmp_path):
+    path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path, spec.file)
+    db = gates.gate2(spec, path, "fp16")["image"]
+    assert db >= gates.GATE2_MIN_DB, db
+
+
+def test_full_width_one_layer_per_stage_fp16(tmp_path_factory):
+    """Real widths (128, 256, 512, 512, 1024, 1024), one layer per stage, 4x4 latent -> 128 px:
+    linear attention over up to 1024 positions per head in fp16."""
+    from weights.configs import VAEConfig
+
+    one = (1,) * 6
+    ckpt = write_reduced(tmp_path_factory.mktemp("full_vae") / "ckpt",
+                         vae=VAEConfig(encoder_layers_per_block=one, decoder_layers_per_block=one))
+    spec = vae_decoder.build_spec(ckpt, latent_size=4)
+    g1 = gates.gate1(spec)["image"]
+    assert g1 >= gates.GATE1_MIN_DB, g1
+    path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_vae_out"), spec.file)
+    g2 = gates.gate2(spec, path, "fp16")["image"]
+    print(f"full-width DC-AE decoder (1 layer/stage, 128 px): gate1 {g1:.1f} dB, gate2 fp16 {g2:.1f} dB")
+    assert g2 >= gates.GATE2_MIN_DB, g2

@@ -1,0 +1,111 @@
+"""Core ML vision encoder (FastViTHD + mlp2x_gelu projector, Neural-Engine layout).
+
+Gate 1: our torch module vs timm ``fastvit_mci3.forward_features`` -> tokens -> the upstream
+projector, fp32 (PSNR >= 60 dB and max|ours-ref|/max|ref| <= 1e-4).  Gate 2: the saved fp16
+program run on numpy vs the torch module (PSNR >= 35 dB).  Tiny checkpoint, plus the real
+FastViTHD widths (96..1536, 3072 features, 3072->896->896 projector) with one block per stage.
+"""
+
+import numpy as np
+import pytest
+
+from coreml_convert import convert as cv
+from coreml_convert import gates
+from coreml_convert.components import vision_encoder
+from coreml_convert.metrics import max_relative_error, psnr
+from coreml_convert.mil_exec import load_program
+
+FP32_MAX_REL = 1e-4
+
+
+def write_reduced(folder, **parts):
+    """A synthetic checkpoint: tiny everywhere except the given configs."""
+    from weights import synthetic
+    from weights.checkpoint import Checkpoint
+
+    t = synthetic.tiny_config()
+    kw = dict(llm=t.llm, vision=t.vision, dit=t.dit, vae=t.vae)
+    kw.update(parts)
+    cfg = synthetic._config(**kw, mcp={"dim": 32, "attn_dim": 8}, name="synthetic/reduced")
+    folder.mkdir(parents=True)
+    synthetic._write_into(folder, cfg, synthetic.upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")
+    return Checkpoint.open(folder)
+
+
+def check_gate1(spec, what):
+    ref = spec.reference(spec.example_inputs)["image_features"]
+    ours = gates.torch_outputs(spec)["image_features"]
+    cfg_shape = spec.outputs[0].shape
+    assert ref.shape == ours.shape == cfg_shape
+    p, rel = psnr(ref, ours), max_relative_error(ref, ours)
+    print(f"{what} gate 1: PSNR {p:.1f} dB, max rel {rel:.2e}")
+    assert p >= gates.GATE1_MIN_DB and rel <= FP32_MAX_REL, (p, rel)
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_ckpt):
+    return vision_encoder.build_spec(tiny_ckpt)
+
+
+def test_spec_io(spec, tiny_ckpt):
+    cfg = tiny_ckpt.config
+    s, n = cfg.vision.image_size, cfg.vision.num_tokens
+    assert [(t.name, t.shape, t.layout) for t in spec.inputs] == [("image", (1, 3, s, s), "B,3,H,W")]
+    assert [(t.name, t.shape, t.layout) for t in spec.outputs] == [
+        ("image_features", (1, cfg.llm.hidden_size, 1, n), "B,C,1,S")]
+    img = spec.example_inputs["image"]
+    assert img.shape == (1, 3, s, s) and 0 <= img.min() and img.max() <= 1
+
+
+def test_module_uses_checkpoint_names(spec, tiny_ckpt):
+    """Every tower parameter is a checkpoint vision key (Apple's names), no table between."""
+    names = set(spec.module.tower.state_dict())
+    assert names == set(tiny_ckpt.keys("vision")) - {"head.proj"}
+    assert set(spec.module.projector.state_dict()) == set(tiny_ckpt.keys("projector"))
+
+
+def test_gate1_matches_timm(spec):
+    check_gate1(spec, "vision_encoder (tiny)")
+
+
+@pytest.fixture(scope="module")
+def bundle(spec, tmp_path_factory):
+    return cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("vision"), spec.file)
+
+
+def test_gate2_program_fp16(spec, bundle):
+    g2 = gates.gate2(spec, bundle, "fp16")["image_features"]
+    print(f"vision_encoder (tiny) gate 2 (fp16 program): {g2:.1f} dB")
+    assert g2 >= gates.GATE2_MIN_DB
+
+
+def test_program_is_neural_engine_shaped(bundle):
+    """fp16 I/O, no Linear ops (1x1 convs), attention as per-head einsums, rank <= 5."""
+    from coremltools.converters.mil.mil import types
+
+    func = load_program(bundle).functions["main"]
+    assert func.inputs["image"].dtype == types.fp16
+    assert func.outputs[0].dtype == types.fp16
+    ops = [op for op in func.operations]
+    kinds = {op.op_type for op in ops}
+    assert "linear" not in kinds and "matmul" not in kinds
+    assert {"conv", "einsum", "softmax", "layer_norm"} <= kinds
+    assert max(len(v.shape) for op in ops for v in op.outputs) <= 5
+
+
+def test_full_width_one_block_per_stage(tmp_path_factory):
+    """FastViTHD's real widths and heads (two attention stages, 3072-d conv_exp, the
+    3072->896->896 projector), one block per stage, 256-px input (16 tokens)."""
+    from weights.configs import LLMConfig, VisionConfig
+    from weights.synthetic import TINY_VOCAB
+
+    llm = LLMConfig(hidden_size=896, num_hidden_layers=1, num_attention_heads=14, num_key_value_heads=2,
+                    intermediate_size=128, vocab_size=TINY_VOCAB)
+    vision = VisionConfig(layers=(1, 1, 1, 1, 1), image_size=256)
+    ckpt = write_reduced(tmp_path_factory.mktemp("full_vision") / "ckpt", llm=llm, vision=vision)
+    spec = vision_encoder.build_spec(ckpt)
+    check_gate1(spec, "vision_encoder (full width)")
+    path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_vision_out"), spec.file)
+    g2 = gates.gate2(spec, path, "fp16")["image_features"]
+    print(f"vision_encoder (full width) gate 2 (fp16 program): {g2:.1f} dB")
+    assert g2 >= gates.GATE2_MIN_DB
