@@ -8,8 +8,8 @@ SWIFT_PKG := ios_bridge/swift
 unexport PIP_FIND_LINKS
 export PIP_CONFIG_FILE := /dev/null
 # MLX's Linux wheel bundles the reference BLAS; Debian's OpenBLAS is ~14x faster.
-OPENBLAS := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 /usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3)
-export LD_PRELOAD := $(firstword $(OPENBLAS))
+OPENBLAS := $(firstword $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3))
+WITH_BLAS := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup system-packages test test-python swift-test parity parity-full convert-full \
@@ -34,24 +34,28 @@ $(VENV)/.installed: pyproject.toml
 test: test-python swift-test
 
 test-python:
-	$(PYTEST) -q
+	$(WITH_BLAS) $(PYTEST) -q
 
 # golden vectors (sampler, real-Qwen tokenizer ids, manifest, fake-runner pipeline) are
-# written by Python into the gitignored $(GOLDEN) and checked by `swift test`
+# written by Python into the gitignored $(GOLDEN) and checked by `swift test`; off macOS
+# the Core ML runner is type-checked against a stub (ios_bridge/swift/Tools)
 GOLDEN := build/golden
 swift-test:
 	@if command -v swift >/dev/null; then \
-	  $(PY) -m ios_bridge.golden $(GOLDEN) && \
-	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test; \
+	  $(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion --components mcp dit \
+	    > $(GOLDEN)-conversion.log 2>&1 || { tail -20 $(GOLDEN)-conversion.log; exit 1; }; \
+	  $(WITH_BLAS) $(PY) -m ios_bridge.golden $(GOLDEN) --export $(GOLDEN)-conversion && \
+	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test && \
+	  ./Tools/typecheck-coreml.sh; \
 	else echo "swift-test: no Swift toolchain on this machine, skipped"; fi
 
 # component-by-component and end-to-end parity report (tiny + reduced full-width configs)
 parity:
-	$(PYTEST) -q
+	$(WITH_BLAS) $(PYTEST) -q
 
 # the same at the real sizes; writes a full-size random checkpoint first
 parity-full: full-checkpoint
-	MOBILEO_FULL_CHECKPOINT=checkpoints/full $(PYTEST) -q -m full -o addopts=""
+	MOBILEO_FULL_CHECKPOINT=checkpoints/full $(WITH_BLAS) $(PYTEST) -q -m full -o addopts=""
 
 full-checkpoint: checkpoints/full/model.safetensors.index.json
 checkpoints/full/model.safetensors.index.json:

@@ -1,0 +1,475 @@
+"""Golden vectors for the Swift package: ``python -m ios_bridge.golden OUTDIR``.
+
+Writes (all generated, never committed; ``make swift-test`` puts them in build/golden):
+
+  sampler.json          flow DPM-Solver++ and Euler timesteps/sigmas for several step
+                        counts, and 20-step trajectories under a fixed fake denoiser,
+                        from ``mlx_model.scheduler`` driven by ``mlx_model.pipeline.sample``
+  qwen/tokenizer.json   a real Qwen2 vocabulary (ranks shipped by ``dashscope``)
+  tokenizer_cases.json  ids from the ``tokenizers`` library for tricky strings
+  export/               ``--export DIR``: a copy of a real ``python -m coreml_convert`` run
+                        (manifest.json, bundles, tokenizer files; ``make swift-test`` converts
+                        the tiny model's mcp and dit); without it, a manifest written by
+                        ``write_manifest`` over placeholder bundles of the tiny model's I/O
+  pipeline.json         generate / edit / understand with the fake runners below, run by
+                        mlx_model's own pipelines (GenerationPipeline, EditPipeline,
+                        Understanding)
+
+The fake runners are simple closed forms that Swift re-implements in its tests
+(Tests/MobileOTests/FakeRunners.swift); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from weights import prompts
+from weights.errors import MobileOError, run_cli
+
+FORMAT = 1
+SAMPLER_STEPS = (1, 2, 3, 5, 10, 14, 15, 20, 28)
+TRAJECTORY_STEPS = 20
+TRAJECTORY_SHAPE = (2, 4, 4)
+
+# strings whose ids Swift must reproduce exactly
+TOKENIZER_CASES = [
+    "Hello world",
+    "a red cup on a wooden table",
+    "",
+    " ",
+    "   leading and trailing spaces   ",
+    "tabs\tand\ttabs\t\t\tend",
+    "line one\nline two\r\nline three\n\n\n",
+    "\n\n  \n \t\n",
+    "multiple     spaces   between",
+    "numbers 1234567890 3.14159 -42 1e-5 0x1F 1,000,000",
+    "12345678901234567890",
+    "I'm you're he's we've they'll I'd don't CAN'T SHE'S We'Re",
+    "'s 's's ''' \"quoted\" 'single'",
+    "你好，世界！今天天气很好。",
+    "日本語のテキストとカタカナ、ひらがな。",
+    "한국어 텍스트입니다",
+    "مرحبا بالعالم",
+    "नमस्ते दुनिया",
+    "Ελληνικά και русский текст",
+    "emoji 😀😃😄 👍🏽 👨‍👩‍👧‍👦 🇺🇸🇯🇵 ❤️",
+    "café naïve résumé",
+    "cafe\u0301 nai\u0308ve",  # decomposed: NFC must compose
+    "ﬁ ligature and Ａ fullwidth ① circled",
+    "non\u00a0breaking\u2003em\u3000ideographic spaces",
+    "zero\u200bwidth\u200djoiner",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "<image>\nWhat is in the picture?",
+    "[IMG][/IMG]<image><|endoftext|>",
+    "<|im_start|><|im_start|>no space<|im_end|>",
+    "<|im_start and <image without closing",
+    "snake_case camelCase kebab-case PascalCase",
+    "https://example.com/path?query=1&x=y#frag",
+    "def f(x):\n    return x ** 2  # comment\n",
+    "!!!???...,,,;;;:::",
+    "ſt long s and 'ſ",
+    "Mixed中文English混合123文字",
+    "Please generate image based on the following caption: a cat wearing a hat",
+    "\u0000control\u0001chars\u007f",
+    "a" * 300,
+    "3" * 50,
+    "١٢٣ Ⅻ ½ ²³ ⅔",  # Arabic-Indic digits, letter numbers, other numbers
+    "\u0301abc \u0301 \u0301\u0301",  # combining marks with nothing to combine with
+    "İstanbul ǅungla ǈ titlecase",
+    "x \n y", "a\u00a0\nb", "\r\r\n\r", "\u2028line sep\u2029para\u0085next",
+    "'LL 'Ve 'rE 'D 'M 'T",
+    "    indented code\n\tand tab\n",
+    "a  \t  b \t\n ",
+    "😀a a😀 ab😀😀cd 1😀2",
+    "$100.00 €50 ¥20 £3",
+    "ｈｅｌｌｏ ＷＯＲＬＤ",
+    "\u212b vs \u00c5 vs A\u030a",  # angstrom sign: NFC maps it to U+00C5
+    "\u1112\u1161\u11ab\u1100\u1173\u11af",  # conjoining jamo: NFC composes 한글
+    "word\u200d\u200d end\ufeff bom",
+    "e\u0301\u0301 double accent",
+]
+
+
+# ---------------------------------------------------------------------- fake runners
+# Each is a closed form computed in float64 from float32 inputs, returning float32.
+
+def fake_hidden_states(values: list, image: np.ndarray | None, num: int, dim: int) -> list[np.ndarray]:
+    """Hidden states [L, D] for a prompt given per position either a token id (int) or
+    ``("image", n)``: token: sin(1e-3 * id * (d+1) + 0.37 (j+1) + 0.01 p);
+    image row n: 0.5 (j+1) emb[n, d] + 0.01 p."""
+    d = np.arange(dim, dtype=np.float64)
+    out = []
+    for j in range(num):
+        rows = []
+        for p, v in enumerate(values):
+            if isinstance(v, tuple):
+                rows.append(0.5 * (j + 1) * image[v[1]].astype(np.float64) + 0.01 * p)
+            else:
+                rows.append(np.sin(1e-3 * v * (d + 1) + 0.37 * (j + 1) + 0.01 * p))
+        out.append(np.array(rows, np.float64).astype(np.float32))
+    return out
+
+
+def fake_mcp(hidden: list[np.ndarray], out_dim: int) -> np.ndarray:
+    """sum_j (j+1)/K * h_j @ W + b,  W[d, k] = cos(0.1 (d+1)(k+1)) / sqrt(D),  b_k = 0.01 (k+1) - 0.2."""
+    k_n, dim = len(hidden), hidden[0].shape[-1]
+    d = np.arange(dim, dtype=np.float64)[:, None]
+    k = np.arange(out_dim, dtype=np.float64)[None, :]
+    w = np.cos(0.1 * (d + 1) * (k + 1)) / math.sqrt(dim)
+    acc = sum((j + 1) / k_n * (h.astype(np.float64) @ w) for j, h in enumerate(hidden))
+    return (acc + (0.01 * (np.arange(out_dim) + 1) - 0.2)).astype(np.float32)
+
+
+def fake_dit(latents: np.ndarray, t: float, context: np.ndarray) -> np.ndarray:
+    """Per batch item b: -0.6 x_b + 0.2 t / 1000 + mean(context_b)."""
+    x = latents.astype(np.float64)
+    m = context.astype(np.float64).reshape(context.shape[0], -1).mean(axis=1)
+    return (-0.6 * x + 0.2 * float(t) / 1000 + m.reshape(-1, *([1] * (x.ndim - 1)))).astype(np.float32)
+
+
+def fake_vae(z: np.ndarray, factor: int = 2) -> np.ndarray:
+    """[C, h, w] -> [3, f h, f w]: tanh(0.8 z[c mod C] (nearest-upsampled) + 0.1 (c+1))."""
+    z = z.astype(np.float64)
+    up = z.repeat(factor, axis=-2).repeat(factor, axis=-1)
+    return np.stack([np.tanh(0.8 * up[c % z.shape[0]] + 0.1 * (c + 1)) for c in range(3)]).astype(np.float32)
+
+
+def fake_vision(pixels: np.ndarray, tokens: int, dim: int) -> np.ndarray:
+    """[3, S, S] -> [N, D]: sin(0.3 (n+1) + 0.05 (d+1)) * mean(pixels)."""
+    n = np.arange(tokens, dtype=np.float64)[:, None]
+    d = np.arange(dim, dtype=np.float64)[None, :]
+    return (np.sin(0.3 * (n + 1) + 0.05 * (d + 1)) * pixels.astype(np.float64).mean()).astype(np.float32)
+
+
+def fake_pixels(size: int) -> np.ndarray:
+    """[3, S, S]: ((7c + 3y + 5x) mod 256) / 255."""
+    c, y, x = np.meshgrid(np.arange(3), np.arange(size), np.arange(size), indexing="ij")
+    return (((7 * c + 3 * y + 5 * x) % 256) / 255).astype(np.float32)
+
+
+FAKE_EOS_AFTER = 6  # the fake LLM ends its answer after this many tokens
+
+
+def fake_next_token(values: list, generated: int, eos: int) -> int:
+    """The fake LLM's greedy choice: eos after FAKE_EOS_AFTER tokens, else a printable byte
+    token 33 + (sum_p v_p (p+1) mod 1000003) mod 94, with image positions counting as 7."""
+    if generated >= FAKE_EOS_AFTER:
+        return eos
+    s = sum((7 if isinstance(v, tuple) else v) * (p + 1) for p, v in enumerate(values)) % 1000003
+    return 33 + s % 94
+
+
+def fake_logits(target: int, vocab: int) -> np.ndarray:
+    return -np.abs(np.arange(vocab) - target).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- sampler
+
+
+def fake_velocity(x: np.ndarray, t) -> np.ndarray:
+    """The trajectory's fixed denoiser: 0.5 cos(t / 1000) x - 0.2 sin(x), in float32."""
+    return np.float32(0.5 * math.cos(float(t) / 1000)) * x - np.float32(0.2) * np.sin(x)
+
+
+def sampler_goldens(cfg) -> dict:
+    from mlx_model.pipeline import sample
+    from mlx_model.scheduler import FlowDPMSolver, FlowEuler
+
+    from ios_bridge.manifest import json_safe
+
+    out = {"config": json_safe(cfg.scheduler.to_dict()), "schedules": {}, "trajectories": {}}
+    kinds = {"flow_dpm_solver_multistep": FlowDPMSolver, "flow_euler": FlowEuler}
+    for name, cls in kinds.items():
+        out["schedules"][name] = [
+            {"steps": n, "timesteps": [float(t) for t in s.timesteps], "sigmas": [float(v) for v in s.sigmas]}
+            for n in SAMPLER_STEPS for s in [cls(cfg.scheduler, n)]
+        ]
+        x0 = np.random.default_rng(0).standard_normal(TRAJECTORY_SHAPE).astype(np.float32)
+        sched = cls(cfg.scheduler, TRAJECTORY_STEPS)
+        traj = [x.astype(np.float32).ravel().tolist() for x in sample(fake_velocity, x0, sched)]
+        out["trajectories"][name] = {"steps": TRAJECTORY_STEPS, "shape": list(TRAJECTORY_SHAPE),
+                                     "initial": x0.ravel().tolist(), "latents": traj}
+    return out
+
+
+# ---------------------------------------------------------------------- tokenizer
+
+
+def qwen_tokenizer(folder: Path) -> Path:
+    from weights.tokenizer import qwen_tiktoken_path, tiktoken_vocab, write_tokenizer
+
+    path = qwen_tiktoken_path()
+    if path is None:
+        raise MobileOError("the dashscope package (which ships qwen.tiktoken) is not installed.",
+                           fix="pip install dashscope (it is in the dev extras: pip install -e '.[dev]').")
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = tiktoken_vocab(path)
+    write_tokenizer(folder, vocab, merges)
+    return folder / "tokenizer.json"
+
+
+def tokenizer_goldens(tokenizer_json: Path) -> dict:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    templated = [prompts.generation_prompt("a red cup"), prompts.understanding_prompt("What is this? 这是什么"),
+                 prompts.editing_prompt("make it blue 🎨")]
+    cases = []
+    for text in TOKENIZER_CASES + templated:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False)})
+    specials = {name: tok.token_to_id(name) for name in prompts.SPECIAL_TOKENS}
+    return {"tokenizer": tokenizer_json.name, "special_tokens": specials, "cases": cases}
+
+
+# ---------------------------------------------------------------------- manifest
+
+
+def placeholder_results(ckpt, out: Path) -> list[dict]:
+    """Conversion results for placeholder bundles, shaped like the tiny model's real I/O
+    (used until a real conversion run is passed with --export)."""
+    from ios_bridge.hashing import bundle_bytes, bundle_sha256
+
+    cfg = ckpt.config
+    c, s = cfg.latent_shape[0], cfg.latent_shape[1]
+    hid, cap, n = cfg.llm.hidden_size, cfg.dit.caption_channels, cfg.vision.num_tokens
+    io = {
+        "vision_encoder": ([("image", (1, 3, cfg.vision.image_size, cfg.vision.image_size), "float16", "B,3,H,W")],
+                           [("image_features", (1, hid, 1, n), "float16", "B,C,1,S")]),
+        "mcp": ([("hidden_states", (cfg.mcp.num_layers, hid, 1, 64), "float16", "K,C,1,S")],
+                [("conditioning", (1, cap, 1, 64), "float16", "B,C,1,S")]),
+        "dit": ([("latent", (2, c, s, s), "float16", "B,C,H,W"), ("timestep", (2,), "float32", "B"),
+                 ("encoder_hidden_states", (2, cap, 1, 64), "float16", "B,C,1,S"),
+                 ("encoder_attention_mask", (2, 64), "float16", "B,S")],
+                [("velocity", (2, c, s, s), "float16", "B,C,H,W")]),
+        "vae_decoder": ([("latent", (1, c, s, s), "float16", "B,C,H,W")],
+                        [("image", (1, 3, cfg.image_size, cfg.image_size), "float16", "B,3,H,W")]),
+    }
+    results = []
+    for name, (ins, outs) in io.items():
+        bundle = out / f"{name}.mlpackage"
+        (bundle / "Data" / "com.apple.CoreML").mkdir(parents=True, exist_ok=True)
+        (bundle / "Manifest.json").write_text(json.dumps({"placeholder": name}))
+        (bundle / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(name.encode() * 64)
+        tensor = lambda t: {"name": t[0], "shape": list(t[1]), "dtype": t[2], "layout": t[3]}  # noqa: E731
+        results.append({
+            "name": name, "file": bundle.name, "bytes": bundle_bytes(bundle), "sha256": bundle_sha256(bundle),
+            "inputs": [tensor(t) for t in ins], "outputs": [tensor(t) for t in outs], "states": [],
+            "functions": ["main"], "compute_units": "cpuAndGPU" if name == "vae_decoder" else "cpuAndNeuralEngine",
+            "minimum_os": {"iOS": "18.0", "macOS": "15.0"}, "compression": {"precision": "fp16", "weights": "fp16"},
+            "gates": {"reference_psnr_db": 61.5, "program_psnr_db": float("inf")},
+            "seconds": 0.0, "peak_rss_mb": 0.0,
+        })
+    return results
+
+
+def write_export(ckpt, out: Path, export: Path | None) -> Path:
+    from ios_bridge.manifest import write_manifest
+
+    if out.exists():
+        shutil.rmtree(out)
+    if export is not None:  # a real conversion run (small: the tiny model), bundles included
+        from ios_bridge.validate import validate
+
+        problems = validate(export)
+        if problems:
+            raise MobileOError(f"--export {export} does not validate: {problems[0]}",
+                               fix=f"rerun python -m coreml_convert --out {export}.")
+        shutil.copytree(export, out, ignore=shutil.ignore_patterns(".*", "*.json.tmp"))
+        return out / "manifest.json"
+    out.mkdir(parents=True)
+    return write_manifest(out, ckpt, placeholder_results(ckpt, out), model_id="synthetic/tiny", revision=None)
+
+
+# ---------------------------------------------------------------------- pipeline
+
+
+TOKEN_SENTINEL = -12345.0  # last channel of a fake token embedding (image rows never hold it)
+
+
+class _FakeLLM:
+    """The fake LLM behind the real Python pipelines (MLX arrays in and out).
+
+    ``embed``: a token becomes [id, 0, ..., 0, TOKEN_SENTINEL]; image rows (spliced in by
+    mlx_model.multimodal) stay as they are, so ``hidden_states`` can tell them apart.
+    ``__call__`` (understanding): a prompt of several positions starts a new answer, one
+    position continues it; the logits peak at :func:`fake_next_token`."""
+
+    class _Model:
+        layers = ()  # mlx_lm.models.cache.make_prompt_cache(model) -> an empty cache
+
+    def __init__(self, tokenizer, dim: int):
+        import mlx.core as mx
+
+        self.tokenizer, self.dim, self.dtype = tokenizer, dim, mx.float32
+        self.model = self._Model()
+        self.values: list = []
+        self.generated = 0
+
+    def embed(self, ids):
+        import mlx.core as mx
+
+        ids = np.array(ids)
+        out = np.zeros((*ids.shape, self.dim), np.float32)
+        out[..., 0] = ids
+        out[..., -1] = TOKEN_SENTINEL
+        return mx.array(out)
+
+    @staticmethod
+    def _values(rows: np.ndarray) -> tuple[list, np.ndarray]:
+        """Per position: a token id, or ("image", n); and the image rows stacked."""
+        values, image = [], []
+        for r in rows:
+            if r[-1] == TOKEN_SENTINEL:
+                values.append(int(r[0]))
+            else:
+                values.append(("image", len(image)))
+                image.append(r)
+        return values, np.array(image, np.float32).reshape(len(image), rows.shape[-1])
+
+    def hidden_states(self, embeds, num: int, mask=None):
+        import mlx.core as mx
+
+        per_batch = [fake_hidden_states(*self._values(rows), num, self.dim) for rows in np.array(embeds)]
+        return [mx.array(np.stack([b[j] for b in per_batch])) for j in range(num)]
+
+    def __call__(self, embeds, cache=None):
+        import mlx.core as mx
+
+        rows = np.array(embeds)[0]
+        if rows.shape[0] > 1:  # a new prompt
+            self.values, self.generated = self._values(rows)[0], 0
+        else:
+            self.values.append(int(rows[0, 0]))
+            self.generated += 1
+        target = fake_next_token(self.values, self.generated, self.tokenizer.eos_id)
+        logits = fake_logits(target, self.tokenizer.vocab_size)
+        return mx.array(np.broadcast_to(logits, (1, rows.shape[0], logits.shape[0])).copy())
+
+
+class _FakeEncoder:
+    """mlx_model.multimodal.ImageEncoder's interface over :func:`fake_vision`."""
+
+    def __init__(self, cfg):
+        self.num_tokens, self.dim = cfg.vision.num_tokens, cfg.llm.hidden_size
+
+    def __call__(self, pixels):
+        import mlx.core as mx
+
+        return mx.array(fake_vision(np.asarray(pixels), self.num_tokens, self.dim)[None])
+
+    encode = __call__
+
+
+class _FakeMCP:
+    def __init__(self, out_dim: int):
+        self.out_dim = out_dim
+
+    def __call__(self, hidden):
+        import mlx.core as mx
+
+        hs = [np.array(h) for h in hidden]
+        return mx.array(np.stack([fake_mcp([h[b] for h in hs], self.out_dim) for b in range(hs[0].shape[0])]))
+
+
+class _FakeDiT:
+    def __call__(self, x, ctx, ts):
+        import mlx.core as mx
+
+        t = float(np.array(ts)[0])
+        return mx.array(fake_dit(np.array(x), t, np.array(ctx)))
+
+
+class _FakeVAE:
+    def decode(self, z):
+        import mlx.core as mx
+
+        return mx.array(np.stack([fake_vae(b) for b in np.array(z)]))
+
+
+def _image_result(cfg, res) -> dict:
+    x = res.latents[0]
+    unit = np.clip(fake_vae(x / np.float32(cfg.vae.scaling_factor)) / 2 + 0.5, 0, 1)
+    return {"initial": res.initial_latents[0].ravel().tolist(), "latents": x.ravel().tolist(),
+            "unit": unit.ravel().tolist(), "rgb": res.images[0].ravel().tolist()}
+
+
+def pipeline_goldens(ckpt) -> dict:
+    """generate / edit / understand run by mlx_model's own pipelines (GenerationPipeline,
+    EditPipeline, Understanding) over the fake runners."""
+    from mlx_model.edit import EditPipeline, EditRequest
+    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.tokenizer import Tokenizer
+    from mlx_model.understand import Understanding
+
+    cfg = ckpt.config
+    tok = Tokenizer.from_checkpoint(ckpt)
+    llm = _FakeLLM(tok, cfg.llm.hidden_size)
+    parts = (llm, _FakeMCP(cfg.dit.caption_channels), _FakeDiT(), _FakeVAE(), cfg)
+    rng = np.random.default_rng(1)
+    out: dict = {"fake_eos_after": FAKE_EOS_AFTER, "generate": [], "edit": [], "understand": []}
+
+    pipe = GenerationPipeline(*parts)
+    for prompt, steps, guidance in (("a red cup", 20, 1.5), ("两只猫 🐱 on a sofa", 7, 3.0)):
+        x0 = rng.standard_normal((1, *cfg.latent_shape)).astype(np.float32)
+        res = pipe.generate(prompt, steps=steps, guidance=guidance, latents=x0)
+        out["generate"].append({"prompt": prompt, "steps": steps, "guidance": guidance,
+                                "ids": pipe.prompt_ids(prompt), **_image_result(cfg, res)})
+
+    pixels = fake_pixels(cfg.preprocess.size)  # [3, S, S]; the Python encoder takes [1, S, S, 3]
+    nhwc = pixels.transpose(1, 2, 0)[None]
+    editor = EditPipeline(*parts)
+    editor.encoder = _FakeEncoder(cfg)
+    for instruction, steps, guidance in (("make the cup blue", 20, 1.5), ("snow 雪", 5, 2.0)):
+        req = EditRequest(nhwc, instruction)
+        x0 = rng.standard_normal((1, *cfg.latent_shape)).astype(np.float32)
+        res = editor.generate(req, steps=steps, guidance=guidance, latents=x0)
+        out["edit"].append({"instruction": instruction, "steps": steps, "guidance": guidance,
+                            "ids": editor.prompt_ids(req), **_image_result(cfg, res)})
+
+    reader = Understanding(llm, _FakeEncoder(cfg), cfg)
+    for question in ("What is in the image?", "Describe it in 3 words."):
+        tokens = [r.token for r in reader.stream(nhwc[0], question, temp=0.0) if r.token is not None]
+        out["understand"].append({"question": question, "ids": reader.prompt(question).ids(),
+                                  "answer_ids": tokens, "text": reader.answer(nhwc[0], question, temp=0.0)})
+    return out
+
+
+# ---------------------------------------------------------------------- main
+
+
+def write_goldens(out: str | Path, model: str = "demo", export: str | Path | None = None) -> Path:
+    from weights.hub import open_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = open_model(model)
+    (out / "sampler.json").write_text(json.dumps(sampler_goldens(ckpt.config)))
+    tj = out / "qwen" / "tokenizer.json"
+    if not tj.is_file():  # ~3 s to rebuild; the vocabulary never changes
+        qwen_tokenizer(tj.parent)
+    (out / "tokenizer_cases.json").write_text(json.dumps(tokenizer_goldens(tj), ensure_ascii=False))
+    write_export(ckpt, out / "export", Path(export) if export else None)
+    (out / "pipeline.json").write_text(json.dumps(pipeline_goldens(ckpt), ensure_ascii=False))
+    (out / "golden.json").write_text(json.dumps({"format": FORMAT, "model": model,
+                                                  "export": str(export) if export else None}))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m ios_bridge.golden", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="folder to write (gitignored, e.g. build/golden)")
+    p.add_argument("--model", default="demo", help="checkpoint for the manifest and fakes (default: demo)")
+    p.add_argument("--export", help="a real `python -m coreml_convert` output folder whose manifest to use")
+    a = p.parse_args(argv)
+    run_cli(lambda: print(write_goldens(a.out, a.model, a.export)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+#if canImport(CoreML)
+import CoreML
+import Foundation
+
+// The model runners over the exported Core ML bundles (I/O as documented in
+// coreml_convert/components/*.py and listed in manifest.json):
+//   vision_encoder  image (1,3,S,S) -> image_features (1,D,1,N)
+//   llm_prefill     input_ids, attention_mask (1,L), image_embeds (1,D,1,N), image_offset (1)
+//                   -> hidden_states (K,D,1,L)                          [generation, editing]
+//   llm_decode      functions "prefill" (chunks of P tokens) and "decode" (one token -> logits),
+//                   sharing the KV-cache states key_cache / value_cache   [understanding]
+//   mcp             hidden_states (K,D,1,S), attention_mask (1,S) -> conditioning (1,Cc,1,S)
+//   dit             latent (2,C,H,W), timestep (2), encoder_hidden_states (2,Cc,1,S),
+//                   encoder_attention_mask (2,S) -> velocity (2,C,H,W)
+//   vae_decoder     latent (1,C,h,w) -> image (1,3,H,W) in [0, 1]
+// Sequences are right-padded to the bundle's next enumerated length and masked.
+
+@available(iOS 18.0, macOS 15.0, *)
+public enum CoreMLRunners {
+    /// Load every bundle the manifest lists from `folder` (compiled once, cached by sha256).
+    /// `computeUnits` overrides the manifest's per-component choice.
+    public static func load(manifest: Manifest, folder: URL, computeUnits: MLComputeUnits? = nil) async throws -> ModelRunners {
+        func component(_ name: String, function: String? = nil) async throws -> CoreMLComponent? {
+            guard let spec = manifest.component(name) else { return nil }
+            return try await CoreMLComponent(spec: spec, folder: folder, function: function, computeUnits: computeUnits)
+        }
+        func required(_ name: String) async throws -> CoreMLComponent {
+            guard let c = try await component(name) else {
+                throw MobileOError(.runner, "manifest.json lists no \(name) component.",
+                                   fix: "convert it: python -m coreml_convert --components \(name).")
+            }
+            return c
+        }
+        let p = manifest.pipeline
+        let pad = p.tokenizer.id(ofRole: "pad") ?? 0
+        let llm = CoreMLLanguageModel(hiddenStates: try await component("llm_prefill"),
+                                      chunk: try await component("llm_decode", function: "prefill"),
+                                      step: try await component("llm_decode", function: "decode"),
+                                      imageTokens: p.conditioning.imageTokens, hidden: p.conditioning.llmHiddenSize,
+                                      padId: pad)
+        let vision = try await component("vision_encoder").map(CoreMLVision.init)
+        return ModelRunners(llm: llm, vision: vision, mcp: CoreMLMCP(try await required("mcp")),
+                            dit: CoreMLDiT(try await required("dit")), vae: CoreMLVAE(try await required("vae_decoder")))
+    }
+}
+
+/// One compiled bundle (or one function of a multifunction bundle).
+@available(iOS 18.0, macOS 15.0, *)
+public final class CoreMLComponent {
+    public let spec: Manifest.Component
+    public let model: MLModel
+
+    public init(spec: Manifest.Component, folder: URL, function: String? = nil,
+                computeUnits: MLComputeUnits? = nil) async throws {
+        guard spec.chunks == nil, let file = spec.file, let sha = spec.sha256 else {
+            throw MobileOError(.runner, "\(spec.name) is split into chunks; this runner loads single bundles.")
+        }
+        self.spec = spec
+        let config = MLModelConfiguration()
+        config.computeUnits = computeUnits ?? Self.units(spec.computeUnits)
+        if let function { config.functionName = function }
+        let compiled = try await Self.compiled(folder.appendingPathComponent(file), sha256: sha)
+        do {
+            model = try MLModel(contentsOf: compiled, configuration: config)
+        } catch {
+            throw MobileOError(.runner, "cannot load \(file)\(function.map { " (function \($0))" } ?? ""): \(error.localizedDescription)",
+                               fix: "check the bundle with `python -m ios_bridge.validate` and the device OS (\(spec.minimumOS)).")
+        }
+    }
+
+    static func units(_ u: Manifest.ComputeUnits) -> MLComputeUnits {
+        switch u {
+        case .all: return .all
+        case .cpuOnly: return .cpuOnly
+        case .cpuAndGPU: return .cpuAndGPU
+        case .cpuAndNeuralEngine: return .cpuAndNeuralEngine
+        }
+    }
+
+    /// The .mlmodelc of a bundle, compiled on first use and kept in Caches/MobileO/<sha256>.mlmodelc.
+    static func compiled(_ bundle: URL, sha256: String) async throws -> URL {
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: bundle.path) else {
+            throw MobileOError(.runner, "\(bundle.path) does not exist.",
+                               fix: "add the export folder (manifest.json and every bundle it lists) to the app.")
+        }
+        let caches = try fm.url(for: .cachesDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
+            .appendingPathComponent("MobileO", isDirectory: true)
+        try fm.createDirectory(at: caches, withIntermediateDirectories: true)
+        let target = caches.appendingPathComponent("\(sha256).mlmodelc")
+        if fm.fileExists(atPath: target.path) { return target }
+        let temp = try await MLModel.compileModel(at: bundle)
+        try? fm.removeItem(at: target)
+        try fm.moveItem(at: temp, to: target)
+        return target
+    }
+
+    /// The manifest's spec of an input.
+    func input(_ name: String) throws -> Manifest.TensorSpec {
+        guard let t = spec.input(name) else {
+            throw MobileOError(.runner, "\(spec.name) has no input '\(name)' in manifest.json.",
+                               fix: "re-export with the matching coreml_convert version.")
+        }
+        return t
+    }
+
+    /// Smallest allowed size >= n of an input axis (enumerated shapes).
+    func length(_ n: Int, input name: String, axis: Int) throws -> Int {
+        let t = try input(name)
+        guard let s = t.allowedSizes(axis: axis).sorted().first(where: { $0 >= n }) else {
+            throw MobileOError(.runner, "\(spec.name): a sequence of \(n) is longer than the bundle's longest (\(t.allowedSizes(axis: axis).max() ?? 0)).",
+                               fix: "shorten the prompt.")
+        }
+        return s
+    }
+
+    /// Length of an input axis as the loaded model (function) declares it.
+    func declaredSize(_ name: String, axis: Int) -> Int? {
+        guard let shape = model.modelDescription.inputDescriptionsByName[name]?.multiArrayConstraint?.shape,
+              axis < shape.count else { return nil }
+        return shape[axis].intValue
+    }
+
+    /// A multiarray for input `name` in its manifest dtype.
+    func array(_ name: String, shape: [Int], _ values: [Float]) throws -> MLMultiArray {
+        try MultiArrays.make(shape: shape, dtype: try input(name).dtype, values: values)
+    }
+
+    func predict(_ inputs: [String: MLMultiArray], state: MLState? = nil) throws -> MLFeatureProvider {
+        let provider = try MLDictionaryFeatureProvider(dictionary: inputs.mapValues { MLFeatureValue(multiArray: $0) })
+        do {
+            if let state { return try model.prediction(from: provider, using: state) }
+            return try model.prediction(from: provider)
+        } catch {
+            throw MobileOError(.runner, "\(spec.name) prediction failed: \(error.localizedDescription)")
+        }
+    }
+
+    func output(_ out: MLFeatureProvider, _ name: String) throws -> Tensor {
+        guard let a = out.featureValue(for: name)?.multiArrayValue else {
+            throw MobileOError(.runner, "\(spec.name) returned no output '\(name)'.")
+        }
+        return MultiArrays.read(a)
+    }
+}
+
+/// MLMultiArray <-> Tensor, honouring strides; fp16 as raw bits (see `Half`).
+@available(iOS 18.0, macOS 15.0, *)
+enum MultiArrays {
+    static func make(shape: [Int], dtype: Manifest.DType, values: [Float]) throws -> MLMultiArray {
+        precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not hold \(values.count) values")
+        let type: MLMultiArrayDataType = dtype == .float16 ? .float16 : (dtype == .int32 ? .int32 : .float32)
+        let a = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: type)
+        a.withUnsafeMutableBytes { raw, strides in
+            forEachIndex(shape, strides) { logical, offset in
+                let v = values[logical]
+                switch dtype {
+                case .float16: raw.storeBytes(of: Half.bits(v), toByteOffset: offset * 2, as: UInt16.self)
+                case .float32: raw.storeBytes(of: v, toByteOffset: offset * 4, as: Float.self)
+                case .int32: raw.storeBytes(of: Int32(v), toByteOffset: offset * 4, as: Int32.self)
+                }
+            }
+        }
+        return a
+    }
+
+    static func read(_ a: MLMultiArray) -> Tensor {
+        let shape = a.shape.map { $0.intValue }, strides = a.strides.map { $0.intValue }
+        var out = [Float](repeating: 0, count: shape.reduce(1, *))
+        let type = a.dataType
+        a.withUnsafeBytes { raw in
+            forEachIndex(shape, strides) { logical, offset in
+                switch type {
+                case .float16: out[logical] = Half.value(raw.loadUnaligned(fromByteOffset: offset * 2, as: UInt16.self))
+                case .float32: out[logical] = raw.loadUnaligned(fromByteOffset: offset * 4, as: Float.self)
+                case .double: out[logical] = Float(raw.loadUnaligned(fromByteOffset: offset * 8, as: Double.self))
+                case .int32: out[logical] = Float(raw.loadUnaligned(fromByteOffset: offset * 4, as: Int32.self))
+                default: out[logical] = a[logical].floatValue
+                }
+            }
+        }
+        return Tensor(shape: shape, data: out)
+    }
+
+    /// Visit every element: (row-major logical index, element offset from the strides).
+    static func forEachIndex(_ shape: [Int], _ strides: [Int], _ body: (Int, Int) -> Void) {
+        let n = shape.reduce(1, *)
+        guard n > 0 else { return }
+        var index = [Int](repeating: 0, count: shape.count)
+        for logical in 0..<n {
+            var offset = 0
+            for (i, s) in strides.enumerated() { offset += index[i] * s }
+            body(logical, offset)
+            var axis = shape.count - 1
+            while axis >= 0 {
+                index[axis] += 1
+                if index[axis] < shape[axis] { break }
+                index[axis] = 0
+                axis -= 1
+            }
+        }
+    }
+}
+
+// MARK: - layouts: rows [L, C] <-> channels-first (C, 1, S) with right padding
+
+func rowsToChannels(_ rows: Tensor, length s: Int) -> [Float] {
+    let l = rows.shape[0], c = rows.shape[1]
+    var out = [Float](repeating: 0, count: c * s)
+    for p in 0..<l { for ch in 0..<c { out[ch * s + p] = rows.data[p * c + ch] } }
+    return out
+}
+
+/// (B, C, 1, S) -> B tensors [l, C] (the first l positions).
+func channelsToRows(_ t: Tensor, keep l: Int) -> [Tensor] {
+    let b = t.shape[0], c = t.shape[1], s = t.shape[3]
+    return (0..<b).map { i in
+        var rows = [Float](repeating: 0, count: l * c)
+        for p in 0..<l { for ch in 0..<c { rows[p * c + ch] = t.data[(i * c + ch) * s + p] } }
+        return Tensor(shape: [l, c], data: rows)
+    }
+}
+
+// MARK: - runners
+
+@available(iOS 18.0, macOS 15.0, *)
+final class CoreMLVision: VisionRunner {
+    let c: CoreMLComponent
+    init(_ c: CoreMLComponent) { self.c = c }
+
+    func imageEmbeddings(_ pixels: Tensor) throws -> Tensor {
+        let out = try c.predict(["image": try c.array("image", shape: [1] + pixels.shape, pixels.data)])
+        let f = try c.output(out, "image_features")  // (1, D, 1, N)
+        return channelsToRows(f, keep: f.shape[3])[0]
+    }
+}
+
+@available(iOS 18.0, macOS 15.0, *)
+final class CoreMLLanguageModel: LanguageModelRunner {
+    let hiddenBundle: CoreMLComponent?, chunk: CoreMLComponent?, step: CoreMLComponent?
+    let imageTokens: Int, hidden: Int, padId: Int
+    private var state: MLState?
+    private var position = 0
+
+    init(hiddenStates: CoreMLComponent?, chunk: CoreMLComponent?, step: CoreMLComponent?, imageTokens: Int,
+         hidden: Int, padId: Int) {
+        self.hiddenBundle = hiddenStates; self.chunk = chunk; self.step = step
+        self.imageTokens = imageTokens; self.hidden = hidden; self.padId = padId
+    }
+
+    /// Token columns (image columns hold the pad id), the image rows, and the image's first column.
+    func flatten(_ prompt: [PromptSegment]) throws -> (ids: [Int], image: Tensor?, offset: Int) {
+        var ids = [Int](), image: Tensor?, offset = -imageTokens
+        for seg in prompt {
+            switch seg {
+            case .tokens(let t): ids += t
+            case .image(let e):
+                guard image == nil else { throw MobileOError(.runner, "the Core ML LLM takes one image per prompt.") }
+                guard e.shape == [imageTokens, hidden] else {
+                    throw MobileOError(.runner, "image embeddings have shape \(e.shape); the LLM takes [\(imageTokens), \(hidden)].")
+                }
+                image = e; offset = ids.count
+                ids += [Int](repeating: padId, count: imageTokens)
+            }
+        }
+        return (ids, image, offset)
+    }
+
+    func imageInputs(_ c: CoreMLComponent, _ image: Tensor?, offset: Int) throws -> [String: MLMultiArray] {
+        let embeds = image.map { rowsToChannels($0, length: imageTokens) } ?? [Float](repeating: 0, count: hidden * imageTokens)
+        return ["image_embeds": try c.array("image_embeds", shape: [1, hidden, 1, imageTokens], embeds),
+                "image_offset": try c.array("image_offset", shape: [1], [Float(image == nil ? -imageTokens : offset)])]
+    }
+
+    func hiddenStates(_ prompt: [PromptSegment], count: Int) throws -> [Tensor] {
+        guard let c = hiddenBundle else {
+            throw MobileOError(.runner, "manifest.json lists no llm_prefill component; generation and editing need it.",
+                               fix: "convert it: python -m coreml_convert --components llm_prefill.")
+        }
+        let (ids, image, offset) = try flatten(prompt)
+        let s = try c.length(ids.count, input: "input_ids", axis: 1)
+        let padded = ids + [Int](repeating: padId, count: s - ids.count)
+        let mask = (0..<s).map { Float($0 < ids.count ? 1 : 0) }
+        var inputs = try imageInputs(c, image, offset: offset)
+        inputs["input_ids"] = try c.array("input_ids", shape: [1, s], padded.map(Float.init))
+        inputs["attention_mask"] = try c.array("attention_mask", shape: [1, s], mask)
+        let states = channelsToRows(try c.output(try c.predict(inputs), "hidden_states"), keep: ids.count)
+        guard states.count == count else {
+            throw MobileOError(.runner, "llm_prefill returns \(states.count) hidden states; the pipeline asked for \(count).")
+        }
+        return states
+    }
+
+    func prefill(_ prompt: [PromptSegment]) throws -> [Float] {
+        guard let chunk, let step else {
+            throw MobileOError(.runner, "manifest.json lists no llm_decode component; understanding needs it.",
+                               fix: "convert it: python -m coreml_convert --components llm_decode.")
+        }
+        let (ids, image, offset) = try flatten(prompt)
+        guard !ids.isEmpty else { throw MobileOError(.runner, "the prompt is empty.") }
+        let fresh = step.model.makeState()  // the two functions share the KV cache
+        let p = chunk.declaredSize("input_ids", axis: 1) ?? 1
+        let last = ids.count - 1
+        var start = 0
+        while start < last {
+            let n = min(p, last - start)
+            let part = Array(ids[start..<start + n]) + [Int](repeating: padId, count: p - n)
+            var inputs = try imageInputs(chunk, image, offset: offset - start)
+            if image == nil { inputs["image_offset"] = try chunk.array("image_offset", shape: [1], [Float(-imageTokens)]) }
+            inputs["input_ids"] = try chunk.array("input_ids", shape: [1, p], part.map(Float.init))
+            inputs["position"] = try chunk.array("position", shape: [1], [Float(start)])
+            _ = try chunk.predict(inputs, state: fresh)
+            start += p
+        }
+        state = fresh
+        position = last
+        return try decode(ids[last])
+    }
+
+    func decode(_ token: Int) throws -> [Float] {
+        guard let step, let state else {
+            throw MobileOError(.runner, "decode was called before prefill.")
+        }
+        if let t = step.spec.states.first?.shape.last, position >= t {
+            throw MobileOError(.runner, "the answer reached the KV cache's \(t) positions.", fix: "ask for fewer new tokens.")
+        }
+        let out = try step.predict(["input_ids": try step.array("input_ids", shape: [1, 1], [Float(token)]),
+                                    "position": try step.array("position", shape: [1], [Float(position)])], state: state)
+        position += 1
+        return try step.output(out, "logits").data
+    }
+}
+
+@available(iOS 18.0, macOS 15.0, *)
+final class CoreMLMCP: ConditioningRunner {
+    let c: CoreMLComponent
+    init(_ c: CoreMLComponent) { self.c = c }
+
+    func conditioning(_ hiddenStates: [Tensor]) throws -> Tensor {
+        let k = hiddenStates.count, l = hiddenStates[0].shape[0], d = hiddenStates[0].shape[1]
+        let s = try c.length(l, input: "hidden_states", axis: 3)
+        let values = hiddenStates.flatMap { rowsToChannels($0, length: s) }
+        let out = try c.predict([
+            "hidden_states": try c.array("hidden_states", shape: [k, d, 1, s], values),
+            "attention_mask": try c.array("attention_mask", shape: [1, s], (0..<s).map { Float($0 < l ? 1 : 0) }),
+        ])
+        return channelsToRows(try c.output(out, "conditioning"), keep: l)[0]
+    }
+}
+
+@available(iOS 18.0, macOS 15.0, *)
+final class CoreMLDiT: DenoiserRunner {
+    let c: CoreMLComponent
+    init(_ c: CoreMLComponent) { self.c = c }
+
+    func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) throws -> Tensor {
+        let b = latents.shape[0], bundleBatch = try c.input("latent").shape[0]
+        if bundleBatch != b {  // e.g. a batch-1 bundle: one call per item
+            guard bundleBatch == 1 else {
+                throw MobileOError(.runner, "the dit bundle takes batch \(bundleBatch); the pipeline passes \(b).")
+            }
+            let parts = try zip(latents.unstacked(), conditioning.unstacked()).map { x, ctx in
+                try velocity(latents: Tensor.stack([x]), timestep: timestep, conditioning: Tensor.stack([ctx])).unstacked()[0]
+            }
+            return Tensor.stack(parts)
+        }
+        let l = conditioning.shape[1]
+        let s = try c.length(l, input: "encoder_hidden_states", axis: 3)
+        let ctx = conditioning.unstacked().flatMap { rowsToChannels($0, length: s) }
+        let mask = (0..<b).flatMap { _ in (0..<s).map { Float($0 < l ? 1 : 0) } }
+        let out = try c.predict([
+            "latent": try c.array("latent", shape: latents.shape, latents.data),
+            "timestep": try c.array("timestep", shape: [b], [Float](repeating: Float(timestep), count: b)),
+            "encoder_hidden_states": try c.array("encoder_hidden_states", shape: [b, conditioning.shape[2], 1, s], ctx),
+            "encoder_attention_mask": try c.array("encoder_attention_mask", shape: [b, s], mask),
+        ])
+        return try c.output(out, "velocity")
+    }
+}
+
+@available(iOS 18.0, macOS 15.0, *)
+final class CoreMLVAE: DecoderRunner {
+    let c: CoreMLComponent
+    init(_ c: CoreMLComponent) { self.c = c }
+
+    /// The bundle divides by the scaling factor and maps to [0, 1] itself.
+    func decode(_ latents: Tensor) throws -> Tensor {
+        let out = try c.predict(["latent": try c.array("latent", shape: [1] + latents.shape, latents.data)])
+        let image = try c.output(out, "image")
+        return image.reshaped(Array(image.shape.dropFirst()))
+    }
+}
+#endif

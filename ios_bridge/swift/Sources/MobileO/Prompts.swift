@@ -1,0 +1,70 @@
+import Foundation
+
+/// The prompt templates from the manifest (weights/prompts.py on the Python side).
+public struct PromptTemplates: Equatable, Sendable {
+    public let prompts: Manifest.Prompts
+
+    public init(_ prompts: Manifest.Prompts) { self.prompts = prompts }
+
+    /// Fill `{slot}` once, inserting `value` verbatim (like Python's str.format).
+    static func fill(_ template: String, _ slot: String, _ value: String) -> String {
+        guard let r = template.range(of: "{\(slot)}") else { return template }
+        return template.replacingCharacters(in: r, with: value)
+    }
+
+    public func chat(_ userTurn: String) -> String { Self.fill(prompts.chat, "qs", userTurn) }
+
+    public func generation(_ prompt: String) -> String {
+        chat(Self.fill(prompts.generation, "prompt", prompt))
+    }
+
+    public func understanding(_ question: String) -> String {
+        chat(Self.fill(prompts.understanding, "question", question))
+    }
+
+    public func editing(_ instruction: String) -> String {
+        chat(Self.fill(prompts.editing, "instruction", instruction))
+    }
+}
+
+/// A prompt as the language model sees it: token ids, with the image's embeddings where
+/// the `<image>` placeholder token stood.
+public enum PromptSegment: Equatable, Sendable {
+    case tokens([Int])
+    case image(Tensor)  // [N, D] image embeddings in the LLM's space
+
+    /// The prompt as the language model sees it.  With an image, the ids must hold exactly
+    /// one `imageTokenId` (the `<image>` placeholder), replaced by the image's rows; without
+    /// one, every id is a token (as mlx_model.multimodal / mlx_model.pipeline do).
+    public static func build(ids: [Int], imageTokenId: Int, image: Tensor?) throws -> [PromptSegment] {
+        guard let image else { return [.tokens(ids)] }
+        let count = ids.filter { $0 == imageTokenId }.count
+        guard count == 1, let at = ids.firstIndex(of: imageTokenId) else {
+            throw MobileOError(.pipeline, "the prompt holds \(count) image placeholders; Mobile-O takes exactly one image.",
+                               fix: "remove the image placeholder from the question or instruction.")
+        }
+        var out = [PromptSegment]()
+        if at > 0 { out.append(.tokens(Array(ids[..<at]))) }
+        out.append(.image(image))
+        if at + 1 < ids.count { out.append(.tokens(Array(ids[(at + 1)...]))) }
+        return out
+    }
+
+    /// Flat ids with `imageTokenId` at every image position (mlx_model's `prompt_ids`).
+    public static func flatIds(_ segments: [PromptSegment], imageTokenId: Int) -> [Int] {
+        segments.flatMap { seg -> [Int] in
+            switch seg {
+            case .tokens(let t): return t
+            case .image(let e): return [Int](repeating: imageTokenId, count: e.shape.first ?? 0)
+            }
+        }
+    }
+
+    /// Number of sequence positions.
+    public var length: Int {
+        switch self {
+        case .tokens(let t): return t.count
+        case .image(let e): return e.shape.first ?? 0
+        }
+    }
+}

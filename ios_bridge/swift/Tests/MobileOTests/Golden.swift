@@ -1,0 +1,40 @@
+import Foundation
+import XCTest
+@testable import MobileO
+
+/// The golden vectors written by `python -m ios_bridge.golden DIR` (`make swift-test` does
+/// it and passes DIR in MOBILEO_GOLDEN_DIR).  Tests fail, never skip, when they are missing.
+enum Golden {
+    static let envVar = "MOBILEO_GOLDEN_DIR"
+
+    static func dir(file: StaticString = #filePath, line: UInt = #line) throws -> URL {
+        guard let path = ProcessInfo.processInfo.environment[envVar], !path.isEmpty else {
+            XCTFail("\(envVar) is not set: run `make swift-test` (it writes the golden vectors with `python -m ios_bridge.golden build/golden` and sets \(envVar)).",
+                    file: file, line: line)
+            throw XCTSkip("no golden vectors")
+        }
+        let url = URL(fileURLWithPath: path)
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent("golden.json").path) else {
+            XCTFail("\(path) holds no golden vectors (golden.json missing): run `make swift-test`.", file: file, line: line)
+            throw XCTSkip("no golden vectors")
+        }
+        return url
+    }
+
+    static func load<T: Decodable>(_ type: T.Type, _ name: String, file: StaticString = #filePath,
+                                   line: UInt = #line) throws -> T {
+        let url = try dir(file: file, line: line).appendingPathComponent(name)
+        guard let data = FileManager.default.contents(atPath: url.path) else {
+            XCTFail("\(url.path) is missing: run `make swift-test`.", file: file, line: line)
+            throw XCTSkip("missing \(name)")
+        }
+        return try Manifest.decoder().decode(T.self, from: data)
+    }
+
+    static func manifestURL() throws -> URL { try dir().appendingPathComponent("export") }
+}
+
+func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
+    precondition(a.count == b.count, "sizes \(a.count) and \(b.count) differ")
+    return zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}

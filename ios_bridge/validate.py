@@ -1,0 +1,128 @@
+"""Check an export folder: ``python -m ios_bridge.validate build/``.
+
+Checks manifest.json against ``schema.json``, then that every bundle and tokenizer file
+it lists exists with the recorded size and sha256.  Prints one line per problem, naming
+the file, and exits 1; prints one ``ok:`` line and exits 0 when all is well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from weights.errors import MobileOError, run_cli
+
+from . import MANIFEST_FILE
+from .hashing import bundle_bytes, bundle_sha256
+from .manifest import load_schema
+
+
+def schema_problems(data, where: str) -> list[str]:
+    try:
+        import jsonschema
+    except ImportError:
+        raise MobileOError("the jsonschema package is needed to validate a manifest.",
+                           fix="pip install jsonschema (or pip install -e '.[dev]').") from None
+    validator = jsonschema.Draft202012Validator(load_schema())
+    out = []
+    for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        path = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        out.append(f"{where}: schema: at {path}: {err.message}")
+    return out
+
+
+def listed_files(data) -> list[tuple[str, dict]]:
+    """(what, {file, sha256, bytes}) for every bundle, chunk and tokenizer file."""
+    items = []
+    for comp in data.get("components", []):
+        if "chunks" in comp:
+            items += [(f"{comp['name']} chunk {i}", c) for i, c in enumerate(comp["chunks"])]
+        else:
+            items.append((comp["name"], comp))
+    items += [("tokenizer", f) for f in data.get("pipeline", {}).get("tokenizer", {}).get("files", [])]
+    return items
+
+
+def file_problems(folder: Path, data) -> list[str]:
+    out = []
+    for what, entry in listed_files(data):
+        path = folder / entry["file"]
+        if not path.exists():
+            out.append(f"{path}: missing ({what} bundle listed in {MANIFEST_FILE}).")
+            continue
+        size = bundle_bytes(path)
+        if size != entry["bytes"]:
+            out.append(f"{path}: size is {size} bytes but {MANIFEST_FILE} says {entry['bytes']} ({what}).")
+            continue
+        digest = bundle_sha256(path)
+        if digest != entry["sha256"]:
+            out.append(f"{path}: sha256 is {digest} but {MANIFEST_FILE} says {entry['sha256']} "
+                       f"({what}: the bundle was modified or corrupted).")
+    return out
+
+
+def check_problems(folder: Path, data) -> list[str]:
+    """Consistency the schema cannot express."""
+    out, where = [], str(folder / MANIFEST_FILE)
+    names = [c.get("name") for c in data.get("components", [])]
+    for n in sorted({n for n in names if names.count(n) > 1}):
+        out.append(f"{where}: component {n!r} is listed twice.")
+    for comp in data.get("components", []):
+        for group in ("inputs", "outputs", "states"):
+            for t in comp.get(group, []):
+                axes = [a for a in t.get("layout", "").split(",") if a]
+                if len(axes) != len(t.get("shape", [])):
+                    out.append(f"{where}: {comp['name']} {group[:-1]} {t.get('name')!r} has layout "
+                               f"{t.get('layout')!r} ({len(axes)} axes) for shape {t.get('shape')}.")
+                for axis in t.get("enumerated", {}) or {}:
+                    if int(axis) >= len(t.get("shape", [])):
+                        out.append(f"{where}: {comp['name']} {group[:-1]} {t.get('name')!r}: enumerated "
+                                   f"axis {axis} is beyond its rank {len(t.get('shape', []))}.")
+    tok = data.get("pipeline", {}).get("tokenizer", {})
+    known = {t["name"] for t in tok.get("special_tokens", [])}
+    for role, name in (tok.get("roles") or {}).items():
+        if name not in known:
+            out.append(f"{where}: tokenizer role {role!r} names {name!r}, which is not among special_tokens.")
+    return out
+
+
+def validate(folder: str | Path) -> list[str]:
+    """All problems found in an export folder (empty when it is valid)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return [f"{path}: missing; run `python -m coreml_convert --out {folder}` to write it."]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [f"{path}: not valid JSON ({e})."]
+    problems = schema_problems(data, str(path))
+    if problems:
+        return problems  # the file checks below rely on the schema's structure
+    return check_problems(folder, data) + file_problems(folder, data)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ios_bridge.validate", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="export folder holding manifest.json and the bundles")
+    a = p.parse_args(argv)
+
+    def run() -> int:
+        problems = validate(a.folder)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} problem(s) in {a.folder}", file=sys.stderr)
+            return 1
+        data = json.loads((Path(a.folder) / MANIFEST_FILE).read_text())
+        print(f"ok: {Path(a.folder) / MANIFEST_FILE}: {len(data['components'])} component(s), "
+              f"{len(listed_files(data))} file(s) verified")
+        return 0
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

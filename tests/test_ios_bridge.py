@@ -1,0 +1,271 @@
+"""ios_bridge: bundle hashes, the manifest (schema, facts from weights/), the validator CLI,
+and the golden vectors the Swift package checks (`make swift-test` runs the Swift side)."""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ios_bridge import MANIFEST_FILE
+from ios_bridge.hashing import bundle_bytes, bundle_sha256
+from ios_bridge.manifest import ManifestError, load_schema, write_manifest
+from ios_bridge.validate import validate
+from weights import prompts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def export(tmp_path, tiny_ckpt):
+    """A manifest over placeholder bundles shaped like the tiny model's I/O."""
+    from ios_bridge.golden import placeholder_results
+
+    out = tmp_path / "export"
+    out.mkdir()
+    results = placeholder_results(tiny_ckpt, out)
+    write_manifest(out, tiny_ckpt, results, model_id="synthetic/tiny", revision="abc123")
+    return out
+
+
+def _run_validate(folder):
+    return subprocess.run([sys.executable, "-m", "ios_bridge.validate", str(folder)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+# ---------------------------------------------------------------------- hashing
+
+
+def test_bundle_hash_is_sha256sum_of_the_sorted_listing(tmp_path):
+    b = tmp_path / "m.mlpackage"
+    (b / "Data" / "x").mkdir(parents=True)
+    (b / "Manifest.json").write_bytes(b"{}")
+    (b / "Data" / "x" / "weight.bin").write_bytes(bytes(range(256)) * 4)
+    (b / "Data" / "B").write_bytes(b"upper")  # 'B' sorts before 'x'
+    listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {rel}\n" for rel, p in sorted(
+        ((p.relative_to(b).as_posix(), p) for p in b.rglob("*") if p.is_file()), key=lambda t: t[0].encode()))
+    assert bundle_sha256(b) == hashlib.sha256(listing.encode()).hexdigest()
+    assert bundle_bytes(b) == 2 + 1024 + 5
+    single = b / "Manifest.json"
+    assert bundle_sha256(single) == hashlib.sha256(b"{}").hexdigest() and bundle_bytes(single) == 2
+    before = bundle_sha256(b)
+    data = bytearray((b / "Data" / "x" / "weight.bin").read_bytes())
+    data[100] ^= 1
+    (b / "Data" / "x" / "weight.bin").write_bytes(bytes(data))
+    assert bundle_sha256(b) != before and bundle_bytes(b) == 2 + 1024 + 5
+    with pytest.raises(FileNotFoundError):
+        bundle_sha256(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------- manifest
+
+
+def test_manifest_validates_against_its_schema(export):
+    import jsonschema
+
+    data = json.loads((export / MANIFEST_FILE).read_text())
+    jsonschema.Draft202012Validator.check_schema(load_schema())
+    jsonschema.Draft202012Validator(load_schema()).validate(data)
+    assert validate(export) == []
+    r = _run_validate(export)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok: ") and "4 component(s)" in r.stdout
+
+
+def test_manifest_facts_come_from_weights(export, tiny_ckpt):
+    from tokenizers import Tokenizer
+
+    m = json.loads((export / MANIFEST_FILE).read_text())
+    cfg = tiny_ckpt.config
+    p = m["pipeline"]
+    sched = dict(cfg.scheduler.to_dict(), lambda_min_clipped="-Infinity")  # JSON has no -inf
+    assert p["scheduler"]["config"] == sched and p["scheduler"]["type"] == "flow_dpm_solver_multistep"
+    assert p["defaults"] == cfg.defaults.to_dict()
+    assert p["latent_shape"] == list(cfg.latent_shape) and p["image_size"] == cfg.image_size
+    assert p["vae_scaling_factor"] == cfg.vae.scaling_factor
+    assert p["image_preprocess"] == cfg.preprocess.to_dict()
+    assert p["conditioning"]["hidden_states"] == cfg.mcp.num_layers
+    assert p["conditioning"]["image_tokens"] == cfg.vision.num_tokens
+    assert p["prompts"]["chat"] == prompts.CHAT_TEMPLATE and p["prompts"]["editing"] == prompts.EDITING_QS
+    assert p["prompts"]["chat"].format(qs=p["prompts"]["generation"].format(prompt="x")) == prompts.generation_prompt("x")
+    tok = Tokenizer.from_file(str(tiny_ckpt.folder / "tokenizer.json"))
+    assert {t["name"]: t["id"] for t in p["tokenizer"]["special_tokens"]} == {
+        n: tok.token_to_id(n) for n in prompts.SPECIAL_TOKENS}
+    assert p["tokenizer"]["roles"]["eos"] == prompts.EOS_TOKEN
+    files = {f["file"] for f in p["tokenizer"]["files"]}
+    assert "tokenizer/tokenizer.json" in files and (export / "tokenizer" / "tokenizer.json").is_file()
+    assert m["model"] == {"id": "synthetic/tiny", "revision": "abc123",
+                          "diffusion_name_or_path": cfg.diffusion_name_or_path, "synthetic": True}
+    dit = next(c for c in m["components"] if c["name"] == "dit")
+    assert dit["gates"]["program_psnr_db"] == "Infinity" and dit["sha256"] == bundle_sha256(export / "dit.mlpackage")
+    assert [c["name"] for c in m["components"]] == ["vision_encoder", "mcp", "dit", "vae_decoder"]
+    # atomic write: no temporary file left, readable like the bundles
+    assert not list(export.glob(".manifest.*"))
+    assert os.stat(export / MANIFEST_FILE).st_mode & 0o044
+
+
+def test_write_manifest_takes_conversion_results(tmp_path, tiny_ckpt):
+    """Contract C: ConversionResult objects (to_dict) with TensorSpec inputs, chunked components."""
+    from coreml_convert.spec import ConversionResult, TensorSpec
+
+    out = tmp_path / "e"
+    for name in ("a.mlpackage", "b.mlpackage"):
+        (out / name).mkdir(parents=True)
+        (out / name / "w.bin").write_bytes(name.encode())
+    spec = TensorSpec("x", (1, 8, 1, 64), "float16", "B,C,1,S", {3: (64, 128)})
+    res = ConversionResult(name="mcp", file="a.mlpackage", bytes=bundle_bytes(out / "a.mlpackage"),
+                           sha256=bundle_sha256(out / "a.mlpackage"), inputs=[spec], outputs=[spec], states=[],
+                           functions=("main",), compute_units="cpuAndNeuralEngine",
+                           minimum_os={"iOS": "18.0", "macOS": "15.0"}, compression={"precision": "fp16"},
+                           gates={"reference_psnr_db": 80.0, "program_psnr_db": 90.0}, seconds=1.5, peak_rss_mb=300)
+    chunked = dict(res.to_dict(), name="dit", chunks=["a.mlpackage", "b.mlpackage"])
+    path = write_manifest(out, tiny_ckpt, [res, chunked], "synthetic/tiny", None)
+    m = json.loads(path.read_text())
+    assert m["components"][0]["inputs"][0]["enumerated"] == {"3": [64, 128]}
+    assert [c["file"] for c in m["components"][1]["chunks"]] == ["a.mlpackage", "b.mlpackage"]
+    assert "file" not in m["components"][1]
+    assert validate(out) == []
+
+    stale = dict(res.to_dict(), sha256="0" * 64)
+    with pytest.raises(ManifestError, match="a.mlpackage: sha256 .* changed after conversion"):
+        write_manifest(out, tiny_ckpt, [stale], "synthetic/tiny", None)
+    with pytest.raises(ManifestError, match="does not exist"):
+        write_manifest(out, tiny_ckpt, [dict(res.to_dict(), file="gone.mlpackage")], "synthetic/tiny", None)
+    with pytest.raises(ManifestError, match="appears twice"):
+        write_manifest(out, tiny_ckpt, [res, res], "synthetic/tiny", None)
+
+
+# ---------------------------------------------------------------------- validator
+
+
+def test_tampered_bundle_fails_validate_naming_the_file(export):
+    weight = export / "dit.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    data = bytearray(weight.read_bytes())
+    data[10] ^= 0xFF  # one changed byte, same size
+    weight.write_bytes(bytes(data))
+    r = _run_validate(export)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2, r.stderr  # the problem, then the count
+    assert lines[0].startswith(f"{export / 'dit.mlpackage'}: sha256 ") and "modified or corrupted" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_validate_reports_each_problem_on_one_line(export):
+    (export / "tokenizer" / "tokenizer_config.json").unlink()
+    with open(export / "vae_decoder.mlpackage" / "Manifest.json", "a") as f:
+        f.write(" ")
+    problems = validate(export)
+    assert len(problems) == 2
+    assert any(p.startswith(str(export / "tokenizer" / "tokenizer_config.json")) and "missing" in p for p in problems)
+    assert any(p.startswith(str(export / "vae_decoder.mlpackage")) and "size is" in p for p in problems)
+
+
+def test_validate_schema_errors_and_missing_manifest(export, tmp_path):
+    m = json.loads((export / MANIFEST_FILE).read_text())
+    m["components"][0]["compute_units"] = "gpu"
+    del m["pipeline"]["latent_shape"]
+    (export / MANIFEST_FILE).write_text(json.dumps(m))
+    problems = validate(export)
+    assert len(problems) == 2 and all(p.startswith(f"{export / MANIFEST_FILE}: schema: at ") for p in problems)
+    assert any("components/0/compute_units" in p for p in problems)
+    assert any("latent_shape" in p for p in problems)
+    r = _run_validate(tmp_path / "nothing")
+    assert r.returncode == 1 and "manifest.json: missing" in r.stderr
+    (export / MANIFEST_FILE).write_text("{oops")
+    assert "not valid JSON" in validate(export)[0]
+
+
+# ---------------------------------------------------------------------- golden vectors
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory, tiny_ckpt_dir):
+    from ios_bridge.golden import write_goldens
+
+    return write_goldens(tmp_path_factory.mktemp("golden"), model=str(tiny_ckpt_dir))
+
+
+def test_golden_files(golden):
+    for name in ("sampler.json", "tokenizer_cases.json", "pipeline.json", "golden.json", "qwen/tokenizer.json",
+                 "export/manifest.json"):
+        assert (golden / name).is_file(), name
+    assert validate(golden / "export") == []
+    cases = json.loads((golden / "tokenizer_cases.json").read_text())
+    assert cases["special_tokens"] == {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                                       "[IMG]": 151646, "[/IMG]": 151647, "<image>": 151648}
+    texts = [c["text"] for c in cases["cases"]]
+    assert any("😀" in t for t in texts) and any("你好" in t for t in texts) and any("<|im_start|>" in t for t in texts)
+    assert max(len(c["ids"]) for c in cases["cases"]) > 20
+
+
+def test_golden_sampler_is_diffusers(golden):
+    """The sampler goldens (mlx_model.scheduler) equal diffusers' schedulers within 1e-5."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+    g = json.loads((golden / "sampler.json").read_text())
+    cfg = {k: (-math.inf if v == "-Infinity" else v) for k, v in g["config"].items()}
+    for s in g["schedules"]["flow_dpm_solver_multistep"]:
+        ref = DPMSolverMultistepScheduler(**cfg)
+        ref.set_timesteps(s["steps"])
+        assert s["timesteps"] == ref.timesteps.tolist()
+        np.testing.assert_allclose(s["sigmas"], ref.sigmas.numpy(), rtol=0, atol=1e-7)
+    for kind in ("flow_dpm_solver_multistep", "flow_euler"):
+        t = g["trajectories"][kind]
+        if kind == "flow_euler":
+            ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg["num_train_timesteps"], shift=cfg["flow_shift"])
+        else:
+            ref = DPMSolverMultistepScheduler(**cfg)
+        ref.set_timesteps(t["steps"])
+        x = torch.tensor(np.array(t["initial"], np.float32).reshape(t["shape"]))
+        worst = 0.0
+        for i, ts in enumerate(ref.timesteps):
+            v = torch.tensor(np.float32(0.5 * math.cos(float(ts) / 1000)) * x.numpy()
+                             - np.float32(0.2) * np.sin(x.numpy()))
+            x = ref.step(v, ts, x).prev_sample
+            worst = max(worst, float(np.abs(x.numpy().ravel() - np.array(t["latents"][i])).max()))
+        assert worst <= 1e-5, (kind, worst)
+
+
+def test_golden_generation_runs_the_python_pipeline(golden):
+    """The fake-runner generation goldens come from mlx_model.pipeline.GenerationPipeline;
+    re-derive the final image from the recorded latents with the same fakes."""
+    from ios_bridge.golden import fake_vae
+
+    g = json.loads((golden / "pipeline.json").read_text())
+    cfg_shape = json.loads((golden / "export" / "manifest.json").read_text())["pipeline"]["latent_shape"]
+    scale = json.loads((golden / "export" / "manifest.json").read_text())["pipeline"]["vae_scaling_factor"]
+    for case in g["generate"] + g["edit"]:
+        x = np.array(case["latents"], np.float32).reshape(cfg_shape)
+        assert not np.allclose(x, np.array(case["initial"], np.float32).reshape(cfg_shape))
+        unit = np.clip(fake_vae(x / np.float32(scale)) / 2 + 0.5, 0, 1)
+        np.testing.assert_allclose(unit.ravel(), case["unit"], atol=1e-6)
+        assert np.abs(np.round(unit * 255).transpose(1, 2, 0).ravel() - np.array(case["rgb"])).max() <= 1
+    assert all(len(u["answer_ids"]) == g["fake_eos_after"] for u in g["understand"])
+    n = json.loads((golden / "export" / "manifest.json").read_text())["pipeline"]["conditioning"]["image_tokens"]
+    for case in g["edit"] + g["understand"]:  # prompt ids as mlx_model.multimodal lays them out
+        assert len(case["ids"]) > n and len(set(case["ids"])) > 10
+
+
+def test_golden_export_copies_a_validated_conversion(export, tmp_path, tiny_ckpt):
+    from ios_bridge.golden import write_export
+    from weights.errors import MobileOError
+
+    manifest = write_export(tiny_ckpt, tmp_path / "copy", export)
+    assert manifest.read_text() == (export / MANIFEST_FILE).read_text()
+    assert validate(tmp_path / "copy") == []
+    (export / "mcp.mlpackage" / "Manifest.json").write_text("{}")  # tampered: refused
+    with pytest.raises(MobileOError, match="does not validate: .*mcp.mlpackage"):
+        write_export(tiny_ckpt, tmp_path / "copy2", export)
+
+
+def test_golden_cli_exits_cleanly_on_bad_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ios_bridge.golden", str(tmp_path / "g"), "--model",
+                        str(tmp_path / "nope")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
