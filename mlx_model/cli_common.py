@@ -154,3 +154,47 @@ def closing_line(timings: dict[str, float], peaks: dict[str, float], steps: int 
         parts.append(f"{name} {sec:.2f}s{extra}")
     parts.append(f"peak memory {format_bytes(max(peaks.values(), default=0.0))}")
     return " | ".join(parts)
+
+
+# ------------------------------------------------------------------ one run of an image command
+GENERATOR = "mobileo-deploy mlx_model"
+
+
+def latents_arg(latents):
+    """``--latents``: (array or None, file name or None); a path is read now, before any loading."""
+    if isinstance(latents, (str, Path)):
+        from .pipeline import load_latents
+
+        return load_latents(latents), str(latents)
+    return latents, None
+
+
+def run_and_save(pipeline, request, *, meta: dict, steps: int, guidance: float, seed: int | None,
+                 n_images: int, latents, scheduler: str, output: str | Path, metadata: bool,
+                 verbose: bool, progress: bool, log) -> list[Path]:
+    """Sample with a progress bar, save each image with its settings, print the closing line.
+
+    ``request`` is what the pipeline's ``generate`` takes (a prompt, or an edit request);
+    ``meta`` holds the command's own settings (prompt, image, model, latents file, ...);
+    ``latents`` is an array or None (see :func:`latents_arg`).
+    """
+    bar = StepProgress(steps, enabled=progress)
+    with bar:
+        out = pipeline.generate(request, steps=steps, guidance=guidance, seed=seed, n_images=n_images,
+                                latents=latents, scheduler=scheduler, progress=bar.update)
+    if verbose:
+        log(f"prompt: {out.prompt_tokens} tokens; seed: {out.seed}")
+    paths = output_paths(output, n_images)
+    for i, (img, path) in enumerate(zip(out.images, paths)):
+        settings = {**meta, "steps": steps, "guidance": guidance, "n_images": n_images, "index": i,
+                    "seed": None if out.seed is None else out.seed + i, "scheduler": scheduler,
+                    "quantize": pipeline.quantize, "dtype": dtype_name(pipeline.dtype),
+                    "size": list(img.shape[:2]), "generator": GENERATOR}
+        save_png(img, path, settings, write_json=metadata)
+        log(f"saved {path}")
+    timings = {"load": pipeline.load_seconds, **out.timings}
+    peaks = {"load": pipeline.load_peak_memory, **out.peak_memory}
+    if verbose:
+        log("peak memory by phase: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in peaks.items()))
+    log(closing_line(timings, peaks, steps))
+    return paths

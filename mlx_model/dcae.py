@@ -15,7 +15,7 @@ import mlx.nn as nn
 from weights.configs import VAEConfig
 from weights.errors import ConfigError
 
-NORM_EPS = 1e-5  # diffusers get_normalization / norm_out default
+NORM_EPS = VAEConfig.NORM_EPS
 ATTN_EPS = 1e-15
 GLU_EXPAND = 4  # GLUMBConv expand_ratio in EfficientViTBlock
 ACTIVATIONS = {"silu": nn.silu, "relu": nn.relu, "relu6": nn.relu6, "gelu": nn.gelu}

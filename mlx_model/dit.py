@@ -15,11 +15,8 @@ import mlx.nn as nn
 
 from weights.configs import DiTConfig
 
-TIMESTEP_CHANNELS = 256  # sinusoidal timestep features (diffusers Timesteps(256, flip_sin_to_cos=True))
-CAPTION_NORM_EPS = 1e-5
-MASK_BIAS = -10000.0  # diffusers' additive value for masked text tokens
+TIMESTEP_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
 LINEAR_ATTN_EPS = 1e-15
-NORM_OUT_EPS = 1e-6  # SanaModulatedNorm
 
 
 def timestep_embedding(t: mx.array, dim: int = TIMESTEP_CHANNELS, max_period: float = 10000.0) -> mx.array:
@@ -188,7 +185,7 @@ class SanaTransformer(nn.Module):
         self.patch_embed = PatchEmbed(c.in_channels, d, c.patch_size)
         self.time_embed = AdaLayerNormSingle(d)
         self.caption_projection = CaptionProjection(c.caption_channels, d)
-        self.caption_norm = nn.RMSNorm(d, eps=CAPTION_NORM_EPS)
+        self.caption_norm = nn.RMSNorm(d, eps=DiTConfig.CAPTION_NORM_EPS)
         self.transformer_blocks = [SanaBlock(c) for _ in range(c.num_layers)]
         self.scale_shift_table = mx.zeros((2, d))
         self.proj_out = nn.Linear(d, c.patch_size * c.patch_size * c.out_channels)
@@ -225,11 +222,11 @@ class SanaTransformer(nn.Module):
         ctx = self.caption_norm(self.caption_projection(context.astype(dtype)))
         mask = None
         if context_mask is not None:
-            mask = ((1 - context_mask.astype(dtype)) * MASK_BIAS)[:, None, None, :]
+            mask = ((1 - context_mask.astype(dtype)) * DiTConfig.MASK_BIAS)[:, None, None, :]
         for block in self.transformer_blocks:
             x = block(x, ctx, t6, mask, hw)
         shift, scale = mx.split(self.scale_shift_table[None] + emb[:, None], 2, axis=1)
-        x = _layer_norm(x, NORM_OUT_EPS) * (1 + scale) + shift
+        x = _layer_norm(x, DiTConfig.NORM_OUT_EPS) * (1 + scale) + shift
         x = self.proj_out(x)
         x = x.reshape(b, *hw, p, p, c.out_channels).transpose(0, 5, 1, 3, 2, 4)
         return x.reshape(b, c.out_channels, hw[0] * p, hw[1] * p)

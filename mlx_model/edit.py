@@ -25,6 +25,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from weights.hub import DEFAULT_MODEL
 from weights.errors import run_cli
 from weights.prompts import editing_prompt
 
@@ -93,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def edit(image, instruction: str, *, model: str = "demo", revision: str | None = None, quantize: int = 4,
+def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
          dtype: str | None = None, steps: int = 20, guidance: float = 1.5, seed: int | None = None,
          n_images: int = 1, latents=None, scheduler: str = "dpm", output: str | Path = "edited.png",
          metadata: bool = False, verbose: bool = False, progress: bool = False,
@@ -101,17 +102,13 @@ def edit(image, instruction: str, *, model: str = "demo", revision: str | None =
     """Edit ``image`` ``n_images`` times and save PNGs; returns the paths written."""
     from weights.hub import open_model
 
-    from .pipeline import load_latents
     from .preprocess import load_image
 
     log = log or (lambda msg: print(msg, flush=True))
     if not instruction or not instruction.strip():  # fail before loading anything
         raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
     source = load_image(image)  # unreadable images fail before loading weights
-    if isinstance(latents, (str, Path)):
-        latents_file, latents = str(latents), load_latents(latents)
-    else:
-        latents_file = None
+    latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
         pipeline = EditPipeline.from_checkpoint(open_model(model, revision=revision), quantize=quantize,
                                                 dtype=cc.dtype_of(dtype))
@@ -121,25 +118,11 @@ def edit(image, instruction: str, *, model: str = "demo", revision: str | None =
         log(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; dtype: {cc.dtype_name(pipeline.dtype)}; "
             f"input {source.width}x{source.height} -> {c.vision.image_size}x{c.vision.image_size} "
             f"({c.vision.num_tokens} image tokens); output {c.image_size}x{c.image_size}")
-    bar = cc.StepProgress(steps, enabled=progress)
-    with bar:
-        out = pipeline.generate(request, steps=steps, guidance=guidance, seed=seed, n_images=n_images,
-                                latents=latents, scheduler=scheduler, progress=bar.update)
-    if verbose:
-        log(f"prompt: {out.prompt_tokens} tokens (with the image); seed: {out.seed}")
-    paths = cc.output_paths(output, n_images)
-    for i, (img, path) in enumerate(zip(out.images, paths)):
-        meta = {"task": "edit", "image": str(image) if isinstance(image, (str, Path)) else None,
-                "instruction": instruction, "model": model, "revision": revision, "steps": steps,
-                "guidance": guidance, "seed": out.seed, "n_images": n_images, "index": i, "scheduler": scheduler,
-                "quantize": pipeline.quantize, "dtype": cc.dtype_name(pipeline.dtype), "latents": latents_file,
-                "size": list(img.shape[:2]), "generator": "mobileo-deploy mlx_model"}
-        cc.save_png(img, path, meta, write_json=metadata)
-        log(f"saved {path}")
-    timings = {"load": pipeline.load_seconds, **out.timings}
-    peaks = {"load": pipeline.load_peak_memory, **out.peak_memory}
-    log(cc.closing_line(timings, peaks, steps))
-    return paths
+    meta = {"task": "edit", "image": str(image) if isinstance(image, (str, Path)) else None,
+            "instruction": instruction, "model": model, "revision": revision, "latents": latents_file}
+    return cc.run_and_save(pipeline, request, meta=meta, steps=steps, guidance=guidance, seed=seed,
+                           n_images=n_images, latents=latents, scheduler=scheduler, output=output,
+                           metadata=metadata, verbose=verbose, progress=progress, log=log)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from weights.hub import DEFAULT_MODEL
 from weights.errors import run_cli
 
 from . import cli_common as cc
@@ -29,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def generate(prompt: str, *, model: str = "demo", revision: str | None = None, quantize: int = 4,
+def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
              dtype: str | None = None, steps: int = 20, guidance: float = 1.5, seed: int | None = None,
              n_images: int = 1, latents=None, scheduler: str = "dpm", output: str | Path = "image.png",
              metadata: bool = False, verbose: bool = False, progress: bool = False, pipeline=None,
@@ -39,7 +40,7 @@ def generate(prompt: str, *, model: str = "demo", revision: str | None = None, q
     ``latents``: an array or a .npy path of shape (n_images, C, h, w).  ``pipeline``: reuse a
     loaded :class:`~mlx_model.pipeline.GenerationPipeline` (``model``/``quantize``/``dtype`` ignored).
     """
-    from .pipeline import GenerationPipeline, load_latents
+    from .pipeline import GenerationPipeline
 
     log = log or (lambda msg: print(msg, flush=True))
 
@@ -47,10 +48,7 @@ def generate(prompt: str, *, model: str = "demo", revision: str | None = None, q
         from .tokenizer import PromptError
 
         raise PromptError("the prompt is empty.", fix="pass a non-empty prompt, e.g. \"a red cup\".")
-    if isinstance(latents, (str, Path)):
-        latents_file, latents = str(latents), load_latents(latents)
-    else:
-        latents_file = None
+    latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
         pipeline = GenerationPipeline.from_pretrained(model, quantize=quantize, dtype=cc.dtype_of(dtype),
                                                       revision=revision)
@@ -58,26 +56,10 @@ def generate(prompt: str, *, model: str = "demo", revision: str | None = None, q
         c = pipeline.config
         log(f"model: {pipeline.source} ({c.diffusion_name_or_path}); quantize: {pipeline.quantize or 'float'}; "
             f"dtype: {cc.dtype_name(pipeline.dtype)}; image {c.image_size}x{c.image_size}, latents {list(c.latent_shape)}")
-    bar = cc.StepProgress(steps, enabled=progress)
-    with bar:
-        out = pipeline.generate(prompt, steps=steps, guidance=guidance, seed=seed, n_images=n_images,
-                                latents=latents, scheduler=scheduler, progress=bar.update)
-    if verbose:
-        log(f"prompt: {out.prompt_tokens} tokens; seed: {out.seed}")
-    paths = cc.output_paths(output, n_images)
-    for i, (img, path) in enumerate(zip(out.images, paths)):
-        meta = {"prompt": prompt, "model": model, "revision": revision, "steps": steps, "guidance": guidance,
-                "seed": None if out.seed is None else out.seed + i, "n_images": n_images, "index": i, "scheduler": scheduler,
-                "quantize": pipeline.quantize, "dtype": cc.dtype_name(pipeline.dtype),
-                "latents": latents_file, "size": list(img.shape[:2]), "generator": "mobileo-deploy mlx_model"}
-        cc.save_png(img, path, meta, write_json=metadata)
-        log(f"saved {path}")
-    timings = {"load": pipeline.load_seconds, **out.timings}
-    peaks = {"load": pipeline.load_peak_memory, **out.peak_memory}
-    if verbose:
-        log("peak memory by phase: " + ", ".join(f"{k} {cc.format_bytes(v)}" for k, v in peaks.items()))
-    log(cc.closing_line(timings, peaks, steps))
-    return paths
+    meta = {"prompt": prompt, "model": model, "revision": revision, "latents": latents_file}
+    return cc.run_and_save(pipeline, prompt, meta=meta, steps=steps, guidance=guidance, seed=seed,
+                           n_images=n_images, latents=latents, scheduler=scheduler, output=output,
+                           metadata=metadata, verbose=verbose, progress=progress, log=log)
 
 
 def main(argv: list[str] | None = None) -> None:

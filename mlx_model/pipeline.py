@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import mlx.core as mx
 import numpy as np
 
+from weights.hub import DEFAULT_MODEL
 from weights.errors import MobileOError
 from weights.prompts import generation_prompt
 
@@ -110,7 +111,7 @@ class GenerationPipeline:
         return pipe
 
     @classmethod
-    def from_pretrained(cls, model: str = "demo", quantize: int = 4, dtype=None, revision: str | None = None):
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None):
         """``model``: a hub id, a local folder, or ``demo`` (tiny random checkpoint)."""
         from weights.hub import open_model
 

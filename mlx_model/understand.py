@@ -25,6 +25,7 @@ from typing import Iterator
 
 import mlx.core as mx
 
+from weights.hub import DEFAULT_MODEL
 from weights.configs import GenerationDefaults
 from weights.errors import MobileOError, run_cli
 from weights.prompts import understanding_prompt
@@ -132,7 +133,7 @@ class Understanding:
         return out
 
     @classmethod
-    def from_pretrained(cls, model: str = "demo", quantize: int = 0, dtype=None,
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None,
                         revision: str | None = None) -> "Understanding":
         from weights.hub import open_model
 
@@ -214,7 +215,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def understand(image, question: str, *, model: str = "demo", revision: str | None = None, quantize: int = 4,
+def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
                dtype: str | None = None, max_tokens: int | None = None, temp: float | None = None,
                top_p: float | None = None, seed: int | None = None, verbose: bool = False,
                out=None, pipeline: Understanding | None = None) -> str:

@@ -11,20 +11,7 @@ from coreml_convert import gates
 from coreml_convert.components import dit
 from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program, run_program
-
-
-def write_reduced(folder, **parts):
-    """A synthetic checkpoint: tiny everywhere except the given configs (e.g. dit=...)."""
-    from weights import synthetic
-    from weights.checkpoint import Checkpoint
-
-    t = synthetic.tiny_config()
-    kw = dict(llm=t.llm, vision=t.vision, dit=t.dit, vae=t.vae)
-    kw.update(parts)
-    cfg = synthetic._config(**kw, mcp={"dim": 32, "attn_dim": 8}, name="synthetic/reduced")
-    folder.mkdir(parents=True)
-    synthetic._write_into(folder, cfg, synthetic.upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")
-    return Checkpoint.open(folder)
+from weights import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +80,16 @@ def test_timestep_sinusoid_stays_fp32(bundle):
     assert func.inputs["latent"].dtype == types.fp16
 
 
-def test_full_width_two_layers_fp16(tmp_path_factory):
+def test_full_width_two_layers_fp16(tmp_path_factory, parity):
     """Real SANA-600M widths (1152 dims, 36 + 16 heads, 2304 caption channels), 2 blocks."""
     from weights.configs import DiTConfig
 
-    ckpt = write_reduced(tmp_path_factory.mktemp("full_dit") / "ckpt", dit=DiTConfig(num_layers=2))
+    ckpt = synthetic.write_reduced(tmp_path_factory.mktemp("full_dit") / "ckpt", dit=DiTConfig(num_layers=2))
     spec = dit.build_spec(ckpt)
     g1 = gates.gate1(spec)["velocity"]
+    parity("dit 600M-width", "coreml torch fp32", "psnr_db gate 1", g1, gates.GATE1_MIN_DB)
     assert g1 >= gates.GATE1_MIN_DB, g1
     path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_dit_out"), spec.file)
     g2 = gates.gate2(spec, path, "fp16")["velocity"]
-    print(f"full-width 2-layer DiT: gate1 {g1:.1f} dB, gate2 fp16 {g2:.1f} dB")
+    parity("dit 600M-width", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
     assert g2 >= gates.GATE2_MIN_DB, g2

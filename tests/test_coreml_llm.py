@@ -18,20 +18,9 @@ from coreml_convert.components import llm_decode, llm_prefill
 from coreml_convert.spec import sequence_lengths
 from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program, run_program
+from weights import synthetic
 
 FP32_MAX_REL = 1e-4
-
-
-def write_reduced(folder, llm):
-    """A synthetic checkpoint: tiny everywhere except the LLM config."""
-    from weights import synthetic
-    from weights.checkpoint import Checkpoint
-
-    t = synthetic.tiny_config()
-    cfg = synthetic._config(llm, t.vision, t.dit, t.vae, {"dim": 32, "attn_dim": 8}, "synthetic/reduced")
-    folder.mkdir(parents=True)
-    synthetic._write_into(folder, cfg, synthetic.upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")
-    return Checkpoint.open(folder)
 
 
 def check_fp32(ref: np.ndarray, ours: np.ndarray, what: str):
@@ -198,7 +187,7 @@ def test_decode_gate2_program_fp16(decode_spec, decode_bundle, tiny_ckpt):
 # ------------------------------------------------------------------ full width
 
 
-def test_full_width_two_layers_fp16(tmp_path_factory):
+def test_full_width_two_layers_fp16(tmp_path_factory, parity):
     """Qwen2-0.5B widths (896, 14 heads / 2 KV heads, 4864 MLP), 2 layers, the tiny vocab:
     llm_prefill gate 1, and the stateful decode bundle through both gates."""
     from weights.configs import LLMConfig
@@ -206,7 +195,7 @@ def test_full_width_two_layers_fp16(tmp_path_factory):
 
     llm = LLMConfig(hidden_size=896, num_hidden_layers=2, num_attention_heads=14, num_key_value_heads=2,
                     intermediate_size=4864, vocab_size=TINY_VOCAB)
-    ckpt = write_reduced(tmp_path_factory.mktemp("full_llm") / "ckpt", llm)
+    ckpt = synthetic.write_reduced(tmp_path_factory.mktemp("full_llm") / "ckpt", llm=llm)
     prefill = llm_prefill.build_spec(ckpt)
     check_fp32(prefill.reference(prefill.example_inputs)["hidden_states"],
                prefill_torch(prefill, prefill.example_inputs), "full-width 2-layer llm_prefill gate 1")
@@ -215,7 +204,8 @@ def test_full_width_two_layers_fp16(tmp_path_factory):
     g1 = gates.gate1(spec)["logits"]
     path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_llm_out"), spec.file)
     g2 = gates.gate2(spec, path, "fp16")["logits"]
-    print(f"full-width 2-layer llm_decode: gate 1 {g1:.1f} dB, gate 2 fp16 {g2:.1f} dB")
+    parity("llm_decode 0.5B-width", "coreml torch fp32", "psnr_db gate 1", g1, gates.GATE1_MIN_DB)
+    parity("llm_decode 0.5B-width", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
     assert g1 >= gates.GATE1_MIN_DB and g2 >= gates.GATE2_MIN_DB
 
 

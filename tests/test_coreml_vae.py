@@ -9,20 +9,7 @@ from coreml_convert import convert as cv
 from coreml_convert import gates
 from coreml_convert.components import vae_decoder
 from coreml_convert.metrics import max_relative_error, psnr
-
-
-def write_reduced(folder, **parts):
-    """A synthetic checkpoint: tiny everywhere except the given configs (e.g. vae=...)."""
-    from weights import synthetic
-    from weights.checkpoint import Checkpoint
-
-    t = synthetic.tiny_config()
-    kw = dict(llm=t.llm, vision=t.vision, dit=t.dit, vae=t.vae)
-    kw.update(parts)
-    cfg = synthetic._config(**kw, mcp={"dim": 32, "attn_dim": 8}, name="synthetic/reduced")
-    folder.mkdir(parents=True)
-    synthetic._write_into(folder, cfg, synthetic.upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")
-    return Checkpoint.open(folder)
+from weights import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +46,19 @@ def test_gate2_fp16_program(spec, tmp_path):
     assert db >= gates.GATE2_MIN_DB, db
 
 
-def test_full_width_one_layer_per_stage_fp16(tmp_path_factory):
+def test_full_width_one_layer_per_stage_fp16(tmp_path_factory, parity):
     """Real widths (128, 256, 512, 512, 1024, 1024), one layer per stage, 4x4 latent -> 128 px:
     linear attention over up to 1024 positions per head in fp16."""
     from weights.configs import VAEConfig
 
     one = (1,) * 6
-    ckpt = write_reduced(tmp_path_factory.mktemp("full_vae") / "ckpt",
+    ckpt = synthetic.write_reduced(tmp_path_factory.mktemp("full_vae") / "ckpt",
                          vae=VAEConfig(encoder_layers_per_block=one, decoder_layers_per_block=one))
     spec = vae_decoder.build_spec(ckpt, latent_size=4)
     g1 = gates.gate1(spec)["image"]
+    parity("vae-dec f32c32", "coreml torch fp32", "psnr_db gate 1", g1, gates.GATE1_MIN_DB)
     assert g1 >= gates.GATE1_MIN_DB, g1
     path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_vae_out"), spec.file)
     g2 = gates.gate2(spec, path, "fp16")["image"]
-    print(f"full-width DC-AE decoder (1 layer/stage, 128 px): gate1 {g1:.1f} dB, gate2 fp16 {g2:.1f} dB")
+    parity("vae-dec f32c32", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
     assert g2 >= gates.GATE2_MIN_DB, g2

@@ -14,22 +14,9 @@ from coreml_convert import gates
 from coreml_convert.components import vision_encoder
 from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program
+from weights import synthetic
 
 FP32_MAX_REL = 1e-4
-
-
-def write_reduced(folder, **parts):
-    """A synthetic checkpoint: tiny everywhere except the given configs."""
-    from weights import synthetic
-    from weights.checkpoint import Checkpoint
-
-    t = synthetic.tiny_config()
-    kw = dict(llm=t.llm, vision=t.vision, dit=t.dit, vae=t.vae)
-    kw.update(parts)
-    cfg = synthetic._config(**kw, mcp={"dim": 32, "attn_dim": 8}, name="synthetic/reduced")
-    folder.mkdir(parents=True)
-    synthetic._write_into(folder, cfg, synthetic.upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")
-    return Checkpoint.open(folder)
 
 
 def check_gate1(spec, what):
@@ -93,7 +80,7 @@ def test_program_is_neural_engine_shaped(bundle):
     assert max(len(v.shape) for op in ops for v in op.outputs) <= 5
 
 
-def test_full_width_one_block_per_stage(tmp_path_factory):
+def test_full_width_one_block_per_stage(tmp_path_factory, parity):
     """FastViTHD's real widths and heads (two attention stages, 3072-d conv_exp, the
     3072->896->896 projector), one block per stage, 256-px input (16 tokens)."""
     from weights.configs import LLMConfig, VisionConfig
@@ -102,10 +89,10 @@ def test_full_width_one_block_per_stage(tmp_path_factory):
     llm = LLMConfig(hidden_size=896, num_hidden_layers=1, num_attention_heads=14, num_key_value_heads=2,
                     intermediate_size=128, vocab_size=TINY_VOCAB)
     vision = VisionConfig(layers=(1, 1, 1, 1, 1), image_size=256)
-    ckpt = write_reduced(tmp_path_factory.mktemp("full_vision") / "ckpt", llm=llm, vision=vision)
+    ckpt = synthetic.write_reduced(tmp_path_factory.mktemp("full_vision") / "ckpt", llm=llm, vision=vision)
     spec = vision_encoder.build_spec(ckpt)
     check_gate1(spec, "vision_encoder (full width)")
     path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_vision_out"), spec.file)
     g2 = gates.gate2(spec, path, "fp16")["image_features"]
-    print(f"vision_encoder (full width) gate 2 (fp16 program): {g2:.1f} dB")
+    parity("vision full-width", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
     assert g2 >= gates.GATE2_MIN_DB

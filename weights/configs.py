@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 
@@ -184,6 +184,13 @@ class DiTConfig(_Config):
     qk_norm: str | None = None
     timestep_scale: float = 1.0
 
+    # fixed inside diffusers' SANA modules (not config fields)
+    TIMESTEP_CHANNELS: ClassVar[int] = 256  # Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+    CAPTION_NORM_EPS: ClassVar[float] = 1e-5  # caption_norm RMSNorm
+    NORM_OUT_EPS: ClassVar[float] = 1e-6  # SanaModulatedNorm
+    GLUMB_NORM_EPS: ClassVar[float] = 1e-5  # GLUMBConv's optional RMSNorm
+    MASK_BIAS: ClassVar[float] = -10000.0  # (1 - mask) * MASK_BIAS for masked text tokens
+
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
@@ -216,6 +223,8 @@ class VAEConfig(_Config):
     decoder_in_shortcut: bool = True
     decoder_conv_act_fn: str = "relu"
     scaling_factor: float = 0.41407
+
+    NORM_EPS: ClassVar[float] = 1e-5  # RMSNorm / norm_out inside diffusers' DC-AE blocks
 
     @property
     def spatial_compression(self) -> int:

@@ -241,6 +241,21 @@ def _write_into(folder: Path, cfg: MobileOConfig, layout: Layout, seed: int, sha
          "note": "random weights in the Mobile-O layout; not a trained model"}, indent=2))
 
 
+def write_reduced(folder: str | Path, **parts) -> "Checkpoint":
+    """A checkpoint that is tiny except for the given component configs, e.g.
+    ``write_reduced(dir, dit=DiTConfig(num_layers=2))`` for the real DiT widths with 2 layers.
+    Accepts ``llm``, ``vision``, ``dit``, ``vae``; the layout comes from the upstream modules."""
+    from .checkpoint import Checkpoint
+
+    tiny = tiny_config()
+    kw = {**dict(llm=tiny.llm, vision=tiny.vision, dit=tiny.dit, vae=tiny.vae), **parts}
+    cfg = _config(**kw, mcp={"dim": tiny.mcp.dim, "attn_dim": tiny.mcp.attn_dim}, name="synthetic/reduced")
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    _write_into(folder, cfg, upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")
+    return Checkpoint.open(folder)
+
+
 def cache_dir() -> Path:
     root = os.environ.get("MOBILEO_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mobileo-deploy")

@@ -31,7 +31,7 @@ from .. import ane, convert
 from ..spec import ComponentSpec, TensorSpec, sequence_lengths
 
 NAME = "dit"
-TIME_CHANNELS = 256  # diffusers Timesteps(num_channels=256, flip_sin_to_cos=True, shift=0)
+TIME_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
 CFG_BATCH = 2
 
 
@@ -141,7 +141,7 @@ class GLUMBConv(nn.Module):
         self.conv_inverted = nn.Conv2d(in_channels, hidden * 2, 1)
         self.conv_depth = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2)
         self.conv_point = nn.Conv2d(hidden, out_channels, 1, bias=False)
-        self.norm = ane.RMSNorm(out_channels, eps=1e-5, bias=True) if rms_norm else None
+        self.norm = ane.RMSNorm(out_channels, eps=DiTConfig.GLUMB_NORM_EPS, bias=True) if rms_norm else None
         self.residual = residual
 
     def forward(self, x):
@@ -191,10 +191,10 @@ class SanaDiT(nn.Module):
         self.patch_embed = PatchEmbed(cfg.in_channels, dim, cfg.patch_size)
         self.time_embed = AdaLayerNormSingle(dim)
         self.caption_projection = CaptionProjection(cfg.caption_channels, dim)
-        self.caption_norm = ane.RMSNorm(dim, eps=1e-5)
+        self.caption_norm = ane.RMSNorm(dim, eps=DiTConfig.CAPTION_NORM_EPS)
         self.transformer_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_layers))
         self.scale_shift_table = nn.Parameter(torch.zeros(2, dim))
-        self.norm_out = ane.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.norm_out = ane.LayerNorm(dim, eps=DiTConfig.NORM_OUT_EPS, elementwise_affine=False)
         self.proj_out = ane.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
     def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask):

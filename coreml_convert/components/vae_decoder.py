@@ -38,7 +38,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.norm = ane.RMSNorm(channels, eps=1e-5, bias=True)
+        self.norm = ane.RMSNorm(channels, eps=VAEConfig.NORM_EPS, bias=True)
         self.act = act
 
     def forward(self, x):
@@ -81,7 +81,7 @@ class MultiscaleLinearAttention(nn.Module):
         self.to_v = ane.Linear(channels, inner, bias=False)
         self.to_qkv_multiscale = nn.ModuleList(MultiscaleProjection(3 * inner, heads, k) for k in kernel_sizes)
         self.to_out = ane.Linear(inner * (1 + len(kernel_sizes)), channels, bias=False)
-        self.norm_out = ane.RMSNorm(channels, eps=1e-5, bias=True)
+        self.norm_out = ane.RMSNorm(channels, eps=VAEConfig.NORM_EPS, bias=True)
 
     def forward(self, x):
         _, _, height, width = (int(d) for d in x.shape)
@@ -155,7 +155,7 @@ class Decoder(nn.Module):
                     raise NotImplementedError(f"DC-AE block type {types[i]!r} is not supported")
             blocks.append(nn.Sequential(*seq))
         self.up_blocks = nn.ModuleList(blocks)
-        self.norm_out = ane.RMSNorm(ch[0], eps=1e-5, bias=True)
+        self.norm_out = ane.RMSNorm(ch[0], eps=VAEConfig.NORM_EPS, bias=True)
         self.conv_act = cfg.decoder_conv_act_fn
         self.conv_out = nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)
 
