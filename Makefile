@@ -31,7 +31,8 @@ $(VENV)/.installed: pyproject.toml
 	  || { echo "setup: the environment is broken (see above); remove $(VENV) and rerun make setup"; exit 1; }
 	touch $@
 
-test: test-python swift-test
+# Swift first, so that the run closes on pytest's summary and the parity table
+test: swift-test test-python
 
 test-python:
 	$(WITH_BLAS) $(PYTEST) -q
@@ -45,7 +46,7 @@ swift-test:
 	  $(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion --components mcp dit \
 	    > $(GOLDEN)-conversion.log 2>&1 || { tail -20 $(GOLDEN)-conversion.log; exit 1; }; \
 	  $(WITH_BLAS) $(PY) -m ios_bridge.golden $(GOLDEN) --export $(GOLDEN)-conversion && \
-	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test && \
+	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test --disable-swift-testing && \
 	  ./Tools/typecheck-coreml.sh; \
 	else echo "swift-test: no Swift toolchain on this machine, skipped"; fi
 

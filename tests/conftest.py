@@ -63,11 +63,11 @@ def pytest_terminal_summary(terminalreporter):
 
     tr = terminalreporter
     tr.section("parity vs upstream references")
-    tr.write_line(f"{'component':<16}{'runtime':<22}{'metric':<22}{'value':>12}{'limit':>12}  result")
+    tr.write_line(f"{'component':<26} {'runtime':<20} {'metric':<20}{'value':>10}{'limit':>10}  result")
     for r in _PARITY:
         v = "inf" if r["value"] == float("inf") else f"{r['value']:.3g}"
-        tr.write_line(f"{r['component']:<16}{r['runtime']:<22}{r['metric']:<22}{v:>12}"
-                      f"{r['limit']:>12.3g}  {'PASS' if r['passed'] else 'FAIL'}")
+        tr.write_line(f"{r['component']:<26} {r['runtime']:<20} {r['metric']:<20}{v:>10}"
+                      f"{r['limit']:>10.3g}  {'PASS' if r['passed'] else 'FAIL'}")
     out = ROOT / "build" / "parity.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(_PARITY, indent=1))

@@ -133,6 +133,25 @@ def test_cli_convert_skip_force(tiny_ckpt_dir, tmp_path, capsys):
     assert bundles(out) == ["mcp.mlpackage"] and not temp_folders(out)
 
 
+def test_cli_converts_every_component(tiny_ckpt_dir, tmp_path, capsys, parity):
+    """The whole tiny model through the CLI: every component passes both gates, and the
+    manifest it writes validates (schema, files, hashes)."""
+    from coreml_convert.components import REGISTRY
+    from ios_bridge.validate import validate
+
+    out = tmp_path / "all"
+    code, _, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out)], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["components"]] == list(REGISTRY)
+    for c in manifest["components"]:
+        g = c["gates"]
+        parity(f"{c['name']} tiny", "coreml torch fp32", "psnr_db gate 1", g["reference_psnr_db"], 60)
+        parity(f"{c['name']} tiny", "coreml program fp16", "psnr_db gate 2", g["program_psnr_db"], 35)
+        assert g["reference_psnr_db"] >= 60 and g["program_psnr_db"] >= 35, c["name"]
+    assert validate(out) == []
+
+
 def test_cli_bad_input_one_line(tiny_ckpt_dir, tmp_path, capsys):
     code, _, err = run_cli(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1

@@ -79,7 +79,7 @@ def test_prompt_needs_exactly_one_image(model, text):
         MultimodalPrompt.build(model.llm.tokenizer, text, 16)
 
 
-def test_spliced_logits_match_transformers(model, reference, pixels):
+def test_spliced_logits_match_transformers(model, reference, pixels, parity):
     prompt, embeds = model.embed(pixels, QUESTION)
     ref_embeds = reference_embeds(reference, prompt, pixels)
     assert embeds.shape == tuple(ref_embeds.shape)
@@ -92,11 +92,11 @@ def test_spliced_logits_match_transformers(model, reference, pixels):
     with torch.no_grad():
         ref = reference["llm"](inputs_embeds=ref_embeds).logits.numpy()
     err = rel_err(ours, ref)
-    print(f"spliced logits rel err {err:.2e}")
+    parity("llm + image tiny", "mlx fp32", "max_rel_err logits", err, TOL)
     assert err <= TOL
 
 
-def test_greedy_32_tokens_match_transformers_generate(model, reference, pixels):
+def test_greedy_32_tokens_match_transformers_generate(model, reference, pixels, parity):
     prompt, _ = model.embed(pixels, QUESTION)
     ref_embeds = reference_embeds(reference, prompt, pixels)
     llm = reference["llm"]
@@ -107,6 +107,7 @@ def test_greedy_32_tokens_match_transformers_generate(model, reference, pixels):
     ours = [r.token for r in model.stream(pixels, QUESTION, max_tokens=32, temp=0.0, stop_at_eos=False)
             if r.token is not None]
     assert len(ref_ids) == 32
+    parity("llm greedy 32 tokens", "mlx fp32", "tokens differing", sum(a != b for a, b in zip(ours, ref_ids)), 0)
     assert ours == ref_ids
 
 

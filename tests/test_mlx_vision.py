@@ -52,7 +52,7 @@ def photo(size: int) -> np.ndarray:
     return preprocess(skdata.coffee(), ImagePreprocess(size=size))[None]
 
 
-def test_tiny_checkpoint_vision_and_projector(tiny_ckpt):
+def test_tiny_checkpoint_vision_and_projector(tiny_ckpt, parity):
     cfg = tiny_ckpt.config
     tensors = tiny_ckpt.load("vision")
     tower = VisionTower.from_checkpoint(tiny_ckpt)
@@ -60,7 +60,7 @@ def test_tiny_checkpoint_vision_and_projector(tiny_ckpt):
     ours = tower(mx.array(pixels))
     ref = timm_tokens(cfg.vision, tensors, pixels)
     assert ours.shape == (2, cfg.vision.num_tokens, cfg.mm_hidden_size) == ref.shape
-    assert rel_err(ours, ref) <= TOL
+    assert parity("vision tiny", "mlx fp32", "max_rel_err", rel_err(ours, ref), TOL) <= TOL
 
     proj = Projector.from_checkpoint(tiny_ckpt)
     ref_proj = upstream.build("projector", cfg, tiny_ckpt.load("projector"))
@@ -71,7 +71,7 @@ def test_tiny_checkpoint_vision_and_projector(tiny_ckpt):
     assert rel_err(got, want) <= TOL
 
 
-def test_full_width_at_1024():
+def test_full_width_at_1024(parity):
     """Real embed dims, head dim, kernels and 1024^2 input; one block per stage."""
     cfg = VisionConfig(layers=(1, 1, 1, 1, 1))
     tensors = random_tensors(apple_layout(cfg), "vision", seed=1)
@@ -80,7 +80,7 @@ def test_full_width_at_1024():
     ref = timm_tokens(cfg, tensors, pixels)
     assert ours.shape == (1, 256, 3072) == ref.shape
     err = rel_err(ours, ref)
-    print(f"FastViTHD full width, layers (1,1,1,1,1), 1024^2: rel err {err:.2e}")
+    parity("vision full-width 1024px", "mlx fp32", "max_rel_err", err, TOL)
     assert err <= TOL
 
     # the real projector width 3072 -> 896 -> 896 on those features
