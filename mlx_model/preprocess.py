@@ -23,7 +23,6 @@ from weights.errors import MobileOError
 
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
-ALPHA_BACKGROUND = (255, 255, 255)  # transformers convert_rgb composites transparency on white
 WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNG/TIFF grayscale
 
 
@@ -46,7 +45,9 @@ def open_image(source: str | Path) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB."""
+    """Any Pillow mode -> 8-bit RGB.  Transparency is dropped, as Mobile-O's
+    ``Image.open(f).convert("RGB")`` drops it (transformers' ``convert_rgb`` would composite
+    on white instead)."""
     if img.mode in WIDE_INT_MODES or img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
         if img.mode == "F":
@@ -54,10 +55,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
         else:
             scale = 255.0 / 65535.0
         img = Image.fromarray(np.clip(np.rint(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8), "L")
-    if "A" in img.getbands() or img.info.get("transparency") is not None:
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 

@@ -70,7 +70,7 @@ def photos():
         "rgb_tall": (chelsea.transpose(Image.Transpose.ROTATE_90), chelsea.transpose(Image.Transpose.ROTATE_90)),
         "rgb_small": (crop, crop),
         "grayscale": (camera, camera.convert("RGB")),
-        "rgba": (logo, logo),
+        "rgba": (logo, logo.convert("RGB")),  # Mobile-O: Image.open(f).convert("RGB")
         "palette": (palette, palette.convert("RGB")),
     }
 
