@@ -122,6 +122,8 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
         compute_units=spec.compute_units, minimum_os=dict(spec.minimum_os),
         compression={"precision": precision, "weights": precision, **(compression or {})},
         gates=report.as_gates(), seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
+        function_io={fn: {k: cv.io_specs(specs, precision) for k, specs in io.items()}
+                     for fn, io in spec.function_io.items()},
     )
     del spec, module
     gc.collect()

@@ -6,7 +6,9 @@ its upstream reference, and what a conversion produced.
     result = ConversionResult(...)                # what the CLI and the manifest record
 
 Shapes and layouts are the bundle's public contract with the Swift package: the manifest
-carries ``TensorSpec.to_dict()`` for every input, output and state.
+carries ``TensorSpec.to_dict()`` for every input, output and state, and for a multifunction
+bundle each function's inputs and outputs (``function_io``; ``inputs`` / ``outputs`` are
+the default function's, ``functions[0]``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class TensorSpec:
                    {int(a): tuple(s) for a, s in enum.items()} if enum else None)
 
 
+FunctionIO = dict[str, dict[str, list[TensorSpec]]]  # {function: {"inputs": [...], "outputs": [...]}}
+
+
 @dataclass
 class ComponentSpec:
     name: str  # one of COMPONENT_NAMES
@@ -100,10 +105,13 @@ class ComponentSpec:
     program_check: Callable[[str], dict[str, np.ndarray]] | None = None
     # path of the saved .mlpackage -> outputs from executing its MIL program (gate 2);
     # None = default (run "main" on example_inputs with coreml_convert.mil_exec)
+    function_io: FunctionIO = field(default_factory=dict)
+    # multifunction bundles: every function's I/O ({} for single-function components)
 
     def __post_init__(self):
         if self.compute_units not in COMPUTE_UNITS:
             raise ValueError(f"{self.name}: compute_units {self.compute_units!r} not in {COMPUTE_UNITS}")
+        check_function_io(self.name, self.functions, self.function_io, self.inputs, self.outputs)
 
     @property
     def file(self) -> str:
@@ -126,9 +134,10 @@ class ConversionResult:
     gates: dict[str, float]  # {"reference_psnr_db": ..., "program_psnr_db": ...}
     seconds: float
     peak_rss_mb: float
+    function_io: FunctionIO = field(default_factory=dict)  # as ComponentSpec.function_io
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name, "file": self.file, "bytes": int(self.bytes), "sha256": self.sha256,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
@@ -138,6 +147,10 @@ class ConversionResult:
             "gates": {k: _gate_float(v) for k, v in self.gates.items()},
             "seconds": round(float(self.seconds), 3), "peak_rss_mb": round(float(self.peak_rss_mb), 1),
         }
+        if self.function_io:
+            d["function_io"] = {fn: {k: [t.to_dict() for t in io[k]] for k in ("inputs", "outputs")}
+                                for fn, io in self.function_io.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ConversionResult":
@@ -150,7 +163,21 @@ class ConversionResult:
             minimum_os=d["minimum_os"], compression=d["compression"],
             gates={k: float(v) for k, v in d["gates"].items()},
             seconds=d["seconds"], peak_rss_mb=d["peak_rss_mb"],
+            function_io={fn: {k: [TensorSpec.from_dict(t) for t in io[k]] for k in ("inputs", "outputs")}
+                         for fn, io in d.get("function_io", {}).items()},
         )
+
+
+def check_function_io(name: str, functions, function_io: FunctionIO, inputs, outputs) -> None:
+    """Each entry names one of ``functions`` and has non-empty "inputs" and "outputs"; the
+    default function's (``functions[0]``) are ``inputs`` / ``outputs``."""
+    for fn, io in function_io.items():
+        if fn not in functions:
+            raise ValueError(f"{name}: function_io names {fn!r}, which is not among its functions {tuple(functions)}")
+        if sorted(io) != ["inputs", "outputs"] or not io["inputs"] or not io["outputs"]:
+            raise ValueError(f"{name}: function_io[{fn!r}] needs non-empty 'inputs' and 'outputs'")
+        if fn == functions[0] and (list(io["inputs"]), list(io["outputs"])) != (list(inputs), list(outputs)):
+            raise ValueError(f"{name}: function_io[{fn!r}] (the default function) differs from inputs / outputs")
 
 
 def _gate_float(v: float) -> float:

@@ -104,6 +104,13 @@ def component_entry(out_dir: Path, result: Any) -> dict[str, Any]:
         gates=dict(d.get("gates") or {}),
         conversion={k: d[k] for k in ("seconds", "peak_rss_mb") if d.get(k) is not None},
     )
+    if d.get("function_io"):  # a multifunction bundle: each function's I/O (inputs/outputs: the default's)
+        unknown = sorted(set(d["function_io"]) - set(entry["functions"]))
+        if unknown:
+            raise ManifestError(f"component {name!r}: function_io names {unknown[0]!r}, which is not among "
+                                f"its functions {entry['functions']}.", fix="convert the component again.")
+        entry["function_io"] = {fn: {k: [_tensor(t) for t in io[k]] for k in ("inputs", "outputs")}
+                                for fn, io in d["function_io"].items()}
     return entry
 
 

@@ -70,16 +70,32 @@ def check_problems(folder: Path, data) -> list[str]:
     for n in sorted({n for n in names if names.count(n) > 1}):
         out.append(f"{where}: component {n!r} is listed twice.")
     for comp in data.get("components", []):
-        for group in ("inputs", "outputs", "states"):
-            for t in comp.get(group, []):
+        function_io = comp.get("function_io") or {}
+        groups = [("", group, comp.get(group, [])) for group in ("inputs", "outputs", "states")]
+        groups += [(f"function {fn!r} ", group, io.get(group, []))
+                   for fn, io in function_io.items() for group in ("inputs", "outputs")]
+        for fn, group, tensors in groups:
+            what = f"{comp['name']} {fn}{group[:-1]}"
+            names = [t.get("name") for t in tensors]
+            for n in sorted({n for n in names if names.count(n) > 1}):
+                out.append(f"{where}: {what} {n!r} is listed twice.")
+            for t in tensors:
                 axes = [a for a in t.get("layout", "").split(",") if a]
                 if len(axes) != len(t.get("shape", [])):
-                    out.append(f"{where}: {comp['name']} {group[:-1]} {t.get('name')!r} has layout "
+                    out.append(f"{where}: {what} {t.get('name')!r} has layout "
                                f"{t.get('layout')!r} ({len(axes)} axes) for shape {t.get('shape')}.")
                 for axis in t.get("enumerated", {}) or {}:
                     if int(axis) >= len(t.get("shape", [])):
-                        out.append(f"{where}: {comp['name']} {group[:-1]} {t.get('name')!r}: enumerated "
+                        out.append(f"{where}: {what} {t.get('name')!r}: enumerated "
                                    f"axis {axis} is beyond its rank {len(t.get('shape', []))}.")
+        functions = comp.get("functions", [])
+        for fn, io in function_io.items():
+            if fn not in functions:
+                out.append(f"{where}: {comp['name']} function_io names {fn!r}, which is not among its "
+                           f"functions {functions}.")
+            elif fn == functions[0] and (io.get("inputs"), io.get("outputs")) != (comp.get("inputs"), comp.get("outputs")):
+                out.append(f"{where}: {comp['name']} function_io[{fn!r}] (the default function) differs "
+                           f"from the component's inputs/outputs.")
     tok = data.get("pipeline", {}).get("tokenizer", {})
     known = {t["name"] for t in tok.get("special_tokens", [])}
     for role, name in (tok.get("roles") or {}).items():

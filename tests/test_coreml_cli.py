@@ -29,6 +29,31 @@ def test_tensor_spec_and_result_round_trip():
     d = r.to_dict()
     assert d["gates"]["program_psnr_db"] == 71.23 and d["inputs"][0]["enumerated"] == {"3": [64, 128]}
     assert ConversionResult.from_dict(d).gates["reference_psnr_db"] == float("inf")
+    assert "function_io" not in d and ConversionResult.from_dict(d).function_io == {}
+    # a multifunction bundle: each function's I/O round-trips
+    step = TensorSpec("input_ids", (1, 1), "int32", "B,S")
+    io = {"decode": {"inputs": [step], "outputs": [t]}, "prefill": {"inputs": [t], "outputs": [t]}}
+    r.function_io, r.functions = io, ("decode", "prefill")
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["function_io"]["decode"]["inputs"] == [step.to_dict()]
+    assert ConversionResult.from_dict(d).function_io == io
+
+
+def test_component_spec_checks_function_io():
+    from coreml_convert.spec import ComponentSpec
+
+    a, b = TensorSpec("a", (1, 1), "int32", "B,S"), TensorSpec("b", (1, 64), "int32", "B,S")
+    kw = dict(name="llm_decode", module=None, example_inputs={}, reference=None, inputs=[a], outputs=[a],
+              functions=("decode", "prefill"))
+    ok = {"decode": {"inputs": [a], "outputs": [a]}, "prefill": {"inputs": [b], "outputs": [a]}}
+    assert ComponentSpec(**kw, function_io=ok).function_io == ok
+    assert ComponentSpec(**kw).function_io == {}
+    with pytest.raises(ValueError, match="'main', which is not among its functions"):
+        ComponentSpec(**kw, function_io={"main": ok["decode"]})
+    with pytest.raises(ValueError, match="non-empty 'inputs' and 'outputs'"):
+        ComponentSpec(**kw, function_io={"prefill": {"inputs": [], "outputs": [a]}})
+    with pytest.raises(ValueError, match="default function"):
+        ComponentSpec(**kw, function_io={"decode": ok["prefill"]})
 
 
 def test_sequence_lengths(tiny_ckpt):

@@ -140,6 +140,72 @@ def test_write_manifest_takes_conversion_results(tmp_path, tiny_ckpt):
         write_manifest(out, tiny_ckpt, [res, res], "synthetic/tiny", None)
 
 
+@pytest.fixture(scope="module")
+def decode_export(tmp_path_factory, tiny_ckpt_dir):
+    """A real conversion of the tiny llm_decode (the two-function bundle) through the CLI."""
+    import io
+
+    from coreml_convert import cli
+
+    out = tmp_path_factory.mktemp("llm_decode_export")
+    code = cli.run(cli.parse_args(["--model", str(tiny_ckpt_dir), "--out", str(out),
+                                   "--components", "llm_decode"]), stream=io.StringIO())
+    assert code == 0
+    return out
+
+
+def test_manifest_lists_every_function_of_llm_decode(decode_export, tiny_ckpt):
+    """The manifest carries both functions' I/O (not only the default "decode"), as the
+    saved bundle's program declares them; the schema and the validator accept it."""
+    import jsonschema
+
+    from coreml_convert.components import llm_decode
+    from coreml_convert.mil_exec import load_program
+
+    data = json.loads((decode_export / MANIFEST_FILE).read_text())
+    jsonschema.Draft202012Validator(load_schema()).validate(data)
+    assert validate(decode_export) == []
+    (c,) = data["components"]
+    assert c["functions"] == ["decode", "prefill"] and sorted(c["function_io"]) == ["decode", "prefill"]
+    assert c["function_io"]["decode"] == {"inputs": c["inputs"], "outputs": c["outputs"]}
+    cfg = tiny_ckpt.config
+    prefill = c["function_io"]["prefill"]
+    assert [t["name"] for t in prefill["inputs"]] == ["input_ids", "image_embeds", "image_offset", "position"]
+    assert prefill["inputs"][0]["shape"] == [1, llm_decode.chunk_length(cfg)]
+    assert prefill["inputs"][1]["shape"] == [1, cfg.llm.hidden_size, 1, cfg.vision.num_tokens]
+    assert [t["name"] for t in prefill["outputs"]] == ["hidden_states"]
+    program = load_program(decode_export / c["file"])
+    for fn, io in c["function_io"].items():
+        func = program.functions[fn]
+        states = {t["name"] for t in c["states"]}
+        assert {k: list(v.shape) for k, v in func.inputs.items() if k not in states} == {
+            t["name"]: t["shape"] for t in io["inputs"]}, fn
+        assert [o.name for o in func.outputs] == [t["name"] for t in io["outputs"]], fn
+
+
+def test_validate_rejects_bad_function_io(decode_export, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(decode_export, out)
+    good = json.loads((out / MANIFEST_FILE).read_text())
+
+    def problems(mutate):
+        m = json.loads(json.dumps(good))
+        mutate(m["components"][0])
+        (out / MANIFEST_FILE).write_text(json.dumps(m))
+        return validate(out)
+
+    p = problems(lambda c: c["function_io"]["prefill"].update(outputs=[]))
+    assert len(p) == 1 and "schema: at components/0/function_io/prefill/outputs" in p[0]
+    p = problems(lambda c: c.update(functions=["decode"]))
+    assert len(p) == 1 and "function_io names 'prefill', which is not among its functions" in p[0]
+    p = problems(lambda c: c["function_io"]["decode"]["inputs"].pop())
+    assert len(p) == 1 and "(the default function) differs" in p[0]
+    p = problems(lambda c: c["function_io"]["prefill"]["inputs"].append(c["inputs"][0]))
+    assert len(p) == 1 and "llm_decode function 'prefill' input 'input_ids' is listed twice" in p[0]
+
+
 # ---------------------------------------------------------------------- validator
 
 

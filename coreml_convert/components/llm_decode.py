@@ -1,7 +1,8 @@
 """llm_decode: Qwen2 with a stateful KV cache (iOS 18 ``ct.StateType``) for understanding.
 
 One multifunction bundle, the two functions sharing every weight (``save_multifunction``)
-and the same two states:
+and the same two states (each function's I/O, from :func:`function_io`, goes to the manifest
+as the component's ``function_io``):
 
   key_cache, value_cache  (layers, kv_heads*head_dim, 1, T) float16   T = context_length()
 
@@ -276,10 +277,10 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
         return model
 
     run_calls(module, sequence)
-    inputs, outputs = function_io(cfg)["decode"]
+    io = {fn: {"inputs": inputs, "outputs": outputs} for fn, (inputs, outputs) in function_io(cfg).items()}
     return ComponentSpec(
         name="llm_decode", module=module, example_inputs=sequence[-1][1], reference=reference,
-        inputs=inputs, outputs=outputs, states=state_specs(cfg), functions=FUNCTIONS,
-        convert=convert,
+        inputs=io[FUNCTIONS[0]]["inputs"], outputs=io[FUNCTIONS[0]]["outputs"], states=state_specs(cfg),
+        functions=FUNCTIONS, function_io=io, convert=convert,
         program_check=lambda path: {"logits": run_program_calls(path, sequence)[-1:]},
     )

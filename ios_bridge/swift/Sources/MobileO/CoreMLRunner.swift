@@ -8,7 +8,8 @@ import Foundation
 //   llm_prefill     input_ids, attention_mask (1,L), image_embeds (1,D,1,N), image_offset (1)
 //                   -> hidden_states (K,D,1,L)                          [generation, editing]
 //   llm_decode      functions "prefill" (chunks of P tokens) and "decode" (one token -> logits),
-//                   sharing the KV-cache states key_cache / value_cache   [understanding]
+//                   sharing the KV-cache states key_cache / value_cache   [understanding];
+//                   each function's I/O is the manifest's function_io
 //   mcp             hidden_states (K,D,1,S), attention_mask (1,S) -> conditioning (1,Cc,1,S)
 //   dit             latent (2,C,H,W), timestep (2), encoder_hidden_states (2,Cc,1,S),
 //                   encoder_attention_mask (2,S) -> velocity (2,C,H,W)
@@ -48,6 +49,8 @@ public enum CoreMLRunners {
 @available(iOS 18.0, macOS 15.0, *)
 public final class CoreMLComponent {
     public let spec: Manifest.Component
+    /// The function loaded (nil: the bundle's default); its I/O is `spec.io(function:)`.
+    public let function: String?
     public let model: MLModel
 
     public init(spec: Manifest.Component, folder: URL, function: String? = nil,
@@ -56,6 +59,7 @@ public final class CoreMLComponent {
             throw MobileOError(.runner, "\(spec.name) is split into chunks; this runner loads single bundles.")
         }
         self.spec = spec
+        self.function = function
         let config = MLModelConfiguration()
         config.computeUnits = computeUnits ?? Self.units(spec.computeUnits)
         if let function { config.functionName = function }
@@ -95,10 +99,11 @@ public final class CoreMLComponent {
         return target
     }
 
-    /// The manifest's spec of an input.
+    /// The manifest's spec of an input (of the loaded function).
     func input(_ name: String) throws -> Manifest.TensorSpec {
-        guard let t = spec.input(name) else {
-            throw MobileOError(.runner, "\(spec.name) has no input '\(name)' in manifest.json.",
+        guard let t = spec.input(name, function: function) else {
+            let of = function.map { " (function \($0))" } ?? ""
+            throw MobileOError(.runner, "\(spec.name)\(of) has no input '\(name)' in manifest.json.",
                                fix: "re-export with the matching coreml_convert version.")
         }
         return t
@@ -112,13 +117,6 @@ public final class CoreMLComponent {
                                fix: "shorten the prompt.")
         }
         return s
-    }
-
-    /// Length of an input axis as the loaded model (function) declares it.
-    func declaredSize(_ name: String, axis: Int) -> Int? {
-        guard let shape = model.modelDescription.inputDescriptionsByName[name]?.multiArrayConstraint?.shape,
-              axis < shape.count else { return nil }
-        return shape[axis].intValue
     }
 
     /// A multiarray for input `name` in its manifest dtype.
@@ -299,7 +297,7 @@ final class CoreMLLanguageModel: LanguageModelRunner {
         let (ids, image, offset) = try flatten(prompt)
         guard !ids.isEmpty else { throw MobileOError(.runner, "the prompt is empty.") }
         let fresh = step.model.makeState()  // the two functions share the KV cache
-        let p = chunk.declaredSize("input_ids", axis: 1) ?? 1
+        let p = try chunk.input("input_ids").shape.last ?? 1  // prefill input_ids (1, P) in the manifest
         let last = ids.count - 1
         var start = 0
         while start < last {

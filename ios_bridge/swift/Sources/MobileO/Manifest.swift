@@ -50,6 +50,13 @@ public struct Manifest: Codable, Equatable, Sendable {
 
     public enum ComputeUnits: String, Codable, Sendable { case all, cpuOnly, cpuAndGPU, cpuAndNeuralEngine }
 
+    /// The inputs and outputs of one function of a (multifunction) bundle.
+    public struct FunctionIO: Codable, Equatable, Sendable {
+        public var inputs: [TensorSpec]
+        public var outputs: [TensorSpec]
+        public init(inputs: [TensorSpec], outputs: [TensorSpec]) { self.inputs = inputs; self.outputs = outputs }
+    }
+
     public struct Component: Codable, Equatable, Sendable {
         public var name: String
         public var file: String?
@@ -60,6 +67,9 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var outputs: [TensorSpec]
         public var states: [TensorSpec]
         public var functions: [String]
+        /// multifunction bundles: function name -> its I/O (`inputs`/`outputs` are the default
+        /// function's, `functions[0]`); nil for single-function bundles
+        public var functionIO: [String: FunctionIO]?
         public var computeUnits: ComputeUnits
         public var minimumOS: [String: String]
         public var compression: [String: JSONValue]
@@ -68,7 +78,7 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var conversion: [String: Double]?
 
         enum CodingKeys: String, CodingKey {
-            case name, file, sha256, bytes, chunks, inputs, outputs, states, functions
+            case name, file, sha256, bytes, chunks, inputs, outputs, states, functions, functionIO = "function_io"
             case computeUnits = "compute_units", minimumOS = "minimum_os", compression, gates, conversion
         }
 
@@ -78,8 +88,19 @@ public struct Manifest: Codable, Equatable, Sendable {
             return [FileEntry(file: file ?? "", sha256: sha256 ?? "", bytes: bytes ?? 0)]
         }
 
-        public func input(_ name: String) -> TensorSpec? { inputs.first { $0.name == name } }
-        public func output(_ name: String) -> TensorSpec? { outputs.first { $0.name == name } }
+        /// The I/O of `function` (nil: the default function); nil when the manifest does not list it.
+        public func io(function: String? = nil) -> FunctionIO? {
+            if let function, let io = functionIO?[function] { return io }
+            guard function == nil || function == functions.first else { return nil }
+            return FunctionIO(inputs: inputs, outputs: outputs)
+        }
+
+        public func input(_ name: String, function: String? = nil) -> TensorSpec? {
+            io(function: function)?.inputs.first { $0.name == name }
+        }
+        public func output(_ name: String, function: String? = nil) -> TensorSpec? {
+            io(function: function)?.outputs.first { $0.name == name }
+        }
     }
 
     public struct Scheduler: Codable, Equatable, Sendable {
@@ -270,8 +291,23 @@ extension Manifest {
             for f in c.files { try Manifest.check(f, at: at, fail: fail) }
             guard !c.outputs.isEmpty else { throw fail("\(at): has no outputs.") }
             guard !c.functions.isEmpty else { throw fail("\(at): has no functions.") }
-            for (group, specs) in [("input", c.inputs), ("output", c.outputs), ("state", c.states)] {
+            var groups = [("input", c.inputs), ("output", c.outputs), ("state", c.states)]
+            for (fn, io) in (c.functionIO ?? [:]).sorted(by: { $0.key < $1.key }) {
+                guard c.functions.contains(fn) else {
+                    throw fail("\(at): function_io names '\(fn)', which is not among its functions \(c.functions).")
+                }
+                guard !io.inputs.isEmpty, !io.outputs.isEmpty else {
+                    throw fail("\(at): function '\(fn)' needs inputs and outputs in function_io.")
+                }
+                if fn == c.functions[0], io != FunctionIO(inputs: c.inputs, outputs: c.outputs) {
+                    throw fail("\(at): function_io of the default function '\(fn)' differs from inputs/outputs.")
+                }
+                groups += [("function '\(fn)' input", io.inputs), ("function '\(fn)' output", io.outputs)]
+            }
+            for (group, specs) in groups {
+                var names = Set<String>()
                 for t in specs {
+                    guard names.insert(t.name).inserted else { throw fail("\(at): \(group) '\(t.name)' is listed twice.") }
                     if t.shape.isEmpty || t.shape.contains(where: { $0 < 1 }) {
                         throw fail("\(at): \(group) '\(t.name)' has shape \(t.shape); every dimension must be >= 1.")
                     }

@@ -122,6 +122,60 @@ final class ManifestTests: XCTestCase {
         XCTAssertEqual(m.components[0].compression["mode"]?.stringValue, "palettize")
     }
 
+    /// The golden manifest's first component made a two-function bundle, as llm_decode is:
+    /// the default function "main" (its top-level I/O) and "prefill" with its own I/O.
+    func withFunctionIO(_ prefill: [String: Any]? = nil, _ mutate: (inout [String: Any]) -> Void = { _ in }) throws -> [String: Any] {
+        var json = try JSONSerialization.jsonObject(with: try goldenData()) as! [String: Any]
+        Self.edit(&json, ["components", "0"]) { v in
+            var c = v as! [String: Any]
+            let chunk: [String: Any] = ["name": "input_ids", "shape": [1, 64], "dtype": "int32", "layout": "B,S"]
+            let hidden: [String: Any] = ["name": "hidden_states", "shape": [1, 8, 1, 64], "dtype": "float16", "layout": "B,C,1,S"]
+            c["functions"] = ["main", "prefill"]
+            c["function_io"] = ["main": ["inputs": c["inputs"]!, "outputs": c["outputs"]!],
+                                "prefill": prefill ?? ["inputs": [chunk], "outputs": [hidden]]]
+            mutate(&c)
+            v = c
+        }
+        return json
+    }
+
+    func testDecodesPerFunctionIO() throws {
+        let m = try Manifest.decode(try JSONSerialization.data(withJSONObject: try withFunctionIO()))
+        let c = m.components[0]
+        XCTAssertEqual(c.functionIO?.keys.sorted(), ["main", "prefill"])
+        XCTAssertEqual(c.io(function: "prefill")?.inputs.map(\.name), ["input_ids"])
+        XCTAssertEqual(c.input("input_ids", function: "prefill")?.shape, [1, 64])
+        XCTAssertEqual(c.output("hidden_states", function: "prefill")?.layout, "B,C,1,S")
+        XCTAssertEqual(c.io(), c.io(function: "main"))
+        XCTAssertEqual(c.io()?.inputs, c.inputs)
+        XCTAssertNil(c.input("input_ids"), "the default function's inputs are the top-level ones")
+        XCTAssertNil(c.io(function: "absent"))
+        // single-function components carry no function_io; their one function's I/O is the top level
+        let plain = try Manifest.load(from: try Golden.manifestURL()).components[0]
+        XCTAssertNil(plain.functionIO)
+        XCTAssertEqual(plain.io(function: plain.functions[0])?.outputs, plain.outputs)
+    }
+
+    func testRejectsBadFunctionIO() throws {
+        let t: [String: Any] = ["name": "x", "shape": [1, 4], "dtype": "int32", "layout": "B,S"]
+        for (expected, json) in [
+            ("function_io names 'prefill', which is not among its functions", try withFunctionIO { $0["functions"] = ["main"] }),
+            ("function 'prefill' needs inputs and outputs", try withFunctionIO(["inputs": [t], "outputs": [Any]()])),
+            ("function 'prefill' needs inputs and outputs", try withFunctionIO(["inputs": [Any](), "outputs": [t]])),
+            ("function 'prefill' input 'x' is listed twice", try withFunctionIO(["inputs": [t, t], "outputs": [t]])),
+            ("function 'prefill' output 'x' has layout", try withFunctionIO(["inputs": [t], "outputs": [t.merging(["layout": "B"]) { $1 }]])),
+            ("missing key 'outputs'", try withFunctionIO(["inputs": [t]])),
+            ("default function 'main' differs from inputs/outputs", try withFunctionIO { c in
+                var io = c["function_io"] as! [String: Any]; io["main"] = ["inputs": [t], "outputs": [t]]; c["function_io"] = io
+            }),
+        ] {
+            XCTAssertThrowsError(try Manifest.decode(try JSONSerialization.data(withJSONObject: json))) { error in
+                XCTAssertTrue("\(error)".contains(expected), "expected '\(expected)' in: \(error)")
+                XCTAssertFalse("\(error)".contains("\n"), "\(error)")
+            }
+        }
+    }
+
     func testPromptTemplatesMatchPython() throws {
         let m = try Manifest.load(from: try Golden.manifestURL())
         let t = PromptTemplates(m.pipeline.prompts)

@@ -22,13 +22,9 @@ open class MLDictionaryFeatureProvider: MLFeatureProvider {
   public init(dictionary: [String: Any]) throws {}
   public func featureValue(for featureName: String) -> MLFeatureValue? { nil }
 }
-open class MLMultiArrayConstraint { open var shape: [NSNumber] { [] } }
-open class MLFeatureDescription { open var multiArrayConstraint: MLMultiArrayConstraint? { nil } }
-open class MLModelDescription { open var inputDescriptionsByName: [String: MLFeatureDescription] { [:] } }
 open class MLModel {
   public init(contentsOf url: URL, configuration: MLModelConfiguration) throws {}
   open class func compileModel(at modelURL: URL) async throws -> URL { modelURL }
-  open var modelDescription: MLModelDescription { MLModelDescription() }
   open func prediction(from input: MLFeatureProvider) throws -> MLFeatureProvider { fatalError() }
   open func prediction(from input: MLFeatureProvider, using state: MLState) throws -> MLFeatureProvider { fatalError() }
   open func makeState() -> MLState { MLState() }
