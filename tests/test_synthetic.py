@@ -53,3 +53,22 @@ def test_subset_independent_values(tiny_ckpt):
     loaded = tiny_ckpt.load("mcp")
     for k, v in mcp.items():
         assert np.allclose(v, loaded[k], rtol=2 ** -8, atol=1e-30)
+
+
+def test_written_atomically_into_new_parents(tmp_path, monkeypatch):
+    """Missing parent folders are made; an interrupted write leaves nothing behind."""
+    import pytest
+
+    from weights import synthetic
+
+    target = tmp_path / "a" / "b" / "ckpt"
+    synthetic.write_checkpoint(target, "tiny")
+    assert (target / "model.safetensors.index.json").is_file()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "write_tokenizer", boom)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_checkpoint(tmp_path / "a" / "other", "tiny")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]

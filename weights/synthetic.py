@@ -185,7 +185,9 @@ def write_checkpoint(folder: str | Path, preset: str = "tiny", *, seed: int = 0,
     folder = Path(folder)
     if shard_bytes is None:
         shard_bytes = 2 * 1024**3 if preset == "full" else 256 * 1024
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent if folder.parent.exists() else None))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
     try:
         _write_into(tmp, cfg, layout, seed, shard_bytes, duplicates, tokenizer or
                     ("qwen" if preset == "full" and qwen_tiktoken_path() else "bytes"))
