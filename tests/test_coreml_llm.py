@@ -217,3 +217,15 @@ def test_bad_head_config_is_one_line_error(tiny_ckpt):
     with pytest.raises(ConfigError) as e:
         Qwen2ANE(bad)
     assert "\n" not in str(e.value) and "Fix:" in str(e.value)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "full"])
+def test_example_prompt_keeps_the_image_off_the_decoded_token(preset):
+    """At full size the image (256 tokens) is longer than a prefill chunk: the gates' example
+    prompt must still end on a text token, or transformers would see an image embedding
+    where the decode step feeds a token (the full-size gate 1 once read 19 dB for that)."""
+    cfg = synthetic.PRESETS[preset]()
+    p = llm_decode.example_prompt(cfg, np.random.default_rng(0))
+    n = cfg.vision.num_tokens
+    assert p["image_offset"] + n <= len(p["ids"]) - 1
+    assert len(p["ids"]) - 1 >= llm_decode.chunk_length(cfg)

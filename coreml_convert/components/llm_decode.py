@@ -208,11 +208,14 @@ def reference_logits(model, ids, image_embeds: np.ndarray, image_offset: int, ex
 
 
 def example_prompt(cfg: MobileOConfig, rng: np.random.Generator) -> dict:
-    """A prompt of one prefill chunk plus one token, an image from column 3 (clipped)."""
-    hidden, n = cfg.llm.hidden_size, cfg.vision.num_tokens
-    return {"ids": rng.integers(0, cfg.llm.vocab_size, chunk_length(cfg) + 1),
+    """A prompt with the whole image from column 3, at least one prefill chunk long, and one
+    text token after the image (the one decoded): the image never covers the decoded position,
+    and at full size (256 image tokens) it straddles several prefill chunks."""
+    hidden, n, offset = cfg.llm.hidden_size, cfg.vision.num_tokens, 3
+    length = max(chunk_length(cfg), offset + n) + 1
+    return {"ids": rng.integers(0, cfg.llm.vocab_size, length),
             "image_embeds": (rng.standard_normal((1, hidden, 1, n)) / np.sqrt(hidden)).astype(np.float32),
-            "image_offset": 3}
+            "image_offset": offset}
 
 
 # ---------------------------------------------------------------------- conversion
