@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MASK_MIN = -1e4  # additive bias for masked keys (as diffusers' encoder_attention_mask)
+from weights.configs import DiTConfig
+
+MASK_MIN = DiTConfig.MASK_BIAS  # additive bias for masked keys: -1e4, as diffusers' encoder_attention_mask
 # Denominator floor of ReLU linear attention (a clamp, not an added term): the smallest normal
 # fp16 number, so an all-zero (ReLU'd) query gives 0 instead of 0/0 on fp16 hardware while any
 # larger denominator is used exactly (upstream adds 1e-15 in fp32).

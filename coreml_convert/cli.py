@@ -206,12 +206,13 @@ def run(args: argparse.Namespace, stream=None) -> int:
         print(f"{name}: converting ({args.precision}) ...", file=stream, flush=True)
         try:
             result, report = convert_component(ckpt, name, out, args.precision, compression, args.seed)
-        except MobileOError:
-            raise
-        except Exception as e:  # a crash in one component: report it, go on with the others
-            traceback.print_exc(file=sys.stderr)
-            print(f"error: {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            rows.append(table_row(name, None, "crashed"))
+        except Exception as e:  # one component failing: report it, go on with the others
+            if isinstance(e, MobileOError):  # a known failure (e.g. ct.convert refused): one line
+                print(f"error: {name}: {e}", file=sys.stderr, flush=True)
+            else:
+                traceback.print_exc(file=sys.stderr)
+                print(f"error: {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            rows.append(table_row(name, None, "failed" if isinstance(e, MobileOError) else "crashed"))
             code = code or EXIT_CRASHED
             gc.collect()
             continue
@@ -228,18 +229,14 @@ def run(args: argparse.Namespace, stream=None) -> int:
         gc.collect()
 
     print(format_table(rows), file=stream, flush=True)
-    manifest = write_manifest(out, ckpt, args)
-    if manifest:
-        print(f"manifest: {manifest}", file=stream, flush=True)
+    print(f"manifest: {write_manifest(out, ckpt, args)}", file=stream, flush=True)
     return code
 
 
-def write_manifest(out: Path, ckpt, args) -> Path | None:
+def write_manifest(out: Path, ckpt, args) -> Path:
     """ios_bridge's manifest over every passing bundle in ``out`` (pipeline order)."""
-    try:
-        from ios_bridge.manifest import write_manifest as _write
-    except ImportError:
-        return None
+    from ios_bridge.manifest import write_manifest as _write
+
     results = []
     for name in REGISTRY:
         rec = read_record(out, name)

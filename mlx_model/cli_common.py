@@ -13,6 +13,7 @@ from weights.configs import GenerationDefaults
 from weights.hub import DEMO
 
 QUANTIZE_CHOICES = (0, 4, 8)
+QUANT_GROUP_SIZE = 64  # MLX / mlx-lm default; Mobile-O ships its LLM 4-bit with group 64
 DTYPES = ("float32", "bfloat16", "float16")
 METADATA_KEY = "mobileo"  # PNG text chunk holding the generation settings (JSON)
 
@@ -71,7 +72,7 @@ def unique_path(path: str | Path, taken: Iterable[Path] = ()) -> Path:
         path = path.with_suffix(".png")
     taken = set(taken)
     candidate, i = path, 0
-    while candidate.exists() or candidate in taken:
+    while candidate.exists() or candidate.with_suffix(".json").exists() or candidate in taken:
         i += 1
         candidate = path.with_name(f"{path.stem}_{i}{path.suffix}")
     return candidate
@@ -85,7 +86,14 @@ def output_paths(path: str | Path, n: int) -> list[Path]:
 
 
 def save_png(image, path: Path, metadata: dict, write_json: bool = False) -> Path:
-    """Write a uint8 [H, W, 3] image with ``metadata`` in a PNG text chunk (and beside it)."""
+    """Write a uint8 [H, W, 3] image with ``metadata`` in a PNG text chunk (and beside it).
+
+    The file is written whole under a temporary name, then claimed with a hard link, which
+    fails if the name exists: a file that appeared meanwhile (another run) is never
+    overwritten; the next free name is taken instead.  Returns the path written."""
+    import os
+    import tempfile
+
     import numpy as np
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -95,11 +103,23 @@ def save_png(image, path: Path, metadata: dict, write_json: bool = False) -> Pat
     text = json.dumps(metadata, sort_keys=True)
     info.add_text(METADATA_KEY, text)
     info.add_text("parameters", text)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(f, format="PNG", pnginfo=info)
+        while True:
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                path = unique_path(path)
+    finally:
+        os.unlink(tmp)
     if write_json:
-        path.with_suffix(".json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        sidecar = path.with_suffix(".json")
+        tmp_json = sidecar.with_name(f".{sidecar.name}.partial")
+        tmp_json.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        tmp_json.replace(sidecar)
     return path
 
 
@@ -169,15 +189,19 @@ def latents_arg(latents):
     return latents, None
 
 
-def run_and_save(pipeline, request, *, meta: dict, steps: int, guidance: float, seed: int | None,
+def run_and_save(pipeline, request, *, meta: dict, steps: int | None, guidance: float | None, seed: int | None,
                  n_images: int, latents, scheduler: str, output: str | Path, metadata: bool,
                  verbose: bool, progress: bool, log) -> list[Path]:
     """Sample with a progress bar, save each image with its settings, print the closing line.
 
     ``request`` is what the pipeline's ``generate`` takes (a prompt, or an edit request);
     ``meta`` holds the command's own settings (prompt, image, model, latents file, ...);
-    ``latents`` is an array or None (see :func:`latents_arg`).
+    ``latents`` is an array or None (see :func:`latents_arg`); ``steps`` / ``guidance`` None
+    take the model's defaults.
     """
+    defaults = pipeline.config.defaults
+    steps = defaults.steps if steps is None else steps
+    guidance = defaults.guidance if guidance is None else guidance
     bar = StepProgress(steps, enabled=progress)
     with bar:
         out = pipeline.generate(request, steps=steps, guidance=guidance, seed=seed, n_images=n_images,
@@ -190,7 +214,7 @@ def run_and_save(pipeline, request, *, meta: dict, steps: int, guidance: float, 
                     "seed": None if out.seed is None else out.seed + i, "scheduler": scheduler,
                     "quantize": pipeline.quantize, "dtype": dtype_name(pipeline.dtype),
                     "size": list(img.shape[:2]), "generator": GENERATOR}
-        save_png(img, path, settings, write_json=metadata)
+        path = paths[i] = save_png(img, path, settings, write_json=metadata)
         log(f"saved {path}")
     timings = {"load": pipeline.load_seconds, **out.timings}
     peaks = {"load": pipeline.load_peak_memory, **out.peak_memory}

@@ -16,7 +16,7 @@ from weights.configs import VAEConfig
 from weights.errors import ConfigError
 
 NORM_EPS = VAEConfig.NORM_EPS
-ATTN_EPS = 1e-15
+ATTN_EPS = VAEConfig.LINEAR_ATTN_EPS
 GLU_EXPAND = 4  # GLUMBConv expand_ratio in EfficientViTBlock
 ACTIVATIONS = {"silu": nn.silu, "relu": nn.relu, "relu6": nn.relu6, "gelu": nn.gelu}
 

@@ -15,11 +15,13 @@ import mlx.nn as nn
 
 from weights.configs import DiTConfig
 
+from .cli_common import QUANT_GROUP_SIZE
+
 TIMESTEP_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
-LINEAR_ATTN_EPS = 1e-15
+LINEAR_ATTN_EPS = DiTConfig.LINEAR_ATTN_EPS
 
 
-def timestep_embedding(t: mx.array, dim: int = TIMESTEP_CHANNELS, max_period: float = 10000.0) -> mx.array:
+def timestep_embedding(t: mx.array, dim: int = TIMESTEP_CHANNELS, max_period: float = DiTConfig.TIMESTEP_MAX_PERIOD) -> mx.array:
     """[cos, sin] sinusoidal features of float timesteps [B] -> [B, dim]."""
     half = dim // 2
     freqs = mx.exp(-math.log(max_period) * mx.arange(half, dtype=mx.float32) / half)
@@ -191,7 +193,7 @@ class SanaTransformer(nn.Module):
         self.proj_out = nn.Linear(d, c.patch_size * c.patch_size * c.out_channels)
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = 64,
+    def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = QUANT_GROUP_SIZE,
                         dtype=mx.float32, tensors=None, config: DiTConfig | None = None,
                         dequantize: bool | None = None):
         """Build from ``ckpt`` (or from ``tensors`` with ``config`` when ``ckpt`` is None);

@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-             dtype: str | None = None, steps: int = 20, guidance: float = 1.5, seed: int | None = None,
+             dtype: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
              n_images: int = 1, latents=None, scheduler: str = "dpm", output: str | Path = "image.png",
              metadata: bool = False, verbose: bool = False, progress: bool = False, pipeline=None,
              log=None) -> list[Path]:

@@ -50,10 +50,11 @@ from mlx_lm.models.qwen2 import Model, ModelArgs  # noqa: E402
 
 from weights.mlx_map import load_component
 
+from .cli_common import QUANT_GROUP_SIZE
 from .tokenizer import Tokenizer
 
 
-def quantize_linears(module: nn.Module, bits: int | None, group_size: int = 64,
+def quantize_linears(module: nn.Module, bits: int | None, group_size: int = QUANT_GROUP_SIZE,
                      dequantize: bool | None = None) -> nn.Module:
     """Affine ``bits``-bit quantization of the Linear layers whose input dim is a multiple of
     ``group_size`` (the others stay float).  ``bits`` None or 0: unchanged.
@@ -108,7 +109,7 @@ class LanguageModel:
         self.config = config
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = 64,
+    def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = QUANT_GROUP_SIZE,
                         dtype=mx.float32, dequantize: bool | None = None) -> "LanguageModel":
         """``dequantize``: see :func:`quantize_linears` (default: on CPU only)."""
         cfg = ckpt.config.llm

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from weights.prompts import IMAGE_PLACEHOLDER, IMAGE_TOKEN
+from weights.prompts import IMAGE_PLACEHOLDER, IMAGE_TOKEN, MAX_PROMPT_TOKENS
 
 from .preprocess import preprocess
 from .projector import Projector
@@ -33,15 +33,22 @@ class MultimodalPrompt:
     image_token_id: int  # stands in for each image position in :meth:`ids` (never embedded)
 
     @classmethod
-    def build(cls, tokenizer, text: str, num_image_tokens: int) -> "MultimodalPrompt":
-        """``text``: a templated prompt holding exactly one ``<image>``."""
+    def build(cls, tokenizer, text: str, num_image_tokens: int,
+              max_tokens: int = MAX_PROMPT_TOKENS) -> "MultimodalPrompt":
+        """``text``: a templated prompt holding exactly one ``<image>``; with the image's
+        tokens it must fit ``max_tokens`` (the Core ML prefill's longest length too)."""
         parts = text.split(IMAGE_PLACEHOLDER)
         if len(parts) != 2:
             raise PromptError(f"the prompt holds {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders; "
                               "Mobile-O takes exactly one image.",
                               fix=f"remove {IMAGE_PLACEHOLDER} from the question or instruction.")
-        return cls(tuple(tuple(tokenizer.encode(p)) for p in parts), num_image_tokens,
-                   tokenizer.token_id(IMAGE_TOKEN))
+        prompt = cls(tuple(tuple(tokenizer.encode(p)) for p in parts), num_image_tokens,
+                     tokenizer.token_id(IMAGE_TOKEN))
+        if len(prompt) > max_tokens:
+            raise PromptError(f"the prompt is {len(prompt)} tokens with its template and the "
+                              f"{num_image_tokens} image tokens; the limit is {max_tokens}.",
+                              fix="shorten the question or instruction.")
+        return prompt
 
     def __len__(self) -> int:
         return sum(map(len, self.pieces)) + self.num_image_tokens * (len(self.pieces) - 1)

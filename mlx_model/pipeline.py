@@ -23,14 +23,13 @@ from weights.hub import DEFAULT_MODEL
 from weights.errors import MobileOError
 from weights.prompts import generation_prompt
 
-from .cli_common import QUANTIZE_CHOICES
+from .cli_common import QUANT_GROUP_SIZE, QUANTIZE_CHOICES
 from .dcae import AutoencoderDC
 from .dit import SanaTransformer
 from .llm import LanguageModel
 from .mcp import MCP
 from .scheduler import SCHEDULERS, classifier_free_guidance
 
-QUANT_GROUP_SIZE = 64
 
 
 class LatentsError(MobileOError):

@@ -4,8 +4,9 @@
     S x S -> center crop S x S (a no-op on the square) -> [0, 1] (rescale 1/255; mean 0, std 1)
 
 Constants come from :class:`weights.configs.ImagePreprocess`.  Anything Pillow can open
-becomes RGB: EXIF orientation is applied; transparency is composited onto white (as
-transformers' ``convert_rgb`` does); 16-bit and 32-bit grayscale are scaled to 8 bits.
+becomes RGB: EXIF orientation is applied (the one step beyond Mobile-O's
+``Image.open(f).convert("RGB")``, so phone photos are upright); transparency is dropped as
+``convert("RGB")`` drops it; 16-bit and 32-bit grayscale are scaled to 8 bits.
 Unreadable input raises :class:`ImageError` with one line.
 
     pixels = preprocess("photo.jpg", ckpt.config.preprocess)   # [S, S, 3] float32

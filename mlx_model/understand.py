@@ -31,6 +31,7 @@ from weights.errors import MobileOError, run_cli
 from weights.prompts import understanding_prompt
 
 from . import cli_common as cc
+from .cli_common import QUANT_GROUP_SIZE
 from .llm import LanguageModel
 from .multimodal import ImageEncoder, MultimodalPrompt
 from .tokenizer import PromptError
@@ -118,7 +119,7 @@ class Understanding:
         self.load_seconds = 0.0
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize: int = 0, dtype=None, group_size: int = 64) -> "Understanding":
+    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE) -> "Understanding":
         """``quantize`` 0 (float), 4 or 8 bits for the LLM's Linear layers."""
         from .platform import default_dtype
 

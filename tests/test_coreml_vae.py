@@ -56,6 +56,9 @@ def test_full_width_one_layer_per_stage_fp16(tmp_path_factory, parity):
                          vae=VAEConfig(encoder_layers_per_block=one, decoder_layers_per_block=one))
     spec = vae_decoder.build_spec(ckpt, latent_size=4)
     g1 = gates.gate1(spec)["image"]
+    rel = max_relative_error(spec.reference(spec.example_inputs)["image"], gates.torch_outputs(spec)["image"])
+    parity("vae-dec f32c32", "coreml torch fp32", "max_rel_err", rel, 1e-4)
+    assert rel <= 1e-4
     parity("vae-dec f32c32", "coreml torch fp32", "psnr_db gate 1", g1, gates.GATE1_MIN_DB)
     assert g1 >= gates.GATE1_MIN_DB, g1
     path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_vae_out"), spec.file)

@@ -127,3 +127,20 @@ def test_unique_path(tmp_path):
     assert unique_path(tmp_path / "a.png").name == "a_1.png"
     assert [p.name for p in output_paths(tmp_path / "a.png", 3)] == ["a_1.png", "a_2.png", "a_3.png"]
     assert unique_path(tmp_path / "b").name == "b.png"
+
+
+def test_save_never_overwrites_a_file_that_appeared_meanwhile(tmp_path):
+    """A name taken after the paths were chosen (another run) is skipped, not overwritten."""
+    import numpy as np
+
+    from mlx_model import cli_common as cc
+
+    target = tmp_path / "image.png"
+    target.write_bytes(b"someone else's")
+    (tmp_path / "image_1.json").write_text("{}")  # a sidecar also blocks its name
+    img = np.zeros((4, 4, 3), np.uint8)
+    written = cc.save_png(img, target, {"k": 1}, write_json=True)
+    assert written == tmp_path / "image_2.png"
+    assert target.read_bytes() == b"someone else's"
+    assert cc.read_png_metadata(written) == {"k": 1} and (tmp_path / "image_2.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png", "image_1.json", "image_2.json", "image_2.png"]

@@ -165,3 +165,10 @@ def test_quantized_model_runs(tiny_ckpt, pixels):
     m = Understanding.from_checkpoint(tiny_ckpt, quantize=4)
     rs = list(m.stream(pixels, QUESTION, max_tokens=4, temp=0, stop_at_eos=False))
     assert rs[-1].generation_tokens == 4
+
+
+def test_over_long_question_is_one_line_error(model, pixels):
+    from mlx_model.tokenizer import PromptError
+
+    with pytest.raises(PromptError, match="limit is 512"):
+        model.prompt("why " * 600)

@@ -88,8 +88,10 @@ def test_euler_equals_diffusers(steps):
 
 
 def test_cfg_formula():
+    """noise = u + g (c - u) with the unconditional prediction first (mobile-o.md section 7)."""
     u, c = np.array([1.0, 2.0]), np.array([3.0, 0.0])
-    np.testing.assert_allclose(classifier_free_guidance(u, c, 1.5), u + 1.5 * (c - u))
+    np.testing.assert_allclose(classifier_free_guidance(u, c, 1.5), [4.0, -1.0])
+    np.testing.assert_allclose(classifier_free_guidance(u, c, 1.0), c)
 
 
 def test_bad_steps_is_clear():

@@ -50,7 +50,7 @@ def test_greedy_cli_is_deterministic_and_matches_api(capsys, photo, tiny_ckpt_di
     b = run_main(capsys, *args).out
     body = lambda s: s.split("=" * 10)[1]  # noqa: E731
     assert body(a) == body(b)
-    api = Understanding.from_checkpoint(tiny_ckpt).answer(str(photo), "Describe the image.", max_tokens=6, temp=0)
+    api = Understanding.from_checkpoint(tiny_ckpt, quantize=0).answer(str(photo), "Describe the image.", max_tokens=6, temp=0)
     assert body(a) == "\n" + api + "\n"
 
 

@@ -167,3 +167,23 @@ def test_synthetic_cli_bad_preset(tmp_path):
     r = subprocess.run([sys.executable, "-m", "weights.synthetic", str(tmp_path / "x"), "--preset", "huge"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "invalid choice" in r.stderr
+
+
+def test_float_tensors_load_as_float32(tmp_path):
+    x = np.random.default_rng(1).standard_normal((3, 4))
+    write_file(tmp_path / "h.safetensors", {"h": x.astype(np.float16), "d": x})
+    f = SafetensorsFile(tmp_path / "h.safetensors")
+    assert f.get("h").dtype == np.float32 and f.get("d").dtype == np.float32
+    assert f.get("h", float32=False).dtype == np.float16
+
+
+def test_cli_oserror_is_one_line(tmp_path, capsys):
+    from weights.errors import run_cli
+
+    def main():
+        (tmp_path / "no" / "such" / "dir" / "x.png").write_bytes(b"")
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(main)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "x.png" in err

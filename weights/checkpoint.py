@@ -102,7 +102,7 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ tensors
     def load(self, component: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """{local key: array} for one component, read lazily; BF16 becomes float32."""
+        """{local key: array} for one component, read lazily; floating point becomes float32."""
         self._check_component(component)
         comp = self.split.components[component]
         if not comp:

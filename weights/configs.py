@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .prompts import MAX_PROMPT_TOKENS
 
 
 class _Config:
@@ -186,6 +187,8 @@ class DiTConfig(_Config):
 
     # fixed inside diffusers' SANA modules (not config fields)
     TIMESTEP_CHANNELS: ClassVar[int] = 256  # Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+    TIMESTEP_MAX_PERIOD: ClassVar[float] = 10000.0
+    LINEAR_ATTN_EPS: ClassVar[float] = 1e-15  # ReLU linear attention: num / (den + eps), fp32
     CAPTION_NORM_EPS: ClassVar[float] = 1e-5  # caption_norm RMSNorm
     NORM_OUT_EPS: ClassVar[float] = 1e-6  # SanaModulatedNorm
     GLUMB_NORM_EPS: ClassVar[float] = 1e-5  # GLUMBConv's optional RMSNorm
@@ -225,6 +228,7 @@ class VAEConfig(_Config):
     scaling_factor: float = 0.41407
 
     NORM_EPS: ClassVar[float] = 1e-5  # RMSNorm / norm_out inside diffusers' DC-AE blocks
+    LINEAR_ATTN_EPS: ClassVar[float] = 1e-15  # multiscale ReLU linear attention
 
     @property
     def spatial_compression(self) -> int:
@@ -417,7 +421,7 @@ class MobileOConfig:
             mm_use_im_patch_token=False,
             image_aspect_ratio="pad",
             tokenizer_padding_side="right",
-            tokenizer_model_max_length=512,
+            tokenizer_model_max_length=MAX_PROMPT_TOKENS,
             diffusion_name_or_path=self.diffusion_name_or_path,
             vlm_num_layers=self.mcp.num_layers,
             is_train=False,

@@ -7,7 +7,6 @@ A key nothing claims is an error that names it.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -105,7 +104,3 @@ def split_keys(keys: Iterable[str], source: str = "checkpoint") -> Split:
 def checkpoint_key(component: str, local: str) -> str:
     """Inverse of :func:`classify` for the synthetic writer."""
     return PREFIX.get(component, "") + local
-
-
-def count_by_component(keys: Iterable[str]) -> Counter:
-    return Counter(c for c, _ in filter(None, map(classify, keys)))

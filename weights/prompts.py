@@ -47,10 +47,3 @@ def understanding_prompt(question: str) -> str:
 def editing_prompt(instruction: str) -> str:
     return CHAT_TEMPLATE.format(qs=EDITING_QS.format(instruction=instruction))
 
-
-TEMPLATES = {
-    "chat": CHAT_TEMPLATE,
-    "generation": GENERATION_QS,
-    "understanding": UNDERSTANDING_QS,
-    "editing": EDITING_QS,
-}

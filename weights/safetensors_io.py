@@ -107,12 +107,16 @@ class SafetensorsFile:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._mm
 
-    def get(self, key: str, upcast_bf16: bool = True) -> np.ndarray:
+    def get(self, key: str, float32: bool = True) -> np.ndarray:
+        """One tensor; floating-point ones (BF16, F16, F64) as float32 unless ``float32=False``
+        (then BF16 comes back as its raw uint16 bits)."""
         info = self.tensors[key]
         buf = memoryview(self._map())[info.start:info.end]
         arr = np.frombuffer(buf, dtype=_DTYPES[info.dtype]).reshape(info.shape).copy()
-        if info.dtype == "BF16" and upcast_bf16:
-            arr = bf16_to_f32(arr)
+        if float32 and info.dtype == "BF16":
+            return bf16_to_f32(arr)
+        if float32 and info.dtype in ("F16", "F64"):
+            return arr.astype(np.float32)
         return arr
 
     def close(self):

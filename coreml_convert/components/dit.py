@@ -38,7 +38,7 @@ CFG_BATCH = 2
 class Timesteps(nn.Module):
     """Sinusoidal timestep features (B,) -> (B, 256, 1, 1), cos first (flip_sin_to_cos)."""
 
-    def __init__(self, channels: int = TIME_CHANNELS, max_period: float = 10000.0):
+    def __init__(self, channels: int = TIME_CHANNELS, max_period: float = DiTConfig.TIMESTEP_MAX_PERIOD):
         super().__init__()
         half = channels // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
