@@ -22,7 +22,6 @@ import mlx.nn as nn
 from weights.configs import VisionConfig
 from weights.vision import BLOCKS, DOWNSAMPLE, POS_EMB
 
-SE_REDUCTION = 16  # timm MobileOneBlock(use_se=True): SqueezeExcite rd_ratio 1/16
 BN_EPS = 1e-5  # BatchNorm2d default in ConvMlp's ConvNormAct
 
 
@@ -74,8 +73,8 @@ _METAL: bool | None = None
 class SqueezeExcite(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.reduce = nn.Conv2d(dim, dim // SE_REDUCTION, 1)
-        self.expand = nn.Conv2d(dim // SE_REDUCTION, dim, 1)
+        self.reduce = nn.Conv2d(dim, VisionConfig.se_channels(dim), 1)
+        self.expand = nn.Conv2d(VisionConfig.se_channels(dim), dim, 1)
 
     def __call__(self, x):
         s = mx.mean(x, axis=(1, 2), keepdims=True)

@@ -123,9 +123,16 @@ class VisionConfig(_Config):
     layer_norm_eps: float = 1e-5
     stride: int = 64  # stem /4 then four /2 downsamples
 
+    SE_RATIO: ClassVar[float] = 1 / 16  # conv_exp squeeze-excite (timm SqueezeExcite, rd_divisor 1)
+
     @property
     def out_dim(self) -> int:
         return int(self.embed_dims[-1] * self.cls_ratio)
+
+    @staticmethod
+    def se_channels(dim: int) -> int:
+        """Squeeze-excite bottleneck width, rounded as timm's make_divisible(dim / 16, 1)."""
+        return max(1, int(dim * VisionConfig.SE_RATIO + 0.5))
 
     @property
     def num_tokens(self) -> int:

@@ -22,7 +22,6 @@ from coreml_convert.spec import ComponentSpec, TensorSpec
 from weights.configs import VisionConfig
 from weights.vision import BLOCKS, DOWNSAMPLE, HEAD_PROJ, POS_EMB
 
-SE_RATIO = 1 / 16  # conv_exp squeeze-excite bottleneck (timm SqueezeExcite default)
 
 
 class ConvAct(nn.Module):
@@ -116,7 +115,7 @@ class PatchEmbed(nn.Module):
 class SqueezeExcite(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        rd = max(1, int(dim * SE_RATIO + 0.5))
+        rd = VisionConfig.se_channels(dim)
         self.reduce = nn.Conv2d(dim, rd, 1)
         self.expand = nn.Conv2d(rd, dim, 1)
 
