@@ -12,7 +12,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from weights.configs import VAEConfig
+from weights.configs import RES_BLOCK, VIT_BLOCK, VAEConfig
 from weights.errors import ConfigError
 
 NORM_EPS = VAEConfig.NORM_EPS
@@ -131,9 +131,9 @@ class EfficientViTBlock(nn.Module):
 
 
 def _block(kind: str, channels: int, head_dim: int, act: str, scales):
-    if kind == "ResBlock":
+    if kind == RES_BLOCK:
         return ResBlock(channels, act)
-    if kind == "EfficientViTBlock":
+    if kind == VIT_BLOCK:
         return EfficientViTBlock(channels, head_dim, tuple(scales))
     raise ConfigError(f"DC-AE block type {kind!r} is not supported.", fix="use ResBlock or EfficientViTBlock.")
 

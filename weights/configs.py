@@ -209,7 +209,7 @@ class DiTConfig(_Config):
 # --------------------------------------------------------------------------------------
 # DC-AE (diffusers AutoencoderDC field names)
 
-_RES, _VIT = "ResBlock", "EfficientViTBlock"
+RES_BLOCK, VIT_BLOCK = "ResBlock", "EfficientViTBlock"  # diffusers DC-AE block type names
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,8 @@ class VAEConfig(_Config):
     in_channels: int = 3
     latent_channels: int = 32
     attention_head_dim: int = 32
-    encoder_block_types: tuple[str, ...] = (_RES,) * 3 + (_VIT,) * 3
-    decoder_block_types: tuple[str, ...] = (_RES,) * 3 + (_VIT,) * 3
+    encoder_block_types: tuple[str, ...] = (RES_BLOCK,) * 3 + (VIT_BLOCK,) * 3
+    decoder_block_types: tuple[str, ...] = (RES_BLOCK,) * 3 + (VIT_BLOCK,) * 3
     encoder_block_out_channels: tuple[int, ...] = (128, 256, 512, 512, 1024, 1024)
     decoder_block_out_channels: tuple[int, ...] = (128, 256, 512, 512, 1024, 1024)
     encoder_layers_per_block: tuple[int, ...] = (2, 2, 2, 3, 3, 3)

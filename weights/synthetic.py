@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .configs import (DiTConfig, LLMConfig, MCPConfig, MobileOConfig, SchedulerConfig,
+from .configs import (RES_BLOCK, VIT_BLOCK, DiTConfig, LLMConfig, MCPConfig, MobileOConfig, SchedulerConfig,
                       SANA_CONFIG_FILES, VAEConfig, VisionConfig, SANA_600M)
 from .checkpoint import CONFIG_FILE, INDEX_FILE
 from .layout import COMPONENTS, IGNORE_RULES, checkpoint_key
@@ -62,7 +62,7 @@ def tiny_config() -> MobileOConfig:
     dit = DiTConfig(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16,
                     num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=16,
                     cross_attention_dim=32, caption_channels=48, sample_size=8)
-    res, vit = "ResBlock", "EfficientViTBlock"
+    res, vit = RES_BLOCK, VIT_BLOCK
     vae = VAEConfig(latent_channels=8, attention_head_dim=8,
                     encoder_block_types=(res, res, vit, vit), decoder_block_types=(res, res, vit, vit),
                     encoder_block_out_channels=(16, 32, 32, 64), decoder_block_out_channels=(16, 32, 32, 64),

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights.configs import VAEConfig
+from weights.configs import RES_BLOCK, VIT_BLOCK, VAEConfig
 from weights.torch_map import load_torch
 
 from .. import ane
@@ -26,7 +26,7 @@ from .dit import GLUMBConv
 
 NAME = "vae_decoder"
 PREFIX = "decoder."  # the VAE component's decoder tensors
-RES, VIT = "ResBlock", "EfficientViTBlock"
+RES, VIT = RES_BLOCK, VIT_BLOCK
 
 
 def _per_block(value, n: int) -> tuple:
