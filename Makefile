@@ -44,6 +44,7 @@ test-python:
 GOLDEN := build/golden
 swift-test:
 	@if command -v swift >/dev/null; then \
+	  mkdir -p $(dir $(GOLDEN)) && \
 	  $(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion --components mcp dit \
 	    > $(GOLDEN)-conversion.log 2>&1 || { tail -20 $(GOLDEN)-conversion.log; exit 1; }; \
 	  $(WITH_BLAS) $(PY) -m ios_bridge.golden $(GOLDEN) --export $(GOLDEN)-conversion && \
