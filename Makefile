@@ -13,7 +13,7 @@ WITH_BLAS := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup system-packages test test-python swift-test parity parity-full convert-full \
-        full-checkpoint demo clean
+        full-checkpoint bench demo clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -65,6 +65,10 @@ checkpoints/full/model.safetensors.index.json:
 
 convert-full: full-checkpoint
 	$(PY) -m coreml_convert --model checkpoints/full --out build/full
+
+# MLX vs the torch references, side by side, at full size (not part of CI)
+bench: full-checkpoint
+	$(WITH_BLAS) $(PY) tests/bench.py --model checkpoints/full
 
 demo:
 	$(PY) -m mlx_model.generate "a red cup" --model demo

@@ -1,7 +1,7 @@
 """Synthetic Mobile-O checkpoints in the exact released layout, for tests and demos.
 
     write_checkpoint(folder, "tiny")     # whole pipeline runs in seconds on a CPU
-    write_checkpoint(folder, "full")     # the real 0.5B dimensions (bf16, ~3.3 GB)
+    write_checkpoint(folder, "full")     # the real 0.5B dimensions (bf16, ~4.7 GB with the duplicates)
     demo_path()                          # the tiny one, created once in a cache folder
 
 Key names and shapes come from the upstream modules themselves (transformers
