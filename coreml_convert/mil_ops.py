@@ -216,30 +216,29 @@ def _pool(a: Args, kind: str):
 # ---------------------------------------------------------------- normalization
 
 
-def _batch_norm(a: Args):
-    x = a.x
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    eps = a.scalar("epsilon", 1e-5)
-    y = (x - a.mean.reshape(shape)) / np.sqrt(a.variance.reshape(shape) + eps)
+def _scale_shift(a: Args, y):
+    """Optional per-channel gamma / beta of the norm ops, channels on axis 1."""
+    shape = (1, -1) + (1,) * (y.ndim - 2)
     if a.get("gamma") is not None:
         y = y * a.gamma.reshape(shape)
     if a.get("beta") is not None:
         y = y + a.beta.reshape(shape)
     return y
+
+
+def _batch_norm(a: Args):
+    x = a.x
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    eps = a.scalar("epsilon", 1e-5)
+    return _scale_shift(a, (x - a.mean.reshape(shape)) / np.sqrt(a.variance.reshape(shape) + eps))
 
 
 def _instance_norm(a: Args):
     x = a.x
     axes = tuple(range(2, x.ndim))
-    shape = (1, -1) + (1,) * (x.ndim - 2)
     mean = x.mean(axis=axes, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    y = (x - mean) / np.sqrt(var + a.scalar("epsilon", 1e-5))
-    if a.get("gamma") is not None:
-        y = y * a.gamma.reshape(shape)
-    if a.get("beta") is not None:
-        y = y + a.beta.reshape(shape)
-    return y
+    return _scale_shift(a, (x - mean) / np.sqrt(var + a.scalar("epsilon", 1e-5)))
 
 
 # ---------------------------------------------------------------- shape ops

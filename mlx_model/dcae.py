@@ -271,11 +271,9 @@ class AutoencoderDC(nn.Module):
         from .llm import cast
 
         model = cls(config or ckpt.config.vae, encoder=encoder)
-        if tensors is None:
+        if tensors is None:  # only what this module holds (shapes are checked on those)
             keys = None if encoder else [k for k in ckpt.keys("vae") if k.startswith("decoder.")]
             tensors = ckpt.load("vae", keys)
-            if not encoder:  # shape-check only what this module holds
-                ckpt = _DecoderOnly(ckpt)
         load_component(model, ckpt, "vae", tensors=tensors)
         cast(model, dtype)
         model.eval()
@@ -296,13 +294,3 @@ class AutoencoderDC(nn.Module):
         x = self.decoder(latents.transpose(0, 2, 3, 1).astype(self.dtype))
         return x.transpose(0, 3, 1, 2)
 
-
-class _DecoderOnly:
-    """A checkpoint view whose vae shapes are the decoder's only (for the shape check)."""
-
-    def __init__(self, ckpt):
-        self._ckpt = ckpt
-
-    def check_shapes(self, component, expected, got=None):
-        got = {k: v for k, v in (got or self._ckpt.shapes(component)).items() if k.startswith("decoder.")}
-        return self._ckpt.check_shapes(component, expected, got)

@@ -31,7 +31,7 @@ from weights.prompts import editing_prompt
 
 from . import cli_common as cc
 from .multimodal import ImageEncoder, MultimodalPrompt
-from .pipeline import GenerationPipeline, cfg_batch
+from .pipeline import GenerationPipeline
 from .tokenizer import PromptError
 
 __all__ = ["EditPipeline", "EditRequest", "edit", "main"]
@@ -67,15 +67,13 @@ class EditPipeline(GenerationPipeline):
     def multimodal_prompt(self, request: EditRequest) -> MultimodalPrompt:
         return MultimodalPrompt.build(self.llm.tokenizer, editing_prompt(request.instruction), self.encoder.num_tokens)
 
-    # the two hooks GenerationPipeline.generate calls with its ``prompt``
     def prompt_ids(self, request: EditRequest) -> list[int]:
         return self.multimodal_prompt(request).ids()
 
-    def encode_prompt(self, request: EditRequest) -> mx.array:
-        """[2, L, caption_channels]: row 0 unconditional (MCP of zeros), row 1 image + instruction."""
-        embeds = self.multimodal_prompt(request).embed(self.llm, self.encoder(request.pixels))
-        hidden = self.llm.hidden_states(embeds, self.config.mcp.num_layers)
-        return self.mcp([h.astype(mx.float32) for h in cfg_batch(hidden)])
+    def prompt_embeds(self, request: EditRequest) -> tuple[int, mx.array]:
+        """The hook GenerationPipeline.generate calls: image + instruction embeddings."""
+        prompt = self.multimodal_prompt(request)
+        return len(prompt), prompt.embed(self.llm, self.encoder(request.pixels))
 
     def edit(self, image, instruction: str, **kw):
         """Edit ``image`` (path, PIL image or uint8 array); keywords as ``generate``."""

@@ -120,11 +120,18 @@ class GenerationPipeline:
     def prompt_ids(self, prompt: str) -> list[int]:
         return self.llm.tokenizer.encode_prompt(prompt, generation_prompt)
 
-    def encode_prompt(self, prompt: str) -> mx.array:
+    def prompt_embeds(self, prompt: str) -> tuple[int, mx.array]:
+        """(token count, [1, L, D] LLM input embeddings); editing overrides this hook."""
+        ids = self.prompt_ids(prompt)
+        return len(ids), self.llm.embed(mx.array([ids]))
+
+    def condition(self, embeds: mx.array) -> mx.array:
         """[2, L, caption_channels]: row 0 unconditional (MCP of zeros), row 1 the prompt."""
-        ids = mx.array([self.prompt_ids(prompt)])
-        hidden = self.llm.hidden_states(self.llm.embed(ids), self.config.mcp.num_layers)
+        hidden = self.llm.hidden_states(embeds, self.config.mcp.num_layers)
         return self.mcp([h.astype(mx.float32) for h in cfg_batch(hidden)])
+
+    def encode_prompt(self, prompt) -> mx.array:
+        return self.condition(self.prompt_embeds(prompt)[1])
 
     def denoiser(self, context: mx.array, guidance: float, n: int) -> Callable:
         """``denoise(latents [n,C,h,w], t) -> CFG velocity``; DiT runs on one batch of 2n."""
@@ -180,12 +187,12 @@ class GenerationPipeline:
             seed = int(time.time_ns() % (2**31))
         timings, peaks = {}, {}
         with _phase("text", timings, peaks):
-            ids = self.prompt_ids(prompt)
             if n_images < 1:
                 raise MobileOError(f"--n-images must be at least 1, got {n_images}.",
                                    fix="pass --n-images 1 or more.")
             sched = self.scheduler(scheduler, steps)
-            context = self.encode_prompt(prompt)
+            n_tokens, embeds = self.prompt_embeds(prompt)
+            context = self.condition(embeds)
             x0 = self.initial_latents(n_images, seed, latents)
             mx.eval(context, x0)
         with _phase("denoise", timings, peaks):
@@ -198,7 +205,7 @@ class GenerationPipeline:
             images = self.decode(x)
             mx.eval(images)
         return Generation(images=np.array(images), latents=np.array(x), initial_latents=np.array(x0),
-                          seed=seed if latents is None else None, prompt_tokens=len(ids),
+                          seed=seed if latents is None else None, prompt_tokens=n_tokens,
                           timings=timings, peak_memory=peaks)
 
 
