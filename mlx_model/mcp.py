@@ -1,6 +1,7 @@
 """The Mobile Conditioning Projector in MLX: last LLM hidden states -> DiT caption features.
 
-Same reading of the facts as ``weights/mcp_reference.py`` (see its docstring); parameter
+Mobile-O's ``LayerwiseMobileFusion`` as ``weights/mcp_reference.py`` writes it (see its
+docstring and docs/model-facts.md section 7); parameter
 paths are the checkpoint's ``model.diffusion_connector.fusion.*`` names.  Tensors (B, L, C).
 """
 
@@ -24,19 +25,26 @@ class DepthwiseSeparable(nn.Module):
         return nn.hardswish(self.norm(self.pointwise(self.depthwise(x))))
 
 
+class Hardsigmoid(nn.Module):
+    """PyTorch's Hardsigmoid, relu6(x + 3) / 6 (MLX has no such layer)."""
+
+    def __call__(self, x):
+        return mx.clip(x + 3, 0, 6) / 6
+
+
 class ChannelAttention(nn.Module):
-    """Squeeze-and-excitation over the sequence."""
+    """Mobile-O's EfficientChannelAttention: a weight per channel from the sequence mean."""
 
     def __init__(self, c: MCPConfig):
         super().__init__()
-        self.fc = [nn.Linear(c.dim, c.attn_dim, bias=False), nn.ReLU(),
-                   nn.Linear(c.attn_dim, c.dim, bias=False)]
+        self.fc = [nn.Linear(c.dim, c.attn_dim, bias=False), nn.Hardswish(),
+                   nn.Linear(c.attn_dim, c.dim, bias=False), Hardsigmoid()]
 
     def __call__(self, x):
         s = x.mean(axis=1, keepdims=True)
         for layer in self.fc:
             s = layer(s)
-        return x * mx.sigmoid(s)
+        return x * s
 
 
 class Refiner(nn.Module):

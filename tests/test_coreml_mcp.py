@@ -62,3 +62,25 @@ def test_enumerated_length_128(spec, bundle):
     prog = run_program(bundle, x16)["conditioning"]
     assert prog.shape == (1, spec.module.cfg.out_dim, 1, 128)
     assert psnr(gates.torch_outputs(spec, x16)["conditioning"], prog) >= gates.GATE2_MIN_DB
+
+
+def test_full_width_gate_chain(tmp_path_factory, parity):
+    """The 0.5B MCP widths (896 -> 512 -> 2304, channel attention 128) through both gates."""
+    from weights import synthetic
+
+    tiny = synthetic.tiny_config()
+    ckpt = synthetic.write_reduced(
+        tmp_path_factory.mktemp("full_mcp") / "ckpt", mcp={"dim": 512},
+        llm=tiny.llm.replace(hidden_size=896, num_attention_heads=14, num_hidden_layers=1),
+        dit=tiny.dit.replace(caption_channels=2304))
+    cfg = ckpt.config.mcp
+    assert (cfg.in_dim, cfg.dim, cfg.attn_dim, cfg.out_dim) == (896, 512, 128, 2304)
+    spec = mcp.build_spec(ckpt, lengths=(64,))
+    x = spec.example_inputs
+    rel = max_relative_error(spec.reference(x)["conditioning"], gates.torch_outputs(spec)["conditioning"])
+    parity("mcp 0.5B-width", "coreml torch fp32", "max_rel_err", rel, 1e-4)
+    assert rel <= 1e-4
+    path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_mcp_out"), spec.file)
+    g2 = gates.gate2(spec, path, "fp16")["conditioning"]
+    parity("mcp 0.5B-width", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
+    assert g2 >= gates.GATE2_MIN_DB, g2

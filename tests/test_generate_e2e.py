@@ -21,19 +21,27 @@ def psnr(ref, test):
     return float("inf") if rmse == 0 else float(20 * np.log10(np.abs(ref).max() / rmse))
 
 
-def torch_reference(ckpt, ids, x0, steps, guidance):
-    """Mobile-O's generate_image in fp32 with the upstream modules."""
+def reference_conditioning(ckpt, ids):
+    """The DiT's encoder_hidden_states [2, L, C] as Mobile-O builds them: transformers' last
+    hidden states, each as cat([zeros, h]) (unconditional first), through the MCP."""
     cfg = ckpt.config
     llm = upstream.build("llm", cfg, ckpt.load("llm"))
     mcp = mcp_reference.build(cfg.mcp, ckpt.load("mcp"))
+    with torch.no_grad():
+        hs = llm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        hs = [torch.cat([torch.zeros_like(h), h]) for h in hs[-cfg.mcp.num_layers:]]
+        return mcp(hs).float()
+
+
+def torch_reference(ckpt, ids, x0, steps, guidance):
+    """Mobile-O's generate_image in fp32 with the upstream modules."""
+    cfg = ckpt.config
     dit = upstream.build("dit", cfg, ckpt.load("dit"))
     vae = upstream.build("vae", cfg, ckpt.load("vae"))
     sched = upstream.scheduler(cfg.scheduler)
     sched.set_timesteps(steps)
+    ctx = reference_conditioning(ckpt, ids)
     with torch.no_grad():
-        hs = llm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
-        hs = [torch.cat([torch.zeros_like(h), h]) for h in hs[-cfg.mcp.num_layers:]]
-        ctx = mcp(hs).float()
         n = x0.shape[0]
         ctx = torch.cat([ctx[:1].expand(n, -1, -1), ctx[1:].expand(n, -1, -1)])
         lat = torch.from_numpy(x0)
@@ -50,6 +58,17 @@ def torch_reference(ckpt, ids, x0, steps, guidance):
 @pytest.fixture(scope="module")
 def pipe(tiny_ckpt):
     return GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0)
+
+
+def test_conditioning_matches_reference(pipe, tiny_ckpt, parity):
+    """The conditioning on its own: an image on random weights barely reacts to it (a wrong
+    MCP activation still gave a 46 dB image), so both CFG rows are checked here."""
+    ref = reference_conditioning(tiny_ckpt, pipe.prompt_ids(PROMPT)).numpy()
+    ours = np.array(pipe.encode_prompt(PROMPT))
+    assert ours.shape == ref.shape and ours.shape[0] == 2
+    err = max(float(np.abs(o - r).max() / np.abs(r).max()) for o, r in zip(ours, ref))
+    parity("conditioning (both CFG rows)", "mlx fp32", "max_rel_err", err, 1e-4)
+    assert err <= 1e-4
 
 
 @pytest.mark.parametrize("n_images", [1, 2])

@@ -156,12 +156,17 @@ class MCPConfig(_Config):
     in_dim: int  # LLM hidden size
     out_dim: int  # DiT caption_channels
     num_layers: int = 4  # vlm_num_layers: hidden states fused
-    dim: int = 512
-    attn_dim: int = 128  # channel attention bottleneck
+    dim: int = 512  # hidden_dim
+    attn_reduction: int = 4  # channel attention: Linear(dim, max(dim // 4, 8))
     num_refiners: int = 2
     kernel_size: int = 3
     norm_eps: float = 1e-5
     temperature: float = 2.0  # buffer; the checkpoint's value wins
+
+    @property
+    def attn_dim(self) -> int:
+        """Channel-attention bottleneck: dim // reduction, at least 8 (mobile_block.py)."""
+        return max(self.dim // self.attn_reduction, 8)
 
 
 # --------------------------------------------------------------------------------------
@@ -436,6 +441,6 @@ class MobileOConfig:
         )
         if self.vision != VisionConfig(image_size=self.vision.image_size):
             d["vision_config"] = self.vision.to_dict()
-        if (self.mcp.dim, self.mcp.attn_dim) != (512, 128):
-            d["mcp_config"] = {"dim": self.mcp.dim, "attn_dim": self.mcp.attn_dim}
+        if self.mcp.dim != MCPConfig.dim:
+            d["mcp_config"] = {"dim": self.mcp.dim}
         return d

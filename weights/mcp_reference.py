@@ -1,24 +1,23 @@
-"""The Mobile Conditioning Projector in plain PyTorch, written from the facts file formula
-(mobile-o.md section 7) -- the reference for the MLX port and for the Core ML gate.
+"""The Mobile Conditioning Projector in plain PyTorch, following Mobile-O's own source
+(github Amshaker/Mobile-O, ``mobileo/model/mobile_block.py``: ``LayerwiseMobileFusion`` and
+the blocks it uses; docs/model-facts.md section 7) -- the reference for the MLX port and for
+the Core ML gate.  Checked against a hand-computed numpy case in tests/test_mcp_reference.py.
 
     h = sum_i softmax(layer_weights / T)_i * hidden_i              # last num_layers LLM states
-    x = Hardswish(LN(Linear(in_dim -> dim)(h)))                    # input_compress.{0,1}
+    x = Hardswish(LN(Linear(in_dim -> dim)(h)))                    # input_compress.{0,1,2}
     repeat num_refiners times (sequence_refiners.i):
         y = Hardswish(LN_conv(pointwise(depthwise(x))))            # Conv1d k=3 (pad 1) + 1x1, no bias
-        y = y * sigmoid(fc.2(ReLU(fc.0(mean_seq(y)))))             # channel attention, Linears without bias
-        x = LN(y + x)                                              # residual, then norm
+        s = Hardsigmoid(fc.2(Hardswish(fc.0(mean_seq(y)))))        # EfficientChannelAttention
+        x = LN(y * s + x)                                          # residual, then norm
     out = LN(Linear(dim -> out_dim)(x))                            # output_proj.{0,1}
 
-Choices where the facts leave room (the standard reading, shared by the MLX port):
-- channel attention is squeeze-and-excitation: mean over the sequence, Linear(dim, attn_dim,
-  no bias), ReLU, Linear(attn_dim, dim, no bias), sigmoid, multiplied into ``y``;
-- Hardswish sits after each LayerNorm of the input projection and of the conv block, not after
-  the refiner's closing LayerNorm nor the output projection;
-- T is the checkpoint's ``temperature`` buffer, used as softmax(layer_weights / T);
-- the depthwise convolution pads (kernel_size - 1) / 2 on both sides ("same" length);
-- every LayerNorm has weight and bias, eps ``MCPConfig.norm_eps`` (1e-5).
-Tensors are plain (B, L, C); hidden states go in as a list of ``num_layers`` such tensors.
-Key names are those of ``weights.synthetic.mcp_layout``.  Needs torch (not the MLX path).
+As in the source: the channel attention's Linears have no bias and its bottleneck is
+max(dim // 4, 8); the attention averages over the whole sequence; Hardswish and Hardsigmoid
+are PyTorch's (x * relu6(x + 3) / 6 and relu6(x + 3) / 6); every LayerNorm has weight and
+bias, eps ``MCPConfig.norm_eps`` (PyTorch's default 1e-5); T is the checkpoint's
+``temperature`` buffer.  Tensors are plain (B, L, C); hidden states go in as a list of
+``num_layers`` such tensors.  Key names are those of ``weights.synthetic.mcp_layout``.
+Needs torch (not the MLX path).
 """
 
 from __future__ import annotations
@@ -57,11 +56,11 @@ def _module_class():
     class ChannelAttention(nn.Module):
         def __init__(self, c: MCPConfig):
             super().__init__()
-            self.fc = nn.Sequential(nn.Linear(c.dim, c.attn_dim, bias=False), nn.ReLU(),
-                                    nn.Linear(c.attn_dim, c.dim, bias=False))
+            self.fc = nn.Sequential(nn.Linear(c.dim, c.attn_dim, bias=False), nn.Hardswish(),
+                                    nn.Linear(c.attn_dim, c.dim, bias=False), nn.Hardsigmoid())
 
-        def forward(self, x):
-            return x * torch.sigmoid(self.fc(x.mean(dim=1, keepdim=True)))
+        def forward(self, x):  # (B, L, C): one weight per channel from the sequence mean
+            return x * self.fc(x.mean(dim=1, keepdim=True))
 
     class Refiner(nn.Module):
         def __init__(self, c: MCPConfig):

@@ -68,7 +68,7 @@ def tiny_config() -> MobileOConfig:
                     encoder_block_out_channels=(16, 32, 32, 64), decoder_block_out_channels=(16, 32, 32, 64),
                     encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
                     encoder_qkv_multiscales=((), (), (5,), (5,)), decoder_qkv_multiscales=((), (), (5,), (5,)))
-    return _config(llm, vision, dit, vae, {"dim": 32, "attn_dim": 8}, "synthetic/tiny")
+    return _config(llm, vision, dit, vae, {"dim": 32}, "synthetic/tiny")
 
 
 def full_config() -> MobileOConfig:
@@ -246,12 +246,14 @@ def _write_into(folder: Path, cfg: MobileOConfig, layout: Layout, seed: int, sha
 def write_reduced(folder: str | Path, **parts) -> "Checkpoint":
     """A checkpoint that is tiny except for the given component configs, e.g.
     ``write_reduced(dir, dit=DiTConfig(num_layers=2))`` for the real DiT widths with 2 layers.
-    Accepts ``llm``, ``vision``, ``dit``, ``vae``; the layout comes from the upstream modules."""
+    Accepts ``llm``, ``vision``, ``dit``, ``vae`` configs and ``mcp`` (a dict of MCPConfig fields,
+    e.g. ``{"dim": 512}``); the layout comes from the upstream modules."""
     from .checkpoint import Checkpoint
 
     tiny = tiny_config()
-    kw = {**dict(llm=tiny.llm, vision=tiny.vision, dit=tiny.dit, vae=tiny.vae), **parts}
-    cfg = _config(**kw, mcp={"dim": tiny.mcp.dim, "attn_dim": tiny.mcp.attn_dim}, name="synthetic/reduced")
+    kw = {**dict(llm=tiny.llm, vision=tiny.vision, dit=tiny.dit, vae=tiny.vae,
+                 mcp={"dim": tiny.mcp.dim}), **parts}
+    cfg = _config(**kw, name="synthetic/reduced")
     folder = Path(folder)
     folder.mkdir(parents=True)
     _write_into(folder, cfg, upstream_layout(cfg), 0, 256 * 1024**2, False, "bytes")

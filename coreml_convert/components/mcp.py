@@ -43,12 +43,14 @@ class DepthwiseSeparable(nn.Module):
 class ChannelAttention(nn.Module):
     def __init__(self, c: MCPConfig):
         super().__init__()
-        self.fc = nn.ModuleList([ane.Linear(c.dim, c.attn_dim, bias=False), nn.ReLU(),
-                                 ane.Linear(c.attn_dim, c.dim, bias=False)])
+        self.fc = nn.ModuleList([ane.Linear(c.dim, c.attn_dim, bias=False), nn.Hardswish(),
+                                 ane.Linear(c.attn_dim, c.dim, bias=False), nn.Hardsigmoid()])
 
     def forward(self, x, mask, count):
         mean = (x * mask).sum(dim=3, keepdim=True) / count  # masked mean over the sequence
-        gate = torch.sigmoid(self.fc[2](self.fc[1](self.fc[0](mean))))
+        gate = mean
+        for layer in self.fc:  # Mobile-O's EfficientChannelAttention: Hardswish, Hardsigmoid
+            gate = layer(gate)
         return x * gate
 
 
