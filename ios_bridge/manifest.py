@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from weights import prompts
 from weights.checkpoint import TOKENIZER_FILES
+from weights.configs import DEFAULT_SAMPLER, SAMPLERS
 from weights.errors import MobileOError
 
 from . import MANIFEST_FILE, SCHEMA_VERSION
@@ -27,7 +28,7 @@ from .hashing import bundle_bytes, bundle_sha256
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 TOKENIZER_DIR = "tokenizer"  # tokenizer files are copied here, beside the bundles
-SCHEDULER_TYPE = "flow_dpm_solver_multistep"  # DPM-Solver++ on flow sigmas (mobile-o.md section 3)
+SCHEDULER_TYPE = SAMPLERS[DEFAULT_SAMPLER]  # DPM-Solver++ on flow sigmas (docs/model-facts.md section 3)
 # token roles an app needs; the names come from weights.prompts, the ids from the tokenizer
 TOKEN_ROLES = {
     "pad": prompts.PAD_TOKEN, "eos": prompts.EOS_TOKEN, "im_start": prompts.IM_START,

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from weights.configs import GenerationDefaults
+from weights.configs import DEFAULT_SAMPLER, SAMPLERS, GenerationDefaults
 from weights.hub import DEMO
 
-QUANTIZE_CHOICES = (0, 4, 8)
-QUANT_GROUP_SIZE = 64  # MLX / mlx-lm default; Mobile-O ships its LLM 4-bit with group 64
+from .quant import QUANTIZE_CHOICES
+
 DTYPES = ("float32", "bfloat16", "float16")
 METADATA_KEY = "mobileo"  # PNG text chunk holding the generation settings (JSON)
 
@@ -41,7 +41,7 @@ def add_sampling_options(p: argparse.ArgumentParser, defaults: GenerationDefault
     g.add_argument("--n-images", type=int, default=1, help="images to make (default 1)")
     g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="start from this noise, shape (n-images, C, h, w), instead of a seeded one")
-    g.add_argument("--scheduler", choices=("dpm", "euler"), default="dpm",
+    g.add_argument("--scheduler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER,
                    help="dpm: DPM-Solver++ 2M with flow sigmas (Mobile-O's); euler: flow Euler")
 
 
@@ -189,14 +189,13 @@ def latents_arg(latents):
     return latents, None
 
 
-def run_and_save(pipeline, request, *, meta: dict, steps: int | None, guidance: float | None, seed: int | None,
+def run_and_save(pipeline, prompt: str, *, image=None, meta: dict, steps: int | None, guidance: float | None, seed: int | None,
                  n_images: int, latents, scheduler: str, output: str | Path, metadata: bool,
                  verbose: bool, progress: bool, log) -> list[Path]:
     """Sample with a progress bar, save each image with its settings, print the closing line.
 
-    ``request`` is what the pipeline's ``generate`` takes (a prompt, or an edit request);
-    ``meta`` holds the command's own settings (prompt, image, model, latents file, ...);
-    ``latents`` is an array or None (see :func:`latents_arg`); ``steps`` / ``guidance`` None
+    ``prompt`` (and ``image``, when editing) go to the pipeline's ``generate``; ``meta``
+    holds the command's own settings (prompt, image, model, latents file, ...); ``latents`` is an array or None (see :func:`latents_arg`); ``steps`` / ``guidance`` None
     take the model's defaults.
     """
     defaults = pipeline.config.defaults
@@ -204,8 +203,8 @@ def run_and_save(pipeline, request, *, meta: dict, steps: int | None, guidance: 
     guidance = defaults.guidance if guidance is None else guidance
     bar = StepProgress(steps, enabled=progress)
     with bar:
-        out = pipeline.generate(request, steps=steps, guidance=guidance, seed=seed, n_images=n_images,
-                                latents=latents, scheduler=scheduler, progress=bar.update)
+        out = pipeline.generate(prompt, image=image, steps=steps, guidance=guidance, seed=seed,
+                                n_images=n_images, latents=latents, scheduler=scheduler, progress=bar.update)
     if verbose:
         log(f"prompt: {out.prompt_tokens} tokens; seed: {out.seed}")
     paths = output_paths(output, n_images)

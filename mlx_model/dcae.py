@@ -3,7 +3,7 @@
 Parameter paths are the diffusers names (``decoder.up_blocks.5.0.attn.to_qkv_multiscale.0
 .proj_in.weight``...), convolutions OHWI (``weights.mlx_map``).  Public methods take and
 return NCHW arrays like diffusers; inside, everything runs NHWC.
-Supported: the SANA configuration (mobile-o.md section 2) -- ResBlock / EfficientViTBlock,
+Supported (``VAEConfig.check_supported``): the SANA configuration (docs/model-facts.md section 2) -- ResBlock / EfficientViTBlock,
 RMSNorm, "conv" downsampling, "interpolate" (nearest) upsampling, in/out shortcuts.
 """
 
@@ -12,13 +12,14 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from weights.configs import RES_BLOCK, VIT_BLOCK, VAEConfig
-from weights.errors import ConfigError
+from weights.configs import RES_BLOCK, VIT_BLOCK, VAEConfig, per_block
+from weights.layout import VAE_DECODER
+
+from .quant import cast
 
 NORM_EPS = VAEConfig.NORM_EPS
 ATTN_EPS = VAEConfig.LINEAR_ATTN_EPS
-GLU_EXPAND = 4  # GLUMBConv expand_ratio in EfficientViTBlock
-ACTIVATIONS = {"silu": nn.silu, "relu": nn.relu, "relu6": nn.relu6, "gelu": nn.gelu}
+ACTIVATIONS = {"silu": nn.silu, "relu": nn.relu, "relu6": nn.relu6, "gelu": nn.gelu}  # VAEConfig.ACTIVATIONS
 
 
 class RMSNorm(nn.Module):
@@ -34,16 +35,10 @@ class RMSNorm(nn.Module):
         return mx.fast.rms_norm(x, self.weight, self.eps) + self.bias
 
 
-def _act(name: str):
-    if name not in ACTIVATIONS:
-        raise ConfigError(f"DC-AE activation {name!r} is not supported.", fix=f"use one of {sorted(ACTIVATIONS)}.")
-    return ACTIVATIONS[name]
-
-
 class ResBlock(nn.Module):
     def __init__(self, channels: int, act: str):
         super().__init__()
-        self.act = _act(act)
+        self.act = ACTIVATIONS[act]
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.norm = RMSNorm(channels)
@@ -108,7 +103,7 @@ class GLUMBConv(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        hidden = GLU_EXPAND * channels
+        hidden = VAEConfig.GLU_EXPAND_RATIO * channels
         self.conv_inverted = nn.Conv2d(channels, 2 * hidden, 1)
         self.conv_depth = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
         self.conv_point = nn.Conv2d(hidden, channels, 1, bias=False)
@@ -131,11 +126,10 @@ class EfficientViTBlock(nn.Module):
 
 
 def _block(kind: str, channels: int, head_dim: int, act: str, scales):
+    """``kind`` is RES_BLOCK or VIT_BLOCK (VAEConfig.check_supported)."""
     if kind == RES_BLOCK:
         return ResBlock(channels, act)
-    if kind == VIT_BLOCK:
-        return EfficientViTBlock(channels, head_dim, tuple(scales))
-    raise ConfigError(f"DC-AE block type {kind!r} is not supported.", fix="use ResBlock or EfficientViTBlock.")
+    return EfficientViTBlock(channels, head_dim, tuple(scales))
 
 
 def pixel_unshuffle(x, f: int = 2):
@@ -188,24 +182,6 @@ def _apply(seq, x):
     return x
 
 
-def _check(c: VAEConfig):
-    bad = []
-    if c.downsample_block_type != "conv":
-        bad.append(f"downsample_block_type={c.downsample_block_type!r}")
-    if c.upsample_block_type != "interpolate":
-        bad.append(f"upsample_block_type={c.upsample_block_type!r}")
-    norms = (c.decoder_norm_types,) if isinstance(c.decoder_norm_types, str) else c.decoder_norm_types
-    if any(n != "rms_norm" for n in norms):
-        bad.append(f"decoder_norm_types={c.decoder_norm_types!r}")
-    if not c.encoder_out_shortcut or not c.decoder_in_shortcut:
-        bad.append("shortcuts off")
-    if c.encoder_layers_per_block[0] == 0 or c.decoder_layers_per_block[0] == 0:
-        bad.append("an empty first stage")
-    if bad:
-        raise ConfigError(f"DC-AE config with {', '.join(bad)} is not supported.",
-                          fix="use the SANA DC-AE f32c32 config.")
-
-
 class Encoder(nn.Module):
     def __init__(self, c: VAEConfig):
         super().__init__()
@@ -233,7 +209,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch = c.decoder_block_out_channels
         nblocks = len(ch)
-        acts = (c.decoder_act_fns,) * nblocks if isinstance(c.decoder_act_fns, str) else c.decoder_act_fns
+        acts = per_block(c.decoder_act_fns, nblocks)
         self.conv_in = nn.Conv2d(c.latent_channels, ch[-1], 3, padding=1)
         self.in_repeats = ch[-1] // c.latent_channels
         self.up_blocks = []
@@ -243,7 +219,7 @@ class Decoder(nn.Module):
                               c.decoder_qkv_multiscales[i]) for _ in range(n)]
             self.up_blocks.append(blocks)
         self.norm_out = RMSNorm(ch[0])
-        self.conv_act = _act(c.decoder_conv_act_fn)
+        self.conv_act = ACTIVATIONS[c.decoder_conv_act_fn]
         self.conv_out = nn.Conv2d(ch[0], c.in_channels, 3, padding=1)
 
     def __call__(self, z):
@@ -256,7 +232,7 @@ class Decoder(nn.Module):
 class AutoencoderDC(nn.Module):
     def __init__(self, config: VAEConfig, encoder: bool = True):
         super().__init__()
-        _check(config)
+        config.check_supported()
         self.config = config
         if encoder:
             self.encoder = Encoder(config)
@@ -268,12 +244,9 @@ class AutoencoderDC(nn.Module):
         """``encoder=False`` loads only the decoder (generation does not need the encoder)."""
         from weights.mlx_map import load_component
 
-        from .llm import cast
-
         model = cls(config or ckpt.config.vae, encoder=encoder)
         if tensors is None:  # only what this module holds (shapes are checked on those)
-            keys = None if encoder else [k for k in ckpt.keys("vae") if k.startswith("decoder.")]
-            tensors = ckpt.load("vae", keys)
+            tensors = ckpt.load_used("vae", "" if encoder else VAE_DECODER)
         load_component(model, ckpt, "vae", tensors=tensors)
         cast(model, dtype)
         model.eval()

@@ -15,7 +15,7 @@ import mlx.nn as nn
 
 from weights.configs import DiTConfig
 
-from .cli_common import QUANT_GROUP_SIZE
+from .quant import QUANT_GROUP_SIZE, cast, quantize_linears
 
 TIMESTEP_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
 LINEAR_ATTN_EPS = DiTConfig.LINEAR_ATTN_EPS
@@ -177,12 +177,7 @@ class SanaTransformer(nn.Module):
     def __init__(self, config: DiTConfig):
         super().__init__()
         c = self.config = config
-        if c.interpolation_scale is not None or c.guidance_embeds or c.qk_norm is not None:
-            from weights.errors import ConfigError
-
-            raise ConfigError("this DiT config uses positional embeddings, guidance embeddings or qk-norm, "
-                              "which the SANA 600M/1600M 512px models do not.",
-                              fix="use the SANA 512px transformer config.")
+        c.check_supported()
         d = c.inner_dim
         self.patch_embed = PatchEmbed(c.in_channels, d, c.patch_size)
         self.time_embed = AdaLayerNormSingle(d)
@@ -197,10 +192,8 @@ class SanaTransformer(nn.Module):
                         dtype=mx.float32, tensors=None, config: DiTConfig | None = None,
                         dequantize: bool | None = None):
         """Build from ``ckpt`` (or from ``tensors`` with ``config`` when ``ckpt`` is None);
-        ``dequantize``: see :func:`mlx_model.llm.quantize_linears`."""
+        ``dequantize``: see :func:`mlx_model.quant.quantize_linears`."""
         from weights.mlx_map import load_component
-
-        from .llm import cast, quantize_linears
 
         model = cls(config or ckpt.config.dit)
         load_component(model, ckpt, "dit", tensors=tensors)

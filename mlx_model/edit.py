@@ -1,15 +1,13 @@
 """``python -m mlx_model.edit IMAGE "instruction"``: Mobile-O image editing with MLX only.
 
-Editing is generation with another conditioning source: the image (vision tower +
-projector) and the instruction go through the LLM with the editing template; its last
-``vlm_num_layers`` hidden states go through the MCP into the DiT.  Everything after that --
-the CFG batch, the sampler, the decoder, the options and the output handling -- is the
-generation pipeline's (:mod:`mlx_model.pipeline`, :mod:`mlx_model.cli_common`).
+Editing is generation with another conditioning source (:class:`mlx_model.pipeline.
+GenerationPipeline` loaded with ``edit=True``); this command shares the generation options
+and output handling (:mod:`mlx_model.cli_common`).
 
 Python use:
 
-    from mlx_model.edit import EditPipeline
-    pipe = EditPipeline.from_pretrained("demo", quantize=0)
+    from mlx_model.pipeline import GenerationPipeline
+    pipe = GenerationPipeline.from_pretrained("demo", quantize=0, edit=True)
     out = pipe.edit("photo.jpg", "make it snowy", steps=20, seed=0)
     out.images          # uint8 [n, H, W, 3]
 """
@@ -18,66 +16,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
-import numpy as np
-
+from weights.configs import DEFAULT_SAMPLER
 from weights.hub import DEFAULT_MODEL
 from weights.errors import run_cli
-from weights.prompts import editing_prompt
 
 from . import cli_common as cc
-from .multimodal import ImageEncoder, MultimodalPrompt
-from .pipeline import GenerationPipeline
 from .tokenizer import PromptError
 
-__all__ = ["EditPipeline", "EditRequest", "edit", "main"]
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    """What :meth:`GenerationPipeline.generate` conditions on when editing."""
-
-    pixels: np.ndarray  # [1, S, S, 3], preprocessed
-    instruction: str
-
-
-class EditPipeline(GenerationPipeline):
-    """The generation pipeline plus the image encoder; ``prompt`` is an :class:`EditRequest`."""
-
-    encoder: ImageEncoder
-
-    @classmethod
-    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, **kw) -> "EditPipeline":
-        pipe = super().from_checkpoint(ckpt, quantize=quantize, dtype=dtype, **kw)
-        t = time.perf_counter()
-        pipe.encoder = ImageEncoder.from_checkpoint(ckpt)
-        pipe.load_seconds += time.perf_counter() - t
-        pipe.load_peak_memory = max(pipe.load_peak_memory, float(mx.get_peak_memory()))
-        return pipe
-
-    def request(self, image, instruction: str) -> EditRequest:
-        if not instruction or not instruction.strip():
-            raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
-        return EditRequest(self.encoder.pixels(image), instruction)
-
-    def multimodal_prompt(self, request: EditRequest) -> MultimodalPrompt:
-        return MultimodalPrompt.build(self.llm.tokenizer, editing_prompt(request.instruction), self.encoder.num_tokens)
-
-    def prompt_ids(self, request: EditRequest) -> list[int]:
-        return self.multimodal_prompt(request).ids()
-
-    def prompt_embeds(self, request: EditRequest) -> tuple[int, mx.array]:
-        """The hook GenerationPipeline.generate calls: image + instruction embeddings."""
-        prompt = self.multimodal_prompt(request)
-        return len(prompt), prompt.embed(self.llm, self.encoder(request.pixels))
-
-    def edit(self, image, instruction: str, **kw):
-        """Edit ``image`` (path, PIL image or uint8 array); keywords as ``generate``."""
-        return self.generate(self.request(image, instruction), **kw)
+__all__ = ["edit", "main"]
 
 
 # ------------------------------------------------------------------ command line
@@ -94,12 +42,12 @@ def parser() -> argparse.ArgumentParser:
 
 def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
          dtype: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-         n_images: int = 1, latents=None, scheduler: str = "dpm", output: str | Path = "edited.png",
+         n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER, output: str | Path = "edited.png",
          metadata: bool = False, verbose: bool = False, progress: bool = False,
-         pipeline: EditPipeline | None = None, log=None) -> list[Path]:
-    """Edit ``image`` ``n_images`` times and save PNGs; returns the paths written."""
-    from weights.hub import open_model
-
+         pipeline=None, log=None) -> list[Path]:
+    """Edit ``image`` ``n_images`` times and save PNGs; returns the paths written.
+    ``pipeline``: reuse a loaded :class:`~mlx_model.pipeline.GenerationPipeline` (``edit=True``)."""
+    from .pipeline import GenerationPipeline
     from .preprocess import load_image
 
     log = log or (lambda msg: print(msg, flush=True))
@@ -108,9 +56,9 @@ def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str |
     source = load_image(image)  # unreadable images fail before loading weights
     latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
-        pipeline = EditPipeline.from_checkpoint(open_model(model, revision=revision), quantize=quantize,
-                                                dtype=cc.dtype_of(dtype))
-    request = pipeline.request(source, instruction)
+        pipeline = GenerationPipeline.from_pretrained(model, quantize=quantize, dtype=cc.dtype_of(dtype),
+                                                      revision=revision, edit=True)
+    pixels = pipeline.encoder.pixels(source)
     if verbose:
         c = pipeline.config
         log(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; dtype: {cc.dtype_name(pipeline.dtype)}; "
@@ -118,7 +66,7 @@ def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str |
             f"({c.vision.num_tokens} image tokens); output {c.image_size}x{c.image_size}")
     meta = {"task": "edit", "image": str(image) if isinstance(image, (str, Path)) else None,
             "instruction": instruction, "model": model, "revision": revision, "latents": latents_file}
-    return cc.run_and_save(pipeline, request, meta=meta, steps=steps, guidance=guidance, seed=seed,
+    return cc.run_and_save(pipeline, instruction, image=pixels, meta=meta, steps=steps, guidance=guidance, seed=seed,
                            n_images=n_images, latents=latents, scheduler=scheduler, output=output,
                            metadata=metadata, verbose=verbose, progress=progress, log=log)
 

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from weights.configs import DEFAULT_SAMPLER
 from weights.hub import DEFAULT_MODEL
 from weights.errors import run_cli
 
@@ -32,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
 
 def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
              dtype: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-             n_images: int = 1, latents=None, scheduler: str = "dpm", output: str | Path = "image.png",
+             n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER, output: str | Path = "image.png",
              metadata: bool = False, verbose: bool = False, progress: bool = False, pipeline=None,
              log=None) -> list[Path]:
     """Make ``n_images`` images and save them as PNGs; returns the paths written.

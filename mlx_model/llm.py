@@ -50,56 +50,8 @@ from mlx_lm.models.qwen2 import Model, ModelArgs  # noqa: E402
 
 from weights.mlx_map import load_component
 
-from .cli_common import QUANT_GROUP_SIZE
+from .quant import QUANT_GROUP_SIZE, cast, quantize_linears
 from .tokenizer import Tokenizer
-
-
-def quantize_linears(module: nn.Module, bits: int | None, group_size: int = QUANT_GROUP_SIZE,
-                     dequantize: bool | None = None) -> nn.Module:
-    """Affine ``bits``-bit quantization of the Linear layers whose input dim is a multiple of
-    ``group_size`` (the others stay float).  ``bits`` None or 0: unchanged.
-
-    ``dequantize`` (default: when Metal is unavailable) turns the quantized layers back into
-    float Linear layers holding the *dequantized* 4/8-bit values: the numbers of the quantized
-    model, computed with float matmuls.  On CPU, MLX's quantized matmul is ~40x slower than an
-    OpenBLAS fp32 matmul for prompt-sized inputs (5760x1152 weight, 512 rows: 10.6 s vs 0.24 s).
-    """
-    if not bits:
-        return module
-    nn.quantize(module, group_size=group_size, bits=bits,
-                class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0)
-    if dequantize is None:
-        from .platform import metal_available
-
-        dequantize = not metal_available()
-    if dequantize:
-        dequantize_linears(module)
-    return module
-
-
-def dequantize_linears(module: nn.Module) -> nn.Module:
-    """Replace every QuantizedLinear by a Linear with its dequantized weight (same values)."""
-    from mlx.utils import tree_map_with_path
-
-    def swap(_, m):
-        if not isinstance(m, nn.QuantizedLinear):
-            return m
-        w = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits, mode=m.mode)
-        lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
-        lin.weight = w.astype(m.scales.dtype)
-        if "bias" in m:
-            lin.bias = m.bias
-        return lin
-
-    module.update_modules(tree_map_with_path(swap, module.leaf_modules(), is_leaf=nn.Module.is_module))
-    return module
-
-
-def cast(module: nn.Module, dtype) -> nn.Module:
-    """Cast the floating-point parameters (not quantized weights) to ``dtype``."""
-    if dtype is not None and dtype != mx.float32:
-        module.apply(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x)
-    return module
 
 
 class LanguageModel:
@@ -111,7 +63,7 @@ class LanguageModel:
     @classmethod
     def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = QUANT_GROUP_SIZE,
                         dtype=mx.float32, dequantize: bool | None = None) -> "LanguageModel":
-        """``dequantize``: see :func:`quantize_linears` (default: on CPU only)."""
+        """``dequantize``: see :func:`mlx_model.quant.quantize_linears` (default: on CPU only)."""
         cfg = ckpt.config.llm
         model = Model(ModelArgs.from_dict(cfg.to_hf_dict()))
         load_component(model, ckpt, "llm", keys=model.sanitize)

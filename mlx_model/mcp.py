@@ -12,6 +12,8 @@ import mlx.nn as nn
 
 from weights.configs import MCPConfig
 
+from .quant import cast
+
 
 class DepthwiseSeparable(nn.Module):
     def __init__(self, c: MCPConfig):
@@ -71,8 +73,6 @@ class MCP(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt, dtype=mx.float32, tensors=None, config: MCPConfig | None = None):
         from weights.mlx_map import load_component
-
-        from .llm import cast
 
         model = cls(config or ckpt.config.mcp)
         load_component(model, ckpt, "mcp", tensors=tensors)

@@ -1,9 +1,17 @@
-"""Mobile-O text-to-image in MLX: prompt -> Qwen2 hidden states -> MCP -> SANA DiT sampling
--> DC-AE decode (mobile-o.md section 7).
+"""Mobile-O image generation and editing in MLX: prompt (and, for editing, the image through
+the vision tower and projector) -> Qwen2 hidden states -> MCP -> SANA DiT sampling -> DC-AE
+decode (docs/model-facts.md section 7).
 
     pipe = GenerationPipeline.from_pretrained("demo", quantize=0)
     out = pipe.generate("a red cup", steps=20, guidance=1.5, seed=0)
     out.images          # uint8 [n, H, W, 3]
+
+    pipe = GenerationPipeline.from_pretrained("demo", quantize=0, edit=True)
+    out = pipe.generate("make it snowy", image="photo.jpg", seed=0)   # or pipe.edit(...)
+
+Editing is the same pipeline with another conditioning source: the image and the
+instruction go through the LLM with the editing template; everything after the LLM's hidden
+states (CFG batch, MCP, sampler, decoder) is shared.
 
 Sampling is a generator over steps (``sample``) driven by any ``denoise(latents, t)``, so
 numpy callers (golden vectors, Swift parity) can run the very same loop.
@@ -19,16 +27,19 @@ from typing import Callable, Iterator
 import mlx.core as mx
 import numpy as np
 
+from weights.configs import DEFAULT_SAMPLER
 from weights.hub import DEFAULT_MODEL
 from weights.errors import MobileOError
-from weights.prompts import generation_prompt
+from weights.prompts import editing_prompt, generation_prompt
 
-from .cli_common import QUANT_GROUP_SIZE, QUANTIZE_CHOICES
 from .dcae import AutoencoderDC
 from .dit import SanaTransformer
 from .llm import LanguageModel
 from .mcp import MCP
+from .multimodal import ImageEncoder, MultimodalPrompt
+from .quant import QUANT_GROUP_SIZE, check_bits
 from .scheduler import SCHEDULERS, classifier_free_guidance
+from .tokenizer import PromptError
 
 
 
@@ -74,8 +85,10 @@ def _phase(name: str, timings: dict, peaks: dict):
 
 class GenerationPipeline:
     def __init__(self, llm: LanguageModel, mcp: MCP, dit: SanaTransformer, vae: AutoencoderDC,
-                 config, *, quantize: int = 0, dtype=mx.float32, source: str = ""):
-        self.llm, self.mcp, self.dit, self.vae = llm, mcp, dit, vae
+                 config, *, encoder: ImageEncoder | None = None, quantize: int = 0, dtype=mx.float32,
+                 source: str = ""):
+        """``encoder`` (vision tower + projector) is needed for editing only."""
+        self.llm, self.mcp, self.dit, self.vae, self.encoder = llm, mcp, dit, vae, encoder
         self.config = config
         self.quantize = quantize
         self.dtype = dtype
@@ -85,16 +98,14 @@ class GenerationPipeline:
 
     @classmethod
     def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
-                        dequantize: bool | None = None):
+                        dequantize: bool | None = None, edit: bool = False):
         """``quantize`` 0 (float), 4 or 8 bits for the LLM and DiT Linear layers; ``dtype`` of
         weights and activations (default: :func:`mlx_model.platform.default_dtype`);
         ``dequantize`` quantized layers for float compute (default: on CPU, see
-        :func:`mlx_model.llm.quantize_linears`)."""
+        :func:`mlx_model.quant.quantize_linears`); ``edit`` also loads the image encoder."""
         from .platform import default_dtype
 
-        if quantize not in QUANTIZE_CHOICES:
-            raise MobileOError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}.",
-                               fix="use -q 0 (float), 4 or 8.")
+        check_bits(quantize)
         dtype = default_dtype() if dtype is None else dtype
         mx.reset_peak_memory()
         t = time.perf_counter()
@@ -104,34 +115,56 @@ class GenerationPipeline:
         mcp = MCP.from_checkpoint(ckpt, dtype=mx.float32)  # tiny; Mobile-O casts its output to fp32
         dit = SanaTransformer.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize=dequantize)
         vae = AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)
-        pipe = cls(llm, mcp, dit, vae, ckpt.config, quantize=quantize, dtype=dtype, source=str(ckpt.folder))
+        encoder = ImageEncoder.from_checkpoint(ckpt) if edit else None
+        pipe = cls(llm, mcp, dit, vae, ckpt.config, encoder=encoder, quantize=quantize, dtype=dtype,
+                   source=str(ckpt.folder))
         pipe.load_seconds = time.perf_counter() - t
         pipe.load_peak_memory = float(mx.get_peak_memory())
         return pipe
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None):
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None,
+                        edit: bool = False):
         """``model``: a hub id, a local folder, or ``demo`` (tiny random checkpoint)."""
         from weights.hub import open_model
 
-        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype)
+        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype, edit=edit)
 
-    # ------------------------------------------------------------------ stages
-    def prompt_ids(self, prompt: str) -> list[int]:
-        return self.llm.tokenizer.encode_prompt(prompt, generation_prompt)
+    # ------------------------------------------------------------------ conditioning
+    def edit_prompt(self, instruction: str) -> MultimodalPrompt:
+        """The editing template around ``instruction``, with room for the image's tokens."""
+        if not instruction or not instruction.strip():
+            raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
+        if self.encoder is None:
+            raise MobileOError("this pipeline was loaded without the image encoder, so it cannot edit.",
+                               fix="load it with edit=True.")
+        return MultimodalPrompt.build(self.llm.tokenizer, editing_prompt(instruction), self.encoder.num_tokens)
 
-    def prompt_embeds(self, prompt: str) -> tuple[int, mx.array]:
-        """(token count, [1, L, D] LLM input embeddings); editing overrides this hook."""
-        ids = self.prompt_ids(prompt)
-        return len(ids), self.llm.embed(mx.array([ids]))
+    def prompt_ids(self, prompt: str, image=None) -> list[int]:
+        """Token ids of the templated prompt; with ``image``, the editing prompt (the image's
+        positions hold the image token id)."""
+        if image is None:
+            return self.llm.tokenizer.encode_prompt(prompt, generation_prompt)
+        return self.edit_prompt(prompt).ids()
+
+    def prompt_embeds(self, prompt: str, image=None) -> tuple[int, mx.array]:
+        """(token count, [1, L, D] LLM input embeddings) of the generation prompt, or with
+        ``image`` (path, PIL image, uint8 array or preprocessed pixels) of the editing prompt
+        with the projected image spliced in."""
+        if image is None:
+            ids = self.prompt_ids(prompt)
+            return len(ids), self.llm.embed(mx.array([ids]))
+        mm = self.edit_prompt(prompt)
+        return len(mm), mm.embed(self.llm, self.encoder.encode(image))
 
     def condition(self, embeds: mx.array) -> mx.array:
         """[2, L, caption_channels]: row 0 unconditional (MCP of zeros), row 1 the prompt."""
         hidden = self.llm.hidden_states(embeds, self.config.mcp.num_layers)
         return self.mcp([h.astype(mx.float32) for h in cfg_batch(hidden)])
 
-    def encode_prompt(self, prompt) -> mx.array:
-        return self.condition(self.prompt_embeds(prompt)[1])
+    def encode_prompt(self, prompt: str, image=None) -> mx.array:
+        """The DiT's encoder_hidden_states for ``prompt`` (and ``image`` when editing)."""
+        return self.condition(self.prompt_embeds(prompt, image)[1])
 
     def denoiser(self, context: mx.array, guidance: float, n: int) -> Callable:
         """``denoise(latents [n,C,h,w], t) -> CFG velocity``; DiT runs on one batch of 2n."""
@@ -176,10 +209,11 @@ class GenerationPipeline:
         return SCHEDULERS[name](self.config.scheduler, steps)
 
     # ------------------------------------------------------------------ all together
-    def generate(self, prompt: str, *, steps: int | None = None, guidance: float | None = None,
-                 seed: int | None = None, n_images: int = 1, latents=None, scheduler: str = "dpm",
+    def generate(self, prompt: str, *, image=None, steps: int | None = None, guidance: float | None = None,
+                 seed: int | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
                  progress: Callable[[int, int], None] | None = None) -> Generation:
-        """Whole pipeline; ``progress(step, total)`` is called after every denoising step."""
+        """Whole pipeline; with ``image``, ``prompt`` is an editing instruction for it.
+        ``progress(step, total)`` is called after every denoising step."""
         d = self.config.defaults
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
@@ -191,7 +225,7 @@ class GenerationPipeline:
                 raise MobileOError(f"--n-images must be at least 1, got {n_images}.",
                                    fix="pass --n-images 1 or more.")
             sched = self.scheduler(scheduler, steps)
-            n_tokens, embeds = self.prompt_embeds(prompt)
+            n_tokens, embeds = self.prompt_embeds(prompt, image)
             context = self.condition(embeds)
             x0 = self.initial_latents(n_images, seed, latents)
             mx.eval(context, x0)
@@ -207,6 +241,10 @@ class GenerationPipeline:
         return Generation(images=np.array(images), latents=np.array(x), initial_latents=np.array(x0),
                           seed=seed if latents is None else None, prompt_tokens=n_tokens,
                           timings=timings, peak_memory=peaks)
+
+    def edit(self, image, instruction: str, **kw) -> Generation:
+        """Edit ``image`` (path, PIL image, uint8 array); keywords as :meth:`generate`."""
+        return self.generate(instruction, image=image, **kw)
 
 
 def load_latents(path: str | Path) -> np.ndarray:

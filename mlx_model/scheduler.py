@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from weights.configs import SchedulerConfig
+from weights.configs import SAMPLERS, SchedulerConfig
 from weights.errors import ConfigError
 
 
@@ -121,7 +121,8 @@ class FlowEuler:
         return sample + self._dt[i] * model_output
 
 
-SCHEDULERS = {"dpm": FlowDPMSolver, "euler": FlowEuler}
+SCHEDULERS = {"dpm": FlowDPMSolver, "euler": FlowEuler}  # keys: weights.configs.SAMPLERS
+assert SCHEDULERS.keys() == SAMPLERS.keys()
 
 
 def classifier_free_guidance(uncond, cond, scale):

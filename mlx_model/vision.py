@@ -20,9 +20,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from weights.configs import VisionConfig
+from weights.layout import drop_unused
 from weights.vision import BLOCKS, DOWNSAMPLE, POS_EMB
 
-BN_EPS = 1e-5  # BatchNorm2d default in ConvMlp's ConvNormAct
+BN_EPS = VisionConfig.BN_EPS
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -220,14 +221,6 @@ class AttentionBlock(nn.Module):
         return x + self.layer_scale_2 * self.convffn(x)
 
 
-class GlobalPool2D(nn.Module):
-    """Apple's CLIP head; stored in the checkpoint, not used by Mobile-O."""
-
-    def __init__(self, dim: int, out: int):
-        super().__init__()
-        self.proj = mx.zeros((dim, out))
-
-
 ATTENTION_STAGES = tuple(POS_EMB)  # stages with RepCPE + attention blocks (3, 4)
 
 
@@ -249,14 +242,15 @@ class VisionTower(nn.Module):
             net[BLOCKS[stage]] = [block(d[stage], cfg) for _ in range(depth)]
         self.network = net
         self.conv_exp = MobileOneBlock(d[-1], cfg.out_dim, 3, groups=d[-1], se=True)
-        self.head = GlobalPool2D(cfg.out_dim, cfg.projection_dim)
 
     @classmethod
     def from_tensors(cls, cfg: VisionConfig, tensors: dict, ckpt=None) -> "VisionTower":
-        """Build and fill from component-local checkpoint tensors (numpy)."""
+        """Build and fill from component-local checkpoint tensors (numpy); the CLIP head
+        (``weights.layout.UNUSED``) is not built."""
         from weights.mlx_map import load_component, to_mlx
 
         tower = cls(cfg)
+        tensors = drop_unused("vision", tensors)
         if ckpt is not None:
             load_component(tower, ckpt, "vision", tensors=tensors)
         else:
@@ -267,7 +261,7 @@ class VisionTower(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "VisionTower":
-        return cls.from_tensors(ckpt.config.vision, ckpt.load("vision"), ckpt)
+        return cls.from_tensors(ckpt.config.vision, ckpt.load_used("vision"), ckpt)
 
     def features(self, x: mx.array) -> mx.array:
         """[B, S, S, 3] pixels -> [B, S/64, S/64, out_dim] (timm ``forward_features``)."""

@@ -14,8 +14,8 @@ import mlx.core as mx
 
 from mlx_model import edit as edit_mod
 from mlx_model import pipeline as pipeline_mod
-from mlx_model.edit import EditPipeline
 from mlx_model.pipeline import GenerationPipeline
+from metrics import rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION = "make it snowy"
@@ -31,35 +31,30 @@ def photo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_ckpt):
-    return EditPipeline.from_checkpoint(tiny_ckpt, quantize=0)
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+    return GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0, edit=True)
 
 
 def test_conditioning_matches_upstream_chain(pipe, tiny_ckpt, photo):
     """timm -> projector -> spliced into the editing prompt -> transformers Qwen2 hidden states
-    -> (zeros, h) CFG batch -> the MCP reference, vs EditPipeline.encode_prompt."""
+    -> (zeros, h) CFG batch -> the MCP reference, vs the pipeline's editing conditioning."""
     torch = pytest.importorskip("torch")
     from weights import mcp_reference, upstream
 
     cfg = tiny_ckpt.config
-    request = pipe.request(photo, INSTRUCTION)
-    prompt = pipe.multimodal_prompt(request)
+    pixels = pipe.encoder.pixels(photo)
+    prompt = pipe.edit_prompt(INSTRUCTION)
     vision = upstream.build("vision", cfg, tiny_ckpt.load("vision"))
     proj = upstream.build("projector", cfg, tiny_ckpt.load("projector"))
     llm = upstream.build("llm", cfg, tiny_ckpt.load("llm"))
     mcp = mcp_reference.build(cfg.mcp, tiny_ckpt.load("mcp"))
     with torch.no_grad():
-        feats = vision.forward_features(torch.from_numpy(request.pixels).permute(0, 3, 1, 2))
+        feats = vision.forward_features(torch.from_numpy(pixels).permute(0, 3, 1, 2))
         image = proj(feats.flatten(2).transpose(1, 2))[0]
         before, after = (llm.model.embed_tokens(torch.tensor(p, dtype=torch.long)) for p in prompt.pieces)
         embeds = torch.cat([before, image, after])[None]
         hidden = llm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-cfg.mcp.num_layers:]
         ref = mcp([torch.cat([torch.zeros_like(h), h]) for h in hidden]).numpy()
-    ours = pipe.encode_prompt(request)
+    ours = pipe.encode_prompt(INSTRUCTION, pixels)
     assert ours.shape == ref.shape == (2, len(prompt), cfg.mcp.out_dim)
     err = rel_err(ours, ref)
     print(f"edit conditioning rel err {err:.2e}")
@@ -77,19 +72,18 @@ def test_edit_reuses_the_generation_sampler(pipe, photo, monkeypatch):
     monkeypatch.setattr(pipeline_mod, "sample", spy)
     out = pipe.edit(photo, INSTRUCTION, steps=3, seed=0)
     assert calls == ["FlowDPMSolver"]
-    assert issubclass(EditPipeline, GenerationPipeline)
     size = pipe.config.image_size
     assert out.images.shape == (1, size, size, 3) and out.images.dtype == np.uint8
-    assert out.prompt_tokens == len(pipe.multimodal_prompt(pipe.request(photo, INSTRUCTION)))
+    assert out.prompt_tokens == len(pipe.edit_prompt(INSTRUCTION))
 
 
 def test_edit_is_seeded_and_depends_on_image_and_instruction(pipe, photo):
     a = pipe.edit(photo, INSTRUCTION, steps=2, seed=1).images
     b = pipe.edit(photo, INSTRUCTION, steps=2, seed=1).images
     np.testing.assert_array_equal(a, b)
-    ctx = pipe.encode_prompt(pipe.request(photo, INSTRUCTION))
-    other_image = pipe.encode_prompt(pipe.request(np.zeros((40, 60, 3), np.uint8), INSTRUCTION))
-    other_text = pipe.encode_prompt(pipe.request(photo, "make it red"))
+    ctx = pipe.encode_prompt(INSTRUCTION, photo)
+    other_image = pipe.encode_prompt(INSTRUCTION, np.zeros((40, 60, 3), np.uint8))
+    other_text = pipe.encode_prompt("make it red", photo)
     assert not np.allclose(np.array(ctx[1]), np.array(other_image[1]))
     assert other_text.shape != ctx.shape or not np.allclose(np.array(ctx[1]), np.array(other_text[1]))
     # row 0 is the unconditional branch: the MCP of zeros, whatever the input
@@ -101,7 +95,7 @@ def test_edit_with_given_latents_equals_sampling_by_hand(pipe, photo):
     shape = (1, *pipe.config.latent_shape)
     x0 = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     out = pipe.edit(photo, INSTRUCTION, steps=3, guidance=1.5, latents=x0)
-    ctx = pipe.encode_prompt(pipe.request(photo, INSTRUCTION))
+    ctx = pipe.encode_prompt(INSTRUCTION, photo)
     x = mx.array(x0)
     for x in pipeline_mod.sample(pipe.denoiser(ctx, 1.5, 1), x, pipe.scheduler("dpm", 3)):
         pass
@@ -120,17 +114,24 @@ def test_cli_options_are_the_generation_options():
 def test_generation_loads_no_vision_and_edit_does(tiny_ckpt_dir):
     from weights.checkpoint import Checkpoint
 
-    def loaded_by(cls):
+    def loaded_by(**kw):
         ckpt = Checkpoint.open(tiny_ckpt_dir)
         ckpt.config
         seen = []
         real = ckpt.load
         ckpt.load = lambda component, keys=None: seen.append(component) or real(component, keys)
-        cls.from_checkpoint(ckpt, quantize=0)
+        GenerationPipeline.from_checkpoint(ckpt, quantize=0, **kw)
         return set(seen)
 
-    assert not {"vision", "projector"} & loaded_by(GenerationPipeline)
-    assert {"vision", "projector", "llm", "mcp", "dit", "vae"} <= loaded_by(EditPipeline)
+    assert not {"vision", "projector"} & loaded_by()
+    assert {"vision", "projector", "llm", "mcp", "dit", "vae"} <= loaded_by(edit=True)
+
+
+def test_editing_needs_the_image_encoder(tiny_ckpt, photo):
+    from weights.errors import MobileOError
+
+    with pytest.raises(MobileOError, match="edit=True"):
+        GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0).encode_prompt(INSTRUCTION, photo)
 
 
 def test_cli_writes_png_with_metadata(photo, tiny_ckpt_dir, tmp_path, capsys):

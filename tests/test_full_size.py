@@ -12,14 +12,10 @@ torch = pytest.importorskip("torch")
 
 import test_generate_e2e as e2e  # noqa: E402  (the torch reference loop)
 from weights import mcp_reference, upstream  # noqa: E402
+from metrics import psnr, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.full
 TOL = 1e-4
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +106,6 @@ def test_end_to_end_and_4bit_drift(full_ckpt, prompt_ids, parity):
     q4 = GenerationPipeline.from_checkpoint(full_ckpt, quantize=4).generate(
         e2e.PROMPT, steps=steps, guidance=guidance, latents=x0).images
     assert fp32.shape == ref_img.shape == (1, 512, 512, 3)
-    p = parity("pipeline 0.5B 512px", "mlx fp32", "psnr_db", e2e.psnr(ref_img, fp32), 40.0)
-    parity("pipeline 0.5B 512px", "mlx 4-bit vs fp32", "psnr_db (drift)", e2e.psnr(fp32, q4), 0.0)
+    p = parity("pipeline 0.5B 512px", "mlx fp32", "psnr_db", psnr(ref_img, fp32), 40.0)
+    parity("pipeline 0.5B 512px", "mlx 4-bit vs fp32", "psnr_db (drift)", psnr(fp32, q4), 0.0)
     assert p >= 40.0

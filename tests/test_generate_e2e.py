@@ -11,14 +11,9 @@ torch = pytest.importorskip("torch")
 
 from weights import mcp_reference, upstream  # noqa: E402
 from mlx_model.pipeline import GenerationPipeline  # noqa: E402
+from metrics import psnr  # noqa: E402
 
 PROMPT = "a red cup on a wooden table"
-
-
-def psnr(ref, test):
-    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
-    rmse = np.sqrt(np.mean((ref - test) ** 2))
-    return float("inf") if rmse == 0 else float(20 * np.log10(np.abs(ref).max() / rmse))
 
 
 def reference_conditioning(ckpt, ids):

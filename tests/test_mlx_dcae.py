@@ -16,11 +16,7 @@ from weights import upstream  # noqa: E402
 from weights.configs import VAEConfig  # noqa: E402
 from weights.synthetic import random_tensors  # noqa: E402
 from mlx_model.dcae import AutoencoderDC  # noqa: E402
-
-
-def rel_err(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+from metrics import rel_err  # noqa: E402
 
 
 def check(model, ref, cfg, latent_hw, batch=2, seed=0):

@@ -6,11 +6,7 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 torch = pytest.importorskip("torch")
 
-
-def rel_err(ours, ref):
-    """max|ours - ref| / max|ref|"""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+from metrics import rel_err  # noqa: E402
 
 
 @pytest.fixture(scope="module")

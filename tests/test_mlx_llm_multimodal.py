@@ -13,16 +13,12 @@ pytest.importorskip("timm")
 
 from mlx_model.multimodal import MultimodalPrompt  # noqa: E402
 from mlx_model.tokenizer import PromptError  # noqa: E402
-from mlx_model.understand import Detokenizer, Understanding  # noqa: E402
+from mlx_model.understanding import Detokenizer, Understanding  # noqa: E402
 from weights import prompts, upstream  # noqa: E402
+from metrics import rel_err  # noqa: E402
 
 TOL = 1e-4
 QUESTION = "What is in the picture?"
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,7 @@ from weights import mcp_reference  # noqa: E402
 from weights.configs import MCPConfig  # noqa: E402
 from weights.synthetic import mcp_layout, random_tensors  # noqa: E402
 from mlx_model.mcp import MCP  # noqa: E402
-
-
-def rel_err(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+from metrics import rel_err  # noqa: E402
 
 
 def compare(model, ref, cfg, batch=2, seq=37, seed=0, zero_first=False):

@@ -33,7 +33,7 @@ def test_streams_answer_and_mlx_lm_summary(capsys, photo, tiny_ckpt_dir, tiny_ck
     lines = out.splitlines()
     assert lines[0] == "=" * 10
     assert "=" * 10 in lines[1:]
-    from mlx_model.understand import Understanding
+    from mlx_model.understanding import Understanding
 
     n_prompt = len(Understanding.from_checkpoint(tiny_ckpt).prompt("What is this?"))
     assert re.search(rf"^Prompt: {n_prompt} tokens, [\d.]+ tokens-per-sec$", out, re.M)
@@ -43,7 +43,7 @@ def test_streams_answer_and_mlx_lm_summary(capsys, photo, tiny_ckpt_dir, tiny_ck
 
 
 def test_greedy_cli_is_deterministic_and_matches_api(capsys, photo, tiny_ckpt_dir, tiny_ckpt):
-    from mlx_model.understand import Understanding
+    from mlx_model.understanding import Understanding
 
     args = (photo, "Describe the image.", "--model", tiny_ckpt_dir, "-q", "0", "--max-tokens", "6", "--temp", "0")
     a = run_main(capsys, *args).out

@@ -18,7 +18,7 @@ import numpy as np
 
 from .configs import MobileOConfig, read_json
 from .errors import WeightsError
-from .layout import COMPONENTS, Split, checkpoint_key, split_keys
+from .layout import COMPONENTS, Split, checkpoint_key, drop_unused, split_keys
 from .safetensors_io import SafetensorsFile
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -110,6 +110,12 @@ class Checkpoint:
                                fix="use a full Mobile-O checkpoint (it has llm, vision, projector, mcp, dit, vae).")
         wanted = comp if keys is None else {k: comp[k] for k in keys}
         return {k: self._files[self.key_files[ck]].get(ck) for k, ck in wanted.items()}
+
+    def load_used(self, component: str, prefix: str = "") -> dict[str, np.ndarray]:
+        """What an inference module loads: the component's tensors under ``prefix`` (e.g.
+        ``layout.VAE_DECODER``), without the ones inference never reads (``layout.UNUSED``)."""
+        keys = drop_unused(component, dict.fromkeys(k for k in self.keys(component) if k.startswith(prefix)))
+        return self.load(component, list(keys))
 
     def check_shapes(self, component: str, expected: Mapping[str, tuple[int, ...]],
                      got: Mapping[str, tuple[int, ...]] | None = None) -> None:

@@ -96,6 +96,14 @@ class LLMConfig(_Config):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def check_supported(self) -> None:
+        h, kv = self.num_attention_heads, self.num_key_value_heads
+        if self.hidden_size % h or h % kv or self.head_dim % 2:
+            raise ConfigError(
+                f"LLM config: hidden_size {self.hidden_size}, {h} attention heads and {kv} key/value "
+                f"heads do not make whole, even heads shared by whole groups.",
+                fix="use the config.json that came with the checkpoint.")
+
     def to_hf_dict(self) -> dict[str, Any]:
         """Kwargs for transformers ``Qwen2Config`` and mlx-lm's qwen2 ``ModelArgs``."""
         d = self.to_dict()
@@ -124,6 +132,7 @@ class VisionConfig(_Config):
     stride: int = 64  # stem /4 then four /2 downsamples
 
     SE_RATIO: ClassVar[float] = 1 / 16  # conv_exp squeeze-excite (timm SqueezeExcite, rd_divisor 1)
+    BN_EPS: ClassVar[float] = 1e-5  # BatchNorm2d default in the ConvFFN's conv + BN
 
     @property
     def out_dim(self) -> int:
@@ -210,6 +219,12 @@ class DiTConfig(_Config):
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
 
+    def check_supported(self) -> None:
+        if self.interpolation_scale is not None or self.guidance_embeds or self.qk_norm is not None:
+            raise ConfigError("this DiT config uses positional embeddings, guidance embeddings or qk-norm, "
+                              "which the SANA 600M/1600M 512px models do not.",
+                              fix="use the SANA 512px transformer config.")
+
 
 # --------------------------------------------------------------------------------------
 # DC-AE (diffusers AutoencoderDC field names)
@@ -241,14 +256,49 @@ class VAEConfig(_Config):
 
     NORM_EPS: ClassVar[float] = 1e-5  # RMSNorm / norm_out inside diffusers' DC-AE blocks
     LINEAR_ATTN_EPS: ClassVar[float] = 1e-15  # multiscale ReLU linear attention
+    GLU_EXPAND_RATIO: ClassVar[int] = 4  # GLUMBConv inside EfficientViTBlock
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = ("silu", "relu", "relu6", "gelu")  # what the ports build
 
     @property
     def spatial_compression(self) -> int:
         return 2 ** (len(self.decoder_block_out_channels) - 1)
 
+    def check_supported(self) -> None:
+        """The DC-AE variants both ports build: SANA's f32c32 and its reduced-size relatives."""
+        bad = []
+        if self.downsample_block_type != "conv":
+            bad.append(f"downsample_block_type={self.downsample_block_type!r}")
+        if self.upsample_block_type != "interpolate":
+            bad.append(f"upsample_block_type={self.upsample_block_type!r}")
+        if any(n != "rms_norm" for n in per_block(self.decoder_norm_types)):
+            bad.append(f"decoder_norm_types={self.decoder_norm_types!r}")
+        acts = {*per_block(self.decoder_act_fns), self.decoder_conv_act_fn}
+        if not acts <= set(self.ACTIVATIONS):
+            bad.append(f"activations {sorted(acts - set(self.ACTIVATIONS))}")
+        if {*self.encoder_block_types, *self.decoder_block_types} - {RES_BLOCK, VIT_BLOCK}:
+            bad.append("block types other than ResBlock / EfficientViTBlock")
+        if not self.encoder_out_shortcut or not self.decoder_in_shortcut:
+            bad.append("shortcuts off")
+        if self.encoder_layers_per_block[0] == 0 or self.decoder_layers_per_block[0] == 0:
+            bad.append("an empty first stage")
+        if bad:
+            raise ConfigError(f"DC-AE config with {', '.join(bad)} is not supported.",
+                              fix="use the SANA DC-AE f32c32 config.")
+
+
+def per_block(value, n: int = 1) -> tuple:
+    """A per-block setting given once (a string, repeated ``n`` times) or per block (a list)."""
+    return (value,) * n if isinstance(value, str) else tuple(value)
+
 
 # --------------------------------------------------------------------------------------
 # Inference scheduler (diffusers DPMSolverMultistepScheduler field names)
+
+
+# Samplers over this config: the CLI name -> the manifest's (and Swift's) type name.
+# "dpm" is Mobile-O's DPM-Solver++ on flow sigmas; "euler" is plain flow-matching Euler.
+SAMPLERS: dict[str, str] = {"dpm": "flow_dpm_solver_multistep", "euler": "flow_euler"}
+DEFAULT_SAMPLER = "dpm"
 
 
 @dataclass(frozen=True)

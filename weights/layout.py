@@ -11,8 +11,20 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import WeightsError
+from .vision import HEAD_PROJ
 
 COMPONENTS = ("llm", "vision", "projector", "mcp", "dit", "vae")
+
+# What the inference modules of both backends load of a component (Checkpoint.load_used):
+# local keys a component stores that inference never reads, and sub-module prefixes.
+UNUSED: dict[str, frozenset[str]] = {"vision": frozenset({HEAD_PROJ})}  # Apple's CLIP head
+VAE_DECODER = "decoder."  # the VAE's decoder tensors: all that generation needs of the VAE
+
+
+def drop_unused(component: str, tensors: dict) -> dict:
+    """``tensors`` (component-local keys) without the ones inference never reads."""
+    unused = UNUSED.get(component, frozenset())
+    return {k: v for k, v in tensors.items() if k not in unused}
 
 # checkpoint prefix -> component; the local key is the checkpoint key minus ``strip``
 @dataclass(frozen=True)

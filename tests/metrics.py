@@ -1,0 +1,26 @@
+"""Error metrics shared by the parity tests (plain numpy; importable without torch or mlx).
+
+Import as ``from metrics import rel_err, psnr``: pytest puts ``tests/`` on ``sys.path``
+(rootdir-relative, no ``__init__.py``), as it does for ``import test_generate_e2e``.
+
+These are the tests' own definitions, kept apart from ``coreml_convert.metrics`` on purpose:
+that module validates shapes (no broadcasting) and maps NaN/inf to ±inf, while these keep the
+numbers the parity tests have always recorded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rel_err(ours, ref) -> float:
+    """max|ours - ref| / max|ref|, computed in float64."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def psnr(ref, test) -> float:
+    """20·log10(max|ref| / RMSE) in dB, computed in float64; inf when equal."""
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    rmse = np.sqrt(np.mean((ref - test) ** 2))
+    return float("inf") if rmse == 0 else float(20 * np.log10(np.abs(ref).max() / rmse))
