@@ -3,7 +3,8 @@
 Parameter paths are the diffusers names (``decoder.up_blocks.5.0.attn.to_qkv_multiscale.0
 .proj_in.weight``...), convolutions OHWI (``weights.mlx_map``).  Public methods take and
 return NCHW arrays like diffusers; inside, everything runs NHWC.
-Supported (``VAEConfig.check_supported``): the SANA configuration (docs/model-facts.md section 2) -- ResBlock / EfficientViTBlock,
+Supported (``VAEConfig.check_supported``): the SANA configuration (docs/model-facts.md
+section 2) -- ResBlock / EfficientViTBlock,
 RMSNorm, "conv" downsampling, "interpolate" (nearest) upsampling, in/out shortcuts.
 """
 

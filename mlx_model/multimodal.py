@@ -1,6 +1,6 @@
 """Prompts with an image: the placeholder becomes the projected image embeddings.
 
-As Mobile-O (LLaVA) does it (mobile-o.md section 6): the templated prompt is split on
+As Mobile-O (LLaVA) does it (docs/model-facts.md section 6): the templated prompt is split on
 ``<image>`` (:data:`weights.prompts.IMAGE_PLACEHOLDER`), each piece is tokenized on its own,
 and the pieces' token embeddings are joined with the ``num_tokens`` projected image
 embeddings.  Shared by understanding and editing.

@@ -1,4 +1,4 @@
-"""Platform set-up for the MLX command lines (deployment.md, "MLX on Linux").
+"""Platform set-up for the MLX command lines (docs/deployment-notes.md, "MLX on Linux").
 
 - Linux: MLX's wheel bundles the reference BLAS; Debian's OpenBLAS is ~14x faster for fp32
   matmuls.  ``use_openblas()`` re-executes the CLI process once with LD_PRELOAD set when the

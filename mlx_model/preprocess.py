@@ -1,4 +1,5 @@
-"""Image preprocessing as Mobile-O does it (mobile-o.md section 6), with Pillow and numpy only.
+"""Image preprocessing as Mobile-O does it (docs/model-facts.md section 6), with Pillow and
+numpy only.
 
     any image -> RGB -> pad to a square with black (expand2square) -> bicubic resize to
     S x S -> center crop S x S (a no-op on the square) -> [0, 1] (rescale 1/255; mean 0, std 1)

@@ -1,7 +1,7 @@
 """Flow-matching samplers as plain arithmetic on arrays (numpy or MLX alike).
 
 ``FlowDPMSolver`` is diffusers' ``DPMSolverMultistepScheduler`` in the configuration SANA
-ships (mobile-o.md section 3): DPM-Solver++ order 2 (midpoint), flow sigmas shifted by
+ships (docs/model-facts.md section 3): DPM-Solver++ order 2 (midpoint), flow sigmas shifted by
 ``flow_shift``, ``prediction_type="flow_prediction"`` (x0 = x - sigma * v), final sigma 0,
 lower-order final step.  ``FlowEuler`` is diffusers' ``FlowMatchEulerDiscreteScheduler``
 (x += (sigma_next - sigma) * v).  Schedules and per-step coefficients are computed up front
@@ -45,6 +45,9 @@ class FlowDPMSolver:
             "final_sigmas_type": (getattr(cfg, "final_sigmas_type", "zero"), ("zero",)),
             "thresholding": (cfg.thresholding, (False,)),
             "use_dynamic_shifting": (cfg.use_dynamic_shifting, (False,)),
+            # diffusers picks these sigma schedules before the flow branch
+            **{flag: (getattr(cfg, flag), (False,)) for flag in
+               ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")},
         }
         for name, (value, ok) in unsupported.items():
             if value not in ok:

@@ -31,6 +31,7 @@ class Tokenizer:
             raise WeightsError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0]}).",
                                fix="re-download the model's tokenizer files.") from None
         self.path = path
+        self.eos_token = _eos_token(path.with_name("tokenizer_config.json"))
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "Tokenizer":
@@ -52,7 +53,9 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int:
-        return self.token_id(EOS_TOKEN)
+        """Where decoding stops: the tokenizer's eos_token (Mobile-O passes
+        ``tokenizer.eos_token_id`` to ``generate``)."""
+        return self.token_id(self.eos_token)
 
     @property
     def vocab_size(self) -> int:
@@ -67,3 +70,17 @@ class Tokenizer:
             raise PromptError(f"the prompt is {len(ids)} tokens with its template; the limit is {max_tokens}.",
                               fix="shorten the prompt.")
         return ids
+
+
+def _eos_token(config: Path) -> str:
+    """``eos_token`` of a tokenizer_config.json (a string or an AddedToken dict); Qwen2's
+    end-of-turn token when the file or the field is missing."""
+    import json
+
+    try:
+        value = json.loads(config.read_text()).get("eos_token")
+    except (OSError, ValueError, AttributeError):
+        return EOS_TOKEN
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else EOS_TOKEN

@@ -32,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--temp", type=float, default=d.temperature,
                    help=f"sampling temperature; 0 = greedy (default {d.temperature})")
     g.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling; 1.0 = off (default {d.top_p})")
+    g.add_argument("--top-k", type=int, default=d.top_k, help=f"sample from the k likeliest tokens; 0 = off (default {d.top_k})")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: random)")
     p.add_argument("-v", "--verbose", action="store_true", help="print model and image details")
     return p
@@ -39,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
 
 def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
                dtype: str | None = None, max_tokens: int | None = None, temp: float | None = None,
-               top_p: float | None = None, seed: int | None = None, verbose: bool = False,
+               top_p: float | None = None, top_k: int | None = None, seed: int | None = None, verbose: bool = False,
                out=None, pipeline: Understanding | None = None) -> str:
     """Stream the answer to ``out`` (stdout) and close with mlx-lm's statistics lines."""
     from weights.hub import open_model
@@ -49,7 +50,8 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
     out = out or sys.stdout
     d = GenerationDefaults()
     check_options(d.max_new_tokens if max_tokens is None else max_tokens,
-                  d.temperature if temp is None else temp, d.top_p if top_p is None else top_p)
+                  d.temperature if temp is None else temp, d.top_p if top_p is None else top_p,
+                  d.top_k if top_k is None else top_k)
     check_question(question)
     if pipeline is None:
         ckpt = open_model(model, revision=revision)
@@ -64,7 +66,8 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
               f"{v.num_tokens} tokens; loaded in {pipeline.load_seconds:.2f}s", file=out)
     print("=" * 10, file=out)
     text, r = "", None
-    for r in pipeline.stream(pixels[0], question, max_tokens=max_tokens, temp=temp, top_p=top_p, seed=seed):
+    for r in pipeline.stream(pixels[0], question, max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k,
+                             seed=seed):
         print(r.text, end="", file=out, flush=True)
         text += r.text
     print(file=out)
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         use_openblas()
     a = parser().parse_args(argv)
     run_cli(lambda: understand(a.image, a.question, model=a.model, revision=a.revision, quantize=a.quantize,
-                               dtype=a.dtype, max_tokens=a.max_tokens, temp=a.temp, top_p=a.top_p, seed=a.seed,
+                               dtype=a.dtype, max_tokens=a.max_tokens, temp=a.temp, top_p=a.top_p, top_k=a.top_k, seed=a.seed,
                                verbose=a.verbose))
 
 

@@ -8,8 +8,10 @@ tower and the projector (no DiT, no VAE), decoding streamed.
         print(r.text, end="", flush=True)
 
 Decoding runs mlx-lm's Qwen2 with its KV cache and its sampler (``make_sampler``):
-temperature 0 is greedy, ``top_p`` 1.0 is off; it stops at the end-of-turn token.  Defaults are
-Mobile-O's (:class:`weights.configs.GenerationDefaults`: temperature 0.8, no top-p, 256 new tokens).
+temperature 0 is greedy, ``top_p`` 1.0 and ``top_k`` 0 are off; it stops at the tokenizer's
+end-of-sequence token.  Defaults are Mobile-O's (:class:`weights.configs.GenerationDefaults`:
+temperature 0.8, top-k 50, no top-p, 256 new tokens).  As Mobile-O's answer, the text skips
+special tokens and :meth:`Understanding.answer` strips surrounding whitespace.
 The command line is :mod:`mlx_model.understand`.
 """
 
@@ -51,35 +53,40 @@ class Response:
 
 
 class Detokenizer:
-    """Incremental decoding that never emits half of a multi-byte character."""
+    """Incremental decoding that never emits half of a multi-byte character; special tokens
+    are skipped (Mobile-O decodes its answer with ``skip_special_tokens=True``)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.emitted = 0
         self.text = ""
+
+    def _decode(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
     def add(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        text = self._decode()
         if text.endswith("\ufffd"):  # wait for the rest of the character
             return ""
         new, self.text = text[len(self.text):], text
         return new
 
     def finish(self) -> str:
-        text = self.tokenizer.decode(self.ids)
+        text = self._decode()
         new, self.text = text[len(self.text):], text
         return new
 
 
-def check_options(max_tokens: int, temp: float, top_p: float) -> None:
+def check_options(max_tokens: int, temp: float, top_p: float, top_k: int = 0) -> None:
     if max_tokens < 1:
         raise MobileOError(f"--max-tokens must be at least 1, got {max_tokens}.", fix="pass --max-tokens 1 or more.")
     if temp < 0:
         raise MobileOError(f"--temp must be >= 0, got {temp}.", fix="pass --temp 0 for greedy decoding.")
     if not 0 < top_p <= 1:
         raise MobileOError(f"--top-p must be in (0, 1], got {top_p}.", fix="pass --top-p 1.0 to turn it off.")
+    if top_k < 0:
+        raise MobileOError(f"--top-k must be >= 0, got {top_k}.", fix="pass --top-k 0 to turn it off.")
 
 
 def check_question(question: str) -> None:
@@ -149,7 +156,8 @@ class Understanding:
 
     # ------------------------------------------------------------------ decoding
     def stream(self, image, question: str, *, max_tokens: int | None = None, temp: float | None = None,
-               top_p: float | None = None, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[Response]:
+               top_p: float | None = None, top_k: int | None = None, seed: int | None = None,
+               stop_at_eos: bool = True) -> Iterator[Response]:
         """Yield the answer piece by piece; the last response has ``finish_reason`` set."""
         from mlx_lm.sample_utils import make_sampler
 
@@ -157,7 +165,8 @@ class Understanding:
         max_tokens = d.max_new_tokens if max_tokens is None else max_tokens
         temp = d.temperature if temp is None else temp
         top_p = d.top_p if top_p is None else top_p
-        check_options(max_tokens, temp, top_p)
+        top_k = d.top_k if top_k is None else top_k
+        check_options(max_tokens, temp, top_p, top_k)
 
         mx.reset_peak_memory()
         t0 = time.perf_counter()
@@ -169,7 +178,7 @@ class Understanding:
         eos = self.llm.tokenizer.eos_id
         detok = Detokenizer(self.llm.tokenizer)
         n_prompt = len(prompt)
-        steps = decode_steps(self.llm, embeds, make_sampler(temp, top_p), max_tokens)
+        steps = decode_steps(self.llm, embeds, make_sampler(temp, top_p, top_k=top_k), max_tokens)
 
         def response(text, token, n, finish=None):
             gen_time = max(time.perf_counter() - t_gen, 1e-9)
@@ -190,4 +199,5 @@ class Understanding:
         yield response(detok.finish(), None, n, finish)
 
     def answer(self, image, question: str, **kw) -> str:
-        return "".join(r.text for r in self.stream(image, question, **kw))
+        """The whole answer, stripped of surrounding whitespace as Mobile-O returns it."""
+        return "".join(r.text for r in self.stream(image, question, **kw)).strip()

@@ -88,7 +88,7 @@ def test_euler_equals_diffusers(steps):
 
 
 def test_cfg_formula():
-    """noise = u + g (c - u) with the unconditional prediction first (mobile-o.md section 7)."""
+    """noise = u + g (c - u) with the unconditional prediction first (docs/model-facts.md section 7)."""
     u, c = np.array([1.0, 2.0]), np.array([3.0, 0.0])
     np.testing.assert_allclose(classifier_free_guidance(u, c, 1.5), [4.0, -1.0])
     np.testing.assert_allclose(classifier_free_guidance(u, c, 1.0), c)
@@ -99,3 +99,14 @@ def test_bad_steps_is_clear():
 
     with pytest.raises(MobileOError, match="steps"):
         FlowDPMSolver(SchedulerConfig(), 0)
+
+
+@pytest.mark.parametrize("flag", ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
+                                  "use_lu_lambdas", "thresholding"])
+def test_sigma_schedules_diffusers_prefers_are_refused(flag):
+    """diffusers takes these schedules before the flow branch: running flow sigmas instead
+    would silently differ, so such a config is a one-line error."""
+    from weights.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=flag):
+        FlowDPMSolver(SchedulerConfig().replace(**{flag: True}), 20)

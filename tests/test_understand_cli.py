@@ -51,7 +51,7 @@ def test_greedy_cli_is_deterministic_and_matches_api(capsys, photo, tiny_ckpt_di
     body = lambda s: s.split("=" * 10)[1]  # noqa: E731
     assert body(a) == body(b)
     api = Understanding.from_checkpoint(tiny_ckpt, quantize=0).answer(str(photo), "Describe the image.", max_tokens=6, temp=0)
-    assert body(a) == "\n" + api + "\n"
+    assert body(a)[1:-1].strip() == api  # the streamed text, stripped as Mobile-O's answer is
 
 
 def test_seeded_sampling_cli(capsys, photo, tiny_ckpt_dir):

@@ -1,6 +1,6 @@
 """Typed configs for every Mobile-O component, with the known defaults embedded.
 
-Facts come from ``shared/reference/mobile-o.md``.  Field names follow the upstream
+Facts come from ``docs/model-facts.md``.  Field names follow the upstream
 config files (transformers ``Qwen2Config``, diffusers ``SanaTransformer2DModel`` /
 ``AutoencoderDC`` / ``DPMSolverMultistepScheduler``) so a config dict can be handed to
 the upstream class unchanged.  Values the checkpoint decides (vocab size, tied lm_head,
@@ -329,15 +329,18 @@ class SchedulerConfig(_Config):
 
 
 # --------------------------------------------------------------------------------------
-# Generation / understanding defaults (mobile-o.md section 7)
+# Generation / understanding defaults (docs/model-facts.md section 7)
 
 
 @dataclass(frozen=True)
 class GenerationDefaults(_Config):
     steps: int = 20
     guidance: float = 1.5
-    temperature: float = 0.8  # understanding: do_sample with T=0.8, no top-p
-    top_p: float = 1.0
+    # understanding (infer_image_understanding.py): do_sample with T=0.8, top_p None, and no
+    # top_k given, so transformers' GenerationConfig default top-k 50 applies
+    temperature: float = 0.8
+    top_p: float = 1.0  # off
+    top_k: int = 50
     max_new_tokens: int = 256
 
 

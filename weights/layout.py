@@ -1,7 +1,7 @@
 """Checkpoint contract: which tensor belongs to which component.
 
 Every key of a merged Mobile-O checkpoint (``mobileoForInferenceLM.state_dict()``,
-mobile-o.md section 8) goes to exactly one component, or to a named ignore rule.
+docs/model-facts.md section 8) goes to exactly one component, or to a named ignore rule.
 A key nothing claims is an error that names it.
 """
 

@@ -1,4 +1,4 @@
-"""Prompt templates and special tokens (mobile-o.md section 6).
+"""Prompt templates and special tokens (docs/model-facts.md section 6).
 
 Token *names* live here; token *ids* are always read from the tokenizer by name.
 """

@@ -85,7 +85,7 @@ PRESETS = {"tiny": tiny_config, "full": full_config}
 
 
 def mcp_layout(c: MCPConfig) -> dict[str, tuple[int, ...]]:
-    """The Mobile Conditioning Projector's tensors (mobile-o.md sections 7 and 8)."""
+    """The Mobile Conditioning Projector's tensors (docs/model-facts.md sections 7 and 8)."""
     d, k = c.dim, c.kernel_size
     out = {"layer_weights": (c.num_layers,), "temperature": (),
            "input_compress.0.weight": (d, c.in_dim), "input_compress.0.bias": (d,),

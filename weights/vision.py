@@ -1,6 +1,6 @@
 """FastViTHD key mapping: Apple's MobileCLIP names (the checkpoint) <-> timm ``fastvit_mci3``.
 
-The checkpoint stores Apple's names (mobile-o.md section 5).  timm's re-parameterized
+The checkpoint stores Apple's names (docs/model-facts.md section 5).  timm's re-parameterized
 ``fastvit_mci3`` is the same network under other names; the map below is the one the
 facts file gives, in both directions, so the torch reference (timm) and the synthetic
 writer share it.
