@@ -47,7 +47,7 @@ swift-test:
 	  mkdir -p $(dir $(GOLDEN)) && \
 	  $(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion --components mcp dit \
 	    > $(GOLDEN)-conversion.log 2>&1 || { tail -20 $(GOLDEN)-conversion.log; exit 1; }; \
-	  $(WITH_BLAS) $(PY) -m ios_bridge.golden $(GOLDEN) --export $(GOLDEN)-conversion && \
+	  $(WITH_BLAS) $(PY) tests/golden.py $(GOLDEN) --export $(GOLDEN)-conversion && \
 	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test --disable-swift-testing && \
 	  ./Tools/typecheck-coreml.sh; \
 	else echo "swift-test: no Swift toolchain on this machine, skipped"; fi

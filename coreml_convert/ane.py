@@ -1,6 +1,9 @@
-"""Neural-Engine building blocks, shared by every Core ML component.
+"""Neural-Engine building blocks, shared by every Core ML component: primitives (1x1-conv
+Linear, channel norms, attention, layout helpers) and the blocks more than one component
+uses (``GLUMBConv``: the DiT and the DC-AE decoder).  The Qwen2 decoder shared by
+llm_prefill and llm_decode lives in ``ane_qwen2``.  Components import these, never each other.
 
-The Neural Engine wants (github apple/ml-ane-transformers, deployment.md):
+The Neural Engine wants (github apple/ml-ane-transformers, docs/deployment-notes.md section 1):
   * activations as rank-4 (B, C, 1, S) — channels on axis 1, the sequence on the last axis;
   * ``nn.Conv2d`` 1x1 instead of ``nn.Linear`` (weights reshaped at load by weights/torch_map.py);
   * norms over the channel axis, written so coremltools fuses them into one ``layer_norm``
@@ -191,3 +194,30 @@ def to_spatial(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
+
+
+# ------------------------------------------------------------------ blocks shared by components
+
+
+class GLUMBConv(nn.Module):
+    """diffusers' GLUMBConv, used by the DiT's feed-forward and the DC-AE decoder's
+    EfficientViT blocks: inverted 1x1 conv, SiLU, depthwise 3x3, gated SiLU, pointwise 1x1
+    (on (B, C, H, W)); optionally a channel RMSNorm and a residual."""
+
+    def __init__(self, in_channels: int, out_channels: int, expand_ratio: float, rms_norm: bool = False,
+                 residual: bool = False):
+        super().__init__()
+        hidden = int(expand_ratio * in_channels)
+        self.conv_inverted = nn.Conv2d(in_channels, hidden * 2, 1)
+        self.conv_depth = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2)
+        self.conv_point = nn.Conv2d(hidden, out_channels, 1, bias=False)
+        self.norm = RMSNorm(out_channels, eps=DiTConfig.GLUMB_NORM_EPS, bias=True) if rms_norm else None
+        self.residual = residual
+
+    def forward(self, x):
+        h = self.conv_depth(F.silu(self.conv_inverted(x)))
+        h, gate = h.chunk(2, dim=1)
+        h = self.conv_point(h * F.silu(gate))
+        if self.norm is not None:
+            h = self.norm(h)
+        return h + x if self.residual else h

@@ -9,18 +9,19 @@ loads strictly with no second key table.
 Positions come in explicitly: RoPE cos/sin are gathered from a table computed exactly as
 transformers computes them (fp32), and the causal mask is built from positions, so the same
 layers serve a whole prompt (llm_prefill) and a chunk or one token against a KV cache
-(llm_decode).
+(llm_decode).  ``place_image`` is the numpy form of ``Qwen2ANE.embed_with_image`` that both
+components' references use.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from coreml_convert import ane
 from weights.configs import LLMConfig
-from weights.errors import ConfigError
 
 LM_HEAD_CHUNK = 16384  # output channels per lm_head convolution (Neural Engine tensor-size limit)
 
@@ -33,15 +34,6 @@ def rope_table(cfg: LLMConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]
     freqs = torch.arange(length, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
-
-
-def check_config(cfg: LLMConfig) -> None:
-    h, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    if cfg.hidden_size % h or h % kv or cfg.head_dim % 2:
-        raise ConfigError(
-            f"LLM config: hidden_size {cfg.hidden_size}, {h} attention heads and {kv} key/value heads "
-            f"do not make whole, even heads shared by whole groups.",
-            fix="use the config.json that came with the checkpoint.")
 
 
 class RopeTable(nn.Module):
@@ -155,7 +147,7 @@ class Qwen2ANE(nn.Module):
 
     def __init__(self, cfg: LLMConfig):
         super().__init__()
-        check_config(cfg)
+        cfg.check_supported()  # ConfigError: heads that do not split the width / share KV groups
         self.config = cfg
         self.model = Body(cfg)
         if not cfg.tie_word_embeddings:
@@ -205,3 +197,13 @@ class Qwen2ANE(nn.Module):
             kvs.append(kv)
         states[-1] = self.model.norm(x)
         return states, kvs
+
+
+def place_image(embeds: np.ndarray, image: np.ndarray, offset: int) -> np.ndarray:
+    """(L, C) token embeddings with image rows (N, C) written at rows offset + i (clipped):
+    what :meth:`Qwen2ANE.embed_with_image` computes, for the references."""
+    out = embeds.copy()
+    for i in range(image.shape[0]):
+        if 0 <= offset + i < out.shape[0]:
+            out[offset + i] = image[i]
+    return out

@@ -3,7 +3,11 @@
 Converts one component at a time (pipeline order), checks both gates, frees the torch
 modules before the next one, writes each bundle atomically, skips components whose bundle
 and passing record already exist (``--force`` redoes them), prints a table, writes
-``manifest.json`` (ios_bridge) and exits 3 when a gate fails (2: bad input, 1: a crash).
+``manifest.json`` (ios_bridge) and exits 3 when a gate fails (2: bad input, 1: a component
+could not be converted).  A known failure of one component -- a ``MobileOError`` such as
+the ``ConfigError`` of a config variant the modules do not build -- is one ``error:`` line
+and a "failed" row; anything else is a traceback and a "crashed" row.  Either way the other
+components are still converted.  Bundle I/O and compute units: ``coreml_convert.contract``.
 """
 
 from __future__ import annotations

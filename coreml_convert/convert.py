@@ -6,7 +6,8 @@
 
 Default path (ml-stable-diffusion style): ``torch.jit.trace`` on the spec's example inputs,
 then ``ct.convert(convert_to="mlprogram")`` with every input/output named and typed from the
-spec's TensorSpecs (enumerated dims become ``ct.EnumeratedShapes``).
+spec's TensorSpecs (its bundle contract, coreml_convert/contract.py; enumerated dims become
+``ct.EnumeratedShapes``) and the contract's compute units.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import numpy as np
 
 from weights.errors import MobileOError
 
-from .spec import PRECISIONS, ComponentSpec, TensorSpec
+from .contract import TensorSpec
+from .spec import PRECISIONS, ComponentSpec
 
-IOS_TARGET = "iOS18"
-COMPUTE_UNITS = {"all": "ALL", "cpuOnly": "CPU_ONLY", "cpuAndGPU": "CPU_AND_GPU",
-                 "cpuAndNeuralEngine": "CPU_AND_NE"}
+IOS_TARGET = "iOS18"  # the contract's MINIMUM_OS (iOS 18.0 / macOS 15.0)
+# contract.COMPUTE_UNITS -> coremltools' ct.ComputeUnit names
+CT_COMPUTE_UNITS = {"all": "ALL", "cpuOnly": "CPU_ONLY", "cpuAndGPU": "CPU_AND_GPU",
+                    "cpuAndNeuralEngine": "CPU_AND_NE"}
 TMP_SUFFIX = ".tmp"  # temp folders in the output dir: ".<bundle>.<random>.tmp"
 
 
@@ -111,7 +114,7 @@ def convert(spec: ComponentSpec, precision: str = "fp16",
             states=[ct_state(t) for t in io_specs(spec.states, precision)] or None,
             compute_precision=compute_precision,
             minimum_deployment_target=getattr(ct.target, IOS_TARGET),
-            compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[spec.compute_units]),
+            compute_units=getattr(ct.ComputeUnit, CT_COMPUTE_UNITS[spec.compute_units]),
             skip_model_load=True,
         )
     except MobileOError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .convert import io_specs, torch_inputs
+from .convert import CT_COMPUTE_UNITS, io_specs, torch_inputs
 from .spec import ComponentSpec
 
 GATE1_MIN_DB = 60.0
@@ -86,9 +86,10 @@ def predict_check(spec: ComponentSpec, path, precision: str = "fp16") -> tuple[d
     import coremltools as ct
 
     inputs = program_inputs(spec, precision)
-    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
+    units = getattr(ct.ComputeUnit, CT_COMPUTE_UNITS[spec.compute_units])  # the contract's
+    model = ct.models.MLModel(str(path), compute_units=units)
     out = model.predict({t.name: inputs[t.name] for t in spec.inputs})
-    return compare(torch_outputs(spec, inputs), out), "ran MLModel.predict (cpuAndNeuralEngine)"
+    return compare(torch_outputs(spec, inputs), out), f"ran MLModel.predict ({spec.compute_units})"
 
 
 @dataclass

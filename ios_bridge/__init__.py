@@ -1,8 +1,10 @@
 """The bridge to Xcode projects: the manifest every app reads, its validator, and the
-golden vectors the Swift package (``ios_bridge/swift``) is tested against.
+Swift package (``ios_bridge/swift``) that reads them.
 
     python -m ios_bridge.validate build/         # schema + files + sizes + hashes
-    python -m ios_bridge.golden OUTDIR           # golden vectors for `swift test`
+
+The golden vectors ``swift test`` checks are a test fixture: ``python tests/golden.py OUTDIR``
+(``make swift-test`` runs it).
 """
 
 SCHEMA_VERSION = 1

@@ -4,8 +4,10 @@ pipeline fact (scheduler, defaults, latent shape, preprocessing, prompts, tokens
     write_manifest(out_dir, ckpt, results, model_id="Amshaker/Mobile-O-0.5B", revision=None)
 
 Facts are read from ``weights/`` (the checkpoint's config, ``weights.prompts``, the
-tokenizer's ids by name) and from the conversion results (``ConversionResult.to_dict()``);
-nothing is restated here.  ``schema.json`` beside this file describes the output.
+tokenizer's ids by name), from the conversion results (``ConversionResult.to_dict()``) and
+from the bundle contract (``coreml_convert.contract``: component names, default compute
+units and minimum OS; a torch-free module); nothing is restated here.  ``schema.json`` beside this
+file describes the output.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from coreml_convert import contract
 from weights import prompts
 from weights.checkpoint import TOKENIZER_FILES
 from weights.configs import DEFAULT_SAMPLER, SAMPLERS
 from weights.errors import MobileOError
+from weights.tokenizer import eos_token
 
 from . import MANIFEST_FILE, SCHEMA_VERSION
 from .hashing import bundle_bytes, bundle_sha256
@@ -81,6 +85,9 @@ def component_entry(out_dir: Path, result: Any) -> dict[str, Any]:
     """One ``components[]`` item from a ``ConversionResult`` (or its ``to_dict()``)."""
     d = _as_dict(result)
     name = d["name"]
+    if name not in contract.COMPONENT_NAMES:
+        raise ManifestError(f"{name!r} is not a Mobile-O component ({', '.join(contract.COMPONENT_NAMES)}).",
+                            fix="pass the results of python -m coreml_convert.")
     entry: dict[str, Any] = {"name": name}
     if d.get("chunks"):  # a component split into ordered chunks
         entry["chunks"] = [_file_entry(out_dir, c["file"] if isinstance(c, Mapping) else c, name)
@@ -99,8 +106,8 @@ def component_entry(out_dir: Path, result: Any) -> dict[str, Any]:
         outputs=[_tensor(t) for t in d.get("outputs", [])],
         states=[_tensor(t) for t in d.get("states", [])],
         functions=list(d.get("functions") or ["main"]),
-        compute_units=d.get("compute_units", "cpuAndNeuralEngine"),
-        minimum_os=dict(d.get("minimum_os") or {}),
+        compute_units=d.get("compute_units") or contract.COMPONENT_COMPUTE_UNITS[name],
+        minimum_os=dict(d.get("minimum_os") or contract.MINIMUM_OS),
         compression=dict(d.get("compression") or {}),
         gates=dict(d.get("gates") or {}),
         conversion={k: d[k] for k in ("seconds", "peak_rss_mb") if d.get(k) is not None},
@@ -141,7 +148,7 @@ def _tokenizer_section(out_dir: Path, ckpt) -> dict[str, Any]:
         "files": files,
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),
         "special_tokens": specials,
-        "roles": dict(TOKEN_ROLES),
+        "roles": {**TOKEN_ROLES, "eos": eos_token(src)},  # the checkpoint's own stop token
     }
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from weights.errors import MobileOError, WeightsError
-from weights.prompts import EOS_TOKEN, MAX_PROMPT_TOKENS
+from weights.prompts import MAX_PROMPT_TOKENS
+from weights.tokenizer import eos_token
 
 
 class PromptError(MobileOError):
@@ -31,7 +32,7 @@ class Tokenizer:
             raise WeightsError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0]}).",
                                fix="re-download the model's tokenizer files.") from None
         self.path = path
-        self.eos_token = _eos_token(path.with_name("tokenizer_config.json"))
+        self.eos_token = eos_token(path.parent)
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "Tokenizer":
@@ -71,16 +72,3 @@ class Tokenizer:
                               fix="shorten the prompt.")
         return ids
 
-
-def _eos_token(config: Path) -> str:
-    """``eos_token`` of a tokenizer_config.json (a string or an AddedToken dict); Qwen2's
-    end-of-turn token when the file or the field is missing."""
-    import json
-
-    try:
-        value = json.loads(config.read_text()).get("eos_token")
-    except (OSError, ValueError, AttributeError):
-        return EOS_TOKEN
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) and value else EOS_TOKEN

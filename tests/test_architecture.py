@@ -332,11 +332,11 @@ def test_ios_bridge_does_not_import_mlx_model():
 
 
 def component_modules() -> set[str]:
-    """The modules named in coreml_convert.spec.COMPONENT_NAMES (read statically), or every
+    """The modules named in coreml_convert.contract.COMPONENT_NAMES (read statically), or every
     public module of components/ when that tuple cannot be read; others there are shared."""
     pkg = "coreml_convert.components"
     names = None
-    for node in trees().get("coreml_convert.spec", ast.Module(body=[])).body:
+    for node in trees().get("coreml_convert.contract", ast.Module(body=[])).body:
         if (isinstance(node, (ast.Assign, ast.AnnAssign))
                 and any(isinstance(t, ast.Name) and t.id == "COMPONENT_NAMES"
                         for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))):

@@ -1,5 +1,6 @@
-"""The conversion framework: spec round trips, torch_map, ANE blocks vs upstream math, and
-the CLI (table, resumable skips, --force, exit codes, atomic bundles, manifest)."""
+"""The conversion framework: the bundle contract and spec round trips, torch_map, ANE blocks
+vs upstream math, and the CLI (table, resumable skips, --force, exit codes, atomic bundles,
+manifest, unsupported configs)."""
 
 import json
 
@@ -9,7 +10,9 @@ import torch
 
 from coreml_convert import ane, cli
 from coreml_convert import convert as cv
-from coreml_convert.spec import ConversionResult, TensorSpec, sequence_lengths
+from coreml_convert import contract
+from coreml_convert.contract import BundleIO, TensorSpec, sequence_lengths
+from coreml_convert.spec import ConversionResult
 from weights.torch_map import to_torch
 
 # ------------------------------------------------------------------ spec / torch_map / ane
@@ -39,21 +42,47 @@ def test_tensor_spec_and_result_round_trip():
     assert ConversionResult.from_dict(d).function_io == io
 
 
-def test_component_spec_checks_function_io():
+def test_bundle_io_checks_function_io():
+    a, b = TensorSpec("a", (1, 1), "int32", "B,S"), TensorSpec("b", (1, 64), "int32", "B,S")
+    kw = dict(name="llm_decode", inputs=[a], outputs=[a], functions=("decode", "prefill"))
+    ok = {"decode": {"inputs": [a], "outputs": [a]}, "prefill": {"inputs": [b], "outputs": [a]}}
+    assert BundleIO(**kw, function_io=ok).function_io == ok
+    assert BundleIO(**kw).function_io == {}
+    with pytest.raises(ValueError, match="'main', which is not among its functions"):
+        BundleIO(**kw, function_io={"main": ok["decode"]})
+    with pytest.raises(ValueError, match="non-empty 'inputs' and 'outputs'"):
+        BundleIO(**kw, function_io={"prefill": {"inputs": [], "outputs": [a]}})
+    with pytest.raises(ValueError, match="default function"):
+        BundleIO(**kw, function_io={"decode": ok["prefill"]})
+    with pytest.raises(ValueError, match="unknown component 'unet'"):
+        BundleIO(**dict(kw, name="unet"))
+
+
+def test_contract_is_defined_once(tiny_ckpt):
+    """Every component's contract for the tiny config: the shared sizes (64-token chunks,
+    enumerated lengths), compute units, and what a ComponentSpec reads through."""
     from coreml_convert.spec import ComponentSpec
 
-    a, b = TensorSpec("a", (1, 1), "int32", "B,S"), TensorSpec("b", (1, 64), "int32", "B,S")
-    kw = dict(name="llm_decode", module=None, example_inputs={}, reference=None, inputs=[a], outputs=[a],
-              functions=("decode", "prefill"))
-    ok = {"decode": {"inputs": [a], "outputs": [a]}, "prefill": {"inputs": [b], "outputs": [a]}}
-    assert ComponentSpec(**kw, function_io=ok).function_io == ok
-    assert ComponentSpec(**kw).function_io == {}
-    with pytest.raises(ValueError, match="'main', which is not among its functions"):
-        ComponentSpec(**kw, function_io={"main": ok["decode"]})
-    with pytest.raises(ValueError, match="non-empty 'inputs' and 'outputs'"):
-        ComponentSpec(**kw, function_io={"prefill": {"inputs": [], "outputs": [a]}})
-    with pytest.raises(ValueError, match="default function"):
-        ComponentSpec(**kw, function_io={"decode": ok["prefill"]})
+    cfg = tiny_ckpt.config
+    assert contract.chunk_length(cfg) == contract.LENGTH_STEP == 64
+    assert contract.context_length(cfg) % contract.STATE_ALIGN == 0
+    for name in contract.COMPONENT_NAMES:
+        io = contract.bundle_io(name, cfg)
+        assert io.name == name and io.compute_units in contract.COMPUTE_UNITS
+        assert io.minimum_os == contract.MINIMUM_OS
+        spec = ComponentSpec(module=None, example_inputs={}, reference=None, io=io)
+        assert (spec.name, spec.inputs, spec.outputs, spec.states, spec.compute_units) == (
+            name, io.inputs, io.outputs, io.states, io.compute_units)
+        assert spec.file == f"{name}.mlpackage"
+    decode = contract.llm_decode_io(cfg)
+    assert decode.functions == contract.DECODE_FUNCTIONS
+    assert {fn: [t.name for t in io["inputs"]] for fn, io in decode.function_io.items()} == {
+        fn: list(names) for fn, names in contract.DECODE_INPUTS.items()}
+    assert decode.function_io["prefill"]["inputs"][0].shape == (1, contract.chunk_length(cfg))
+    assert [t.shape for t in decode.states] == [contract.cache_shape(cfg)] * 2
+    dit = contract.dit_io(cfg)
+    assert dit.inputs[2].enumerated == {3: sequence_lengths(cfg)} and dit.inputs[0].shape[0] == contract.CFG_BATCH
+    assert contract.mcp_io(cfg, lengths=(64,)).inputs[0].enumerated is None
 
 
 def test_sequence_lengths(tiny_ckpt):
@@ -210,6 +239,32 @@ def test_interrupted_save_leaves_nothing(tiny_ckpt_dir, tmp_path, capsys, monkey
     assert got == code, err
     assert bundles(out) == [] and not temp_folders(out)
     assert cli.read_record(out, "mcp") is None
+
+
+def test_unsupported_config_is_a_one_line_component_failure(tiny_ckpt_dir, tmp_path, capsys):
+    """A DiT / DC-AE variant the Core ML modules do not build (weights.configs' check_supported)
+    fails that component with a one-line ConfigError ("failed", not "crashed", no traceback);
+    the other components still convert."""
+    import shutil
+
+    model = tmp_path / "variant"
+    shutil.copytree(tiny_ckpt_dir, model)
+    for rel, change in (("transformer/config.json", {"qk_norm": "rms_norm_across_heads"}),
+                        ("vae/config.json", {"upsample_block_type": "pixel_shuffle"})):
+        conf = json.loads((model / rel).read_text())
+        (model / rel).write_text(json.dumps({**conf, **change}))
+    out = tmp_path / "build"
+    code, stdout, err = run_cli(["--model", str(model), "--out", str(out),
+                                 "--components", "mcp", "dit", "vae_decoder"], capsys)
+    assert code == cli.EXIT_CRASHED and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]  # (stderr also has progress bars)
+    assert len(lines) == 2 and lines[0].startswith("error: dit: ") and lines[1].startswith("error: vae_decoder: ")
+    assert "qk-norm" in lines[0] and "upsample_block_type='pixel_shuffle'" in lines[1]
+    assert all("Fix:" in line for line in lines)
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.split()[:1] in (["mcp"], ["dit"], ["vae_decoder"])}
+    assert rows["dit"].rstrip().endswith("failed") and rows["vae_decoder"].rstrip().endswith("failed")
+    assert "ok" in rows["mcp"] and bundles(out) == ["mcp.mlpackage"]
+    assert [c["name"] for c in json.loads((out / "manifest.json").read_text())["components"]] == ["mcp"]
 
 
 def test_compression_hook_int8(tiny_ckpt, tmp_path):

@@ -96,3 +96,11 @@ def test_full_width_two_layers_fp16(tmp_path_factory, parity):
     g2 = gates.gate2(spec, path, "fp16")["velocity"]
     parity("dit 600M-width", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
     assert g2 >= gates.GATE2_MIN_DB, g2
+
+
+def test_unsupported_variant_is_a_config_error(tiny_ckpt):
+    from weights.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        dit.SanaDiT(tiny_ckpt.config.dit.replace(qk_norm="rms_norm_across_heads"))
+    assert "\n" not in str(e.value) and "Fix:" in str(e.value)

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from coreml_convert import convert as cv
-from coreml_convert import gates
+from coreml_convert import contract, gates
+from coreml_convert.ane_qwen2 import place_image
 from coreml_convert.components import llm_decode, llm_prefill
-from coreml_convert.spec import sequence_lengths
+from coreml_convert.contract import sequence_lengths
 from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program, run_program
 from weights import synthetic
@@ -78,7 +79,7 @@ def test_prefill_image_replaces_exactly_its_columns(prefill_spec, tiny_ckpt):
         plain = core.embed(ids)[0, :, 0].numpy()
         for offset in (-n, -3, 0, 60, 64):
             x = core.embed_with_image(ids, img, torch.tensor([offset], dtype=torch.int32))[0, :, 0].numpy()
-            want = llm_prefill.place_image(plain.T, img[0, :, 0].numpy().T, offset).T
+            want = place_image(plain.T, img[0, :, 0].numpy().T, offset).T
             np.testing.assert_array_equal(x, want)
 
 
@@ -115,7 +116,7 @@ def test_prefill_program_enumerated_length(prefill_spec, prefill_bundle, tiny_ck
 
 def long_sequence(cfg, rng, extra=(5, 77, 200)):
     """Two prefill chunks (the second padded), an image straddling them, 1 + 3 decodes."""
-    p, n, hidden = llm_decode.chunk_length(cfg), cfg.vision.num_tokens, cfg.llm.hidden_size
+    p, n, hidden = contract.chunk_length(cfg), cfg.vision.num_tokens, cfg.llm.hidden_size
     ids = rng.integers(0, cfg.llm.vocab_size, p + 20)
     image = (rng.standard_normal((1, hidden, 1, n)) / np.sqrt(hidden)).astype(np.float32)
     return ids, image, p - n // 2, list(extra)
@@ -140,10 +141,10 @@ def test_decode_gate1_spec(decode_spec):
 
 def test_decode_states_follow_deployment_rules(tiny_ckpt):
     cfg = tiny_ckpt.config
-    shape = llm_decode.cache_shape(cfg)
-    assert shape[-1] % llm_decode.STATE_ALIGN == 0
+    shape = contract.cache_shape(cfg)
+    assert shape[-1] % contract.STATE_ALIGN == 0
     assert shape[-1] >= sequence_lengths(cfg)[-1] + cfg.defaults.max_new_tokens
-    assert [s.name for s in llm_decode.state_specs(cfg)] == ["key_cache", "value_cache"]
+    assert [s.name for s in contract.llm_decode_io(cfg).states] == ["key_cache", "value_cache"]
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +161,9 @@ def test_decode_bundle_is_multifunction_and_stateful(decode_bundle, tiny_ckpt):
     assert spec.description.defaultFunctionName == "decode"
     prog = load_program(decode_bundle)
     assert set(prog.functions) == {"decode", "prefill"}
-    shape = llm_decode.cache_shape(tiny_ckpt.config)
-    for fn, (inputs, outputs) in llm_decode.function_io(tiny_ckpt.config).items():
+    shape = contract.cache_shape(tiny_ckpt.config)
+    for fn, io in contract.llm_decode_io(tiny_ckpt.config).function_io.items():
+        inputs, outputs = io["inputs"], io["outputs"]
         func = prog.functions[fn]
         states = {k: v for k, v in func.inputs.items() if types.is_state(v.sym_type)}
         assert {k: tuple(v.sym_type.wrapped_type().get_shape()) for k, v in states.items()} == {
@@ -228,4 +230,4 @@ def test_example_prompt_keeps_the_image_off_the_decoded_token(preset):
     p = llm_decode.example_prompt(cfg, np.random.default_rng(0))
     n = cfg.vision.num_tokens
     assert p["image_offset"] + n <= len(p["ids"]) - 1
-    assert len(p["ids"]) - 1 >= llm_decode.chunk_length(cfg)
+    assert len(p["ids"]) - 1 >= contract.chunk_length(cfg)

@@ -65,3 +65,21 @@ def test_full_width_one_layer_per_stage_fp16(tmp_path_factory, parity):
     g2 = gates.gate2(spec, path, "fp16")["image"]
     parity("vae-dec f32c32", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
     assert g2 >= gates.GATE2_MIN_DB, g2
+
+
+@pytest.mark.parametrize("change", [{"upsample_block_type": "pixel_shuffle"}, {"decoder_in_shortcut": False},
+                                    {"decoder_norm_types": "batch_norm"}])
+def test_unsupported_variant_is_a_config_error(tiny_ckpt, change):
+    """Variants VAEConfig.check_supported refuses never reach a half-built module."""
+    from weights.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        vae_decoder.VAEDecoder(tiny_ckpt.config.vae.replace(**change))
+    assert "\n" not in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_module_loads_only_the_decoder(spec, tiny_ckpt):
+    from weights.layout import VAE_DECODER
+
+    names = set(spec.module.state_dict())
+    assert names == {k for k in tiny_ckpt.keys("vae") if k.startswith(VAE_DECODER)}

@@ -1,5 +1,6 @@
-"""ios_bridge: bundle hashes, the manifest (schema, facts from weights/), the validator CLI,
-and the golden vectors the Swift package checks (`make swift-test` runs the Swift side)."""
+"""ios_bridge: bundle hashes, the manifest (schema, facts from weights/ and the bundle
+contract), the validator CLI, and the golden vectors the Swift package checks (written by
+tests/golden.py; `make swift-test` runs the Swift side)."""
 
 import hashlib
 import json
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def export(tmp_path, tiny_ckpt):
     """A manifest over placeholder bundles shaped like the tiny model's I/O."""
-    from ios_bridge.golden import placeholder_results
+    from golden import placeholder_results
 
     out = tmp_path / "export"
     out.mkdir()
@@ -111,7 +112,8 @@ def test_manifest_facts_come_from_weights(export, tiny_ckpt):
 
 def test_write_manifest_takes_conversion_results(tmp_path, tiny_ckpt):
     """Contract C: ConversionResult objects (to_dict) with TensorSpec inputs, chunked components."""
-    from coreml_convert.spec import ConversionResult, TensorSpec
+    from coreml_convert.contract import TensorSpec
+    from coreml_convert.spec import ConversionResult
 
     out = tmp_path / "e"
     for name in ("a.mlpackage", "b.mlpackage"):
@@ -138,6 +140,35 @@ def test_write_manifest_takes_conversion_results(tmp_path, tiny_ckpt):
         write_manifest(out, tiny_ckpt, [dict(res.to_dict(), file="gone.mlpackage")], "synthetic/tiny", None)
     with pytest.raises(ManifestError, match="appears twice"):
         write_manifest(out, tiny_ckpt, [res, res], "synthetic/tiny", None)
+    with pytest.raises(ManifestError, match="'unet' is not a Mobile-O component"):
+        write_manifest(out, tiny_ckpt, [dict(res.to_dict(), name="unet")], "synthetic/tiny", None)
+
+
+def test_manifest_writer_does_not_import_torch():
+    """The manifest writer and validator read the bundle contract (coreml_convert.contract)
+    without pulling torch, coremltools or MLX."""
+    code = ("import sys, ios_bridge.manifest, ios_bridge.validate; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'coremltools', 'mlx', 'mlx_model'})); "
+            "print('coreml_convert.contract' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]", "True"], r.stdout
+
+
+def test_placeholder_manifest_is_the_contract(export, tiny_ckpt):
+    """The placeholder bundles' I/O and compute units are the converter's contract, not a copy."""
+    from coreml_convert import contract
+
+    m = json.loads((export / MANIFEST_FILE).read_text())
+    for c in m["components"]:
+        io = contract.bundle_io(c["name"], tiny_ckpt.config)
+        assert c["inputs"] == [t.to_dict() for t in io.inputs], c["name"]
+        assert c["outputs"] == [t.to_dict() for t in io.outputs], c["name"]
+        assert c["compute_units"] == io.compute_units == contract.COMPONENT_COMPUTE_UNITS[c["name"]]
+        assert c["minimum_os"] == contract.MINIMUM_OS
+    mcp = next(c for c in m["components"] if c["name"] == "mcp")
+    assert [t["name"] for t in mcp["inputs"]] == ["hidden_states", "attention_mask"]
+    assert mcp["inputs"][0]["enumerated"] == {"3": list(contract.sequence_lengths(tiny_ckpt.config))}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +190,7 @@ def test_manifest_lists_every_function_of_llm_decode(decode_export, tiny_ckpt):
     saved bundle's program declares them; the schema and the validator accept it."""
     import jsonschema
 
-    from coreml_convert.components import llm_decode
+    from coreml_convert import contract
     from coreml_convert.mil_exec import load_program
 
     data = json.loads((decode_export / MANIFEST_FILE).read_text())
@@ -171,7 +202,7 @@ def test_manifest_lists_every_function_of_llm_decode(decode_export, tiny_ckpt):
     cfg = tiny_ckpt.config
     prefill = c["function_io"]["prefill"]
     assert [t["name"] for t in prefill["inputs"]] == ["input_ids", "image_embeds", "image_offset", "position"]
-    assert prefill["inputs"][0]["shape"] == [1, llm_decode.chunk_length(cfg)]
+    assert prefill["inputs"][0]["shape"] == [1, contract.chunk_length(cfg)] == [1, 64]
     assert prefill["inputs"][1]["shape"] == [1, cfg.llm.hidden_size, 1, cfg.vision.num_tokens]
     assert [t["name"] for t in prefill["outputs"]] == ["hidden_states"]
     program = load_program(decode_export / c["file"])
@@ -252,7 +283,7 @@ def test_validate_schema_errors_and_missing_manifest(export, tmp_path):
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory, tiny_ckpt_dir):
-    from ios_bridge.golden import write_goldens
+    from golden import write_goldens
 
     return write_goldens(tmp_path_factory.mktemp("golden"), model=str(tiny_ckpt_dir))
 
@@ -302,7 +333,7 @@ def test_golden_sampler_is_diffusers(golden):
 def test_golden_generation_runs_the_python_pipeline(golden):
     """The fake-runner generation goldens come from mlx_model.pipeline.GenerationPipeline;
     re-derive the final image from the recorded latents with the same fakes."""
-    from ios_bridge.golden import fake_vae
+    from golden import fake_vae
 
     g = json.loads((golden / "pipeline.json").read_text())
     cfg_shape = json.loads((golden / "export" / "manifest.json").read_text())["pipeline"]["latent_shape"]
@@ -320,7 +351,7 @@ def test_golden_generation_runs_the_python_pipeline(golden):
 
 
 def test_golden_export_copies_a_validated_conversion(export, tmp_path, tiny_ckpt):
-    from ios_bridge.golden import write_export
+    from golden import write_export
     from weights.errors import MobileOError
 
     manifest = write_export(tiny_ckpt, tmp_path / "copy", export)
@@ -332,6 +363,6 @@ def test_golden_export_copies_a_validated_conversion(export, tmp_path, tiny_ckpt
 
 
 def test_golden_cli_exits_cleanly_on_bad_model(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ios_bridge.golden", str(tmp_path / "g"), "--model",
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "golden.py"), str(tmp_path / "g"), "--model",
                         str(tmp_path / "nope")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -1,4 +1,4 @@
-"""Image preprocessing vs transformers' CLIPImageProcessor (Mobile-O's config, mobile-o.md section 6)
+"""Image preprocessing vs transformers' CLIPImageProcessor (Mobile-O's config, docs/model-facts.md section 6)
 on real photographs (skimage.data) of several sizes and modes.
 
 Reference = expand2square with black, then CLIPImageProcessor(shortest_edge S, bicubic, center

@@ -1,5 +1,5 @@
 """Prompt templates equal the literal texts of Mobile-O's conversation "qwen_2"
-(shared/reference/mobile-o.md section 6), written out here rather than rebuilt."""
+(docs/model-facts.md section 6), written out here rather than rebuilt."""
 
 from weights import prompts
 

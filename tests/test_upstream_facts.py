@@ -71,6 +71,7 @@ def test_stop_token_is_the_tokenizers_eos(tiny_ckpt_dir, tmp_path):
     pytest.importorskip("tokenizers")
     from mlx_model.tokenizer import Tokenizer
     from weights import prompts
+    from weights.tokenizer import eos_token
 
     folder = tmp_path / "tok"
     shutil.copytree(tiny_ckpt_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -79,6 +80,7 @@ def test_stop_token_is_the_tokenizers_eos(tiny_ckpt_dir, tmp_path):
     cfg["eos_token"] = {"content": prompts.PAD_TOKEN, "special": True}
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert Tokenizer(folder).eos_id == Tokenizer(folder).token_id(prompts.PAD_TOKEN)
+    assert eos_token(folder) == prompts.PAD_TOKEN  # what the manifest's "eos" role carries
 
 
 def test_understanding_samples_with_top_k(tiny_ckpt):

@@ -114,6 +114,19 @@ def write_tokenizer(folder: str | Path, vocab: dict[str, int], merges: list[tupl
     return n
 
 
+def eos_token(folder: str | Path) -> str:
+    """The ``eos_token`` of a tokenizer folder's tokenizer_config.json (a string or an
+    AddedToken dict): where Mobile-O's decoding stops (``tokenizer.eos_token_id``).  Qwen2's
+    end-of-turn token when the file or the field is missing."""
+    try:
+        value = json.loads((Path(folder) / "tokenizer_config.json").read_text()).get("eos_token")
+    except (OSError, ValueError, AttributeError):
+        return EOS_TOKEN
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else EOS_TOKEN
+
+
 def qwen_tiktoken_path() -> Path | None:
     """The real Qwen ranks shipped by the ``dashscope`` package, when installed."""
     try:

@@ -7,7 +7,9 @@ Bundle I/O (batch 2 = [unconditional, conditional] for classifier-free guidance)
   encoder_attention_mask (2, S)           1 = real token, 0 = padding (exactly diffusers'
                                           ``encoder_attention_mask``: bias (1 - m) * -1e4)
   -> velocity            (2, C, H, W)
-S is one of :func:`sequence_lengths` (enumerated shapes; the app pads to the next size).
+S is one of ``contract.sequence_lengths`` (enumerated shapes; the app pads to the next size);
+the I/O is ``contract.dit_io``.  The feed-forward's GLUMBConv is shared with the DC-AE
+decoder (``coreml_convert.ane``).
 Inside: tokens as (B, D, 1, N), 1x1 convs for every Linear, channel-axis norms, SANA's ReLU
 linear self-attention and the softmax cross-attention per head (heads on their own axis,
 (B, H, d, N): 36 + 16 heads x 28 blocks as separate einsums would be ~10k ops), the linear
@@ -28,11 +30,10 @@ from weights.configs import DiTConfig
 from weights.torch_map import load_torch
 
 from .. import ane, convert
-from ..spec import ComponentSpec, TensorSpec, sequence_lengths
+from ..contract import CFG_BATCH, dit_io, sequence_lengths
+from ..spec import ComponentSpec
 
-NAME = "dit"
 TIME_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
-CFG_BATCH = 2
 
 
 class Timesteps(nn.Module):
@@ -131,28 +132,6 @@ class CrossAttention(nn.Module):
         return self.to_out[0](out)
 
 
-class GLUMBConv(nn.Module):
-    """Inverted 1x1 conv, SiLU, depthwise 3x3, gated SiLU, pointwise 1x1 (on (B, C, H, W))."""
-
-    def __init__(self, in_channels: int, out_channels: int, expand_ratio: float, rms_norm: bool = False,
-                 residual: bool = False):
-        super().__init__()
-        hidden = int(expand_ratio * in_channels)
-        self.conv_inverted = nn.Conv2d(in_channels, hidden * 2, 1)
-        self.conv_depth = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2)
-        self.conv_point = nn.Conv2d(hidden, out_channels, 1, bias=False)
-        self.norm = ane.RMSNorm(out_channels, eps=DiTConfig.GLUMB_NORM_EPS, bias=True) if rms_norm else None
-        self.residual = residual
-
-    def forward(self, x):
-        h = self.conv_depth(F.silu(self.conv_inverted(x)))
-        h, gate = h.chunk(2, dim=1)
-        h = self.conv_point(h * F.silu(gate))
-        if self.norm is not None:
-            h = self.norm(h)
-        return h + x if self.residual else h
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -164,7 +143,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = ane.LayerNorm(dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_elementwise_affine)
         self.attn2 = CrossAttention(dim, cfg.cross_attention_dim, cfg.num_cross_attention_heads,
                                     cfg.cross_attention_head_dim)
-        self.ff = GLUMBConv(dim, dim, cfg.mlp_ratio)
+        self.ff = ane.GLUMBConv(dim, dim, cfg.mlp_ratio)
         self.scale_shift_table = nn.Parameter(torch.zeros(6, dim))
 
     def forward(self, x, context, bias, t6, height: int, width: int):
@@ -183,9 +162,7 @@ class SanaDiT(nn.Module):
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
-        if cfg.guidance_embeds or cfg.qk_norm or cfg.interpolation_scale is not None:
-            raise NotImplementedError("guidance_embeds / qk_norm / positional embeddings are not used by "
-                                      "Mobile-O's SANA and not supported by this Core ML export")
+        cfg.check_supported()  # ConfigError (one line + fix) for variants Mobile-O's SANA does not use
         dim = cfg.inner_dim
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.in_channels, dim, cfg.patch_size)
@@ -250,21 +227,6 @@ def example_inputs(cfg: DiTConfig, length: int, seed: int = 0, timestep: float =
     }
 
 
-def io_specs(cfg: DiTConfig, lengths: tuple[int, ...]) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    s, c = cfg.sample_size, cfg.in_channels
-    enum3 = {3: lengths} if len(lengths) > 1 else None
-    enum1 = {1: lengths} if len(lengths) > 1 else None
-    inputs = [
-        TensorSpec("latent", (CFG_BATCH, c, s, s), "float16", "B,C,H,W"),
-        TensorSpec("timestep", (CFG_BATCH,), "float32", "B"),
-        TensorSpec("encoder_hidden_states", (CFG_BATCH, cfg.caption_channels, 1, lengths[0]), "float16",
-                   "B,C,1,S", enum3),
-        TensorSpec("encoder_attention_mask", (CFG_BATCH, lengths[0]), "float16", "B,S", enum1),
-    ]
-    outputs = [TensorSpec("velocity", (CFG_BATCH, cfg.out_channels, s, s), "float16", "B,C,H,W")]
-    return inputs, outputs
-
-
 def timestep_fp32_selector(input_name: str = "timestep"):
     """An FP16ComputePrecision op selector: False (the op stays fp32) for the ops between the
     timestep input and its first Linear — the sinusoid's argument t*f reaches 1000 rad, where
@@ -302,22 +264,22 @@ def build_spec(ckpt, seed: int = 0, lengths: tuple[int, ...] | None = None, laye
     from weights import upstream
 
     cfg = ckpt.config.dit
-    tensors = ckpt.load("dit")
     if layers is not None:
         cfg = cfg.replace(num_layers=layers)
+    module = SanaDiT(cfg).eval()  # checks the config before any tensor is read
+    tensors = ckpt.load("dit")
+    if layers is not None:
         tensors = {k: v for k, v in tensors.items()
                    if not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < layers}
     lengths = lengths or sequence_lengths(ckpt.config)
-    module = SanaDiT(cfg).eval()
     load_torch(module, ckpt, "dit", tensors=tensors)
     ref = upstream.build("dit", replace(ckpt.config, dit=cfg), tensors)
     del tensors
-    inputs, outputs = io_specs(cfg, lengths)
     spec = ComponentSpec(
-        name=NAME, module=module,
+        module=module,
         example_inputs=example_inputs(cfg, lengths[0], seed),
         reference=lambda x: reference_forward(ref, x),
-        inputs=inputs, outputs=outputs,
+        io=dit_io(ckpt.config, lengths),
     )
     spec.convert = lambda precision: convert.convert(
         spec, precision, op_selector=timestep_fp32_selector() if precision == "fp16" else None)

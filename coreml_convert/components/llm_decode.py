@@ -1,10 +1,10 @@
 """llm_decode: Qwen2 with a stateful KV cache (iOS 18 ``ct.StateType``) for understanding.
 
 One multifunction bundle, the two functions sharing every weight (``save_multifunction``)
-and the same two states (each function's I/O, from :func:`function_io`, goes to the manifest
-as the component's ``function_io``):
+and the same two states (each function's I/O, ``contract.llm_decode_io``, goes to the
+manifest as the component's ``function_io``):
 
-  key_cache, value_cache  (layers, kv_heads*head_dim, 1, T) float16   T = context_length()
+  key_cache, value_cache  (layers, kv_heads*head_dim, 1, T) float16   T = contract.context_length()
 
   "prefill"  input_ids (1, P) int32, image_embeds (1, hidden, 1, N) float16,
              image_offset (1,) int32, position (1,) int32
@@ -33,38 +33,19 @@ import copy
 import shutil
 import tempfile
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from coreml_convert.ane_qwen2 import Qwen2ANE, RopeTable, causal_bias
-from coreml_convert.components.llm_prefill import place_image
-from coreml_convert.spec import ComponentSpec, TensorSpec, sequence_lengths
+from coreml_convert.ane_qwen2 import Qwen2ANE, RopeTable, causal_bias, place_image
+from coreml_convert.contract import DECODE_FUNCTIONS as FUNCTIONS
+from coreml_convert.contract import DECODE_INPUTS as ARGS  # also the traced argument order
+from coreml_convert.contract import cache_shape, chunk_length, llm_decode_io
+from coreml_convert.spec import ComponentSpec
 from weights.configs import MobileOConfig
-from weights.prompts import MAX_PROMPT_TOKENS
-
-FUNCTIONS = ("decode", "prefill")  # the first is the bundle's default function
-ARGS = {"decode": ("input_ids", "position"),  # traced argument order per function
-        "prefill": ("input_ids", "image_embeds", "image_offset", "position")}
-STATE_ALIGN = 32  # cache length multiple (Neural Engine state dims; deployment.md)
-
-
-def context_length(cfg: MobileOConfig) -> int:
-    """Cache slots: the longest prompt plus the default answer length, rounded up to 32."""
-    n = MAX_PROMPT_TOKENS + cfg.defaults.max_new_tokens
-    return -(-n // STATE_ALIGN) * STATE_ALIGN
-
-
-def chunk_length(cfg: MobileOConfig) -> int:
-    """Tokens per "prefill" call (the shortest llm_prefill length)."""
-    return sequence_lengths(cfg)[0]
-
-
-def cache_shape(cfg: MobileOConfig) -> tuple[int, int, int, int]:
-    llm = cfg.llm
-    return (llm.num_hidden_layers, llm.num_key_value_heads * llm.head_dim, 1, context_length(cfg))
 
 
 class CachedQwen2(nn.Module):
@@ -119,27 +100,6 @@ class CachedQwen2(nn.Module):
         (position,) = args
         h = self.step(self.core.embed(input_ids), position)
         return self.core.logits(h)[:, :, 0, :].reshape(1, -1)
-
-
-# ---------------------------------------------------------------------- I/O specs
-
-
-def function_io(cfg: MobileOConfig) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
-    """{function: (inputs in ARGS order, outputs)}."""
-    hidden, n, p, v = cfg.llm.hidden_size, cfg.vision.num_tokens, chunk_length(cfg), cfg.llm.vocab_size
-    specs = {"position": TensorSpec("position", (1,), "int32", "1"),
-             "image_embeds": TensorSpec("image_embeds", (1, hidden, 1, n), "float16", "B,C,1,N"),
-             "image_offset": TensorSpec("image_offset", (1,), "int32", "1")}
-    length = {"decode": 1, "prefill": p}
-    outputs = {"decode": [TensorSpec("logits", (1, v), "float16", "B,V")],
-               "prefill": [TensorSpec("hidden_states", (1, hidden, 1, p), "float16", "B,C,1,S")]}
-    return {fn: ([specs.get(a) or TensorSpec(a, (1, length[fn]), "int32", "B,S") for a in ARGS[fn]],
-                 outputs[fn]) for fn in FUNCTIONS}
-
-
-def state_specs(cfg: MobileOConfig) -> list[TensorSpec]:
-    shape = cache_shape(cfg)
-    return [TensorSpec(name, shape, "float16", "L,C,1,T") for name in ("key_cache", "value_cache")]
 
 
 # ---------------------------------------------------------------------- the call sequence
@@ -228,14 +188,15 @@ def convert_multifunction(module: CachedQwen2, cfg: MobileOConfig, sequence: lis
 
     from coreml_convert import convert as cv
 
-    states = state_specs(cfg)
+    bundle = llm_decode_io(cfg)
     examples = {fn: inputs for fn, inputs in reversed(sequence)}
     tmp = Path(tempfile.mkdtemp(prefix="llm_decode."))
     try:
         desc = ct.utils.MultiFunctionDescriptor()
-        for fn, (inputs, outputs) in function_io(cfg).items():
-            spec = ComponentSpec(name="llm_decode", module=module.with_mode(fn), example_inputs=examples[fn],
-                                 reference=lambda _: {}, inputs=inputs, outputs=outputs, states=states)
+        for fn, io in bundle.function_io.items():
+            one = replace(bundle, inputs=io["inputs"], outputs=io["outputs"], functions=("main",), function_io={})
+            spec = ComponentSpec(module=module.with_mode(fn), example_inputs=examples[fn],
+                                 reference=lambda _: {}, io=one)
             cv.save_atomic(cv.convert(spec, precision), tmp, f"{fn}.mlpackage")
             desc.add_function(str(tmp / f"{fn}.mlpackage"), src_function_name="main", target_function_name=fn)
         desc.default_function_name = FUNCTIONS[0]
@@ -280,10 +241,7 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
         return model
 
     run_calls(module, sequence)
-    io = {fn: {"inputs": inputs, "outputs": outputs} for fn, (inputs, outputs) in function_io(cfg).items()}
     return ComponentSpec(
-        name="llm_decode", module=module, example_inputs=sequence[-1][1], reference=reference,
-        inputs=io[FUNCTIONS[0]]["inputs"], outputs=io[FUNCTIONS[0]]["outputs"], states=state_specs(cfg),
-        functions=FUNCTIONS, function_io=io, convert=convert,
-        program_check=lambda path: {"logits": run_program_calls(path, sequence)[-1:]},
+        module=module, example_inputs=sequence[-1][1], reference=reference, io=llm_decode_io(cfg),
+        convert=convert, program_check=lambda path: {"logits": run_program_calls(path, sequence)[-1:]},
     )

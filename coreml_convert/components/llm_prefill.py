@@ -1,7 +1,8 @@
 """llm_prefill: a whole prompt through Qwen2 -> the hidden states the MCP fuses
 (image generation and editing).
 
-Inputs (one right-padded prompt of L tokens, L one of ``spec.sequence_lengths``):
+Inputs (one right-padded prompt of L tokens, L one of ``contract.sequence_lengths``;
+the I/O is ``contract.llm_prefill_io``):
   input_ids      (1, L) int32    token ids; the N image columns may hold any id (replaced)
   attention_mask (1, L) float16  1 = real token, 0 = padding (combined with causal, -1e4)
   image_embeds   (1, hidden, 1, N) float16   vision_encoder output; zeros when no image
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from coreml_convert.ane_qwen2 import Qwen2ANE, RopeTable, causal_bias
-from coreml_convert.spec import ComponentSpec, TensorSpec, sequence_lengths
+from coreml_convert.ane_qwen2 import Qwen2ANE, RopeTable, causal_bias, place_image
+from coreml_convert.contract import llm_prefill_io, sequence_lengths
+from coreml_convert.spec import ComponentSpec
 
 
 class Prefill(nn.Module):
@@ -45,15 +47,6 @@ class Prefill(nn.Module):
 
 
 # ---------------------------------------------------------------------- reference
-
-
-def place_image(embeds: np.ndarray, image: np.ndarray, offset: int) -> np.ndarray:
-    """(L, C) token embeddings with image rows (N, C) written at rows offset + i (clipped)."""
-    out = embeds.copy()
-    for i in range(image.shape[0]):
-        if 0 <= offset + i < out.shape[0]:
-            out[offset + i] = image[i]
-    return out
 
 
 def reference(ckpt, num_states: int):
@@ -93,18 +86,11 @@ def example_inputs(cfg, length: int, rng: np.random.Generator, image: bool = Tru
 def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     cfg = ckpt.config
     lengths = sequence_lengths(cfg)
-    length, hidden, n, k = lengths[0], cfg.llm.hidden_size, cfg.vision.num_tokens, cfg.mcp.num_layers
+    k = cfg.mcp.num_layers
     module = Prefill(Qwen2ANE.from_checkpoint(ckpt), k, lengths[-1]).eval()
-    seq = {1: lengths}
     return ComponentSpec(
-        name="llm_prefill",
         module=module,
-        example_inputs=example_inputs(cfg, length, np.random.default_rng(seed)),
+        example_inputs=example_inputs(cfg, lengths[0], np.random.default_rng(seed)),
         reference=reference(ckpt, k),
-        inputs=[TensorSpec("input_ids", (1, length), "int32", "B,S", seq),
-                TensorSpec("attention_mask", (1, length), "float16", "B,S", seq),
-                TensorSpec("image_embeds", (1, hidden, 1, n), "float16", "B,C,1,N"),
-                TensorSpec("image_offset", (1,), "int32", "1")],
-        outputs=[TensorSpec("hidden_states", (k, hidden, 1, length), "float16", "K,C,1,S",
-                            {3: lengths})],
+        io=llm_prefill_io(cfg),
     )

@@ -6,7 +6,7 @@ zeros — Mobile-O's unconditional branch is MCP(zeros_like(h)) at the same leng
                                 (oldest first; the last one after the final norm)
   attention_mask (1, S)         1 = real token, 0 = right padding
   -> conditioning (1, Cc, 1, S) the DiT's encoder_hidden_states; padded positions are 0
-S is one of spec.sequence_lengths (enumerated shapes).  On the real tokens the result equals
+S is one of ``contract.sequence_lengths`` (enumerated shapes); the I/O is ``contract.mcp_io``.  On the real tokens the result equals
 the reference MCP run on the unpadded sequence: padding is zeroed before every sequence
 convolution (= the convolution's own zero padding) and the channel attention's sequence mean
 is a masked mean.
@@ -23,9 +23,8 @@ from weights.configs import MCPConfig
 from weights.torch_map import load_torch
 
 from .. import ane
-from ..spec import ComponentSpec, TensorSpec, sequence_lengths
-
-NAME = "mcp"
+from ..contract import mcp_io, sequence_lengths
+from ..spec import ComponentSpec
 
 
 class DepthwiseSeparable(nn.Module):
@@ -124,13 +123,9 @@ def build_spec(ckpt, seed: int = 0, lengths: tuple[int, ...] | None = None) -> C
     module = MCP(cfg).eval()
     load_torch(module, ckpt, "mcp", tensors=tensors)
     ref = mcp_reference.build(cfg, tensors)
-    enum3 = {3: lengths} if len(lengths) > 1 else None
-    enum1 = {1: lengths} if len(lengths) > 1 else None
     return ComponentSpec(
-        name=NAME, module=module,
+        module=module,
         example_inputs=example_inputs(cfg, lengths[0], seed),
         reference=lambda x: reference_forward(ref, x),
-        inputs=[TensorSpec("hidden_states", (cfg.num_layers, cfg.in_dim, 1, lengths[0]), "float16", "K,C,1,S", enum3),
-                TensorSpec("attention_mask", (1, lengths[0]), "float16", "B,S", enum1)],
-        outputs=[TensorSpec("conditioning", (1, cfg.out_dim, 1, lengths[0]), "float16", "B,C,1,S", enum3)],
+        io=mcp_io(ckpt.config, lengths),
     )

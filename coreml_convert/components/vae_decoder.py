@@ -8,6 +8,10 @@ Bundle I/O:
 The decoder is convolutional already (B, C, H, W); its Linear layers become 1x1 convs, its
 RMSNorms run over the channel axis, and the multi-scale ReLU linear attention runs per head
 (heads on their own axis) with fp16-safe scaling (up to 4096 positions per head at 512 px).
+Built for the DC-AE variants ``VAEConfig.check_supported`` accepts (SANA's f32c32 and its
+reduced relatives: nearest-interpolate upsampling, both shortcuts, RMSNorm); others raise a
+ConfigError.  The I/O is ``contract.vae_decoder_io``; the GLUMBConv of the EfficientViT blocks
+is shared with the DiT (``coreml_convert.ane``).
 """
 
 from __future__ import annotations
@@ -17,20 +21,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights.configs import RES_BLOCK, VIT_BLOCK, VAEConfig
+from weights import layout
+from weights.configs import RES_BLOCK, VAEConfig, per_block
 from weights.torch_map import load_torch
 
 from .. import ane
-from ..spec import ComponentSpec, TensorSpec
-from .dit import GLUMBConv
+from ..contract import vae_decoder_io
+from ..spec import ComponentSpec
 
-NAME = "vae_decoder"
-PREFIX = "decoder."  # the VAE component's decoder tensors
-RES, VIT = RES_BLOCK, VIT_BLOCK
-
-
-def _per_block(value, n: int) -> tuple:
-    return (value,) * n if isinstance(value, str) else tuple(value)
+ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "relu6": F.relu6, "gelu": F.gelu}
+assert tuple(ACTIVATIONS) == VAEConfig.ACTIVATIONS  # what check_supported lets through
 
 
 class ResBlock(nn.Module):
@@ -42,15 +42,8 @@ class ResBlock(nn.Module):
         self.act = act
 
     def forward(self, x):
-        h = self.conv2(_activation(self.act)(self.conv1(x)))
+        h = self.conv2(ACTIVATIONS[self.act](self.conv1(x)))
         return self.norm(h) + x
-
-
-def _activation(name: str):
-    acts = {"silu": F.silu, "relu": F.relu, "relu6": F.relu6, "gelu": F.gelu}
-    if name not in acts:
-        raise NotImplementedError(f"DC-AE activation {name!r} is not supported by the Core ML export")
-    return acts[name]
 
 
 class MultiscaleProjection(nn.Module):
@@ -99,7 +92,7 @@ class EfficientViTBlock(nn.Module):
     def __init__(self, channels: int, head_dim: int, kernel_sizes: tuple[int, ...]):
         super().__init__()
         self.attn = MultiscaleLinearAttention(channels, head_dim, kernel_sizes)
-        self.conv_out = GLUMBConv(channels, channels, 4, rms_norm=True, residual=True)
+        self.conv_out = ane.GLUMBConv(channels, channels, VAEConfig.GLU_EXPAND_RATIO, rms_norm=True, residual=True)
 
     def forward(self, x):
         return self.conv_out(self.attn(x))
@@ -112,47 +105,38 @@ def _repeat_channels(x: torch.Tensor, repeats: int) -> torch.Tensor:
 
 
 class UpBlock(nn.Module):
-    """diffusers DCUpBlock2d (nearest-interpolate or pixel-shuffle, with the shortcut)."""
+    """diffusers DCUpBlock2d with nearest-interpolate upsampling and the shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, interpolate: bool):
+    def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.interpolate = interpolate
         self.repeats = out_channels * 4 // in_channels
-        self.conv = nn.Conv2d(in_channels, out_channels if interpolate else out_channels * 4, 3, padding=1)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x):
-        if self.interpolate:
-            h = self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-        else:
-            h = F.pixel_shuffle(self.conv(x), 2)
+        h = self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
         return h + F.pixel_shuffle(_repeat_channels(x, self.repeats), 2)
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
+        cfg.check_supported()  # ConfigError (one line + fix) for DC-AE variants not built here
         ch, layers = cfg.decoder_block_out_channels, cfg.decoder_layers_per_block
         n = len(ch)
-        types = _per_block(cfg.decoder_block_types, n)
-        norms = _per_block(cfg.decoder_norm_types, n)
-        acts = _per_block(cfg.decoder_act_fns, n)
-        if any(t != "rms_norm" for t in norms) or layers[0] == 0:
-            raise NotImplementedError("this DC-AE decoder variant (norm types / empty first stage) is not "
-                                      "supported by the Core ML export")
+        types = per_block(cfg.decoder_block_types, n)
+        acts = per_block(cfg.decoder_act_fns, n)
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
-        self.in_shortcut_repeats = ch[-1] // cfg.latent_channels if cfg.decoder_in_shortcut else 0
+        self.in_shortcut_repeats = ch[-1] // cfg.latent_channels
         blocks = []
         for i in range(n):
             seq = []
             if i < n - 1 and layers[i] > 0:
-                seq.append(UpBlock(ch[i + 1], ch[i], cfg.upsample_block_type == "interpolate"))
+                seq.append(UpBlock(ch[i + 1], ch[i]))
             for _ in range(layers[i]):
-                if types[i] == RES:
+                if types[i] == RES_BLOCK:
                     seq.append(ResBlock(ch[i], acts[i]))
-                elif types[i] == VIT:
+                else:  # VIT_BLOCK (check_supported)
                     seq.append(EfficientViTBlock(ch[i], cfg.attention_head_dim, tuple(cfg.decoder_qkv_multiscales[i])))
-                else:
-                    raise NotImplementedError(f"DC-AE block type {types[i]!r} is not supported")
             blocks.append(nn.Sequential(*seq))
         self.up_blocks = nn.ModuleList(blocks)
         self.norm_out = ane.RMSNorm(ch[0], eps=VAEConfig.NORM_EPS, bias=True)
@@ -160,12 +144,10 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)
 
     def forward(self, z):
-        x = self.conv_in(z)
-        if self.in_shortcut_repeats:
-            x = x + _repeat_channels(z, self.in_shortcut_repeats)
+        x = self.conv_in(z) + _repeat_channels(z, self.in_shortcut_repeats)
         for block in reversed(self.up_blocks):
             x = block(x)
-        return self.conv_out(_activation(self.conv_act)(self.norm_out(x)))
+        return self.conv_out(ACTIVATIONS[self.conv_act](self.norm_out(x)))
 
 
 class VAEDecoder(nn.Module):
@@ -198,19 +180,15 @@ def build_spec(ckpt, seed: int = 0, latent_size: int | None = None) -> Component
 
     config = ckpt.config
     cfg = config.vae
-    size = latent_size or config.dit.sample_size
-    tensors = ckpt.load("vae")
-    module = VAEDecoder(cfg).eval()
-    load_torch(module, ckpt, "vae", prefix=PREFIX, tensors=tensors)
-    ref = upstream.build("vae", config, tensors)
-    del tensors
+    io = vae_decoder_io(config, latent_size)
+    module = VAEDecoder(cfg).eval()  # checks the config before any tensor is read
+    load_torch(module, ckpt, "vae", tensors=ckpt.load_used("vae", prefix=layout.VAE_DECODER))
+    ref = upstream.build("vae", config, ckpt.load("vae"))  # diffusers loads encoder and decoder
     ref.encoder = None  # only decode() is compared; drop the encoder's weights
-    factor = cfg.spatial_compression
-    latent = np.random.default_rng(seed).standard_normal((1, cfg.latent_channels, size, size)).astype(np.float32)
+    latent = np.random.default_rng(seed).standard_normal(io.inputs[0].shape).astype(np.float32)
     return ComponentSpec(
-        name=NAME, module=module,
+        module=module,
         example_inputs={"latent": latent},
         reference=lambda x: reference_forward(ref, cfg.scaling_factor, x),
-        inputs=[TensorSpec("latent", latent.shape, "float16", "B,C,H,W")],
-        outputs=[TensorSpec("image", (1, cfg.in_channels, size * factor, size * factor), "float16", "B,3,H,W")],
+        io=io,
     )

@@ -7,6 +7,8 @@ activations with 1x1 convolutions for the projections, a channel-axis LayerNorm 
 per-head attention.  Parameter names are Apple's checkpoint names (``patch_embed.0.
 reparam_conv.weight``, ``network.7.0.token_mixer.qkv.weight``) and the projector's
 (``0.weight`` ...), so ``weights.torch_map`` loads the checkpoint with no key table.
+Apple's CLIP head (``weights.layout.UNUSED``) is not part of the bundle: the tower loads
+``Checkpoint.load_used``.  The I/O is ``contract.vision_encoder_io``.
 Reference (gate 1): timm ``fastvit_mci3.forward_features`` -> tokens -> the upstream
 projector (``weights.upstream``).
 """
@@ -18,10 +20,10 @@ import torch
 import torch.nn as nn
 
 from coreml_convert import ane
-from coreml_convert.spec import ComponentSpec, TensorSpec
+from coreml_convert.contract import vision_encoder_io
+from coreml_convert.spec import ComponentSpec
 from weights.configs import VisionConfig
-from weights.vision import BLOCKS, DOWNSAMPLE, HEAD_PROJ, POS_EMB
-
+from weights.vision import BLOCKS, DOWNSAMPLE, POS_EMB
 
 
 class ConvAct(nn.Module):
@@ -41,7 +43,7 @@ class ConvNorm(nn.Module):
     def __init__(self, dim: int, k: int):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, k, 1, k // 2, groups=dim, bias=False)
-        self.bn = nn.BatchNorm2d(dim)
+        self.bn = nn.BatchNorm2d(dim, eps=VisionConfig.BN_EPS)
 
     def forward(self, x):
         return self.bn(self.conv(x))
@@ -175,8 +177,7 @@ class VisionEncoder(nn.Module):
 
         cfg = ckpt.config
         module = cls(cfg.vision, cfg.mm_hidden_size, cfg.llm.hidden_size)
-        vision = {k: v for k, v in ckpt.load("vision").items() if k != HEAD_PROJ}  # unused head
-        load_torch(module.tower, ckpt, "vision", tensors=vision)
+        load_torch(module.tower, ckpt, "vision", tensors=ckpt.load_used("vision"))  # no CLIP head
         load_torch(module.projector, ckpt, "projector")
         return module.eval()
 
@@ -206,14 +207,11 @@ def reference(ckpt):
 
 
 def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
-    cfg = ckpt.config
-    s, n, hidden = cfg.vision.image_size, cfg.vision.num_tokens, cfg.llm.hidden_size
-    image = np.random.default_rng(seed).uniform(0, 1, (1, 3, s, s)).astype(np.float32)
+    io = vision_encoder_io(ckpt.config)
+    image = np.random.default_rng(seed).uniform(0, 1, io.inputs[0].shape).astype(np.float32)
     return ComponentSpec(
-        name="vision_encoder",
         module=VisionEncoder.from_checkpoint(ckpt),
         example_inputs={"image": image},
         reference=reference(ckpt),
-        inputs=[TensorSpec("image", (1, 3, s, s), "float16", "B,3,H,W")],
-        outputs=[TensorSpec("image_features", (1, hidden, 1, n), "float16", "B,C,1,S")],
+        io=io,
     )

@@ -115,9 +115,10 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var guidance: Double
         public var temperature: Double
         public var topP: Double
+        public var topK: Int?  // absent in older manifests: off
         public var maxNewTokens: Int
         enum CodingKeys: String, CodingKey {
-            case steps, guidance, temperature, topP = "top_p", maxNewTokens = "max_new_tokens"
+            case steps, guidance, temperature, topP = "top_p", topK = "top_k", maxNewTokens = "max_new_tokens"
         }
     }
 
@@ -355,6 +356,7 @@ extension Manifest.Pipeline {
         if defaults.steps < 1 { throw fail("pipeline.defaults.steps must be >= 1.", fix) }
         if !(defaults.topP > 0 && defaults.topP <= 1) { throw fail("pipeline.defaults.top_p must be in (0, 1].", fix) }
         if defaults.temperature < 0 { throw fail("pipeline.defaults.temperature must be >= 0.", fix) }
+        if (defaults.topK ?? 0) < 0 { throw fail("pipeline.defaults.top_k must be >= 0.", fix) }
         for (key, text, slot) in [("chat", prompts.chat, "{qs}"), ("generation", prompts.generation, "{prompt}"),
                                   ("understanding", prompts.understanding, "{question}"),
                                   ("editing", prompts.editing, "{instruction}")] where !text.contains(slot) {

@@ -44,9 +44,12 @@ public final class MobileOPipeline {
         public var maxNewTokens: Int?    // nil: manifest default
         public var temperature: Double?  // nil: manifest default; 0 = greedy
         public var topP: Double?         // nil: manifest default
+        public var topK: Int?            // nil: manifest default; 0 = off
         public var seed: UInt64 = 0
-        public init(maxNewTokens: Int? = nil, temperature: Double? = nil, topP: Double? = nil, seed: UInt64 = 0) {
-            self.maxNewTokens = maxNewTokens; self.temperature = temperature; self.topP = topP; self.seed = seed
+        public init(maxNewTokens: Int? = nil, temperature: Double? = nil, topP: Double? = nil, topK: Int? = nil,
+                    seed: UInt64 = 0) {
+            self.maxNewTokens = maxNewTokens; self.temperature = temperature; self.topP = topP; self.topK = topK
+            self.seed = seed
         }
     }
 
@@ -100,10 +103,12 @@ public final class MobileOPipeline {
         }
         let maxTokens = options.maxNewTokens ?? d.maxNewTokens
         let temperature = options.temperature ?? d.temperature, topP = options.topP ?? d.topP
+        let topK = options.topK ?? d.topK ?? 0
         guard maxTokens >= 1 else { throw MobileOError(.pipeline, "maxNewTokens must be at least 1, got \(maxTokens).") }
         guard temperature >= 0 else { throw MobileOError(.pipeline, "temperature must be >= 0, got \(temperature).", fix: "use 0 for greedy decoding.") }
         guard topP > 0 && topP <= 1 else { throw MobileOError(.pipeline, "topP must be in (0, 1], got \(topP).", fix: "use 1 to turn it off.") }
-        var sampler = TokenSampler(temperature: temperature, topP: topP, seed: options.seed)
+        guard topK >= 0 else { throw MobileOError(.pipeline, "topK must be >= 0, got \(topK).", fix: "use 0 to turn it off.") }
+        var sampler = TokenSampler(temperature: temperature, topP: topP, topK: topK, seed: options.seed)
         var logits = try runners.llm.prefill(prompt)
         var out = [Int](), shown = ""
         for n in 0..<maxTokens {
@@ -122,7 +127,9 @@ public final class MobileOPipeline {
             try check(progress, .token(id: next, text: piece))
             if n + 1 < maxTokens { logits = try runners.llm.decode(next) }
         }
-        return Answer(text: tokenizer.decode(out, skipSpecialTokens: true), ids: out, promptIds: try flat(prompt))
+        // Mobile-O's answer: special tokens skipped, surrounding whitespace stripped
+        let answer = tokenizer.decode(out, skipSpecialTokens: true).trimmingCharacters(in: .whitespacesAndNewlines)
+        return Answer(text: answer, ids: out, promptIds: try flat(prompt))
     }
 
     // MARK: - shared steps
@@ -219,14 +226,16 @@ public final class MobileOPipeline {
 }
 
 /// Next-token choice: greedy at temperature 0, else softmax(logits / T) with optional
-/// nucleus (top-p) filtering, drawn from a seeded generator.
+/// top-k (0 = off; Mobile-O's default 50 is transformers') and nucleus (top-p) filtering,
+/// drawn from a seeded generator.
 public struct TokenSampler {
     public var temperature: Double
     public var topP: Double
+    public var topK: Int
     private var rng: GaussianNoise
 
-    public init(temperature: Double, topP: Double = 1, seed: UInt64 = 0) {
-        self.temperature = temperature; self.topP = topP; rng = GaussianNoise(seed: seed)
+    public init(temperature: Double, topP: Double = 1, topK: Int = 0, seed: UInt64 = 0) {
+        self.temperature = temperature; self.topP = topP; self.topK = topK; rng = GaussianNoise(seed: seed)
     }
 
     public mutating func sample(_ logits: [Float]) -> Int {
@@ -236,6 +245,10 @@ public struct TokenSampler {
         let total = probs.reduce(0, +)
         probs = probs.map { $0 / total }
         var order = Array(probs.indices)
+        if topK > 0 && topK < order.count {  // ties at the k-th value stay in
+            let kth = order.map { probs[$0] }.sorted(by: >)[topK - 1]
+            order = order.filter { probs[$0] >= kth }
+        }
         if topP < 1 {
             order.sort { probs[$0] > probs[$1] }
             var cum = 0.0, keep = 0

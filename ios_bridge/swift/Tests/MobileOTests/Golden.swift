@@ -2,14 +2,14 @@ import Foundation
 import XCTest
 @testable import MobileO
 
-/// The golden vectors written by `python -m ios_bridge.golden DIR` (`make swift-test` does
+/// The golden vectors written by `python tests/golden.py DIR` (`make swift-test` does
 /// it and passes DIR in MOBILEO_GOLDEN_DIR).  Tests fail, never skip, when they are missing.
 enum Golden {
     static let envVar = "MOBILEO_GOLDEN_DIR"
 
     static func dir(file: StaticString = #filePath, line: UInt = #line) throws -> URL {
         guard let path = ProcessInfo.processInfo.environment[envVar], !path.isEmpty else {
-            XCTFail("\(envVar) is not set: run `make swift-test` (it writes the golden vectors with `python -m ios_bridge.golden build/golden` and sets \(envVar)).",
+            XCTFail("\(envVar) is not set: run `make swift-test` (it writes the golden vectors with `python tests/golden.py build/golden` and sets \(envVar)).",
                     file: file, line: line)
             throw XCTSkip("no golden vectors")
         }

@@ -152,5 +152,9 @@ final class TokenSamplerTests: XCTestCase {
         XCTAssertTrue(drawsA.contains(3) && drawsA.contains(1))
         var nucleus = TokenSampler(temperature: 1, topP: 0.1, seed: 1)
         XCTAssertTrue((0..<20).allSatisfy { _ in nucleus.sample(logits) == 1 }, "top-p keeps only the best token")
+        var top1 = TokenSampler(temperature: 5, topK: 1, seed: 2)
+        XCTAssertTrue((0..<20).allSatisfy { _ in top1.sample(logits) == 1 }, "top-k 1 is greedy at any temperature")
+        var top2 = TokenSampler(temperature: 5, topK: 2, seed: 2)
+        XCTAssertEqual(Set((0..<50).map { _ in top2.sample(logits) }), [1, 3], "top-k 2 keeps the two best")
     }
 }

@@ -38,7 +38,7 @@ final class SamplerTests: XCTestCase {
     }
 
     func testDPMSolverTimestepsAreDiffusers() throws {
-        // mobile-o.md section 3 lists diffusers' 20-step timesteps; the golden vectors carry them too
+        // docs/model-facts.md section 3 lists diffusers' 20-step timesteps; the golden vectors carry them too
         let g = try Golden.load(SamplerGolden.self, "sampler.json")
         let s = try FlowDPMSolver(config: g.config, steps: 20)
         XCTAssertEqual(s.timesteps.first, 999)

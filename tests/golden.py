@@ -1,4 +1,9 @@
-"""Golden vectors for the Swift package: ``python -m ios_bridge.golden OUTDIR``.
+"""Golden vectors for the Swift package: ``python tests/golden.py OUTDIR [--export DIR]``.
+
+A test fixture, not part of the product (it may import every package): it runs the MLX
+pipeline (``mlx_model``) over fake runners, so the Swift package is checked against the
+Python one.  Bundle I/O, sequence lengths and compute units come from the one bundle
+contract, ``coreml_convert.contract``.
 
 Writes (all generated, never committed; ``make swift-test`` puts them in build/golden):
 
@@ -10,10 +15,10 @@ Writes (all generated, never committed; ``make swift-test`` puts them in build/g
   export/               ``--export DIR``: a copy of a real ``python -m coreml_convert`` run
                         (manifest.json, bundles, tokenizer files; ``make swift-test`` converts
                         the tiny model's mcp and dit); without it, a manifest written by
-                        ``write_manifest`` over placeholder bundles of the tiny model's I/O
+                        ``write_manifest`` over placeholder bundles with the contract's I/O
   pipeline.json         generate / edit / understand with the fake runners below, run by
-                        mlx_model's own pipelines (GenerationPipeline, EditPipeline,
-                        Understanding)
+                        mlx_model's own pipelines (GenerationPipeline, with an image encoder
+                        for editing; Understanding)
 
 The fake runners are simple closed forms that Swift re-implements in its tests
 (Tests/MobileOTests/FakeRunners.swift); keep the two in step.
@@ -178,13 +183,13 @@ def fake_velocity(x: np.ndarray, t) -> np.ndarray:
 
 
 def sampler_goldens(cfg) -> dict:
-    from mlx_model.pipeline import sample
-    from mlx_model.scheduler import FlowDPMSolver, FlowEuler
-
     from ios_bridge.manifest import json_safe
+    from mlx_model.pipeline import sample
+    from mlx_model.scheduler import SCHEDULERS
+    from weights.configs import SAMPLERS
 
     out = {"config": json_safe(cfg.scheduler.to_dict()), "schedules": {}, "trajectories": {}}
-    kinds = {"flow_dpm_solver_multistep": FlowDPMSolver, "flow_euler": FlowEuler}
+    kinds = {SAMPLERS[name]: SCHEDULERS[name] for name in SAMPLERS}  # the manifest's type names
     for name, cls in kinds.items():
         out["schedules"][name] = [
             {"steps": n, "timesteps": [float(t) for t in s.timesteps], "sigmas": [float(v) for v in s.sigmas]}
@@ -231,38 +236,29 @@ def tokenizer_goldens(tokenizer_json: Path) -> dict:
 # ---------------------------------------------------------------------- manifest
 
 
+# the components the placeholder manifest lists (the image generation path and the vision encoder)
+PLACEHOLDER_COMPONENTS = ("vision_encoder", "mcp", "dit", "vae_decoder")
+
+
 def placeholder_results(ckpt, out: Path) -> list[dict]:
-    """Conversion results for placeholder bundles, shaped like the tiny model's real I/O
+    """Conversion results for placeholder bundles with the contract's I/O for this checkpoint
     (used until a real conversion run is passed with --export)."""
+    from coreml_convert import contract
     from ios_bridge.hashing import bundle_bytes, bundle_sha256
 
-    cfg = ckpt.config
-    c, s = cfg.latent_shape[0], cfg.latent_shape[1]
-    hid, cap, n = cfg.llm.hidden_size, cfg.dit.caption_channels, cfg.vision.num_tokens
-    io = {
-        "vision_encoder": ([("image", (1, 3, cfg.vision.image_size, cfg.vision.image_size), "float16", "B,3,H,W")],
-                           [("image_features", (1, hid, 1, n), "float16", "B,C,1,S")]),
-        "mcp": ([("hidden_states", (cfg.mcp.num_layers, hid, 1, 64), "float16", "K,C,1,S")],
-                [("conditioning", (1, cap, 1, 64), "float16", "B,C,1,S")]),
-        "dit": ([("latent", (2, c, s, s), "float16", "B,C,H,W"), ("timestep", (2,), "float32", "B"),
-                 ("encoder_hidden_states", (2, cap, 1, 64), "float16", "B,C,1,S"),
-                 ("encoder_attention_mask", (2, 64), "float16", "B,S")],
-                [("velocity", (2, c, s, s), "float16", "B,C,H,W")]),
-        "vae_decoder": ([("latent", (1, c, s, s), "float16", "B,C,H,W")],
-                        [("image", (1, 3, cfg.image_size, cfg.image_size), "float16", "B,3,H,W")]),
-    }
     results = []
-    for name, (ins, outs) in io.items():
+    for name in PLACEHOLDER_COMPONENTS:
+        io = contract.bundle_io(name, ckpt.config)
         bundle = out / f"{name}.mlpackage"
         (bundle / "Data" / "com.apple.CoreML").mkdir(parents=True, exist_ok=True)
         (bundle / "Manifest.json").write_text(json.dumps({"placeholder": name}))
         (bundle / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(name.encode() * 64)
-        tensor = lambda t: {"name": t[0], "shape": list(t[1]), "dtype": t[2], "layout": t[3]}  # noqa: E731
         results.append({
             "name": name, "file": bundle.name, "bytes": bundle_bytes(bundle), "sha256": bundle_sha256(bundle),
-            "inputs": [tensor(t) for t in ins], "outputs": [tensor(t) for t in outs], "states": [],
-            "functions": ["main"], "compute_units": "cpuAndGPU" if name == "vae_decoder" else "cpuAndNeuralEngine",
-            "minimum_os": {"iOS": "18.0", "macOS": "15.0"}, "compression": {"precision": "fp16", "weights": "fp16"},
+            "inputs": [t.to_dict() for t in io.inputs], "outputs": [t.to_dict() for t in io.outputs],
+            "states": [t.to_dict() for t in io.states], "functions": list(io.functions),
+            "compute_units": io.compute_units, "minimum_os": io.minimum_os,
+            "compression": {"precision": "fp16", "weights": "fp16"},
             "gates": {"reference_psnr_db": 61.5, "program_psnr_db": float("inf")},
             "seconds": 0.0, "peak_rss_mb": 0.0,
         })
@@ -401,21 +397,20 @@ def _image_result(cfg, res) -> dict:
 
 
 def pipeline_goldens(ckpt) -> dict:
-    """generate / edit / understand run by mlx_model's own pipelines (GenerationPipeline,
-    EditPipeline, Understanding) over the fake runners."""
-    from mlx_model.edit import EditPipeline, EditRequest
+    """generate / edit / understand run by mlx_model's own pipelines (GenerationPipeline, given
+    an image encoder for editing; Understanding) over the fake runners."""
     from mlx_model.pipeline import GenerationPipeline
     from mlx_model.tokenizer import Tokenizer
-    from mlx_model.understand import Understanding
+    from mlx_model.understanding import Understanding
 
     cfg = ckpt.config
     tok = Tokenizer.from_checkpoint(ckpt)
     llm = _FakeLLM(tok, cfg.llm.hidden_size)
-    parts = (llm, _FakeMCP(cfg.dit.caption_channels), _FakeDiT(), _FakeVAE(), cfg)
+    pipe = GenerationPipeline(llm, _FakeMCP(cfg.dit.caption_channels), _FakeDiT(), _FakeVAE(), cfg,
+                              encoder=_FakeEncoder(cfg))
     rng = np.random.default_rng(1)
     out: dict = {"fake_eos_after": FAKE_EOS_AFTER, "generate": [], "edit": [], "understand": []}
 
-    pipe = GenerationPipeline(*parts)
     for prompt, steps, guidance in (("a red cup", 20, 1.5), ("两只猫 🐱 on a sofa", 7, 3.0)):
         x0 = rng.standard_normal((1, *cfg.latent_shape)).astype(np.float32)
         res = pipe.generate(prompt, steps=steps, guidance=guidance, latents=x0)
@@ -424,14 +419,11 @@ def pipeline_goldens(ckpt) -> dict:
 
     pixels = fake_pixels(cfg.preprocess.size)  # [3, S, S]; the Python encoder takes [1, S, S, 3]
     nhwc = pixels.transpose(1, 2, 0)[None]
-    editor = EditPipeline(*parts)
-    editor.encoder = _FakeEncoder(cfg)
     for instruction, steps, guidance in (("make the cup blue", 20, 1.5), ("snow 雪", 5, 2.0)):
-        req = EditRequest(nhwc, instruction)
         x0 = rng.standard_normal((1, *cfg.latent_shape)).astype(np.float32)
-        res = editor.generate(req, steps=steps, guidance=guidance, latents=x0)
+        res = pipe.generate(instruction, image=nhwc, steps=steps, guidance=guidance, latents=x0)
         out["edit"].append({"instruction": instruction, "steps": steps, "guidance": guidance,
-                            "ids": editor.prompt_ids(req), **_image_result(cfg, res)})
+                            "ids": pipe.prompt_ids(instruction, image=nhwc), **_image_result(cfg, res)})
 
     reader = Understanding(llm, _FakeEncoder(cfg), cfg)
     for question in ("What is in the image?", "Describe it in 3 words."):
@@ -463,7 +455,7 @@ def write_goldens(out: str | Path, model: str = "demo", export: str | Path | Non
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m ios_bridge.golden", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tests/golden.py", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="folder to write (gitignored, e.g. build/golden)")
     p.add_argument("--model", default="demo", help="checkpoint for the manifest and fakes (default: demo)")
     p.add_argument("--export", help="a real `python -m coreml_convert` output folder whose manifest to use")
