@@ -1,5 +1,6 @@
 # mobileo-deploy: set-up, tests and parity reports.
 VENV    ?= .venv
+PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 PYTEST  := $(PY) -m pytest
 SWIFT_PKG := ios_bridge/swift
@@ -24,8 +25,17 @@ system-packages:
 	  || echo "setup: could not install libopenblas0-pthread (optional: MLX on Linux is ~14x slower without it)"; \
 	fi
 
+# the interpreter that makes the venv: `make setup PYTHON=python3.12` (Apple's python3 is 3.9)
+PYTHON_CHECK = import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else \
+  f"setup: {sys.executable} is Python {v.major}.{v.minor}; mobileo-deploy needs 3.10 or newer. Fix: " \
+  "make setup PYTHON=python3.12 (any Python >= 3.10; remove $(VENV) first if it was made with an older one)")
+
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@if ! test -x $(PY); then \
+	  command -v $(PYTHON) >/dev/null || { echo "setup: no $(PYTHON) on PATH. Fix: make setup PYTHON=/path/to/python3.10+"; exit 1; }; \
+	  $(PYTHON) -c '$(PYTHON_CHECK)' && $(PYTHON) -m venv $(VENV); \
+	fi
+	@$(PY) -c '$(PYTHON_CHECK)'
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[convert,dev]"
 	$(PY) -c "import mlx.core, mlx_lm, torch, torchvision, timm, diffusers, transformers, coremltools" \

@@ -1,7 +1,7 @@
 """Neural-Engine building blocks, shared by every Core ML component: primitives (1x1-conv
 Linear, channel norms, attention, layout helpers) and the blocks more than one component
-uses (``GLUMBConv``: the DiT and the DC-AE decoder).  The Qwen2 decoder shared by
-llm_prefill and llm_decode lives in ``ane_qwen2``.  Components import these, never each other.
+uses (``GLUMBConv``: the DiT and the DC-AE decoder).  The Qwen2 decoder of the ``llm``
+bundle lives in ``ane_qwen2``.  Components import these, never each other.
 
 The Neural Engine wants (github apple/ml-ane-transformers, docs/deployment-notes.md section 1):
   * activations as rank-4 (B, C, 1, S) — channels on axis 1, the sequence on the last axis;

@@ -1,73 +1,66 @@
-"""The Qwen2 decoder in Neural-Engine layout, shared by ``llm_prefill`` and ``llm_decode``.
+"""The Qwen2 decoder in Neural-Engine layout: the three functions of the ``llm`` bundle.
 
 Activations are (B, C, 1, S); every Linear is a 1x1 ``Conv2d`` (weights reshaped by
-``weights.torch_map``); RMSNorm runs over the channel axis; attention is computed per head
-with additive -1e4 masks.  Parameter names are the checkpoint's llm keys (the transformers
-names: ``model.layers.0.self_attn.q_proj.weight``, ``lm_head.weight``), so the checkpoint
-loads strictly with no second key table.
+``weights.torch_map``); RMSNorm runs over the channel axis; attention uses additive -1e4
+masks.  Parameter names are the checkpoint's llm keys (``model.layers.0.self_attn.q_proj.weight``,
+``lm_head.weight``), so the checkpoint loads strictly with no second key table.
 
-Positions come in explicitly: RoPE cos/sin are gathered from a table computed exactly as
-transformers computes them (fp32), and the causal mask is built from positions, so the same
-layers serve a whole prompt (llm_prefill) and a chunk or one token against a KV cache
-(llm_decode).  ``place_image`` is the numpy form of ``Qwen2ANE.embed_with_image`` that both
-components' references use.
+The graph is pure fp16 arithmetic (docs/deployment-notes.md section 2, "what falls off the
+Neural Engine"): the token embeddings, RoPE cos/sin, the causal mask and the KV-cache write
+mask are inputs computed on the host (``coreml_convert.contract``: ``embed_prompt``,
+``rope``, ``causal_bias``, ``cache_update_mask``) -- no gather, cumsum, integer compare or
+cast.  GQA groups the query heads of each KV head (heads as a batch axis, rank <= 4) instead
+of materialising repeated keys/values.  A cache write blends one block of slots
+(``cache * (1 - m) + new * m``, elementwise and exact for a 0/1 mask) instead of a one-hot
+matrix product.  The logits come out in slices of at most ``contract.MAX_DIMENSION``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from coreml_convert import ane
+from coreml_convert.contract import MAX_DIMENSION, logits_widths
 from weights.configs import LLMConfig
 
-LM_HEAD_CHUNK = 16384  # output channels per lm_head convolution (Neural Engine tensor-size limit)
-
-
-def rope_table(cfg: LLMConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [length, head_dim] for positions 0..length-1, computed as transformers'
-    ``Qwen2RotaryEmbedding`` does (fp32 inv_freq, fp32 angles, halves concatenated)."""
-    d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    freqs = torch.arange(length, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-class RopeTable(nn.Module):
-    """cos/sin for ``length`` positions as constant tables, gathered by position."""
-
-    def __init__(self, cfg: LLMConfig, length: int):
-        super().__init__()
-        cos, sin = rope_table(cfg, length)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S,) int positions -> cos, sin (D, S)."""
-        return self.cos[positions].transpose(0, 1), self.sin[positions].transpose(0, 1)
-
-
-def causal_bias(query_pos: torch.Tensor, key_pos: torch.Tensor,
-                key_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Additive attention bias (1, K, 1, Q) for :func:`ane.attention`: 0 where the key's
-    position <= the query's (and the key is a real token when ``key_valid`` [K] (1 = real)
-    is given), else -1e4."""
-    allowed = (key_pos[:, None] <= query_pos[None, :]).float()  # (K, Q)
-    if key_valid is not None:
-        allowed = allowed * key_valid[:, None]
-    return ((1.0 - allowed) * ane.MASK_MIN)[None, :, None, :]
+LM_HEAD_CHUNK = MAX_DIMENSION  # output channels per lm_head slice (Neural Engine tensor-size limit)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
-    """Rotary embedding of (1, heads*D, 1, S) per head; cos/sin (D, S).  Reshapes use
+    """Rotary embedding of (1, heads*D, 1, S) per head; cos/sin (1, D, 1, S).  Reshapes use
     constant sizes (-1 for S) so a flexible S converts without shape arithmetic."""
     h = x.reshape(1, heads, head_dim, -1)
     half = head_dim // 2
     rot = torch.cat((-h[:, :, half:], h[:, :, :half]), dim=2)
-    return (h * cos + rot * sin).reshape(1, heads * head_dim, 1, -1)
+    c, s = cos.reshape(1, 1, head_dim, -1), sin.reshape(1, 1, head_dim, -1)
+    return (h * c + rot * s).reshape(1, heads * head_dim, 1, -1)
+
+
+def grouped_attention(q, k, v, bias, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """GQA without repeating K/V.  q (1, H*D, 1, S); k, v (1, G*D, 1, T); bias (1, T, 1, S).
+    The R = H/G query heads of KV head g (transformers' repeat_kv order: q head g*R + r) are
+    laid side by side, so each group is one (T x D) @ (D x R*S) product with G as the batch
+    axis.  Returns (1, H*D, 1, S)."""
+    g, r, d = kv_heads, heads // kv_heads, head_dim
+    qh = (q * d ** -0.5).reshape(g, r, d, -1).permute(0, 2, 1, 3).reshape(g, d, -1)  # (G, D, R*S)
+    kh = k.reshape(g, d, -1)  # (G, D, T)
+    vh = v.reshape(g, d, -1)
+    w = torch.matmul(kh.transpose(1, 2), qh)  # (G, T, R*S)
+    b = bias[:, :, 0, :]  # (1, T, S): a slice, no reshape (T and S may both be flexible)
+    w = (w + torch.cat([b] * r, dim=-1)).softmax(dim=1)  # one bias per query head of the group
+    o = torch.matmul(vh, w)  # (G, D, R*S)
+    return o.reshape(g, d, r, -1).permute(0, 2, 1, 3).reshape(1, heads * d, 1, -1)
+
+
+def write_cache(cache: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """cache (1, C, 1, T) with the block of S = new.shape[-1] slots picked by ``mask``
+    (1, 1, T/S, 1) one-hot replaced by ``new`` (1, C, 1, S); every other slot kept exactly."""
+    c, t, s = int(cache.shape[1]), int(cache.shape[-1]), int(new.shape[-1])
+    blocks = cache.reshape(1, c, t // s, s)
+    out = blocks * (1.0 - mask) + new * mask  # new (1, C, 1, S) broadcasts over the T/S blocks
+    return out.reshape(1, c, 1, t)
 
 
 class Attention(nn.Module):
@@ -80,30 +73,20 @@ class Attention(nn.Module):
         self.v_proj = ane.Linear(c, self.kv_heads * d, bias=True)
         self.o_proj = ane.Linear(self.heads * d, c, bias=False)
 
-    def _repeat(self, x: torch.Tensor) -> torch.Tensor:
-        """GQA: (1, kv_heads*D, 1, T) -> (1, heads*D, 1, T), kv head g serving q heads
-        g*rep .. (g+1)*rep-1 (transformers' repeat_kv)."""
-        rep = self.heads // self.kv_heads
-        if rep == 1:
-            return x
-        x = x.reshape(1, self.kv_heads, 1, self.head_dim, -1)
-        return torch.cat([x] * rep, dim=2).reshape(1, self.heads * self.head_dim, 1, -1)
+    def forward(self, x, cos, sin, bias, cache=None, update=None):
+        """x (1, C, 1, S); cos/sin (1, D, 1, S); bias (1, K, 1, S).
 
-    def forward(self, x, cos, sin, bias, cache=None, scatter=None):
-        """x (1, C, 1, S); cos/sin (D, S); bias (1, K, 1, S).
-
-        Without a cache the keys are this chunk's (K = S).  With ``cache`` = (k, v), each
-        (1, kv_heads*D, 1, T), and ``scatter`` (S, T) one-hot rows (chunk token -> cache
-        slot), the chunk's keys/values are written into their slots and attention runs over
-        all T slots (K = T).  Returns the output and the (new) (k, v)."""
+        Without a cache the keys are this call's (K = S).  With ``cache`` = (k, v), each
+        (1, kv_heads*D, 1, T), and ``update`` (1, 1, T/S, 1), the call's keys/values are
+        written into their block of slots and attention runs over all T slots (K = T).
+        Returns the output and the (new) (k, v)."""
         q = rope(self.q_proj(x), cos, sin, self.heads, self.head_dim)
         k = rope(self.k_proj(x), cos, sin, self.kv_heads, self.head_dim)
         v = self.v_proj(x)
         if cache is not None:
-            keep = 1.0 - scatter.sum(dim=0)  # (T,): slots this chunk does not write
-            k = cache[0] * keep + torch.matmul(k, scatter)
-            v = cache[1] * keep + torch.matmul(v, scatter)
-        o = ane.attention(q, self._repeat(k), self._repeat(v), self.head_dim, bias)
+            k = write_cache(cache[0], k, update)
+            v = write_cache(cache[1], v, update)
+        o = grouped_attention(q, k, v, bias, self.heads, self.kv_heads, self.head_dim)
         return self.o_proj(o), (k, v)
 
 
@@ -127,8 +110,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = ane.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = ane.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, bias, cache=None, scatter=None):
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, scatter)
+    def forward(self, x, cos, sin, bias, cache=None, update=None):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, update)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
@@ -137,7 +120,7 @@ class DecoderLayer(nn.Module):
 class Body(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # the host's table; never traced
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = ane.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -161,49 +144,27 @@ class Qwen2ANE(nn.Module):
         load_torch(module, ckpt, "llm", tensors=tensors)
         return module.eval()
 
-    # ------------------------------------------------------------------ pieces
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(1, L) int ids -> (1, C, 1, L)."""
-        return self.model.embed_tokens(input_ids).transpose(1, 2).unsqueeze(2)
+    def embedding_table(self):
+        """The (V, C) token-embedding table the host reads rows from (numpy float32)."""
+        return self.model.embed_tokens.weight.detach().float().numpy()
 
-    def embed_with_image(self, input_ids, image_embeds, image_offset) -> torch.Tensor:
-        """Token embeddings with image features placed at chunk columns
-        ``image_offset + i`` (i = 0..N-1); columns outside 0..L-1 are dropped, so an offset
-        <= -N or >= L means "no image in this chunk".
-
-        input_ids (1, L) int; image_embeds (1, C, 1, N); image_offset (1,) int."""
-        x = self.embed(input_ids)
-        cols = torch.cumsum(torch.ones_like(input_ids[0]), 0) - 1  # 0..L-1, shape-agnostic
-        rows = torch.arange(image_embeds.shape[-1], dtype=cols.dtype)
-        place = (cols[None, :] == (rows[:, None] + image_offset.to(cols.dtype))).to(x.dtype)  # (N, L)
-        taken = place.sum(dim=0)  # (L,) 1 where an image feature goes
-        img = torch.matmul(image_embeds[0, :, 0, :], place)  # (C, L)
-        return x * (1.0 - taken) + img[None, :, None, :]
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """(1, C, 1, S) final-norm hidden states -> (1, V, 1, S), lm_head in chunks."""
+    def logits(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """(1, C, 1, 1) final-norm hidden state -> logits as slices (1, w), w <= MAX_DIMENSION."""
         w = (self.model.embed_tokens.weight[:, :, None, None] if self.config.tie_word_embeddings
              else self.lm_head.weight)
-        parts = [w[i:i + LM_HEAD_CHUNK] for i in range(0, w.shape[0], LM_HEAD_CHUNK)]
-        return torch.cat([F.conv2d(h, part) for part in parts], dim=1)
+        out, start = [], 0
+        for width in logits_widths(int(w.shape[0])):
+            out.append(F.conv2d(h, w[start:start + width]).reshape(1, width))
+            start += width
+        return out
 
-    def run(self, x, cos, sin, bias, caches=None, scatter=None):
+    def run(self, x, cos, sin, bias, caches=None, update=None):
         """All hidden states as transformers' ``output_hidden_states`` (embeddings, each layer's
         output, the last one after the final norm) and the per-layer (k, v)."""
         states, kvs = [x], []
         for i, layer in enumerate(self.model.layers):
-            x, kv = layer(x, cos, sin, bias, None if caches is None else caches[i], scatter)
+            x, kv = layer(x, cos, sin, bias, None if caches is None else caches[i], update)
             states.append(x)
             kvs.append(kv)
         states[-1] = self.model.norm(x)
         return states, kvs
-
-
-def place_image(embeds: np.ndarray, image: np.ndarray, offset: int) -> np.ndarray:
-    """(L, C) token embeddings with image rows (N, C) written at rows offset + i (clipped):
-    what :meth:`Qwen2ANE.embed_with_image` computes, for the references."""
-    out = embeds.copy()
-    for i in range(image.shape[0]):
-        if 0 <= offset + i < out.shape[0]:
-            out[offset + i] = image[i]
-    return out

@@ -26,8 +26,10 @@ from pathlib import Path
 
 from weights.errors import MobileOError, run_cli
 
+import numpy as np
+
 from . import convert as cv
-from . import gates
+from . import gates, lint
 from .components import REGISTRY
 from .spec import PRECISIONS, ConversionResult
 
@@ -114,11 +116,19 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
                                  fix="check coreml_convert/components/ is complete.") from None
     spec = module.build_spec(ckpt, seed=seed)
     reference = gates.gate1(spec)
-    model = cv.compress(cv.convert_spec(spec, precision), compression)
+    model = cv.convert_spec(spec, precision, compression)
     path = cv.save_atomic(model, out, spec.file)
     del model
     gc.collect()
+    files = []
+    for file, array in spec.files.items():  # tables the app reads beside the bundle
+        table = cv.save_table(array, out, file)
+        files.append({"file": file, "sha256": bundle_sha256(table), "bytes": bundle_bytes(table),
+                      "shape": [int(n) for n in np.shape(array)], "dtype": "float16"})
     report = gates.run_gates(spec, path, precision, reference=reference)
+    linted = lint.lint_bundle(path, name)
+    lint.write_report(linted, out)  # out/<name>.lint.json beside the bundle
+    summary = lint.summary(linted)
     result = ConversionResult(
         name=name, file=spec.file, bytes=bundle_bytes(path), sha256=bundle_sha256(path),
         inputs=cv.io_specs(spec.inputs, precision), outputs=cv.io_specs(spec.outputs, precision),
@@ -128,6 +138,7 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
         gates=report.as_gates(), seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
         function_io={fn: {k: cv.io_specs(specs, precision) for k, specs in io.items()}
                      for fn, io in spec.function_io.items()},
+        files=files, lint=summary,
     )
     del spec, module
     gc.collect()
@@ -137,7 +148,7 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
 # ------------------------------------------------------------------ table
 
 
-COLUMNS = ("component", "bundle MB", "gate1 dB", "gate2 dB", "seconds", "peak RSS MB", "status")
+COLUMNS = ("component", "bundle MB", "gate1 dB", "gate2 dB", "ANE eligible", "seconds", "peak RSS MB", "status")
 
 
 def _db(v) -> str:
@@ -146,16 +157,17 @@ def _db(v) -> str:
 
 def table_row(name: str, result: ConversionResult | None, status: str) -> tuple[str, ...]:
     if result is None:
-        return (name, "-", "-", "-", "-", "-", status)
+        return (name, "-", "-", "-", "-", "-", "-", status)
     g = result.gates
     mb = result.bytes / 1e6
+    share = result.lint.get("eligible_share")
     return (name, f"{mb:.2f}" if mb < 10 else f"{mb:.1f}", _db(g.get("reference_psnr_db")), _db(g.get("program_psnr_db")),
-            f"{result.seconds:.1f}", f"{result.peak_rss_mb:.0f}", status)
+            "-" if share is None else f"{100 * share:.1f}%", f"{result.seconds:.1f}", f"{result.peak_rss_mb:.0f}", status)
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    fmt = lambda r: "  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt(COLUMNS), "  ".join("-" * w for w in widths), *map(fmt, rows)])
 
 
@@ -198,7 +210,7 @@ def run(args: argparse.Namespace, stream=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for tmp in cv.leftover_temp_folders(out):  # left by a run that was killed mid-save
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
     rows, code = [], 0
     for name in names:

@@ -127,9 +127,27 @@ def convert(spec: ComponentSpec, precision: str = "fp16",
     return model
 
 
-def convert_spec(spec: ComponentSpec, precision: str = "fp16"):
-    """The spec's own conversion when it has one, else :func:`convert`."""
-    return spec.convert(precision) if spec.convert is not None else convert(spec, precision)
+def convert_spec(spec: ComponentSpec, precision: str = "fp16", compression: dict | None = None):
+    """The spec's own conversion when it has one (it compresses per function), else
+    :func:`convert` then :func:`compress`."""
+    if spec.convert is not None:
+        return spec.convert(precision, compression)
+    return compress(convert(spec, precision), compression)
+
+
+def save_table(array: np.ndarray, out_dir: str | Path, file: str) -> Path:
+    """Write ``array`` as raw little-endian fp16 ``out_dir/file`` atomically (temp + os.replace)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{file}.", suffix=TMP_SUFFIX, dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(np.ascontiguousarray(np.asarray(array), dtype="<f2").tobytes())
+        os.replace(tmp, out_dir / file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_dir / file
 
 
 # ------------------------------------------------------------------ compression
@@ -211,4 +229,4 @@ def save_atomic(model, out_dir: str | Path, file: str) -> Path:
 def leftover_temp_folders(out_dir: str | Path) -> list[Path]:
     """Temp folders an interrupted save left (a crash can still leave one: the CLI removes them)."""
     out_dir = Path(out_dir)
-    return sorted(p for p in out_dir.glob(f".*{TMP_SUFFIX}") if p.is_dir()) if out_dir.is_dir() else []
+    return sorted(p for p in out_dir.glob(f".*{TMP_SUFFIX}")) if out_dir.is_dir() else []

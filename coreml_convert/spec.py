@@ -35,10 +35,15 @@ class ComponentSpec:
     reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
     # the UPSTREAM model on the same inputs, outputs keyed and laid out like `outputs` -> gate 1
     io: BundleIO  # the bundle contract (coreml_convert.contract)
-    convert: Callable[[str], "ct.models.MLModel"] | None = None  # precision -> model; None = default
+    convert: Callable[[str, dict | None], "ct.models.MLModel"] | None = None
+    # (precision, compression recipe) -> the compressed model; None = default (convert.convert
+    # then convert.compress)
     program_check: Callable[[str], dict[str, np.ndarray]] | None = None
     # path of the saved .mlpackage -> outputs from executing its MIL program (gate 2);
     # None = default (run "main" on example_inputs with coreml_convert.mil_exec)
+    files: dict[str, np.ndarray] = field(default_factory=dict)
+    # tables the app reads beside the bundle (file name -> array, written as raw little-endian
+    # fp16), e.g. the LLM's token embeddings (contract.EMBEDDINGS_FILE)
 
     # the contract's facts, read through
     name = property(lambda self: self.io.name)
@@ -72,6 +77,8 @@ class ConversionResult:
     seconds: float
     peak_rss_mb: float
     function_io: FunctionIO = field(default_factory=dict)  # as ComponentSpec.function_io
+    files: list[dict] = field(default_factory=list)  # [{file, sha256, bytes, shape, dtype}] beside the bundle
+    lint: dict = field(default_factory=dict)  # coreml_convert.lint summary of the bundle
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -84,6 +91,10 @@ class ConversionResult:
             "gates": {k: _gate_float(v) for k, v in self.gates.items()},
             "seconds": round(float(self.seconds), 3), "peak_rss_mb": round(float(self.peak_rss_mb), 1),
         }
+        if self.files:
+            d["files"] = [dict(f) for f in self.files]
+        if self.lint:
+            d["lint"] = dict(self.lint)
         if self.function_io:
             d["function_io"] = {fn: {k: [t.to_dict() for t in io[k]] for k in ("inputs", "outputs")}
                                 for fn, io in self.function_io.items()}
@@ -102,6 +113,7 @@ class ConversionResult:
             seconds=d["seconds"], peak_rss_mb=d["peak_rss_mb"],
             function_io={fn: {k: [TensorSpec.from_dict(t) for t in io[k]] for k in ("inputs", "outputs")}
                          for fn, io in d.get("function_io", {}).items()},
+            files=[dict(f) for f in d.get("files", [])], lint=dict(d.get("lint", {})),
         )
 
 

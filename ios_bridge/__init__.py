@@ -7,5 +7,5 @@ The golden vectors ``swift test`` checks are a test fixture: ``python tests/gold
 (``make swift-test`` runs it).
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one multifunction llm bundle, host inputs (embeddings, RoPE, masks, timestep features)
 MANIFEST_FILE = "manifest.json"

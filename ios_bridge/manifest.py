@@ -112,6 +112,16 @@ def component_entry(out_dir: Path, result: Any) -> dict[str, Any]:
         gates=dict(d.get("gates") or {}),
         conversion={k: d[k] for k in ("seconds", "peak_rss_mb") if d.get(k) is not None},
     )
+    if d.get("files"):  # tables the app reads beside the bundle (e.g. the LLM's token embeddings)
+        entry["files"] = []
+        for f in d["files"]:
+            found = _file_entry(out_dir, f["file"], name)
+            if (f.get("sha256"), f.get("bytes")) != (found["sha256"], found["bytes"]):
+                raise ManifestError(f"{out_dir / f['file']}: differs from what the conversion recorded.",
+                                    fix="convert the component again.")
+            entry["files"].append({**found, "shape": [int(n) for n in f["shape"]], "dtype": f["dtype"]})
+    if d.get("lint"):
+        entry["lint"] = dict(d["lint"])
     if d.get("function_io"):  # a multifunction bundle: each function's I/O (inputs/outputs: the default's)
         unknown = sorted(set(d["function_io"]) - set(entry["functions"]))
         if unknown:
@@ -152,6 +162,23 @@ def _tokenizer_section(out_dir: Path, ckpt) -> dict[str, Any]:
     }
 
 
+def host_facts(cfg) -> dict[str, Any]:
+    """The constants of the inputs the app computes (coreml_convert.contract's host side)."""
+    from weights.configs import DiTConfig
+
+    return {
+        "embeddings": contract.EMBEDDINGS_FILE,
+        "rope_theta": float(cfg.llm.rope_theta),
+        "head_dim": cfg.llm.head_dim,
+        "chunk_length": contract.chunk_length(cfg),
+        "context_length": contract.context_length(cfg),
+        "mask_bias": float(DiTConfig.MASK_BIAS),
+        "timestep_channels": DiTConfig.TIMESTEP_CHANNELS,
+        "timestep_max_period": float(DiTConfig.TIMESTEP_MAX_PERIOD),
+        "timestep_order": "cos_sin",
+    }
+
+
 def pipeline_facts(cfg) -> dict[str, Any]:
     """Everything the Swift pipeline needs besides the bundles (a ``MobileOConfig``)."""
     return {
@@ -169,6 +196,7 @@ def pipeline_facts(cfg) -> dict[str, Any]:
             "unconditional": "mcp_of_zero_hidden_states",
         },
         "image_preprocess": cfg.preprocess.to_dict(),
+        "host_inputs": host_facts(cfg),
         "prompts": {
             "system": prompts.SYSTEM,
             "chat": prompts.CHAT_TEMPLATE,

@@ -34,13 +34,14 @@ def schema_problems(data, where: str) -> list[str]:
 
 
 def listed_files(data) -> list[tuple[str, dict]]:
-    """(what, {file, sha256, bytes}) for every bundle, chunk and tokenizer file."""
+    """(what, {file, sha256, bytes}) for every bundle, chunk, table and tokenizer file."""
     items = []
     for comp in data.get("components", []):
         if "chunks" in comp:
             items += [(f"{comp['name']} chunk {i}", c) for i, c in enumerate(comp["chunks"])]
         else:
             items.append((comp["name"], comp))
+        items += [(f"{comp['name']} table", f) for f in comp.get("files", [])]
     items += [("tokenizer", f) for f in data.get("pipeline", {}).get("tokenizer", {}).get("files", [])]
     return items
 

@@ -1,21 +1,35 @@
-"""Pieces shared by the MLX command lines (``generate``, ``edit``): options, output names
-that never overwrite, PNG metadata, the rich progress bar and the closing timing line.
+"""Pieces shared by the MLX command lines (``generate``, ``edit``, ``understand``): options,
+the checks every argument gets before anything is loaded, output names that never
+overwrite, image metadata (AUTOMATIC1111-style ``parameters`` text plus the full JSON),
+the rich progress bar and the closing timing line.
 Imports neither torch nor (at module level) MLX."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
+import os
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from weights.configs import DEFAULT_SAMPLER, SAMPLERS, GenerationDefaults
+from weights.errors import MobileOError
 from weights.hub import DEMO
 
 from .quant import QUANTIZE_CHOICES
+from . import mlx_folder  # noqa: F401  (registers MLX-native folders with weights.hub.open_model)
 
 DTYPES = ("float32", "bfloat16", "float16")
-METADATA_KEY = "mobileo"  # PNG text chunk holding the generation settings (JSON)
+METADATA_KEY = "mobileo"  # PNG text chunk (JPEG/WebP: EXIF ImageDescription) holding the settings as JSON
+A1111_KEY = "parameters"  # PNG text chunk (JPEG/WebP: EXIF UserComment) in AUTOMATIC1111's text format
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # by --output extension
+SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (mx.random.key)
+MAX_STEPS = 1000  # the scheduler's training timesteps
+MAX_SIDE_FACTOR = 8  # --width/--height up to 8x the model's own image size
+EXIF_DESCRIPTION, EXIF_IFD, EXIF_USER_COMMENT = 0x010E, 0x8769, 0x9286
 
 
 # ------------------------------------------------------------------ options
@@ -32,23 +46,57 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="weights/activations dtype (default: float32 on CPU, bfloat16 on Metal)")
 
 
+def add_text_argument(p: argparse.ArgumentParser, name: str, help: str, flags: Sequence[str] = ("--prompt", "-p")) -> None:
+    """``name`` as an optional positional and as ``--prompt`` (mflux's and mlx-lm's flag); ``-`` reads stdin.
+    Resolve with :func:`pick_text`."""
+    p.add_argument(name, nargs="?", default=None, help=f"{help} ('-' reads it from stdin)")
+    p.add_argument(*flags, dest=f"{name}_flag", default=None, metavar=name.upper(),
+                   help=f"the {name}, as a flag (instead of the argument)")
+
+
+def pick_text(positional: str | None, flag: str | None, what: str, flag_name: str = "--prompt",
+              example: str = "a red cup", stdin=None) -> str | None:
+    """One text from an argument or its flag (None when neither); ``-`` is read from stdin."""
+    if positional is not None and flag is not None and positional != flag:
+        raise MobileOError(f"the {what} is given twice: as an argument ({positional!r}) and with {flag_name} "
+                           f"({flag!r}).", fix=f"pass it once, e.g. {flag_name} \"{example}\".")
+    text = flag if flag is not None else positional
+    if text == "-":
+        text = (stdin or sys.stdin).read().rstrip("\n")
+    return text
+
+
 def add_sampling_options(p: argparse.ArgumentParser, defaults: GenerationDefaults = GenerationDefaults()) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default {defaults.steps})")
     g.add_argument("--guidance", type=float, default=defaults.guidance,
                    help=f"classifier-free guidance scale (default {defaults.guidance})")
-    g.add_argument("--seed", type=int, default=None, help="seed of the initial noise; image i of --n-images uses seed + i (default: random)")
+    g.add_argument("--seed", type=int, nargs="+", default=None, metavar="SEED",
+                   help="seed(s) of the initial noise. Several seeds make one image each, the seed in its "
+                   "name (image_seed_3.png); with one seed, image i of --n-images uses seed + i. "
+                   f"0 to {SEED_LIMIT - 1} (default: random)")
     g.add_argument("--n-images", type=int, default=1, help="images to make (default 1)")
+    g.add_argument("--width", type=int, default=None,
+                   help="image width in pixels, a multiple of 32 for Mobile-O (default: the model's, 512)")
+    g.add_argument("--height", type=int, default=None,
+                   help="image height in pixels, a multiple of 32 for Mobile-O (default: the model's, 512)")
     g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="start from this noise, shape (n-images, C, h, w), instead of a seeded one")
     g.add_argument("--scheduler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER,
                    help="dpm: DPM-Solver++ 2M with flow sigmas (Mobile-O's); euler: flow Euler")
+    g.add_argument("--config-from-metadata", default=None, metavar="IMAGE",
+                   help="take every setting (prompt, seed, size, model, ...) from an image this tool wrote "
+                   "(PNG, JPEG, WebP or its .json sidecar); flags given as well override it")
 
 
 def add_output_options(p: argparse.ArgumentParser, default: str = "image.png") -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--output", default=default, help=f"PNG path; never overwritten (_1, _2, ...). Default {default}")
+    g.add_argument("--output", default=default,
+                   help="image path; the extension picks the format: .png (default), .jpg/.jpeg or .webp. "
+                   f"Never overwritten (_1, _2, ...). Default {default}")
     g.add_argument("--metadata", action="store_true", help="also write the settings as JSON beside each image")
+    g.add_argument("--stepwise-image-output-dir", default=None, metavar="DIR",
+                   help="also save the decoded latents after every step here (slower: one decode per step)")
     g.add_argument("-v", "--verbose", action="store_true", help="print model, prompt and per-phase details")
 
 
@@ -62,6 +110,86 @@ def dtype_of(name: str | None):
 
 def dtype_name(dtype) -> str:
     return str(dtype).rsplit(".", 1)[-1]
+
+
+# ------------------------------------------------------------------ argument checks (before any loading)
+def check_seeds(seeds, n_images: int = 1) -> list[int] | None:
+    """``--seed`` values: whole numbers in [0, 2**64), ``seed + n_images - 1`` included, no repeats;
+    several seeds make one image each.  Returns the list (None: random)."""
+    if seeds is None:
+        return None
+    seeds = [seeds] if isinstance(seeds, numbers.Integral) or not isinstance(seeds, Sequence) else list(seeds)
+    if not seeds:
+        raise MobileOError("--seed needs at least one value.", fix="pass e.g. --seed 42, or leave it out for a random seed.")
+    top = SEED_LIMIT - max(n_images, 1)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= top:
+            extra = f" (image {n_images} of --n-images {n_images} uses seed + {n_images - 1})" if n_images > 1 else ""
+            raise MobileOError(f"--seed {s} is out of range: seeds are whole numbers from 0 to {top}{extra}.",
+                               fix="pass a seed in that range, e.g. --seed 42.")
+    seeds = [int(s) for s in seeds]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise MobileOError(f"--seed {repeated[0]} is given more than once.", fix="pass each seed once.")
+    if len(seeds) > 1 and n_images != 1:
+        raise MobileOError(f"several --seed values and --n-images {n_images} together: each seed already makes "
+                           "one image.", fix="pass several seeds, or one seed with --n-images.")
+    return seeds
+
+
+def check_sampling(steps: int | None, guidance: float | None, n_images: int) -> None:
+    """``--steps``, ``--guidance`` (finite: NaN would make a black image) and ``--n-images``."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
+        raise MobileOError(f"--steps must be from 1 to {MAX_STEPS}, got {steps}.", fix="pass e.g. --steps 20.")
+    if guidance is not None and (not isinstance(guidance, (int, float)) or not math.isfinite(guidance)):
+        raise MobileOError(f"--guidance must be a finite number, got {guidance}.", fix="pass e.g. --guidance 1.5.")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise MobileOError(f"--n-images must be at least 1, got {n_images}.", fix="pass --n-images 1 or more.")
+
+
+def check_size(config, height: int | None, width: int | None) -> tuple[int, int, int]:
+    """``--height`` / ``--width`` against the model (multiples of the DC-AE compression, at most
+    MAX_SIDE_FACTOR x its image size); returns the latent shape (C, h, w)."""
+    from .pipeline import latent_shape
+
+    shape = latent_shape(config, height, width)
+    top = MAX_SIDE_FACTOR * config.image_size
+    for name, side in (("height", height), ("width", width)):
+        if side is not None and side > top:
+            raise MobileOError(f"--{name} {side} is larger than {top} pixels ({MAX_SIDE_FACTOR}x the "
+                               f"{config.image_size} px this model was trained at).",
+                               fix=f"pass --{name} {top} or less.")
+    return shape
+
+
+def output_target(output: str | Path, flag: str = "--output") -> Path:
+    """``--output`` checked before anything runs: the extension picks PNG, JPEG or WebP (none: .png),
+    a folder is refused, and the nearest existing parent must be a writable folder."""
+    text = str(output)
+    path = Path(text).expanduser()
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise MobileOError(f"{flag} {text} is a folder.",
+                           fix=f"name a file in it, e.g. {flag} {path / 'image.png'}.")
+    if path.suffix == "":
+        path = path.with_suffix(".png")
+    if path.suffix.lower() not in IMAGE_FORMATS:
+        raise MobileOError(f"{flag} {text}: cannot write {path.suffix} images.",
+                           fix=f"end the name with .png, .jpg or .webp, e.g. {flag} {path.with_suffix('.png')}.")
+    check_writable_folder(path.parent, f"{flag} {text}")
+    return path
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """``folder`` exists as a writable folder, or can be made in the nearest one that does."""
+    base = Path(folder).absolute()
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        raise MobileOError(f"cannot write {what}: {base} is a file, not a folder.",
+                           fix="choose a path under a folder.")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise MobileOError(f"cannot write {what}: the folder {base} is not writable.",
+                           fix="choose a folder you can write to.")
 
 
 # ------------------------------------------------------------------ outputs
@@ -78,56 +206,218 @@ def unique_path(path: str | Path, taken: Iterable[Path] = ()) -> Path:
     return candidate
 
 
-def output_paths(path: str | Path, n: int) -> list[Path]:
+def output_paths(path: str | Path, n: int, seeds: Sequence[int] | None = None) -> list[Path]:
+    """``n`` free names from ``path``; with ``seeds`` (several --seed values), each named by its
+    seed as mflux does: ``image_seed_3.png``."""
+    path = Path(path)
+    if path.suffix == "":
+        path = path.with_suffix(".png")
     out: list[Path] = []
-    for _ in range(n):
-        out.append(unique_path(path, out))
+    for i in range(n):
+        base = path.with_name(f"{path.stem}_seed_{seeds[i]}{path.suffix}") if seeds else path
+        out.append(unique_path(base, out))
     return out
 
 
-def save_png(image, path: Path, metadata: dict, write_json: bool = False) -> Path:
-    """Write a uint8 [H, W, 3] image with ``metadata`` in a PNG text chunk (and beside it).
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    The file is written whole under a temporary name, then claimed with a hard link, which
-    fails if the name exists: a file that appeared meanwhile (another run) is never
-    overwritten; the next free name is taken instead.  Returns the path written."""
-    import os
-    import tempfile
+    try:
+        return version("mobileo-deploy")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def model_revision(folder: str | Path) -> str | None:
+    """The hub commit of a ``huggingface_hub`` snapshot folder (``.../snapshots/<sha>/...``), else None."""
+    parts = Path(folder).parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "snapshots":
+            return parts[i + 1]
+    return None
+
+
+def model_hash(folder: str | Path, sample: int = 1 << 16) -> str | None:
+    """A quick fingerprint of a checkpoint folder (10 hex digits, as AUTOMATIC1111's "Model hash"):
+    sha256 of config.json, the index, and per safetensors file its header and four ``sample``-byte
+    slices.  Different weights give different hashes without reading gigabytes."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    files = [folder / "config.json", folder / "model.safetensors.index.json", *sorted(folder.glob("*.safetensors"))]
+    try:
+        for f in files:
+            if not f.is_file():
+                continue
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                if f.suffix != ".safetensors":
+                    h.update(fh.read())
+                    continue
+                size = f.stat().st_size
+                n = int.from_bytes(fh.read(8), "little")
+                fh.seek(0)
+                h.update(fh.read(min(8 + n, size)))
+                for at in (size // 4, size // 2, 3 * size // 4, max(size - sample, 0)):
+                    fh.seek(at)
+                    h.update(fh.read(sample))
+    except OSError:
+        return None
+    return h.hexdigest()[:10]
+
+
+SAMPLER_NAMES = {"dpm": "DPM++ 2M", "euler": "Euler"}  # AUTOMATIC1111's names for our samplers
+
+
+def _a1111_value(v) -> str:
+    text = str(v)
+    return json.dumps(text) if any(c in text for c in ',:"\n') else text
+
+
+def a1111_parameters(meta: dict) -> str:
+    """The settings in AUTOMATIC1111's ``parameters`` text: the prompt, then one line of
+    ``Key: value`` pairs (values holding , : or " are JSON-quoted, as A1111 does)."""
+    prompt = meta.get("prompt", meta.get("instruction", ""))
+    h, w = (meta.get("size") or [None, None])[:2]
+    model = meta.get("model")
+    fields = {"Steps": meta.get("steps"), "Sampler": SAMPLER_NAMES.get(meta.get("scheduler"), meta.get("scheduler")),
+              "CFG scale": meta.get("guidance"), "Seed": meta.get("seed"),
+              "Size": f"{w}x{h}" if h and w else None, "Model hash": meta.get("model_hash"),
+              "Model": Path(str(model)).name if model else None, "Model revision": meta.get("model_revision"),
+              "Task": meta.get("task"), "Version": f"mobileo-deploy {meta.get('version', tool_version())}"}
+    line = ", ".join(f"{k}: {_a1111_value(v)}" for k, v in fields.items() if v is not None)
+    return f"{prompt}\n{line}"
+
+
+def _encode(image, fmt: str, metadata: dict) -> bytes:
+    """The file's bytes: PNG with text chunks ``mobileo`` (JSON) and ``parameters`` (A1111);
+    JPEG/WebP with the JSON in EXIF ImageDescription and the A1111 text in EXIF UserComment."""
+    import io
 
     import numpy as np
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    text = json.dumps(metadata, sort_keys=True)
-    info.add_text(METADATA_KEY, text)
-    info.add_text("parameters", text)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.partial", dir=path.parent)
+    text = json.dumps(metadata, sort_keys=True, allow_nan=False)  # ASCII-only, and valid JSON: no NaN
+    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        info = PngInfo()
+        info.add_text(METADATA_KEY, text)
+        info.add_text(A1111_KEY, a1111_parameters(metadata))  # iTXt when not Latin-1
+        img.save(buf, format="PNG", pnginfo=info)
+    else:
+        exif = Image.Exif()
+        exif[EXIF_DESCRIPTION] = text
+        exif.get_ifd(EXIF_IFD)[EXIF_USER_COMMENT] = b"UNICODE\0" + a1111_parameters(metadata).encode("utf-16-be")
+        img.save(buf, format=fmt, exif=exif, quality=95)
+    return buf.getvalue()
+
+
+def save_image(image, path: Path, metadata: dict, write_json: bool = False) -> Path:
+    """Write a uint8 [H, W, 3] image in the format of its extension (PNG, JPEG, WebP) with
+    ``metadata`` inside (and beside it as JSON with ``write_json``).
+
+    The file is written whole under a temporary name, then claimed with a hard link, which
+    fails if the name exists: a file that appeared meanwhile (another run) is never
+    overwritten; the next free name is taken instead.  The file gets the umask's mode, as
+    any new file.  Errors name ``path``, never the temporary file.  Returns the path written."""
+    import secrets
+
+    path = Path(path)
+    if path.suffix == "":
+        path = path.with_suffix(".png")
+    fmt = IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise MobileOError(f"cannot write {path.suffix} images ({path}).", fix="use .png, .jpg or .webp.")
+    data = _encode(image, fmt, metadata)
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}{path.suffix}.partial")
     try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(f, format="PNG", pnginfo=info)
-        while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like any new file
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            while True:
+                try:
+                    os.link(tmp, path)
+                    break
+                except FileExistsError:
+                    path = unique_path(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if write_json:
+            sidecar = path.with_suffix(".json")
+            tmp_json = sidecar.with_name(f".{sidecar.name}.{secrets.token_hex(4)}.partial")
             try:
-                os.link(tmp, path)
-                break
-            except FileExistsError:
-                path = unique_path(path)
-    finally:
-        os.unlink(tmp)
-    if write_json:
-        sidecar = path.with_suffix(".json")
-        tmp_json = sidecar.with_name(f".{sidecar.name}.partial")
-        tmp_json.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        tmp_json.replace(sidecar)
+                tmp_json.write_text(json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False) + "\n")
+                tmp_json.replace(sidecar)
+            finally:
+                tmp_json.unlink(missing_ok=True)
+    except OSError as e:
+        raise MobileOError(f"cannot write {path} ({e.strerror or type(e).__name__}).",
+                           fix="check the folder exists, is writable and the disk has room.") from None
     return path
 
 
-def read_png_metadata(path: str | Path) -> dict:
-    from PIL import Image
+save_png = save_image  # the name before JPEG/WebP
 
-    with Image.open(path) as im:
-        return json.loads(im.text[METADATA_KEY])
+
+def read_metadata(path: str | Path) -> dict:
+    """The settings JSON of an image this tool wrote (PNG, JPEG, WebP) or of its .json sidecar."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    fix = "pass an image written by mobileo-generate or mobileo-edit (or its .json sidecar from --metadata)."
+    if not path.is_file():
+        raise MobileOError(f"{path} does not exist.", fix=fix)
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+        else:
+            with Image.open(path) as im:
+                text = im.text.get(METADATA_KEY) if hasattr(im, "text") else None
+                text = text or im.getexif().get(EXIF_DESCRIPTION)
+            if not text:
+                raise MobileOError(f"{path} holds no mobileo settings.", fix=fix)
+            data = json.loads(text)
+    except (OSError, UnidentifiedImageError, UnicodeDecodeError, ValueError) as e:
+        raise MobileOError(f"cannot read the settings in {path} ({type(e).__name__}).", fix=fix) from None
+    if not isinstance(data, dict):
+        raise MobileOError(f"{path}: the settings are not a JSON object.", fix=fix)
+    return data
+
+
+read_png_metadata = read_metadata
+
+
+def metadata_defaults(path: str | Path, task: str = "generate") -> dict:
+    """``--config-from-metadata``: the settings of one image as this command's argument names."""
+    meta = read_metadata(path)
+    if meta.get("task", "generate") != task:
+        raise MobileOError(f"{path} was made by mobileo-{meta.get('task', 'generate')}, not mobileo-{task}.",
+                           fix=f"use mobileo-{meta.get('task', 'generate')} --config-from-metadata {path}.")
+    out = {}
+    for key in ("steps", "guidance", "scheduler", "model", "quantize", "dtype", "latents"):
+        if meta.get(key) is not None:
+            out[key] = meta[key]
+    revision = meta.get("model_revision") or meta.get("revision")
+    if revision:
+        out["revision"] = revision
+    if meta.get("latents"):
+        out["n_images"] = meta.get("n_images", 1)
+    elif meta.get("seed") is not None:
+        out["seed"] = [meta["seed"]]
+    size = meta.get("size")
+    if isinstance(size, list) and len(size) == 2:
+        out["height"], out["width"] = size
+    text_key = "instruction" if task == "edit" else "prompt"
+    if meta.get(text_key):
+        out["text"] = meta[text_key]
+    if task == "edit" and meta.get("image"):
+        out["image"] = meta["image"]
+    return out
 
 
 # ------------------------------------------------------------------ progress and timing
@@ -189,35 +479,112 @@ def latents_arg(latents):
     return latents, None
 
 
-def run_and_save(pipeline, prompt: str, *, image=None, meta: dict, steps: int | None, guidance: float | None, seed: int | None,
-                 n_images: int, latents, scheduler: str, output: str | Path, metadata: bool,
-                 verbose: bool, progress: bool, log) -> list[Path]:
+def check_image_command(*, steps, guidance, seed, n_images: int, output, stepwise_dir=None,
+                        latents=None) -> tuple[list[int] | None, Path]:
+    """Everything ``generate`` / ``edit`` can check before loading a model: returns (seeds, output path)."""
+    check_sampling(steps, guidance, n_images)
+    seeds = check_seeds(seed, n_images)
+    if seeds and len(seeds) > 1 and latents is not None:
+        raise MobileOError("several --seed values and --latents together: the latents replace the seeds.",
+                           fix="pass one of them.")
+    path = output_target(output)
+    if stepwise_dir is not None:
+        d = Path(stepwise_dir).expanduser()
+        if d.exists() and not d.is_dir():
+            raise MobileOError(f"--stepwise-image-output-dir {stepwise_dir} is a file.", fix="pass a folder.")
+        check_writable_folder(d, f"--stepwise-image-output-dir {stepwise_dir}")
+    return seeds, path
+
+
+def open_checkpoint(model: str, revision: str | None, height: int | None, width: int | None):
+    """The checkpoint (config only, no weights yet) with ``--height``/``--width`` checked against it."""
+    from weights.hub import open_model
+
+    ckpt = open_model(model, revision=revision)
+    check_size(ckpt.config, height, width)
+    return ckpt
+
+
+def _stepwise_saver(pipeline, folder: Path, stem: str, seed: int | None, steps: int, settings: dict, log):
+    """``on_step`` for the pipeline: decode the latents after each step into ``folder``."""
+    import numpy as np
+
+    width = len(str(steps))
+
+    def on_step(step: int, latents) -> None:
+        images = np.array(pipeline.decode(latents))
+        for i, img in enumerate(images):
+            tag = f"seed_{seed + i}" if seed is not None else f"{i}"
+            path = unique_path(folder / f"{stem}_{tag}_step{step:0{width}d}of{steps}.png")
+            save_image(img, path, {**settings, "index": i, "step": step,
+                                   "seed": None if seed is None else seed + i})
+        if step == steps:
+            log(f"saved {steps} step images{'' if seed is None else f' of seed {seed}'} in {folder}")
+
+    return on_step
+
+
+def run_and_save(pipeline, prompt: str, *, image=None, meta: dict, steps: int | None, guidance: float | None,
+                 seed: int | Sequence[int] | None, n_images: int, latents, scheduler: str, output: str | Path,
+                 metadata: bool, verbose: bool, progress: bool, log, height: int | None = None,
+                 width: int | None = None, stepwise_dir: str | Path | None = None) -> list[Path]:
     """Sample with a progress bar, save each image with its settings, print the closing line.
 
     ``prompt`` (and ``image``, when editing) go to the pipeline's ``generate``; ``meta``
-    holds the command's own settings (prompt, image, model, latents file, ...); ``latents`` is an array or None (see :func:`latents_arg`); ``steps`` / ``guidance`` None
-    take the model's defaults.
+    holds the command's own settings (prompt, image, model, latents file, ...); ``latents`` is
+    an array or None (see :func:`latents_arg`); ``steps`` / ``guidance`` None take the model's
+    defaults.  ``seed``: one seed (image i of ``n_images`` uses seed + i) or several (one image
+    each, named by seed, as mflux does).  Nothing is written unless the run succeeds.
     """
+    import numpy as np
+
     defaults = pipeline.config.defaults
     steps = defaults.steps if steps is None else steps
     guidance = defaults.guidance if guidance is None else guidance
-    bar = StepProgress(steps, enabled=progress)
-    with bar:
-        out = pipeline.generate(prompt, image=image, steps=steps, guidance=guidance, seed=seed,
-                                n_images=n_images, latents=latents, scheduler=scheduler, progress=bar.update)
-    if verbose:
-        log(f"prompt: {out.prompt_tokens} tokens; seed: {out.seed}")
-    paths = output_paths(output, n_images)
-    for i, (img, path) in enumerate(zip(out.images, paths)):
-        settings = {**meta, "steps": steps, "guidance": guidance, "n_images": n_images, "index": i,
-                    "seed": None if out.seed is None else out.seed + i, "scheduler": scheduler,
-                    "quantize": pipeline.quantize, "dtype": dtype_name(pipeline.dtype),
-                    "size": list(img.shape[:2]), "generator": GENERATOR}
-        path = paths[i] = save_png(img, path, settings, write_json=metadata)
-        log(f"saved {path}")
-    timings = {"load": pipeline.load_seconds, **out.timings}
-    peaks = {"load": pipeline.load_peak_memory, **out.peak_memory}
+    seeds = check_seeds(seed, n_images)
+    output = output_target(output)
+    check_size(pipeline.config, height, width)
+    if seeds and len(seeds) > 1:
+        runs, by_seed = [(s, 1) for s in seeds], True
+    else:
+        runs, by_seed = [(seeds[0] if seeds else None, n_images)], False
+    common = {"steps": steps, "guidance": guidance, "scheduler": scheduler, "quantize": pipeline.quantize,
+              "dtype": dtype_name(pipeline.dtype), "generator": GENERATOR, "version": tool_version(),
+              "model_revision": model_revision(pipeline.source), "model_hash": model_hash(pipeline.source)}
+    results, timings, peaks = [], {}, {}
+    for run_seed, n in runs:
+        on_step = None
+        if stepwise_dir is not None:
+            on_step = _stepwise_saver(pipeline, Path(stepwise_dir).expanduser(), output.stem, run_seed, steps,
+                                      {**meta, **common, "n_images": n}, log)
+        bar = StepProgress(steps, description=f"seed {run_seed}" if by_seed else "denoising", enabled=progress)
+        with bar:
+            out = pipeline.generate(prompt, image=image, steps=steps, guidance=guidance, seed=run_seed,
+                                    n_images=n, latents=latents, scheduler=scheduler, height=height, width=width,
+                                    progress=bar.update, on_step=on_step)
+        if not np.isfinite(out.latents).all():
+            raise MobileOError(f"sampling diverged: the final latents hold NaN or infinity (guidance {guidance}).",
+                               fix="lower --guidance (Mobile-O uses 1.5).")
+        if verbose:
+            log(f"prompt: {out.prompt_tokens} tokens; seed: {out.seed}")
+        results.append((out, n))
+        for k, v in out.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+        for k, v in out.peak_memory.items():
+            peaks[k] = max(peaks.get(k, 0.0), v)
+    paths = output_paths(output, sum(n for _, n in runs),
+                         [out.seed for out, _ in results] if by_seed else None)
+    k = 0
+    for out, n in results:
+        for i, img in enumerate(out.images):
+            settings = {**meta, **common, "n_images": n, "index": i,
+                        "seed": None if out.seed is None else out.seed + i, "size": list(img.shape[:2])}
+            path = paths[k] = save_image(img, paths[k], settings, write_json=metadata)
+            log(f"saved {path}")
+            k += 1
+    timings = {"load": pipeline.load_seconds, **timings}
+    peaks = {"load": pipeline.load_peak_memory, **peaks}
     if verbose:
         log("peak memory by phase: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in peaks.items()))
-    log(closing_line(timings, peaks, steps))
+    log(closing_line(timings, peaks, steps * len(runs)))
     return paths

@@ -195,10 +195,15 @@ class SanaTransformer(nn.Module):
         ``dequantize``: see :func:`mlx_model.quant.quantize_linears`."""
         from weights.mlx_map import load_component
 
+        from .mlx_folder import native
+
         model = cls(config or ckpt.config.dit)
-        load_component(model, ckpt, "dit", tensors=tensors)
-        cast(model, dtype)
-        quantize_linears(model, quantize_bits, group_size, dequantize)
+        if tensors is None and native(ckpt):  # pre-quantized MLX folder
+            ckpt.load_into(model, "dit", quantize_bits, dtype, dequantize)
+        else:
+            load_component(model, ckpt, "dit", tensors=tensors)
+            cast(model, dtype)
+            quantize_linears(model, quantize_bits, group_size, dequantize)
         model.eval()
         mx.eval(model.parameters())
         return model

@@ -1,8 +1,10 @@
-"""``python -m mlx_model.edit IMAGE "instruction"``: Mobile-O image editing with MLX only.
+"""``mobileo-edit IMAGE "instruction"`` (or ``python -m mlx_model.edit``): Mobile-O image
+editing with MLX only.
 
 Editing is generation with another conditioning source (:class:`mlx_model.pipeline.
 GenerationPipeline` loaded with ``edit=True``); this command shares the generation options
-and output handling (:mod:`mlx_model.cli_common`).
+and output handling (:mod:`mlx_model.cli_common`); mflux's ``--image-path`` and ``--prompt``
+work too.
 
 Python use:
 
@@ -19,8 +21,8 @@ import sys
 from pathlib import Path
 
 from weights.configs import DEFAULT_SAMPLER
+from weights.errors import MobileOError, run_cli
 from weights.hub import DEFAULT_MODEL
-from weights.errors import run_cli
 
 from . import cli_common as cc
 from .tokenizer import PromptError
@@ -30,10 +32,12 @@ __all__ = ["edit", "main"]
 
 # ------------------------------------------------------------------ command line
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mlx_model.edit",
+    p = argparse.ArgumentParser(prog="mobileo-edit",
                                 description="Edit an image following an instruction, with Mobile-O in MLX.")
-    p.add_argument("image", help="image to edit (anything Pillow opens)")
-    p.add_argument("instruction", help="what to change")
+    p.add_argument("image", nargs="?", default=None, help="image to edit (anything Pillow opens)")
+    cc.add_text_argument(p, "instruction", "what to change")
+    p.add_argument("--image-path", default=None, metavar="IMAGE",
+                   help="the image to edit, as a flag (mflux's name; instead of the argument)")
     cc.add_model_options(p)
     cc.add_sampling_options(p)
     cc.add_output_options(p, default="edited.png")
@@ -41,34 +45,71 @@ def parser() -> argparse.ArgumentParser:
 
 
 def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-         dtype: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-         n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER, output: str | Path = "edited.png",
-         metadata: bool = False, verbose: bool = False, progress: bool = False,
-         pipeline=None, log=None) -> list[Path]:
-    """Edit ``image`` ``n_images`` times and save PNGs; returns the paths written.
-    ``pipeline``: reuse a loaded :class:`~mlx_model.pipeline.GenerationPipeline` (``edit=True``)."""
+         dtype: str | None = None, steps: int | None = None, guidance: float | None = None,
+         seed: int | list[int] | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
+         height: int | None = None, width: int | None = None, output: str | Path = "edited.png",
+         metadata: bool = False, stepwise_dir: str | Path | None = None, verbose: bool = False,
+         progress: bool = False, pipeline=None, log=None) -> list[Path]:
+    """Edit ``image`` ``n_images`` times (or once per seed) and save the results; returns the
+    paths written.  ``pipeline``: reuse a loaded :class:`~mlx_model.pipeline.GenerationPipeline`
+    (``edit=True``).  Every argument and the image are checked before the model is loaded."""
+    from .multimodal import check_no_placeholder
     from .pipeline import GenerationPipeline
     from .preprocess import load_image
 
     log = log or (lambda msg: print(msg, flush=True))
     if not instruction or not instruction.strip():  # fail before loading anything
         raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
+    check_no_placeholder(instruction, "instruction")
+    cc.check_image_command(steps=steps, guidance=guidance, seed=seed, n_images=n_images, output=output,
+                           stepwise_dir=stepwise_dir, latents=latents)
     source = load_image(image)  # unreadable images fail before loading weights
     latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
-        pipeline = GenerationPipeline.from_pretrained(model, quantize=quantize, dtype=cc.dtype_of(dtype),
-                                                      revision=revision, edit=True)
+        ckpt = cc.open_checkpoint(model, revision, height, width)
+        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype), edit=True)
     pixels = pipeline.encoder.pixels(source)
     if verbose:
         c = pipeline.config
         log(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; dtype: {cc.dtype_name(pipeline.dtype)}; "
             f"input {source.width}x{source.height} -> {c.vision.image_size}x{c.vision.image_size} "
-            f"({c.vision.num_tokens} image tokens); output {c.image_size}x{c.image_size}")
+            f"({c.vision.num_tokens} image tokens); output {height or c.image_size}x{width or c.image_size}")
     meta = {"task": "edit", "image": str(image) if isinstance(image, (str, Path)) else None,
             "instruction": instruction, "model": model, "revision": revision, "latents": latents_file}
     return cc.run_and_save(pipeline, instruction, image=pixels, meta=meta, steps=steps, guidance=guidance, seed=seed,
                            n_images=n_images, latents=latents, scheduler=scheduler, output=output,
-                           metadata=metadata, verbose=verbose, progress=progress, log=log)
+                           metadata=metadata, verbose=verbose, progress=progress, log=log, height=height,
+                           width=width, stepwise_dir=stepwise_dir)
+
+
+def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
+    saved = {}
+    if a.config_from_metadata:  # its settings become the defaults; flags given now still win
+        saved = cc.metadata_defaults(a.config_from_metadata, "edit")
+        p.set_defaults(**{k: v for k, v in saved.items() if k not in ("text", "image")})
+        a = p.parse_args(argv)
+    image, instruction = a.image, a.instruction
+    if a.image_path is not None:
+        if instruction is None and image is not None:
+            instruction, image = image, None  # mobileo-edit --image-path photo.jpg "make it blue"
+        if image is not None and image != a.image_path:
+            raise MobileOError(f"the image is given twice: as an argument ({image!r}) and with --image-path "
+                               f"({a.image_path!r}).", fix="pass it once.")
+        image = a.image_path
+    if image == "-":
+        raise MobileOError("the image cannot be read from stdin ('-'); only the instruction can.",
+                           fix="pass the image as a file path.")
+    instruction = cc.pick_text(instruction, a.instruction_flag, "instruction", example="make it snowy")
+    image = saved.get("image") if image is None else image
+    instruction = saved.get("text") if instruction is None else instruction
+    if image is None or instruction is None:
+        raise MobileOError(f"no {'image' if image is None else 'instruction'} given.",
+                           fix="mobileo-edit photo.jpg \"make it snowy\".")
+    return edit(image, instruction, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
+                steps=a.steps, guidance=a.guidance, seed=a.seed, n_images=a.n_images, latents=a.latents,
+                scheduler=a.scheduler, height=a.height, width=a.width, output=a.output, metadata=a.metadata,
+                stepwise_dir=a.stepwise_image_output_dir, verbose=a.verbose,
+                progress=sys.stderr.isatty() or a.verbose)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,11 +117,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if argv is None:
         use_openblas()
-    a = parser().parse_args(argv)
-    run_cli(lambda: edit(a.image, a.instruction, model=a.model, revision=a.revision, quantize=a.quantize,
-                         dtype=a.dtype, steps=a.steps, guidance=a.guidance, seed=a.seed, n_images=a.n_images,
-                         latents=a.latents, scheduler=a.scheduler, output=a.output, metadata=a.metadata,
-                         verbose=a.verbose, progress=sys.stderr.isatty() or a.verbose))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    run_cli(lambda: _run(p, a, argv))
 
 
 if __name__ == "__main__":

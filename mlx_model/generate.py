@@ -1,4 +1,7 @@
-"""``python -m mlx_model.generate "a red cup"``: a Mobile-O image with MLX only (no torch).
+"""``mobileo-generate --prompt "a red cup"`` (or ``python -m mlx_model.generate "a red cup"``):
+a Mobile-O image with MLX only (no torch).  The flags are mflux's where it has them
+(``--prompt``, several ``--seed`` values, ``--width/--height``, ``--stepwise-image-output-dir``,
+``--config-from-metadata``, ``--metadata``, ``-q``).
 
 Python use, same options:
 
@@ -13,8 +16,8 @@ import sys
 from pathlib import Path
 
 from weights.configs import DEFAULT_SAMPLER
+from weights.errors import MobileOError, run_cli
 from weights.hub import DEFAULT_MODEL
-from weights.errors import run_cli
 
 from . import cli_common as cc
 
@@ -22,9 +25,8 @@ __all__ = ["generate", "main"]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mlx_model.generate",
-                                description="Make an image from a prompt with Mobile-O in MLX.")
-    p.add_argument("prompt", help="what to draw")
+    p = argparse.ArgumentParser(prog="mobileo-generate", description="Make an image from a prompt with Mobile-O in MLX.")
+    cc.add_text_argument(p, "prompt", "what to draw")
     cc.add_model_options(p)
     cc.add_sampling_options(p)
     cc.add_output_options(p)
@@ -32,11 +34,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-             dtype: str | None = None, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-             n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER, output: str | Path = "image.png",
-             metadata: bool = False, verbose: bool = False, progress: bool = False, pipeline=None,
-             log=None) -> list[Path]:
-    """Make ``n_images`` images and save them as PNGs; returns the paths written.
+             dtype: str | None = None, steps: int | None = None, guidance: float | None = None,
+             seed: int | list[int] | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
+             height: int | None = None, width: int | None = None, output: str | Path = "image.png",
+             metadata: bool = False, stepwise_dir: str | Path | None = None, verbose: bool = False,
+             progress: bool = False, pipeline=None, log=None) -> list[Path]:
+    """Make ``n_images`` images (or one per seed when ``seed`` is a list of several) and save
+    them; returns the paths written.  Every argument is checked before the model is loaded.
 
     ``latents``: an array or a .npy path of shape (n_images, C, h, w).  ``pipeline``: reuse a
     loaded :class:`~mlx_model.pipeline.GenerationPipeline` (``model``/``quantize``/``dtype`` ignored).
@@ -49,18 +53,39 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = 
         from .tokenizer import PromptError
 
         raise PromptError("the prompt is empty.", fix="pass a non-empty prompt, e.g. \"a red cup\".")
+    cc.check_image_command(steps=steps, guidance=guidance, seed=seed, n_images=n_images, output=output,
+                           stepwise_dir=stepwise_dir, latents=latents)
     latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
-        pipeline = GenerationPipeline.from_pretrained(model, quantize=quantize, dtype=cc.dtype_of(dtype),
-                                                      revision=revision)
+        ckpt = cc.open_checkpoint(model, revision, height, width)
+        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype))
     if verbose:
         c = pipeline.config
         log(f"model: {pipeline.source} ({c.diffusion_name_or_path}); quantize: {pipeline.quantize or 'float'}; "
-            f"dtype: {cc.dtype_name(pipeline.dtype)}; image {c.image_size}x{c.image_size}, latents {list(c.latent_shape)}")
+            f"dtype: {cc.dtype_name(pipeline.dtype)}; image {height or c.image_size}x{width or c.image_size}")
     meta = {"prompt": prompt, "model": model, "revision": revision, "latents": latents_file}
     return cc.run_and_save(pipeline, prompt, meta=meta, steps=steps, guidance=guidance, seed=seed,
                            n_images=n_images, latents=latents, scheduler=scheduler, output=output,
-                           metadata=metadata, verbose=verbose, progress=progress, log=log)
+                           metadata=metadata, verbose=verbose, progress=progress, log=log, height=height,
+                           width=width, stepwise_dir=stepwise_dir)
+
+
+def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
+    text = None
+    if a.config_from_metadata:  # its settings become the defaults; flags given now still win
+        saved = cc.metadata_defaults(a.config_from_metadata, "generate")
+        text = saved.pop("text", None)
+        p.set_defaults(**saved)
+        a = p.parse_args(argv)
+    prompt = cc.pick_text(a.prompt, a.prompt_flag, "prompt")
+    prompt = text if prompt is None else prompt
+    if prompt is None:
+        raise MobileOError("no prompt given.", fix="pass one: mobileo-generate --prompt \"a red cup\".")
+    return generate(prompt, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype, steps=a.steps,
+                    guidance=a.guidance, seed=a.seed, n_images=a.n_images, latents=a.latents,
+                    scheduler=a.scheduler, height=a.height, width=a.width, output=a.output, metadata=a.metadata,
+                    stepwise_dir=a.stepwise_image_output_dir, verbose=a.verbose,
+                    progress=sys.stderr.isatty() or a.verbose)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,11 +93,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if argv is None:
         use_openblas()
-    a = parser().parse_args(argv)
-    run_cli(lambda: generate(a.prompt, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
-                             steps=a.steps, guidance=a.guidance, seed=a.seed, n_images=a.n_images,
-                             latents=a.latents, scheduler=a.scheduler, output=a.output,
-                             metadata=a.metadata, verbose=a.verbose, progress=sys.stderr.isatty() or a.verbose))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    run_cli(lambda: _run(p, a, argv))
 
 
 if __name__ == "__main__":

@@ -64,11 +64,16 @@ class LanguageModel:
     def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = QUANT_GROUP_SIZE,
                         dtype=mx.float32, dequantize: bool | None = None) -> "LanguageModel":
         """``dequantize``: see :func:`mlx_model.quant.quantize_linears` (default: on CPU only)."""
+        from .mlx_folder import native
+
         cfg = ckpt.config.llm
         model = Model(ModelArgs.from_dict(cfg.to_hf_dict()))
-        load_component(model, ckpt, "llm", keys=model.sanitize)
-        cast(model, dtype)
-        quantize_linears(model, quantize_bits, group_size, dequantize)
+        if native(ckpt):  # pre-quantized MLX folder: mx.load, no float copy
+            ckpt.load_into(model, "llm", quantize_bits, dtype, dequantize)
+        else:
+            load_component(model, ckpt, "llm", keys=model.sanitize)
+            cast(model, dtype)
+            quantize_linears(model, quantize_bits, group_size, dequantize)
         model.eval()
         mx.eval(model.parameters())
         return cls(model, Tokenizer.from_checkpoint(ckpt), cfg)

@@ -74,9 +74,14 @@ class MCP(nn.Module):
     def from_checkpoint(cls, ckpt, dtype=mx.float32, tensors=None, config: MCPConfig | None = None):
         from weights.mlx_map import load_component
 
+        from .mlx_folder import native
+
         model = cls(config or ckpt.config.mcp)
-        load_component(model, ckpt, "mcp", tensors=tensors)
-        cast(model, dtype)
+        if tensors is None and native(ckpt):
+            ckpt.load_into(model, "mcp", dtype=dtype)
+        else:
+            load_component(model, ckpt, "mcp", tensors=tensors)
+            cast(model, dtype)
         model.eval()
         mx.eval(model.parameters())
         return model

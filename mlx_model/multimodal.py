@@ -26,6 +26,15 @@ from .tokenizer import PromptError
 from .vision import VisionTower
 
 
+def check_no_placeholder(text: str, what: str = "question") -> None:
+    """User text must not hold ``<image>``: the template places the one image.  Checked before
+    anything is loaded or printed (and again by :meth:`MultimodalPrompt.build`)."""
+    if IMAGE_PLACEHOLDER in (text or ""):
+        raise PromptError(f"the {what} holds {IMAGE_PLACEHOLDER}; Mobile-O takes exactly one image, which "
+                          "the prompt template places itself.",
+                          fix=f"remove {IMAGE_PLACEHOLDER} from the {what}.")
+
+
 @dataclass(frozen=True)
 class MultimodalPrompt:
     pieces: tuple[tuple[int, ...], ...]  # token ids before and after the image
@@ -87,6 +96,17 @@ class ImageEncoder:
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "ImageEncoder":
+        from .mlx_folder import native
+
+        if native(ckpt):  # MLX folder: the same modules, filled by mx.load
+            cfg = ckpt.config
+            vision, projector = VisionTower(cfg.vision), Projector(cfg.mm_hidden_size, cfg.llm.hidden_size)
+            ckpt.load_into(vision, "vision")
+            ckpt.load_into(projector, "projector")
+            for m in (vision, projector):
+                m.eval()
+                mx.eval(m.parameters())
+            return cls(vision, projector, cfg)
         return cls(VisionTower.from_checkpoint(ckpt), Projector.from_checkpoint(ckpt), ckpt.config)
 
     @property

@@ -126,7 +126,7 @@ class GenerationPipeline:
     def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None,
                         edit: bool = False):
         """``model``: a hub id, a local folder, or ``demo`` (tiny random checkpoint)."""
-        from weights.hub import open_model
+        from .mlx_folder import open_model
 
         return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype, edit=edit)
 
@@ -167,31 +167,37 @@ class GenerationPipeline:
         return self.condition(self.prompt_embeds(prompt, image)[1])
 
     def denoiser(self, context: mx.array, guidance: float, n: int) -> Callable:
-        """``denoise(latents [n,C,h,w], t) -> CFG velocity``; DiT runs on one batch of 2n."""
-        uncond, cond = context[:1], context[1:]
-        ctx = mx.concatenate([mx.repeat(uncond, n, axis=0), mx.repeat(cond, n, axis=0)], axis=0)
-        ctx = ctx.astype(self.dtype)
+        """``denoise(latents [n,C,h,w], t) -> CFG velocity``; the DiT runs one CFG pair
+        (batch 2) per image, so an image's numbers never depend on ``n`` (BLAS kernels may
+        block a matmul differently for another row count)."""
+        ctx = context.astype(self.dtype)  # [uncond, cond]
+        ts = mx.full((2,), 0.0, dtype=mx.float32)
 
         def denoise(latents, t):
-            x = mx.concatenate([latents, latents], axis=0).astype(self.dtype)
-            ts = mx.full((2 * n,), float(t), dtype=mx.float32)
-            v = self.dit(x, ctx, ts).astype(mx.float32)
-            return classifier_free_guidance(v[:n], v[n:], guidance)
+            out = []
+            for i in range(latents.shape[0]):
+                x = mx.concatenate([latents[i:i + 1], latents[i:i + 1]], axis=0).astype(self.dtype)
+                v = self.dit(x, ctx, ts + float(t)).astype(mx.float32)
+                out.append(classifier_free_guidance(v[:1], v[1:], guidance))
+            return out[0] if len(out) == 1 else mx.concatenate(out, axis=0)
 
         return denoise
 
-    def initial_latents(self, n: int, seed: int | None = None, latents=None) -> mx.array:
+    def initial_latents(self, n: int, seed: int | None = None, latents=None,
+                        shape: tuple[int, int, int] | None = None) -> mx.array:
         """N(0, 1) latents [n, C, h, w] (fp32), image i seeded with ``seed + i`` (so any image of
-        a batch can be remade alone); or ``latents`` checked against that shape."""
-        shape = (n, *self.config.latent_shape)
+        a batch can be remade alone); or ``latents`` checked against that shape.  ``shape``
+        (C, h, w): see :func:`latent_shape` (default: the model's own size)."""
+        shape = (n, *(shape or self.config.latent_shape))
         if latents is None:
             keys = [mx.random.key(seed + i) if seed is not None else None for i in range(n)]
             return mx.stack([mx.random.normal(shape[1:], dtype=mx.float32, key=k) for k in keys])
         arr = np.asarray(latents)
         if tuple(arr.shape) != shape:
-            raise LatentsError(f"the initial latents have shape {list(arr.shape)} but this model and "
-                               f"--n-images {n} need {list(shape)}.",
-                               fix=f"save an array of shape {shape} (numpy .npy), or change --n-images.")
+            raise LatentsError(f"the initial latents have shape {list(arr.shape)} but this model, this "
+                               f"image size and --n-images {n} need {list(shape)}.",
+                               fix=f"save an array of shape {shape} (numpy .npy), or change --n-images, "
+                               "--width or --height.")
         if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
             raise LatentsError(f"the initial latents must be finite floats (got {arr.dtype}).",
                                fix="save float32 noise, e.g. np.random.randn(...).astype('float32').")
@@ -211,10 +217,15 @@ class GenerationPipeline:
     # ------------------------------------------------------------------ all together
     def generate(self, prompt: str, *, image=None, steps: int | None = None, guidance: float | None = None,
                  seed: int | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
-                 progress: Callable[[int, int], None] | None = None) -> Generation:
+                 height: int | None = None, width: int | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 on_step: Callable[[int, mx.array], None] | None = None) -> Generation:
         """Whole pipeline; with ``image``, ``prompt`` is an editing instruction for it.
-        ``progress(step, total)`` is called after every denoising step."""
+        ``height`` / ``width``: output size in pixels (default the model's; see :func:`latent_shape`).
+        ``progress(step, total)`` is called after every denoising step, ``on_step(step, latents)``
+        with the latents after it (for previews: :meth:`decode` them)."""
         d = self.config.defaults
+        shape = latent_shape(self.config, height, width)
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
         if seed is None and latents is None:
@@ -227,12 +238,14 @@ class GenerationPipeline:
             sched = self.scheduler(scheduler, steps)
             n_tokens, embeds = self.prompt_embeds(prompt, image)
             context = self.condition(embeds)
-            x0 = self.initial_latents(n_images, seed, latents)
+            x0 = self.initial_latents(n_images, seed, latents, shape)
             mx.eval(context, x0)
         with _phase("denoise", timings, peaks):
             x = x0
             for i, x in enumerate(sample(self.denoiser(context, guidance, n_images), x0, sched)):
                 mx.eval(x)
+                if on_step is not None:
+                    on_step(i + 1, x)
                 if progress is not None:
                     progress(i + 1, steps)
         with _phase("decode", timings, peaks):
@@ -245,6 +258,30 @@ class GenerationPipeline:
     def edit(self, image, instruction: str, **kw) -> Generation:
         """Edit ``image`` (path, PIL image, uint8 array); keywords as :meth:`generate`."""
         return self.generate(instruction, image=image, **kw)
+
+
+def size_multiple(config) -> int:
+    """Image sides must be multiples of this: the DC-AE's spatial compression times the DiT's patch."""
+    return config.vae.spatial_compression * config.dit.patch_size
+
+
+def latent_shape(config, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """(C, h, w) of one latent for a ``height`` x ``width`` image (None: the model's own size).
+
+    SANA's DiT has no positional embedding and the DC-AE is convolutional, so any side that is a
+    multiple of :func:`size_multiple` works; quality is best near the training size."""
+    c, h, w = config.latent_shape
+    f, m = config.vae.spatial_compression, size_multiple(config)
+    for name, side in (("height", height), ("width", width)):
+        if side is None:
+            continue
+        whole = isinstance(side, (int, np.integer)) and not isinstance(side, bool)
+        if not whole or side < m or side % m:
+            near = max(m, round(side / m) * m) if whole else config.image_size
+            raise MobileOError(f"--{name} {side} is not a positive multiple of {m} (this model's DC-AE "
+                               f"compresses {f}x{f} pixels into one latent).",
+                               fix=f"pass a multiple of {m}, e.g. --{name} {near}.")
+    return (c, h if height is None else int(height) // f, w if width is None else int(width) // f)
 
 
 def load_latents(path: str | Path) -> np.ndarray:

@@ -8,13 +8,18 @@ Constants come from :class:`weights.configs.ImagePreprocess`.  Anything Pillow c
 becomes RGB: EXIF orientation is applied (the one step beyond Mobile-O's
 ``Image.open(f).convert("RGB")``, so phone photos are upright); transparency is dropped as
 ``convert("RGB")`` drops it; 16-bit and 32-bit grayscale are scaled to 8 bits.
-Unreadable input raises :class:`ImageError` with one line.
+Unreadable input raises :class:`ImageError` with one line: a missing file, a URL (not
+fetched), an undecodable file, or one above Pillow's decompression-bomb limit
+(``2 * Image.MAX_IMAGE_PIXELS``, ~179 megapixels); images between Pillow's warning and that
+limit are read without its warning.
 
     pixels = preprocess("photo.jpg", ckpt.config.preprocess)   # [S, S, 3] float32
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +37,53 @@ class ImageError(MobileOError):
     """An image file that is missing or cannot be decoded."""
 
 
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def max_pixels() -> int | None:
+    """Pillow refuses images above twice its ``MAX_IMAGE_PIXELS`` (a decompression bomb guard)."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
 def open_image(source: str | Path) -> Image.Image:
+    if isinstance(source, str) and URL.match(source):
+        raise ImageError(f"{source} is a URL; images are read from files only.",
+                         fix="download it first (e.g. curl -LO URL) and pass the file.")
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ImageError(f"image {path} does not exist.", fix="pass the path of an image file.")
+        what = "is a folder, not an image" if path.is_dir() else "does not exist"
+        raise ImageError(f"image {path} {what}.", fix="pass the path of an image file.")
     try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():  # between Pillow's warning and its limit: read, quietly
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+    except Image.DecompressionBombError:
+        limit = max_pixels()
+        size = _declared_size(path)
+        raise ImageError(f"image {path} is {size}, more than the {limit / 1e6:.0f} megapixels this tool "
+                         "decodes (a decompression-bomb guard).",
+                         fix="downscale it first, e.g. to 4096 px on the long side (Mobile-O sees it at "
+                         "1024x1024 anyway).") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageError(f"cannot read image {path} ({why}).",
                          fix="pass a valid image file (PNG, JPEG, WebP, TIFF, BMP, GIF ...).") from None
     return img
+
+
+def _declared_size(path: Path) -> str:
+    """``W x H (N MP)`` from the file's header, without decoding (for the error message)."""
+    try:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+        return f"{w}x{h} ({w * h / 1e6:.0f} megapixels)"
+    except Exception:  # any header Pillow cannot read: say less
+        return "too large"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

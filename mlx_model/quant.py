@@ -8,6 +8,7 @@ from weights.errors import MobileOError
 
 QUANTIZE_CHOICES = (0, 4, 8)  # bits for the LLM and DiT Linear layers; 0 = float
 QUANT_GROUP_SIZE = 64  # MLX / mlx-lm default; Mobile-O ships its LLM 4-bit with group 64
+QMM_MAX_ROWS = 16  # on CPU: up to this many input rows, MLX's quantized matmul; above, JIT dequantize
 
 
 def check_bits(bits: int) -> int:
@@ -22,23 +23,77 @@ def quantize_linears(module, bits: int | None, group_size: int = QUANT_GROUP_SIZ
     """Affine ``bits``-bit quantization of the Linear layers whose input dim is a multiple of
     ``group_size`` (the others stay float).  ``bits`` None or 0: unchanged.
 
-    ``dequantize`` (default: when Metal is unavailable) turns the quantized layers back into
-    float Linear layers holding the *dequantized* 4/8-bit values: the numbers of the quantized
-    model, computed with float matmuls.  On CPU, MLX's quantized matmul is ~40x slower than an
-    OpenBLAS fp32 matmul for prompt-sized inputs (5760x1152 weight, 512 rows: 10.6 s vs 0.24 s).
+    ``dequantize`` True turns the quantized layers back into float Linear layers holding the
+    *dequantized* 4/8-bit values (float memory); False keeps MLX's ``QuantizedLinear``; None
+    (default) keeps them on Metal and, without Metal, makes them :class:`JITQuantizedLinear`:
+    packed weights resident, dequantized per call for prompt-sized inputs (on CPU, MLX's
+    quantized matmul is ~40x slower than an OpenBLAS fp32 matmul there: 5760x1152 weight,
+    512 rows, 10.6 s vs 0.24 s), MLX's quantized matmul for a few rows (token decoding).
     """
     import mlx.nn as nn
 
     if not bits:
         return module
-    nn.quantize(module, group_size=group_size, bits=bits,
-                class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0)
+    nn.quantize(module, group_size=group_size, bits=bits, class_predicate=quantizable(group_size))
+    return finish_quantized(module, dequantize)
+
+
+def quantizable(group_size: int = QUANT_GROUP_SIZE):
+    """``nn.quantize``'s predicate: the Linear layers whose input width is a multiple of the group."""
+    import mlx.nn as nn
+
+    return lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0
+
+
+def finish_quantized(module, dequantize: bool | None = None):
+    """The compute form of a module's QuantizedLinear layers (see :func:`quantize_linears`)."""
     if dequantize is None:
         from .platform import metal_available
 
-        dequantize = not metal_available()
+        if not metal_available():
+            return jit_linears(module)
+        return module
     if dequantize:
         dequantize_linears(module)
+    return module
+
+
+def _jit_class():
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    class JITQuantizedLinear(nn.QuantizedLinear):
+        """A QuantizedLinear (same parameters: packed weight, scales, biases) for CPUs: inputs
+        of more than :data:`QMM_MAX_ROWS` rows are multiplied by the weight dequantized just
+        for this call (a temporary, freed after the matmul), fewer rows go through MLX's
+        quantized matmul.  Memory holds the packed weights; the values are those of the
+        dequantized model."""
+
+        def __call__(self, x):
+            if x.size // x.shape[-1] <= QMM_MAX_ROWS:
+                return super().__call__(x)
+            w = mx.dequantize(self.weight, self.scales, self.biases, group_size=self.group_size,
+                              bits=self.bits, mode=self.mode).astype(self.scales.dtype)
+            if "bias" in self:
+                return mx.addmm(self.bias, x, w.T)
+            return x @ w.T
+
+    return JITQuantizedLinear
+
+
+_JIT = None
+
+
+def jit_linears(module):
+    """Make every QuantizedLinear of ``module`` a :class:`JITQuantizedLinear` (no copy)."""
+    import mlx.nn as nn
+
+    global _JIT
+    if _JIT is None:
+        _JIT = _jit_class()
+    for _, m in module.named_modules():
+        if isinstance(m, nn.QuantizedLinear) and not isinstance(m, _JIT):
+            m.__class__ = _JIT
     return module
 
 

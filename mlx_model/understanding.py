@@ -7,32 +7,37 @@ tower and the projector (no DiT, no VAE), decoding streamed.
     for r in model.stream("photo.jpg", "Describe it."):
         print(r.text, end="", flush=True)
 
-Decoding runs mlx-lm's Qwen2 with its KV cache and its sampler (``make_sampler``):
-temperature 0 is greedy, ``top_p`` 1.0 and ``top_k`` 0 are off; it stops at the tokenizer's
-end-of-sequence token.  Defaults are Mobile-O's (:class:`weights.configs.GenerationDefaults`:
-temperature 0.8, top-k 50, no top-p, 256 new tokens).  As Mobile-O's answer, the text skips
-special tokens and :meth:`Understanding.answer` strips surrounding whitespace.
-The command line is :mod:`mlx_model.understand`.
+Decoding runs mlx-lm's Qwen2 with its KV cache (a rotating one of ``max_kv_size`` entries
+when given), its sampler (``make_sampler``: temperature 0 is greedy, ``top_p`` 1.0,
+``top_k`` 0 and ``min_p`` 0 are off) and its logits processors (``make_logits_processors``:
+repetition penalty); it stops at the tokenizer's end-of-sequence token, and the prompt plus
+the answer must fit the LLM's context (``max_position_embeddings``).  This library's
+defaults are Mobile-O's (:class:`weights.configs.GenerationDefaults`: temperature 0.8,
+top-k 50, no top-p, 256 new tokens); the command line defaults to greedy decoding, as mlx-lm
+does.  As Mobile-O's answer, the text skips special tokens and :meth:`Understanding.answer`
+strips surrounding whitespace.  The command line is :mod:`mlx_model.understand`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import mlx.core as mx
 
 from weights.errors import MobileOError
 from weights.hub import DEFAULT_MODEL
-from weights.prompts import understanding_prompt
+from weights.prompts import SYSTEM, understanding_prompt
 
 from .llm import LanguageModel
-from .multimodal import ImageEncoder, MultimodalPrompt
+from .multimodal import ImageEncoder, MultimodalPrompt, check_no_placeholder
 from .quant import QUANT_GROUP_SIZE, check_bits
 from .tokenizer import PromptError
 
-__all__ = ["Understanding", "Response", "Detokenizer", "decode_steps", "check_options", "check_question"]
+__all__ = ["Understanding", "Response", "Detokenizer", "decode_steps", "check_options", "check_question",
+           "check_length", "prompt_text"]
 
 COMPONENTS = ("llm", "vision", "projector")  # what understanding loads
 
@@ -78,37 +83,93 @@ class Detokenizer:
         return new
 
 
-def check_options(max_tokens: int, temp: float, top_p: float, top_k: int = 0) -> None:
-    if max_tokens < 1:
+KV_KEEP = 4  # mlx-lm's RotatingKVCache keeps the first 4 entries
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_options(max_tokens: int, temp: float, top_p: float, top_k: int = 0, min_p: float = 0.0,
+                  repetition_penalty: float | None = None, repetition_context_size: int = 20,
+                  max_kv_size: int | None = None) -> None:
+    """The decoding options, named as mlx-lm's flags; NaN and infinities are refused."""
+    if not _whole(max_tokens) or max_tokens < 1:
         raise MobileOError(f"--max-tokens must be at least 1, got {max_tokens}.", fix="pass --max-tokens 1 or more.")
-    if temp < 0:
+    if not _number(temp) or temp < 0:
         raise MobileOError(f"--temp must be >= 0, got {temp}.", fix="pass --temp 0 for greedy decoding.")
-    if not 0 < top_p <= 1:
+    if not _number(top_p) or not 0 < top_p <= 1:
         raise MobileOError(f"--top-p must be in (0, 1], got {top_p}.", fix="pass --top-p 1.0 to turn it off.")
-    if top_k < 0:
+    if not _whole(top_k) or top_k < 0:
         raise MobileOError(f"--top-k must be >= 0, got {top_k}.", fix="pass --top-k 0 to turn it off.")
+    if not _number(min_p) or not 0 <= min_p < 1:
+        raise MobileOError(f"--min-p must be in [0, 1), got {min_p}.", fix="pass --min-p 0 to turn it off.")
+    if repetition_penalty is not None and (not _number(repetition_penalty) or repetition_penalty <= 0):
+        raise MobileOError(f"--repetition-penalty must be > 0, got {repetition_penalty}.",
+                           fix="pass e.g. --repetition-penalty 1.1 (1.0 = off).")
+    if not _whole(repetition_context_size) or repetition_context_size < 1:
+        raise MobileOError(f"--repetition-context-size must be at least 1, got {repetition_context_size}.",
+                           fix="pass e.g. --repetition-context-size 20.")
+    if max_kv_size is not None and (not _whole(max_kv_size) or max_kv_size <= KV_KEEP):
+        raise MobileOError(f"--max-kv-size must be more than {KV_KEEP} (the first {KV_KEEP} entries are always "
+                           f"kept), got {max_kv_size}.", fix="pass e.g. --max-kv-size 1024, or leave it out.")
 
 
 def check_question(question: str) -> None:
-    if not question or not question.strip():
+    """Non-empty and free of ``<image>``; checked before anything is loaded or printed."""
+    if question is None or not question.strip():
         raise PromptError("the question is empty.", fix="ask something, e.g. \"What is in the picture?\".")
+    check_no_placeholder(question, "question")
 
 
-def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int) -> Iterator[int]:
-    """Prefill ``embeds`` [1, L, D] into a fresh KV cache, then sample one token at a time
-    (the next step is queued before the current token is handed out, as mlx-lm does)."""
+def prompt_text(question: str, system_prompt: str | None = None) -> str:
+    """Mobile-O's understanding prompt, with ``system_prompt`` in place of its system message."""
+    text = understanding_prompt(question)
+    if system_prompt is None:
+        return text
+    check_no_placeholder(system_prompt, "system prompt")
+    return text.replace(SYSTEM, system_prompt, 1)  # the system turn comes first in the template
+
+
+def check_length(n_prompt: int, max_tokens: int, context: int) -> None:
+    """The prompt plus the longest answer must fit the LLM's context (``max_position_embeddings``)."""
+    if n_prompt + max_tokens > context:
+        room = context - n_prompt
+        raise MobileOError(f"--max-tokens {max_tokens} plus the prompt's {n_prompt} tokens is more than the model's "
+                           f"context of {context} tokens.",
+                           fix=f"pass --max-tokens {room} or less." if room > 0 else "shorten the question.")
+
+
+def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int, *,
+                 logits_processors: Sequence = (), prompt_ids: Sequence[int] = (),
+                 max_kv_size: int | None = None) -> Iterator[int]:
+    """Prefill ``embeds`` [1, L, D] into a fresh KV cache (rotating, of ``max_kv_size``
+    entries, when given), then sample one token at a time (the next step is queued before the
+    current token is handed out, as mlx-lm does).  ``logits_processors(tokens, logits)`` see the
+    prompt's ``prompt_ids`` and the tokens so far, as in mlx-lm's ``generate_step``."""
     from mlx_lm.models.cache import make_prompt_cache
 
-    cache = make_prompt_cache(llm.model)
+    cache = make_prompt_cache(llm.model, max_kv_size)
+    tokens = mx.array(list(prompt_ids), dtype=mx.int32) if logits_processors else None
 
-    def step(logits):
+    def step(logits, y=None):
+        nonlocal tokens
         logits = logits[:, -1, :]
+        if logits_processors:
+            if y is not None:
+                tokens = mx.concatenate([tokens, y.astype(mx.int32)])
+            for processor in logits_processors:
+                logits = processor(tokens, logits)
         return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
     y = step(llm(embeds, cache=cache))
     mx.async_eval(y)
     for n in range(max_tokens):
-        nxt = step(llm(llm.embed(y[:, None]), cache=cache)) if n + 1 < max_tokens else None
+        nxt = step(llm(llm.embed(y[:, None]), cache=cache), y) if n + 1 < max_tokens else None
         if nxt is not None:
             mx.async_eval(nxt)
         yield y.item()
@@ -140,37 +201,48 @@ class Understanding:
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None,
                         revision: str | None = None) -> "Understanding":
-        from weights.hub import open_model
+        from .mlx_folder import open_model
 
         return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype)
 
     # ------------------------------------------------------------------ stages
-    def prompt(self, question: str) -> MultimodalPrompt:
+    def prompt(self, question: str, system_prompt: str | None = None) -> MultimodalPrompt:
         check_question(question)
-        return MultimodalPrompt.build(self.llm.tokenizer, understanding_prompt(question), self.encoder.num_tokens)
+        return MultimodalPrompt.build(self.llm.tokenizer, prompt_text(question, system_prompt),
+                                      self.encoder.num_tokens)
 
-    def embed(self, image, question: str) -> tuple[MultimodalPrompt, mx.array]:
+    @property
+    def context_length(self) -> int:
+        return self.config.llm.max_position_embeddings
+
+    def embed(self, image, question: str, system_prompt: str | None = None) -> tuple[MultimodalPrompt, mx.array]:
         """The prompt and its input embeddings [1, L, D] with the image spliced in."""
-        prompt = self.prompt(question)
+        prompt = self.prompt(question, system_prompt)
         return prompt, prompt.embed(self.llm, self.encoder.encode(image))
 
     # ------------------------------------------------------------------ decoding
     def stream(self, image, question: str, *, max_tokens: int | None = None, temp: float | None = None,
-               top_p: float | None = None, top_k: int | None = None, seed: int | None = None,
+               top_p: float | None = None, top_k: int | None = None, min_p: float = 0.0,
+               repetition_penalty: float | None = None, repetition_context_size: int = 20,
+               max_kv_size: int | None = None, system_prompt: str | None = None, seed: int | None = None,
                stop_at_eos: bool = True) -> Iterator[Response]:
-        """Yield the answer piece by piece; the last response has ``finish_reason`` set."""
-        from mlx_lm.sample_utils import make_sampler
+        """Yield the answer piece by piece; the last response has ``finish_reason`` set.
+        Options as mlx-lm's (None: Mobile-O's defaults); ``system_prompt`` replaces Mobile-O's
+        system message."""
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         d = self.config.defaults
         max_tokens = d.max_new_tokens if max_tokens is None else max_tokens
         temp = d.temperature if temp is None else temp
         top_p = d.top_p if top_p is None else top_p
         top_k = d.top_k if top_k is None else top_k
-        check_options(max_tokens, temp, top_p, top_k)
+        check_options(max_tokens, temp, top_p, top_k, min_p, repetition_penalty, repetition_context_size,
+                      max_kv_size)
+        check_length(len(self.prompt(question, system_prompt)), max_tokens, self.context_length)
 
         mx.reset_peak_memory()
         t0 = time.perf_counter()
-        prompt, embeds = self.embed(image, question)
+        prompt, embeds = self.embed(image, question, system_prompt)
         mx.eval(embeds)
         image_seconds = time.perf_counter() - t0
         if seed is not None:
@@ -178,7 +250,10 @@ class Understanding:
         eos = self.llm.tokenizer.eos_id
         detok = Detokenizer(self.llm.tokenizer)
         n_prompt = len(prompt)
-        steps = decode_steps(self.llm, embeds, make_sampler(temp, top_p, top_k=top_k), max_tokens)
+        processors = make_logits_processors(repetition_penalty=repetition_penalty,
+                                            repetition_context_size=repetition_context_size)
+        steps = decode_steps(self.llm, embeds, make_sampler(temp, top_p, min_p, top_k=top_k), max_tokens,
+                             logits_processors=processors, prompt_ids=prompt.ids(), max_kv_size=max_kv_size)
 
         def response(text, token, n, finish=None):
             gen_time = max(time.perf_counter() - t_gen, 1e-9)

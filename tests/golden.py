@@ -16,6 +16,9 @@ Writes (all generated, never committed; ``make swift-test`` puts them in build/g
                         (manifest.json, bundles, tokenizer files; ``make swift-test`` converts
                         the tiny model's mcp and dit); without it, a manifest written by
                         ``write_manifest`` over placeholder bundles with the contract's I/O
+  host.json             the inputs the app computes for the pure-fp16 bundles, from
+                        ``coreml_convert.contract`` (RoPE cos/sin, causal and padding masks,
+                        KV-cache write masks, DiT timestep features) for Swift's HostInputs
   pipeline.json         generate / edit / understand with the fake runners below, run by
                         mlx_model's own pipelines (GenerationPipeline, with an image encoder
                         for editing; Understanding)
@@ -433,6 +436,35 @@ def pipeline_goldens(ckpt) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------- host inputs
+
+
+def host_goldens(cfg) -> dict:
+    """contract's host-side inputs for a few cases (Swift HostInputs must match them)."""
+    from coreml_convert import contract
+    from weights.configs import DiTConfig
+
+    t = contract.context_length(cfg)
+    positions = [0, 1, 7, 63, 300, t - 1]
+    cos, sin = contract.rope(cfg.llm, positions)
+    valid = np.array([1, 1, 1, 0, 0], np.float32)
+    timesteps = [0.0, 1.5, 417.25, 999.0]
+    return {
+        "head_dim": cfg.llm.head_dim, "rope_theta": float(cfg.llm.rope_theta), "positions": positions,
+        "cos": cos.reshape(-1).tolist(), "sin": sin.reshape(-1).tolist(),
+        "bias_queries": [0, 1, 2, 3, 4], "bias_keys": [0, 1, 2, 3, 4], "bias_valid": valid.tolist(),
+        "bias": contract.causal_bias(np.arange(5), np.arange(5), valid).reshape(-1).tolist(),
+        "mask_bias": float(DiTConfig.MASK_BIAS),
+        "update": [{"position": p, "count": c, "slots": t,
+                    "mask": contract.cache_update_mask(p, c, t).reshape(-1).tolist()}
+                   for p, c in ((0, contract.chunk_length(cfg)), (contract.chunk_length(cfg), contract.chunk_length(cfg)),
+                                (5, 1), (t - 1, 1))],
+        "timesteps": timesteps, "timestep_channels": DiTConfig.TIMESTEP_CHANNELS,
+        "timestep_max_period": float(DiTConfig.TIMESTEP_MAX_PERIOD),
+        "timestep_features": contract.timestep_features(timesteps).reshape(-1).tolist(),
+    }
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -449,6 +481,7 @@ def write_goldens(out: str | Path, model: str = "demo", export: str | Path | Non
     (out / "tokenizer_cases.json").write_text(json.dumps(tokenizer_goldens(tj), ensure_ascii=False))
     write_export(ckpt, out / "export", Path(export) if export else None)
     (out / "pipeline.json").write_text(json.dumps(pipeline_goldens(ckpt), ensure_ascii=False))
+    (out / "host.json").write_text(json.dumps(host_goldens(ckpt.config)))
     (out / "golden.json").write_text(json.dumps({"format": FORMAT, "model": model,
                                                   "export": str(export) if export else None}))
     return out

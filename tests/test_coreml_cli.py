@@ -44,7 +44,7 @@ def test_tensor_spec_and_result_round_trip():
 
 def test_bundle_io_checks_function_io():
     a, b = TensorSpec("a", (1, 1), "int32", "B,S"), TensorSpec("b", (1, 64), "int32", "B,S")
-    kw = dict(name="llm_decode", inputs=[a], outputs=[a], functions=("decode", "prefill"))
+    kw = dict(name="llm", inputs=[a], outputs=[a], functions=("decode", "prefill"))
     ok = {"decode": {"inputs": [a], "outputs": [a]}, "prefill": {"inputs": [b], "outputs": [a]}}
     assert BundleIO(**kw, function_io=ok).function_io == ok
     assert BundleIO(**kw).function_io == {}
@@ -74,12 +74,20 @@ def test_contract_is_defined_once(tiny_ckpt):
         assert (spec.name, spec.inputs, spec.outputs, spec.states, spec.compute_units) == (
             name, io.inputs, io.outputs, io.states, io.compute_units)
         assert spec.file == f"{name}.mlpackage"
-    decode = contract.llm_decode_io(cfg)
-    assert decode.functions == contract.DECODE_FUNCTIONS
-    assert {fn: [t.name for t in io["inputs"]] for fn, io in decode.function_io.items()} == {
-        fn: list(names) for fn, names in contract.DECODE_INPUTS.items()}
-    assert decode.function_io["prefill"]["inputs"][0].shape == (1, contract.chunk_length(cfg))
-    assert [t.shape for t in decode.states] == [contract.cache_shape(cfg)] * 2
+    llm = contract.llm_io(cfg)
+    assert llm.functions == contract.LLM_FUNCTIONS == ("decode", "prefill", "hidden_states")
+    assert {fn: [t.name for t in io["inputs"]] for fn, io in llm.function_io.items()} == {
+        "decode": list(contract.LLM_INPUTS), "prefill": list(contract.LLM_INPUTS),
+        "hidden_states": list(contract.LLM_INPUTS[:-1])}
+    assert llm.function_io["prefill"]["inputs"][0].shape == (1, cfg.llm.hidden_size, 1, contract.chunk_length(cfg))
+    assert [t.shape for t in llm.states] == [contract.cache_shape(cfg)] * 2
+    assert contract.context_length(cfg) % contract.chunk_length(cfg) == 0
+    bias = llm.function_io["hidden_states"]["inputs"][3]
+    assert bias.shapes() == [(1, n, 1, n) for n in sequence_lengths(cfg)]  # tied axes, not a product
+    for io in [contract.bundle_io(n, cfg) for n in contract.COMPONENT_NAMES]:  # pure fp16, Neural-Engine sizes
+        for fn in io.function_io.values() or [{"inputs": io.inputs, "outputs": io.outputs}]:
+            for t in fn["inputs"] + fn["outputs"]:
+                assert t.dtype == "float16" and max(t.shape) <= contract.MAX_DIMENSION, t
     dit = contract.dit_io(cfg)
     assert dit.inputs[2].enumerated == {3: sequence_lengths(cfg)} and dit.inputs[0].shape[0] == contract.CFG_BATCH
     assert contract.mcp_io(cfg, lengths=(64,)).inputs[0].enumerated is None
@@ -87,6 +95,35 @@ def test_contract_is_defined_once(tiny_ckpt):
 
 def test_sequence_lengths(tiny_ckpt):
     assert sequence_lengths(tiny_ckpt.config) == (64, 128, 256, 512)
+
+
+def test_logits_are_split_at_the_neural_engine_limit():
+    assert contract.logits_widths(151649) == (16384,) * 9 + (151649 - 9 * 16384,)
+    assert contract.logits_widths(262) == (262,) and contract.logits_widths(16384) == (16384,)
+
+
+def test_host_inputs():
+    """The host side of the pure-fp16 graphs: transformers' RoPE, -1e4 causal/padding masks,
+    one-hot cache blocks."""
+    import torch
+
+    from weights.configs import LLMConfig
+
+    llm = LLMConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=8,
+                    vocab_size=10, num_hidden_layers=1)
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding, Qwen2Config
+
+    hf = Qwen2RotaryEmbedding(Qwen2Config(hidden_size=64, num_attention_heads=4, rope_theta=llm.rope_theta))
+    pos = np.array([0, 3, 100, 767])
+    cos_hf, sin_hf = hf(torch.zeros(1, 4, 16), torch.from_numpy(pos)[None])
+    cos, sin = contract.rope(llm, pos)
+    np.testing.assert_allclose(cos[0, :, 0, :].T, cos_hf[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(sin[0, :, 0, :].T, sin_hf[0].numpy(), atol=1e-5)
+    b = contract.causal_bias([0, 1, 2], [0, 1, 2], [1, 1, 0])[0, :, 0, :]
+    assert b.tolist() == [[0, 0, 0], [-1e4, 0, 0], [-1e4, -1e4, -1e4]]
+    assert contract.cache_update_mask(64, 64, 256).reshape(-1).tolist() == [0, 1, 0, 0]
+    with pytest.raises(ValueError):
+        contract.cache_update_mask(5, 64, 256)
 
 
 def test_torch_map_reshapes_only():

@@ -60,24 +60,31 @@ def test_gate2_fp16_program(spec, bundle):
 
 def test_enumerated_lengths_and_io(spec, bundle):
     names = [t.name for t in spec.inputs]
-    assert names == ["latent", "timestep", "encoder_hidden_states", "encoder_attention_mask"]
+    assert names == ["latent", "timestep_features", "encoder_hidden_states", "encoder_attention_mask"]
     cond = spec.inputs[2]
     assert cond.layout == "B,C,1,S" and cond.enumerated == {3: (64, 128, 256, 512)}
     x = dit.example_inputs(spec.module.cfg, 128, seed=1, timestep=321.5, valid=90)
     x16 = {k: v.astype(np.float32 if k == "timestep" else np.float16) for k, v in x.items()}
-    prog = run_program(bundle, x16)["velocity"]
+    prog = run_program(bundle, {t.name: x16[t.name] for t in spec.inputs})["velocity"]
     assert psnr(gates.torch_outputs(spec, x16)["velocity"], prog) >= gates.GATE2_MIN_DB
 
 
-def test_timestep_sinusoid_stays_fp32(bundle):
-    """t * f reaches ~1000 rad: fp16 (spacing 0.5 there) would scramble the phase."""
+def test_timestep_features_come_from_the_host(bundle, spec):
+    """t * f reaches ~1000 rad, beyond fp16's phase resolution: the sinusoid is computed on the
+    host in fp32 (contract.timestep_features, diffusers' Timesteps) and the graph is all fp16."""
     from coremltools.converters.mil.mil import types
+    from diffusers.models.embeddings import get_timestep_embedding
 
+    from coreml_convert.contract import timestep_features
+
+    t = np.array([0.0, 1.5, 500.0, 999.0], np.float32)
+    want = get_timestep_embedding(torch.from_numpy(t), 256, flip_sin_to_cos=True, downscale_freq_shift=0).numpy()
+    np.testing.assert_allclose(timestep_features(t)[:, :, 0, 0], want, atol=1e-4)  # fp32 exp ulps x t
     func = load_program(bundle).functions["main"]
-    trig = [op for op in func.operations if op.op_type in ("sin", "cos")]
-    assert trig and all(op.outputs[0].dtype == types.fp32 for op in trig)
-    assert func.inputs["timestep"].dtype == types.fp32
-    assert func.inputs["latent"].dtype == types.fp16
+    assert not [op for op in func.operations if op.op_type in ("sin", "cos")]
+    assert all(v.dtype == types.fp16 for v in func.inputs.values())
+    fp32 = [op for op in func.operations for o in op.outputs if o.dtype == types.fp32]
+    assert not fp32, [op.op_type for op in fp32][:5]
 
 
 def test_full_width_two_layers_fp16(tmp_path_factory, parity):

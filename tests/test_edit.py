@@ -108,7 +108,8 @@ def test_cli_options_are_the_generation_options():
     def options(p):
         return {s for a in p._actions for s in a.option_strings}
 
-    assert options(edit_mod.parser()) == options(generate.parser())
+    # plus mflux's --image-path for the image to edit
+    assert options(edit_mod.parser()) == options(generate.parser()) | {"--image-path"}
 
 
 def test_generation_loads_no_vision_and_edit_does(tiny_ckpt_dir):
@@ -174,3 +175,21 @@ def test_module_entry_point_on_demo_model(photo, tmp_path):
     img = np.asarray(Image.open(out))
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
     assert f"saved {out}" in r.stdout
+
+
+def test_cli_mflux_flags(photo, tiny_ckpt_dir, tmp_path, capsys):
+    """mflux's --image-path and --prompt, a non-square size, and a JPEG output."""
+    from mlx_model.cli_common import read_metadata
+
+    common = ["--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "2", "--seed", "3"]
+    edit_mod.main([str(photo), INSTRUCTION, *common, "--output", str(tmp_path / "a.png")])
+    edit_mod.main(["--image-path", str(photo), "--prompt", INSTRUCTION, *common, "--output", str(tmp_path / "b.png")])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+    edit_mod.main(["--image-path", str(photo), INSTRUCTION, *common, "--width", "96", "--output",
+                   str(tmp_path / "c.jpg")])
+    assert Image.open(tmp_path / "c.jpg").size == (96, 64)
+    meta = read_metadata(tmp_path / "c.jpg")
+    assert meta["task"] == "edit" and meta["image"] == str(photo) and meta["size"] == [64, 96]
+    edit_mod.main(["--config-from-metadata", str(tmp_path / "b.png"), "--output", str(tmp_path / "d.png")])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "d.png")))
+    capsys.readouterr()

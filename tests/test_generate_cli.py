@@ -144,3 +144,129 @@ def test_save_never_overwrites_a_file_that_appeared_meanwhile(tmp_path):
     assert target.read_bytes() == b"someone else's"
     assert cc.read_png_metadata(written) == {"k": 1} and (tmp_path / "image_2.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png", "image_1.json", "image_2.json", "image_2.png"]
+
+
+# ---------------------------------------------------------------------- mflux's flags (issue #14)
+
+
+def _gen(tmp_path, *args, model=None):
+    from mlx_model.generate import main
+
+    main(["--model", str(model), "--steps", "2", "-q", "0", *map(str, args)])
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def test_prompt_flag_positional_and_stdin(tmp_path, tiny_ckpt_dir, capsys):
+    _gen(tmp_path, "--prompt", "a red cup", "--seed", "4", "--output", tmp_path / "flag.png", model=tiny_ckpt_dir)
+    _gen(tmp_path, "a red cup", "--seed", "4", "--output", tmp_path / "pos.png", model=tiny_ckpt_dir)
+    np.testing.assert_array_equal(_pixels(tmp_path / "flag.png"), _pixels(tmp_path / "pos.png"))
+    r = subprocess.run([sys.executable, "-m", "mlx_model.generate", "-p", "-", "--model", str(tiny_ckpt_dir),
+                        "--steps", "2", "-q", "0", "--seed", "4", "--output", "stdin.png"], input="a red cup\n",
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    from mlx_model.cli_common import read_metadata
+
+    assert read_metadata(tmp_path / "stdin.png")["prompt"] == "a red cup"  # the trailing newline dropped
+    with pytest.raises(SystemExit):
+        _gen(tmp_path, "a cup", "--prompt", "a bowl", model=tiny_ckpt_dir)
+    assert "given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _gen(tmp_path, model=tiny_ckpt_dir)
+    assert "no prompt given" in capsys.readouterr().err
+
+
+def test_several_seeds_one_image_each_named_by_seed(tmp_path, tiny_ckpt_dir):
+    from mlx_model.cli_common import read_metadata
+
+    _gen(tmp_path, "a red cup", "--seed", "7", "3", "11", "--output", tmp_path / "cup.png", model=tiny_ckpt_dir)
+    assert sorted(p.name for p in tmp_path.glob("cup*.png")) == ["cup_seed_11.png", "cup_seed_3.png",
+                                                                  "cup_seed_7.png"]
+    assert [read_metadata(tmp_path / f"cup_seed_{s}.png")["seed"] for s in (7, 3, 11)] == [7, 3, 11]
+    _gen(tmp_path, "a red cup", "--seed", "3", "--output", tmp_path / "alone.png", model=tiny_ckpt_dir)
+    np.testing.assert_array_equal(_pixels(tmp_path / "cup_seed_3.png"), _pixels(tmp_path / "alone.png"))
+
+
+def test_width_and_height(tmp_path, tiny_ckpt_dir):
+    from mlx_model.cli_common import read_metadata
+
+    _gen(tmp_path, "a red cup", "--seed", "0", "--width", "96", "--height", "48", "--output", tmp_path / "w.png",
+         model=tiny_ckpt_dir)
+    assert _pixels(tmp_path / "w.png").shape == (48, 96, 3)
+    meta = read_metadata(tmp_path / "w.png")
+    assert meta["size"] == [48, 96]
+
+
+def test_stepwise_images_end_on_the_final_image(tmp_path, tiny_ckpt_dir):
+    _gen(tmp_path, "a red cup", "--seed", "2", "--steps", "3", "--stepwise-image-output-dir", tmp_path / "steps",
+         "--output", tmp_path / "final.png", model=tiny_ckpt_dir)
+    names = sorted(p.name for p in (tmp_path / "steps").iterdir())
+    assert names == [f"final_seed_2_step{i}of3.png" for i in (1, 2, 3)]
+    np.testing.assert_array_equal(_pixels(tmp_path / "steps" / names[-1]), _pixels(tmp_path / "final.png"))
+
+
+def test_metadata_for_other_tools(tmp_path, tiny_ckpt_dir):
+    """AUTOMATIC1111's ``parameters`` text, the full JSON under our key, tool version and model hash."""
+    from PIL import Image
+
+    from mlx_model.cli_common import METADATA_KEY, model_hash, tool_version
+
+    _gen(tmp_path, "a red cup, on a table", "--seed", "5", "--output", tmp_path / "m.png", model=tiny_ckpt_dir)
+    with Image.open(tmp_path / "m.png") as im:
+        text, meta = im.text["parameters"], json.loads(im.text[METADATA_KEY])
+    prompt, line = text.split("\n")
+    assert prompt == "a red cup, on a table"
+    assert line.startswith("Steps: 2, Sampler: DPM++ 2M, CFG scale: 1.5, Seed: 5, Size: 64x64, Model hash: ")
+    assert line.endswith(f"Version: mobileo-deploy {tool_version()}")
+    assert meta["version"] == tool_version() and meta["model_hash"] == model_hash(tiny_ckpt_dir)
+    assert len(meta["model_hash"]) == 10 and meta["model_revision"] is None
+
+
+def test_model_revision_of_a_hub_snapshot():
+    from mlx_model.cli_common import model_revision
+
+    sha = "a" * 40
+    assert model_revision(f"/c/hub/models--A--B/snapshots/{sha}/final_merged_model_23620") == sha
+    assert model_revision("/some/local/folder") is None
+
+
+def test_config_from_metadata_reproduces_a_run(tmp_path, tiny_ckpt_dir):
+    from mlx_model.cli_common import read_metadata
+
+    _gen(tmp_path, "a red cup", "--seed", "9", "--width", "48", "--guidance", "2.5", "--scheduler", "euler",
+         "--output", tmp_path / "first.webp", model=tiny_ckpt_dir)
+    from mlx_model.generate import main
+
+    main(["--config-from-metadata", str(tmp_path / "first.webp"), "--output", str(tmp_path / "again.png")])
+    first, again = read_metadata(tmp_path / "first.webp"), read_metadata(tmp_path / "again.png")
+    for key in ("prompt", "seed", "steps", "guidance", "scheduler", "size", "quantize", "model"):
+        assert first[key] == again[key], key
+    _gen(tmp_path, "a red cup", "--seed", "9", "--width", "48", "--guidance", "2.5", "--scheduler", "euler",
+         "--output", tmp_path / "first.png", model=tiny_ckpt_dir)
+    np.testing.assert_array_equal(_pixels(tmp_path / "first.png"), _pixels(tmp_path / "again.png"))
+    main(["--config-from-metadata", str(tmp_path / "again.png"), "--steps", "3", "--output", str(tmp_path / "o.png")])
+    assert read_metadata(tmp_path / "o.png")["steps"] == 3  # a flag given now wins
+
+
+def test_console_scripts_point_at_main_functions():
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"mobileo-generate", "mobileo-understand", "mobileo-edit", "mobileo-convert", "mobileo-coreml",
+            "mobileo-validate"} <= set(scripts)
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # mlx_model.convert is being written in another change
+        assert callable(getattr(mod, func)), name

@@ -172,53 +172,62 @@ def test_placeholder_manifest_is_the_contract(export, tiny_ckpt):
 
 
 @pytest.fixture(scope="module")
-def decode_export(tmp_path_factory, tiny_ckpt_dir):
-    """A real conversion of the tiny llm_decode (the two-function bundle) through the CLI."""
+def llm_export(tmp_path_factory, tiny_ckpt_dir):
+    """A real conversion of the tiny llm (the three-function bundle) through the CLI."""
     import io
 
     from coreml_convert import cli
 
-    out = tmp_path_factory.mktemp("llm_decode_export")
+    out = tmp_path_factory.mktemp("llm_export")
     code = cli.run(cli.parse_args(["--model", str(tiny_ckpt_dir), "--out", str(out),
-                                   "--components", "llm_decode"]), stream=io.StringIO())
+                                   "--components", "llm"]), stream=io.StringIO())
     assert code == 0
     return out
 
 
-def test_manifest_lists_every_function_of_llm_decode(decode_export, tiny_ckpt):
-    """The manifest carries both functions' I/O (not only the default "decode"), as the
-    saved bundle's program declares them; the schema and the validator accept it."""
+def test_manifest_lists_every_function_of_llm(llm_export, tiny_ckpt):
+    """The manifest carries every function's I/O (not only the default "decode"), as the saved
+    bundle's program declares them, the embedding table beside it and the lint summary; the
+    schema and the validator accept it."""
     import jsonschema
+    import numpy as np
 
     from coreml_convert import contract
     from coreml_convert.mil_exec import load_program
 
-    data = json.loads((decode_export / MANIFEST_FILE).read_text())
+    data = json.loads((llm_export / MANIFEST_FILE).read_text())
     jsonschema.Draft202012Validator(load_schema()).validate(data)
-    assert validate(decode_export) == []
+    assert validate(llm_export) == []
     (c,) = data["components"]
-    assert c["functions"] == ["decode", "prefill"] and sorted(c["function_io"]) == ["decode", "prefill"]
+    assert c["functions"] == ["decode", "prefill", "hidden_states"] and sorted(c["function_io"]) == sorted(c["functions"])
     assert c["function_io"]["decode"] == {"inputs": c["inputs"], "outputs": c["outputs"]}
     cfg = tiny_ckpt.config
     prefill = c["function_io"]["prefill"]
-    assert [t["name"] for t in prefill["inputs"]] == ["input_ids", "image_embeds", "image_offset", "position"]
-    assert prefill["inputs"][0]["shape"] == [1, contract.chunk_length(cfg)] == [1, 64]
-    assert prefill["inputs"][1]["shape"] == [1, cfg.llm.hidden_size, 1, cfg.vision.num_tokens]
+    assert [t["name"] for t in prefill["inputs"]] == list(contract.LLM_INPUTS)
+    assert prefill["inputs"][0]["shape"] == [1, cfg.llm.hidden_size, 1, contract.chunk_length(cfg)]
     assert [t["name"] for t in prefill["outputs"]] == ["hidden_states"]
-    program = load_program(decode_export / c["file"])
+    program = load_program(llm_export / c["file"])
     for fn, io in c["function_io"].items():
         func = program.functions[fn]
         states = {t["name"] for t in c["states"]}
-        assert {k: list(v.shape) for k, v in func.inputs.items() if k not in states} == {
-            t["name"]: t["shape"] for t in io["inputs"]}, fn
+        want = {t["name"]: t["shape"] for t in io["inputs"]}
+        assert {k: [d if isinstance(d, int) else want[k][i] for i, d in enumerate(v.shape)]  # enumerated: symbolic
+                for k, v in func.inputs.items() if k not in states} == want, fn
         assert [o.name for o in func.outputs] == [t["name"] for t in io["outputs"]], fn
+    (table,) = c["files"]
+    assert table["file"] == data["pipeline"]["host_inputs"]["embeddings"] == contract.EMBEDDINGS_FILE
+    assert table["shape"] == [cfg.llm.vocab_size, cfg.llm.hidden_size] and table["dtype"] == "float16"
+    rows = np.fromfile(llm_export / table["file"], "<f2").reshape(table["shape"])
+    want = tiny_ckpt.load("llm")["model.embed_tokens.weight"]
+    np.testing.assert_array_equal(rows, np.asarray(want, np.float32).astype(np.float16))
+    assert c["lint"]["eligible_share"] >= 0.98 and c["lint"]["off"] == 0
 
 
-def test_validate_rejects_bad_function_io(decode_export, tmp_path):
+def test_validate_rejects_bad_function_io(llm_export, tmp_path):
     import shutil
 
     out = tmp_path / "copy"
-    shutil.copytree(decode_export, out)
+    shutil.copytree(llm_export, out)
     good = json.loads((out / MANIFEST_FILE).read_text())
 
     def problems(mutate):
@@ -229,12 +238,14 @@ def test_validate_rejects_bad_function_io(decode_export, tmp_path):
 
     p = problems(lambda c: c["function_io"]["prefill"].update(outputs=[]))
     assert len(p) == 1 and "schema: at components/0/function_io/prefill/outputs" in p[0]
-    p = problems(lambda c: c.update(functions=["decode"]))
+    p = problems(lambda c: c.update(functions=["decode", "hidden_states"]))
     assert len(p) == 1 and "function_io names 'prefill', which is not among its functions" in p[0]
     p = problems(lambda c: c["function_io"]["decode"]["inputs"].pop())
     assert len(p) == 1 and "(the default function) differs" in p[0]
     p = problems(lambda c: c["function_io"]["prefill"]["inputs"].append(c["inputs"][0]))
-    assert len(p) == 1 and "llm_decode function 'prefill' input 'input_ids' is listed twice" in p[0]
+    assert len(p) == 1 and "llm function 'prefill' input 'embeds' is listed twice" in p[0]
+    p = problems(lambda c: c["files"][0].update(bytes=1))
+    assert len(p) == 1 and "llm table" in p[0] and "llm_embeddings.f16" in p[0]
 
 
 # ---------------------------------------------------------------------- validator

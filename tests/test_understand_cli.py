@@ -99,3 +99,65 @@ def test_module_entry_point_on_demo_model(photo, tmp_path):
     assert r.returncode == 0, r.stderr
     assert re.search(r"^Generation: \d+ tokens", r.stdout, re.M)
     assert "Prompt:" in r.stdout and "Peak memory:" in r.stdout
+
+
+# ---------------------------------------------------------------------- mlx-lm's conventions (issue #14)
+
+
+def _body(out: str) -> str:
+    return out.split("=" * 10)[1]
+
+
+def test_greedy_by_default_and_help_names_mobileo_setting(capsys, photo, tiny_ckpt_dir):
+    from mlx_model.understand import CLI_DEFAULTS, parser
+    from weights.configs import GenerationDefaults
+
+    assert CLI_DEFAULTS.temperature == 0 and GenerationDefaults().temperature == 0.8  # library keeps Mobile-O's
+    base = (photo, "Describe the image.", "--model", tiny_ckpt_dir, "-q", "0", "--max-tokens", "6")
+    a, b = run_main(capsys, *base).out, run_main(capsys, *base).out
+    assert _body(a) == _body(b) == _body(run_main(capsys, *base, "--temp", "0").out)
+    assert "--temp 0.8 --top-k 50" in " ".join(parser().format_help().split())
+
+
+def test_mlx_lm_decoding_flags(capsys, photo, tiny_ckpt_dir, tiny_ckpt):
+    from mlx_model.understanding import Understanding
+
+    args = (photo, "Describe the image.", "--model", tiny_ckpt_dir, "-q", "0", "--max-tokens", "6", "--seed", "1",
+            "--temp", "0.9", "--top-k", "20", "--min-p", "0.05", "--repetition-penalty", "1.3",
+            "--repetition-context-size", "8", "--max-kv-size", "64")
+    out = run_main(capsys, *args).out
+    assert _body(out) == _body(run_main(capsys, *args).out)  # seeded
+    m = Understanding.from_checkpoint(tiny_ckpt, quantize=0)
+    default_len = len(m.prompt("Describe the image."))
+    sys_out = run_main(capsys, *args, "--system-prompt", "Answer in one short word please.").out
+    n = int(re.search(r"^Prompt: (\d+) tokens", sys_out, re.M).group(1))
+    assert n == len(m.prompt("Describe the image.", "Answer in one short word please.")) != default_len
+
+
+def test_repetition_penalty_is_mlx_lms(tiny_ckpt, photo):
+    """A huge penalty over the whole answer: greedy decoding never repeats a token."""
+    from mlx_model.understanding import Understanding
+
+    m = Understanding.from_checkpoint(tiny_ckpt, quantize=0)
+    tokens = [r.token for r in m.stream(str(photo), "Describe the image.", max_tokens=12, temp=0,
+                                        repetition_penalty=1e9, repetition_context_size=64, stop_at_eos=False)
+              if r.token is not None]
+    assert len(tokens) == 12 and len(set(tokens)) == 12
+    plain = [r.token for r in m.stream(str(photo), "Describe the image.", max_tokens=12, temp=0,
+                                       stop_at_eos=False) if r.token is not None]
+    assert len(set(plain)) < 12  # the random tiny model does repeat itself without it
+
+
+def test_answer_is_bounded_by_the_context(capsys, photo, tiny_ckpt_dir, tiny_ckpt):
+    context = tiny_ckpt.config.llm.max_position_embeddings
+    err = _error(capsys, photo, "What?", "--model", tiny_ckpt_dir, "--max-tokens", "100000")
+    assert f"context of {context} tokens" in err and "--max-tokens" in err
+    assert capsys.readouterr().out == ""
+
+
+def test_image_and_prompt_flags(capsys, photo, tiny_ckpt_dir):
+    base = ("--model", tiny_ckpt_dir, "-q", "0", "--max-tokens", "4")
+    a = run_main(capsys, photo, "What is it?", *base).out
+    b = run_main(capsys, "--image", photo, "--prompt", "What is it?", *base).out
+    c = run_main(capsys, "--image", photo, "What is it?", *base).out
+    assert _body(a) == _body(b) == _body(c)

@@ -60,7 +60,7 @@ def resolve_model(model: str, *, revision: str | None = None, offline: bool | No
         kind = type(e).__name__
         raise ModelNotFoundError(
             f"cannot get {model} from the Hugging Face hub ({kind}) and it is not in the local cache.",
-            fix="connect to the internet or log in (huggingface-cli login), pass a local folder "
+            fix="connect to the internet or log in (hf auth login), pass a local folder "
             "with --model /path/to/model, or try the pipeline with --model demo.") from None
     folder = Path(root) / spec.subfolder if spec.subfolder else Path(root)
     if not folder.is_dir():
@@ -69,8 +69,28 @@ def resolve_model(model: str, *, revision: str | None = None, offline: bool | No
     return folder
 
 
-def open_model(model: str, **kw):
-    """Resolve ``model`` and open its checkpoint."""
-    from .checkpoint import Checkpoint
+# Other folder kinds a runtime can read, registered by that runtime (weights/ imports none):
+# (is_kind(path) -> bool, open(path)).  mlx_model.mlx_folder registers MLX-native folders.
+FOLDER_KINDS: list = []
+MLX_FOLDER_MARK = "mobileo_mlx"  # the config.json entry of a folder written by mlx_model.convert
 
-    return Checkpoint.open(resolve_model(model, **kw))
+
+def open_model(model: str, **kw):
+    """Resolve ``model`` and open it: a registered folder kind, else the checkpoint."""
+    import json
+
+    from .checkpoint import CONFIG_FILE, Checkpoint
+    from .errors import WeightsError
+
+    path = resolve_model(model, **kw)
+    for is_kind, opener in FOLDER_KINDS:
+        if is_kind(path):
+            return opener(path)
+    try:
+        mlx_native = MLX_FOLDER_MARK in json.loads((path / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        mlx_native = False
+    if mlx_native:
+        raise WeightsError(f"{path} is an MLX-native folder (python -m mlx_model.convert), not a checkpoint.",
+                           fix="load it with mlx_model (its CLIs or pipelines), or pass the source checkpoint.")
+    return Checkpoint.open(path)

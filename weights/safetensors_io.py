@@ -51,6 +51,11 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _whole(*values) -> bool:
+    """Non-negative integers (JSON's true/false are not)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
 def read_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and check a safetensors header; raise :class:`WeightsError` naming the file."""
     fix = "re-download or re-write this file."
@@ -71,6 +76,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise WeightsError(f"{path} has a corrupt safetensors header.", fix=fix) from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path} has a corrupt safetensors header (not a JSON object).", fix=fix)
     base = 8 + n
     infos: dict[str, TensorInfo] = {}
     for key, v in header.items():
@@ -78,6 +85,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             continue
         try:
             dtype, shape, (a, b) = v["dtype"], tuple(v["shape"]), v["data_offsets"]
+            if not (isinstance(dtype, str) and _whole(a, b, *shape)):
+                raise TypeError
         except (KeyError, TypeError, ValueError):
             raise WeightsError(f"{path}: corrupt header entry for tensor {key!r}.", fix=fix) from None
         if dtype not in _DTYPES:

@@ -2,7 +2,9 @@
 
 Bundle I/O (batch 2 = [unconditional, conditional] for classifier-free guidance):
   latent                 (2, C, H, W)     the sampler's latent
-  timestep               (2,)  float32    diffusers' timestep (0..1000); its sinusoid stays fp32
+  timestep_features      (2, 256, 1, 1)   diffusers' sinusoid of the timestep (0..1000), computed on
+                                          the host in fp32 (``contract.timestep_features``): the
+                                          graph stays pure fp16
   encoder_hidden_states  (2, Cc, 1, S)    MCP output, channels-first (ANE layout), padded to S
   encoder_attention_mask (2, S)           1 = real token, 0 = padding (exactly diffusers'
                                           ``encoder_attention_mask``: bias (1 - m) * -1e4)
@@ -18,7 +20,6 @@ attention with fp16-safe scaling.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -29,25 +30,11 @@ import torch.nn.functional as F
 from weights.configs import DiTConfig
 from weights.torch_map import load_torch
 
-from .. import ane, convert
-from ..contract import CFG_BATCH, dit_io, sequence_lengths
+from .. import ane
+from ..contract import CFG_BATCH, dit_io, sequence_lengths, timestep_features
 from ..spec import ComponentSpec
 
 TIME_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
-
-
-class Timesteps(nn.Module):
-    """Sinusoidal timestep features (B,) -> (B, 256, 1, 1), cos first (flip_sin_to_cos)."""
-
-    def __init__(self, channels: int = TIME_CHANNELS, max_period: float = DiTConfig.TIMESTEP_MAX_PERIOD):
-        super().__init__()
-        half = channels // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-        self.register_buffer("freqs", freqs, persistent=False)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        arg = t[:, None] * self.freqs[None]
-        return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)[:, :, None, None]
 
 
 class TimestepEmbedder(nn.Module):
@@ -67,16 +54,16 @@ class _Emb(nn.Module):
 
 
 class AdaLayerNormSingle(nn.Module):
-    """t -> (6D modulation, D embedded timestep), each (B, *, 1, 1)."""
+    """timestep features (B, 256, 1, 1) -> (6D modulation, D embedded timestep), each (B, *, 1, 1).
+    (diffusers' ``time_proj`` sinusoid runs on the host: ``contract.timestep_features``.)"""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.time_proj = Timesteps()
         self.emb = _Emb(dim)
         self.linear = ane.Linear(dim, 6 * dim)
 
-    def forward(self, t):
-        emb = self.emb.timestep_embedder(self.time_proj(t))
+    def forward(self, features):
+        emb = self.emb.timestep_embedder(features)
         return self.linear(F.silu(emb)), emb
 
 
@@ -174,12 +161,12 @@ class SanaDiT(nn.Module):
         self.norm_out = ane.LayerNorm(dim, eps=DiTConfig.NORM_OUT_EPS, elementwise_affine=False)
         self.proj_out = ane.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
-    def forward(self, latent, timestep, encoder_hidden_states, encoder_attention_mask):
+    def forward(self, latent, timestep_features, encoder_hidden_states, encoder_attention_mask):
         b, _, height, width = (int(d) for d in latent.shape)  # static: traced as constants
         p = self.cfg.patch_size
         h, w = height // p, width // p
         x = self.patch_embed(latent)
-        t6, emb = self.time_embed(timestep)
+        t6, emb = self.time_embed(timestep_features)
         context = self.caption_norm(self.caption_projection(encoder_hidden_states))
         bias = ane.attention_mask_bias(encoder_attention_mask)
         for block in self.transformer_blocks:
@@ -197,7 +184,8 @@ class SanaDiT(nn.Module):
 
 
 def reference_forward(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """diffusers on the bundle's inputs (conditioning moved to (B, S, Cc))."""
+    """diffusers on the bundle's inputs (conditioning moved to (B, S, Cc)); it takes the raw
+    ``timestep`` (carried beside the features in the example inputs) and computes its own sinusoid."""
     with torch.no_grad():
         out = model(
             hidden_states=torch.from_numpy(inputs["latent"]).float(),
@@ -219,44 +207,14 @@ def example_inputs(cfg: DiTConfig, length: int, seed: int = 0, timestep: float =
     mask[:, :valid] = 1
     cond = rng.standard_normal((CFG_BATCH, cfg.caption_channels, 1, length)).astype(np.float32)
     cond[0] *= 0.5  # the unconditional half differs from the conditional one
+    t = np.full((CFG_BATCH,), timestep, np.float32)
     return {
         "latent": rng.standard_normal((CFG_BATCH, cfg.in_channels, cfg.sample_size, cfg.sample_size)).astype(np.float32),
-        "timestep": np.full((CFG_BATCH,), timestep, np.float32),
+        "timestep_features": timestep_features(t),  # what the app computes (gate 2 rounds it to fp16)
+        "timestep": t,  # for the diffusers reference only (not a bundle input)
         "encoder_hidden_states": cond,
         "encoder_attention_mask": mask,
     }
-
-
-def timestep_fp32_selector(input_name: str = "timestep"):
-    """An FP16ComputePrecision op selector: False (the op stays fp32) for the ops between the
-    timestep input and its first Linear — the sinusoid's argument t*f reaches 1000 rad, where
-    fp16's spacing (0.5) would scramble the phase.  Memoized per conversion (one per call)."""
-    memo: dict = {}
-
-    def only_from_input(op) -> bool:  # every non-const input traces back to `input_name` alone
-        if op in memo:
-            return memo[op]
-        memo[op] = False
-        found = False
-        for v in op.inputs.values():
-            for var in v if isinstance(v, (list, tuple)) else [v]:
-                if var.op is None:
-                    if var.name != input_name:
-                        return False
-                    found = True
-                elif var.op.op_type != "const":
-                    if not only_from_input(var.op):
-                        return False
-                    found = True
-        memo[op] = found
-        return found
-
-    def selector(op) -> bool:
-        if op.op_type in ("conv", "linear", "matmul", "const"):
-            return True
-        return not only_from_input(op)
-
-    return selector
 
 
 def build_spec(ckpt, seed: int = 0, lengths: tuple[int, ...] | None = None, layers: int | None = None) -> ComponentSpec:
@@ -275,12 +233,9 @@ def build_spec(ckpt, seed: int = 0, lengths: tuple[int, ...] | None = None, laye
     load_torch(module, ckpt, "dit", tensors=tensors)
     ref = upstream.build("dit", replace(ckpt.config, dit=cfg), tensors)
     del tensors
-    spec = ComponentSpec(
+    return ComponentSpec(
         module=module,
         example_inputs=example_inputs(cfg, lengths[0], seed),
         reference=lambda x: reference_forward(ref, x),
         io=dit_io(ckpt.config, lengths),
     )
-    spec.convert = lambda precision: convert.convert(
-        spec, precision, op_selector=timestep_fp32_selector() if precision == "fp16" else None)
-    return spec

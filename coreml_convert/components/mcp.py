@@ -2,7 +2,7 @@
 
 Bundle I/O (one sequence; for classifier-free guidance the app runs it a second time on
 zeros — Mobile-O's unconditional branch is MCP(zeros_like(h)) at the same length):
-  hidden_states  (K, D, 1, S)   the LLM's last K=4 hidden states as llm_prefill lays them out
+  hidden_states  (K, D, 1, S)   the LLM's last K=4 hidden states as the llm bundle's hidden_states function lays them out
                                 (oldest first; the last one after the final norm)
   attention_mask (1, S)         1 = real token, 0 = right padding
   -> conditioning (1, Cc, 1, S) the DiT's encoder_hidden_states; padded positions are 0

@@ -5,14 +5,17 @@ import Foundation
 // The model runners over the exported Core ML bundles (I/O as documented in
 // coreml_convert/components/*.py and listed in manifest.json):
 //   vision_encoder  image (1,3,S,S) -> image_features (1,D,1,N)
-//   llm_prefill     input_ids, attention_mask (1,L), image_embeds (1,D,1,N), image_offset (1)
-//                   -> hidden_states (K,D,1,L)                          [generation, editing]
-//   llm_decode      functions "prefill" (chunks of P tokens) and "decode" (one token -> logits),
-//                   sharing the KV-cache states key_cache / value_cache   [understanding];
-//                   each function's I/O is the manifest's function_io
+//   llm             one multifunction bundle over one weight set, every input fp16 and computed
+//                   here (HostInputs.swift; embeddings from the table beside it):
+//                   "hidden_states" embeds, cos, sin (L columns), attention_bias (1,L,1,L)
+//                                   -> hidden_states (K,D,1,L)            [generation, editing]
+//                   "prefill"       a chunk of P tokens into the KV cache  [understanding]
+//                   "decode"        one token -> logits_0 .. logits_n (each <= 16384 wide)
+//                   "prefill" and "decode" share the states key_cache / value_cache; each
+//                   function's I/O is the manifest's function_io
 //   mcp             hidden_states (K,D,1,S), attention_mask (1,S) -> conditioning (1,Cc,1,S)
-//   dit             latent (2,C,H,W), timestep (2), encoder_hidden_states (2,Cc,1,S),
-//                   encoder_attention_mask (2,S) -> velocity (2,C,H,W)
+//   dit             latent (2,C,H,W), timestep_features (2,F,1,1) (HostInputs.timestepFeatures),
+//                   encoder_hidden_states (2,Cc,1,S), encoder_attention_mask (2,S) -> velocity
 //   vae_decoder     latent (1,C,h,w) -> image (1,3,H,W) in [0, 1]
 // Sequences are right-padded to the bundle's next enumerated length and masked.
 
@@ -34,14 +37,21 @@ public enum CoreMLRunners {
         }
         let p = manifest.pipeline
         let pad = p.tokenizer.id(ofRole: "pad") ?? 0
-        let llm = CoreMLLanguageModel(hiddenStates: try await component("llm_prefill"),
-                                      chunk: try await component("llm_decode", function: "prefill"),
-                                      step: try await component("llm_decode", function: "decode"),
+        guard let spec = manifest.component("llm"), let t = spec.table(p.hostInputs.embeddings), t.shape.count == 2 else {
+            throw MobileOError(.runner, "manifest.json lists no llm component with its embedding table.",
+                               fix: "convert it: python -m coreml_convert --components llm.")
+        }
+        let table = try EmbeddingTable(url: folder.appendingPathComponent(t.file), vocab: t.shape[0], hidden: t.shape[1])
+        let llm = CoreMLLanguageModel(hiddenStates: try await component("llm", function: "hidden_states"),
+                                      chunk: try await component("llm", function: "prefill"),
+                                      step: try await component("llm", function: "decode"),
+                                      table: table, host: p.hostInputs,
                                       imageTokens: p.conditioning.imageTokens, hidden: p.conditioning.llmHiddenSize,
                                       padId: pad)
         let vision = try await component("vision_encoder").map(CoreMLVision.init)
         return ModelRunners(llm: llm, vision: vision, mcp: CoreMLMCP(try await required("mcp")),
-                            dit: CoreMLDiT(try await required("dit")), vae: CoreMLVAE(try await required("vae_decoder")))
+                            dit: CoreMLDiT(try await required("dit"), host: p.hostInputs),
+                            vae: CoreMLVAE(try await required("vae_decoder")))
     }
 }
 
@@ -236,96 +246,123 @@ final class CoreMLVision: VisionRunner {
 @available(iOS 18.0, macOS 15.0, *)
 final class CoreMLLanguageModel: LanguageModelRunner {
     let hiddenBundle: CoreMLComponent?, chunk: CoreMLComponent?, step: CoreMLComponent?
+    let table: EmbeddingTable, host: Manifest.HostInputs
     let imageTokens: Int, hidden: Int, padId: Int
     private var state: MLState?
     private var position = 0
 
-    init(hiddenStates: CoreMLComponent?, chunk: CoreMLComponent?, step: CoreMLComponent?, imageTokens: Int,
-         hidden: Int, padId: Int) {
+    init(hiddenStates: CoreMLComponent?, chunk: CoreMLComponent?, step: CoreMLComponent?, table: EmbeddingTable,
+         host: Manifest.HostInputs, imageTokens: Int, hidden: Int, padId: Int) {
         self.hiddenBundle = hiddenStates; self.chunk = chunk; self.step = step
+        self.table = table; self.host = host
         self.imageTokens = imageTokens; self.hidden = hidden; self.padId = padId
     }
 
-    /// Token columns (image columns hold the pad id), the image rows, and the image's first column.
-    func flatten(_ prompt: [PromptSegment]) throws -> (ids: [Int], image: Tensor?, offset: Int) {
-        var ids = [Int](), image: Tensor?, offset = -imageTokens
+    /// The prompt's embedding rows [L, D]: token rows from the table, the image's rows in place
+    /// of its N columns (Mobile-O's `<image>` expansion).
+    func embedRows(_ prompt: [PromptSegment]) throws -> Tensor {
+        var rows = [Float](), count = 0, images = 0
         for seg in prompt {
             switch seg {
-            case .tokens(let t): ids += t
+            case .tokens(let t):
+                rows += try table.rows(t).data; count += t.count
             case .image(let e):
-                guard image == nil else { throw MobileOError(.runner, "the Core ML LLM takes one image per prompt.") }
+                images += 1
+                guard images == 1 else { throw MobileOError(.runner, "the Core ML LLM takes one image per prompt.") }
                 guard e.shape == [imageTokens, hidden] else {
                     throw MobileOError(.runner, "image embeddings have shape \(e.shape); the LLM takes [\(imageTokens), \(hidden)].")
                 }
-                image = e; offset = ids.count
-                ids += [Int](repeating: padId, count: imageTokens)
+                rows += e.data; count += imageTokens
             }
         }
-        return (ids, image, offset)
+        return Tensor(shape: [count, hidden], data: rows)
     }
 
-    func imageInputs(_ c: CoreMLComponent, _ image: Tensor?, offset: Int) throws -> [String: MLMultiArray] {
-        let embeds = image.map { rowsToChannels($0, length: imageTokens) } ?? [Float](repeating: 0, count: hidden * imageTokens)
-        return ["image_embeds": try c.array("image_embeds", shape: [1, hidden, 1, imageTokens], embeds),
-                "image_offset": try c.array("image_offset", shape: [1], [Float(image == nil ? -imageTokens : offset)])]
+    /// Rows [a, b) of `rows` right-padded with the pad token's embedding to `length` columns,
+    /// channels-first (D, 1, length).
+    func columns(_ rows: Tensor, _ a: Int, _ b: Int, length: Int) throws -> [Float] {
+        let pad = try table.rows([Int](repeating: padId, count: length - (b - a)))
+        let part = Array(rows.data[(a * hidden)..<(b * hidden)]) + pad.data
+        return rowsToChannels(Tensor(shape: [length, hidden], data: part), length: length)
+    }
+
+    func stepInputs(_ c: CoreMLComponent, embeds: [Float], at start: Int, count s: Int) throws -> [String: MLMultiArray] {
+        let slots = host.contextLength
+        let pos = Array(start..<start + s)
+        let (cos, sin) = HostInputs.rope(positions: pos, headDim: host.headDim, theta: host.ropeTheta)
+        return [
+            "embeds": try c.array("embeds", shape: [1, hidden, 1, s], embeds),
+            "cos": try c.array("cos", shape: [1, host.headDim, 1, s], cos),
+            "sin": try c.array("sin", shape: [1, host.headDim, 1, s], sin),
+            "attention_bias": try c.array("attention_bias", shape: [1, slots, 1, s],
+                                          HostInputs.causalBias(queries: pos, keys: Array(0..<slots), maskBias: Float(host.maskBias))),
+            "update_mask": try c.array("update_mask", shape: [1, 1, slots / s, 1],
+                                       try HostInputs.cacheUpdateMask(position: start, count: s, slots: slots)),
+        ]
     }
 
     func hiddenStates(_ prompt: [PromptSegment], count: Int) throws -> [Tensor] {
         guard let c = hiddenBundle else {
-            throw MobileOError(.runner, "manifest.json lists no llm_prefill component; generation and editing need it.",
-                               fix: "convert it: python -m coreml_convert --components llm_prefill.")
+            throw MobileOError(.runner, "manifest.json lists no llm component; generation and editing need it.",
+                               fix: "convert it: python -m coreml_convert --components llm.")
         }
-        let (ids, image, offset) = try flatten(prompt)
-        let s = try c.length(ids.count, input: "input_ids", axis: 1)
-        let padded = ids + [Int](repeating: padId, count: s - ids.count)
-        let mask = (0..<s).map { Float($0 < ids.count ? 1 : 0) }
-        var inputs = try imageInputs(c, image, offset: offset)
-        inputs["input_ids"] = try c.array("input_ids", shape: [1, s], padded.map(Float.init))
-        inputs["attention_mask"] = try c.array("attention_mask", shape: [1, s], mask)
-        let states = channelsToRows(try c.output(try c.predict(inputs), "hidden_states"), keep: ids.count)
+        let rows = try embedRows(prompt)
+        let n = rows.shape[0]
+        let s = try c.length(n, input: "embeds", axis: 3)
+        let pos = Array(0..<s)
+        let (cos, sin) = HostInputs.rope(positions: pos, headDim: host.headDim, theta: host.ropeTheta)
+        let bias = HostInputs.causalBias(queries: pos, keys: pos, keyValid: pos.map { $0 < n }, maskBias: Float(host.maskBias))
+        let out = try c.predict([
+            "embeds": try c.array("embeds", shape: [1, hidden, 1, s], try columns(rows, 0, n, length: s)),
+            "cos": try c.array("cos", shape: [1, host.headDim, 1, s], cos),
+            "sin": try c.array("sin", shape: [1, host.headDim, 1, s], sin),
+            "attention_bias": try c.array("attention_bias", shape: [1, s, 1, s], bias),
+        ])
+        let states = channelsToRows(try c.output(out, "hidden_states"), keep: n)
         guard states.count == count else {
-            throw MobileOError(.runner, "llm_prefill returns \(states.count) hidden states; the pipeline asked for \(count).")
+            throw MobileOError(.runner, "the llm returns \(states.count) hidden states; the pipeline asked for \(count).")
         }
         return states
     }
 
     func prefill(_ prompt: [PromptSegment]) throws -> [Float] {
         guard let chunk, let step else {
-            throw MobileOError(.runner, "manifest.json lists no llm_decode component; understanding needs it.",
-                               fix: "convert it: python -m coreml_convert --components llm_decode.")
+            throw MobileOError(.runner, "manifest.json lists no llm component; understanding needs it.",
+                               fix: "convert it: python -m coreml_convert --components llm.")
         }
-        let (ids, image, offset) = try flatten(prompt)
-        guard !ids.isEmpty else { throw MobileOError(.runner, "the prompt is empty.") }
-        let fresh = step.model.makeState()  // the two functions share the KV cache
-        let p = try chunk.input("input_ids").shape.last ?? 1  // prefill input_ids (1, P) in the manifest
-        let last = ids.count - 1
+        let rows = try embedRows(prompt)
+        guard rows.shape[0] > 0 else { throw MobileOError(.runner, "the prompt is empty.") }
+        let fresh = step.model.makeState()  // "prefill" and "decode" share the KV cache
+        let p = host.chunkLength
+        let last = rows.shape[0] - 1
         var start = 0
         while start < last {
-            let n = min(p, last - start)
-            let part = Array(ids[start..<start + n]) + [Int](repeating: padId, count: p - n)
-            var inputs = try imageInputs(chunk, image, offset: offset - start)
-            if image == nil { inputs["image_offset"] = try chunk.array("image_offset", shape: [1], [Float(-imageTokens)]) }
-            inputs["input_ids"] = try chunk.array("input_ids", shape: [1, p], part.map(Float.init))
-            inputs["position"] = try chunk.array("position", shape: [1], [Float(start)])
-            _ = try chunk.predict(inputs, state: fresh)
+            let end = min(start + p, last)
+            _ = try chunk.predict(try stepInputs(chunk, embeds: try columns(rows, start, end, length: p), at: start, count: p),
+                                  state: fresh)
             start += p
         }
         state = fresh
         position = last
-        return try decode(ids[last])
+        return try decode(embeds: try columns(rows, last, last + 1, length: 1))
     }
 
     func decode(_ token: Int) throws -> [Float] {
+        try decode(embeds: rowsToChannels(try table.rows([token]), length: 1))
+    }
+
+    func decode(embeds: [Float]) throws -> [Float] {
         guard let step, let state else {
             throw MobileOError(.runner, "decode was called before prefill.")
         }
-        if let t = step.spec.states.first?.shape.last, position >= t {
-            throw MobileOError(.runner, "the answer reached the KV cache's \(t) positions.", fix: "ask for fewer new tokens.")
+        guard position < host.contextLength else {
+            throw MobileOError(.runner, "the answer reached the KV cache's \(host.contextLength) positions.", fix: "ask for fewer new tokens.")
         }
-        let out = try step.predict(["input_ids": try step.array("input_ids", shape: [1, 1], [Float(token)]),
-                                    "position": try step.array("position", shape: [1], [Float(position)])], state: state)
+        let out = try step.predict(try stepInputs(step, embeds: embeds, at: position, count: 1), state: state)
         position += 1
-        return try step.output(out, "logits").data
+        let names = (step.spec.io(function: "decode")?.outputs ?? step.spec.outputs).map(\.name)
+            .filter { $0.hasPrefix("logits_") }.sorted { Int($0.dropFirst(7))! < Int($1.dropFirst(7))! }
+        return try names.flatMap { try step.output(out, $0).data }
     }
 }
 
@@ -348,8 +385,8 @@ final class CoreMLMCP: ConditioningRunner {
 
 @available(iOS 18.0, macOS 15.0, *)
 final class CoreMLDiT: DenoiserRunner {
-    let c: CoreMLComponent
-    init(_ c: CoreMLComponent) { self.c = c }
+    let c: CoreMLComponent, host: Manifest.HostInputs
+    init(_ c: CoreMLComponent, host: Manifest.HostInputs) { self.c = c; self.host = host }
 
     func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) throws -> Tensor {
         let b = latents.shape[0], bundleBatch = try c.input("latent").shape[0]
@@ -368,7 +405,10 @@ final class CoreMLDiT: DenoiserRunner {
         let mask = (0..<b).flatMap { _ in (0..<s).map { Float($0 < l ? 1 : 0) } }
         let out = try c.predict([
             "latent": try c.array("latent", shape: latents.shape, latents.data),
-            "timestep": try c.array("timestep", shape: [b], [Float](repeating: Float(timestep), count: b)),
+            "timestep_features": try c.array("timestep_features", shape: [b, host.timestepChannels, 1, 1],
+                                             HostInputs.timestepFeatures([Float](repeating: Float(timestep), count: b),
+                                                                         channels: host.timestepChannels,
+                                                                         maxPeriod: host.timestepMaxPeriod)),
             "encoder_hidden_states": try c.array("encoder_hidden_states", shape: [b, conditioning.shape[2], 1, s], ctx),
             "encoder_attention_mask": try c.array("encoder_attention_mask", shape: [b, s], mask),
         ])

@@ -5,7 +5,7 @@ import Foundation
 /// validates; every fact the pipeline uses (scheduler, defaults, latent shape, prompts,
 /// token ids, tensor specs) comes from here, none is hard-coded.
 public struct Manifest: Codable, Equatable, Sendable {
-    public static let supportedSchemaVersion = 1
+    public static let supportedSchemaVersion = 2
     public static let fileName = "manifest.json"
 
     public var schemaVersion: Int
@@ -34,6 +34,33 @@ public struct Manifest: Codable, Equatable, Sendable {
     }
 
     public enum DType: String, Codable, Sendable { case float16, float32, int32 }
+
+    /// A table beside a bundle: raw little-endian fp16, row-major, of `shape`.
+    public struct TableFile: Codable, Equatable, Sendable {
+        public var file: String
+        public var sha256: String
+        public var bytes: Int
+        public var shape: [Int]
+        public var dtype: String
+    }
+
+    /// Constants of the inputs the app computes (coreml_convert/contract.py, host side).
+    public struct HostInputs: Codable, Equatable, Sendable {
+        public var embeddings: String
+        public var ropeTheta: Double
+        public var headDim: Int
+        public var chunkLength: Int
+        public var contextLength: Int
+        public var maskBias: Double
+        public var timestepChannels: Int
+        public var timestepMaxPeriod: Double
+        public var timestepOrder: String
+        enum CodingKeys: String, CodingKey {
+            case embeddings, ropeTheta = "rope_theta", headDim = "head_dim", chunkLength = "chunk_length"
+            case contextLength = "context_length", maskBias = "mask_bias", timestepChannels = "timestep_channels"
+            case timestepMaxPeriod = "timestep_max_period", timestepOrder = "timestep_order"
+        }
+    }
 
     public struct TensorSpec: Codable, Equatable, Sendable {
         public var name: String
@@ -76,11 +103,19 @@ public struct Manifest: Codable, Equatable, Sendable {
         /// parity evidence from conversion: PSNR (dB) per gate
         public var gates: [String: Double]
         public var conversion: [String: Double]?
+        /// tables the app reads beside the bundle (raw little-endian fp16, row-major), e.g. the
+        /// llm's token embeddings [vocab, hidden]
+        public var tables: [TableFile]?
+        /// `python -m coreml_convert.lint` summary (ops eligible / at risk / off the Neural Engine)
+        public var lint: [String: JSONValue]?
 
         enum CodingKeys: String, CodingKey {
             case name, file, sha256, bytes, chunks, inputs, outputs, states, functions, functionIO = "function_io"
-            case computeUnits = "compute_units", minimumOS = "minimum_os", compression, gates, conversion
+            case computeUnits = "compute_units", minimumOS = "minimum_os", compression, gates, conversion, tables = "files", lint
         }
+
+        /// The table file named `file` (e.g. `Manifest.Pipeline.hostInputs.embeddings`).
+        public func table(_ file: String) -> TableFile? { tables?.first { $0.file == file } }
 
         /// The bundle files in execution order (one, or the chunks).
         public var files: [FileEntry] {
@@ -194,12 +229,13 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var vaeScalingFactor: Double
         public var conditioning: Conditioning
         public var imagePreprocess: ImagePreprocess
+        public var hostInputs: HostInputs
         public var prompts: Prompts
         public var tokenizer: TokenizerInfo
         enum CodingKeys: String, CodingKey {
             case scheduler, defaults, latentShape = "latent_shape", imageSize = "image_size"
             case vaeScalingFactor = "vae_scaling_factor", conditioning, imagePreprocess = "image_preprocess"
-            case prompts, tokenizer
+            case hostInputs = "host_inputs", prompts, tokenizer
         }
     }
 

@@ -78,7 +78,7 @@ final class ManifestTests: XCTestCase {
     }
 
     func testRejectsBadManifests() throws {
-        try assertRejected("schema_version 2 is not supported", set("schema_version", 2))
+        try assertRejected("schema_version 1 is not supported", set("schema_version", 1))
         try assertRejected("missing key 'scheduler'", set("pipeline.scheduler", nil))
         try assertRejected("missing key 'id'", set("model.id", nil))
         try assertRejected("wrong type at components[0].bytes", set("components.0.bytes", "many"))
@@ -122,7 +122,7 @@ final class ManifestTests: XCTestCase {
         XCTAssertEqual(m.components[0].compression["mode"]?.stringValue, "palettize")
     }
 
-    /// The golden manifest's first component made a two-function bundle, as llm_decode is:
+    /// The golden manifest's first component made a two-function bundle, as llm is (it has three):
     /// the default function "main" (its top-level I/O) and "prefill" with its own I/O.
     func withFunctionIO(_ prefill: [String: Any]? = nil, _ mutate: (inout [String: Any]) -> Void = { _ in }) throws -> [String: Any] {
         var json = try JSONSerialization.jsonObject(with: try goldenData()) as! [String: Any]

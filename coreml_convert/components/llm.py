@@ -1,0 +1,334 @@
+"""llm: Qwen2 as one multifunction bundle over one weight set (iOS 18 ``ct.StateType`` KV cache).
+
+Functions (``contract.LLM_FUNCTIONS``; each function's I/O is ``contract.llm_io`` and goes to
+the manifest as the component's ``function_io``), every input fp16 and computed on the host
+(``coreml_convert.contract``: ``embed_prompt`` from the embedding table written beside the
+bundle as ``contract.EMBEDDINGS_FILE``, ``rope``, ``causal_bias``, ``cache_update_mask``):
+
+  "decode"         (default) one token at cache slot p: embeds (1, C, 1, 1), cos / sin
+                   (1, D, 1, 1), attention_bias (1, T, 1, 1) (slots <= p), update_mask
+                   (1, 1, T, 1) one-hot at p  ->  logits_0 .. logits_n (1, <= 16384) each
+  "prefill"        a chunk of P tokens at slots s .. s+P-1 (s a multiple of P): embeds
+                   (1, C, 1, P), cos / sin (1, D, 1, P), attention_bias (1, T, 1, P),
+                   update_mask (1, 1, T/P, 1) one-hot at block s/P  ->  hidden_states (1, C, 1, P)
+  "hidden_states"  a whole right-padded prompt of L tokens (L enumerated), no cache: embeds,
+                   cos, sin (L columns), attention_bias (1, L, 1, L) causal and padding-masked
+                   ->  hidden_states (K, C, 1, L): transformers' output_hidden_states[-K:]
+                   (K = vlm_num_layers; the last after the final norm) for the MCP.
+
+"decode" and "prefill" share the states key_cache / value_cache (layers, kv_heads*D, 1, T).
+Driving it (the app, Swift ``CoreMLLanguageModel``): expand ``<image>`` to N columns; run
+"prefill" over every prompt token but the last in chunks of P (the last chunk padded: its
+padding slots are overwritten before any query can see them); "decode" the last prompt token
+for the first logits, then each sampled token at the next slot.
+
+Conversion: each function is traced and converted on its own, compressed with the same
+deterministic recipe, then merged by ``save_multifunction``, which keeps one copy of every
+weight the functions share.  Reference (gate 1): transformers ``Qwen2ForCausalLM`` on the
+same embeddings -- the decode logits after a prompt with an image straddling two chunks, and
+the hidden states of a padded prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from coreml_convert import contract
+from coreml_convert.ane_qwen2 import Qwen2ANE
+from coreml_convert.contract import LLM_FUNCTIONS as FUNCTIONS
+from coreml_convert.contract import LLM_INPUTS, cache_shape, chunk_length, llm_io
+from coreml_convert.spec import ComponentSpec
+from weights.configs import MobileOConfig
+
+
+class LLM(nn.Module):
+    """The decoder in one of the bundle's modes, over a KV cache held in two buffers (the
+    Core ML states).  Every mode shares ``core`` and the buffers."""
+
+    def __init__(self, core: Qwen2ANE, cfg: MobileOConfig, mode: str = "decode"):
+        super().__init__()
+        self.core, self.cfg, self.mode = core, cfg, mode
+        self.num_states = cfg.mcp.num_layers
+        shape = cache_shape(cfg)
+        self.register_buffer("key_cache", torch.zeros(shape))
+        self.register_buffer("value_cache", torch.zeros(shape))
+
+    def with_mode(self, mode: str) -> "LLM":
+        """The same module (same core, same buffers) in another mode."""
+        other = copy.copy(self)  # shallow: shares the parameter / buffer / module dicts
+        other.mode = mode
+        return other
+
+    def fresh(self) -> "LLM":
+        """The same weights with a new, empty cache."""
+        return LLM(self.core, self.cfg, self.mode).eval()
+
+    def reset(self):
+        self.key_cache.zero_()
+        self.value_cache.zero_()
+
+    def forward(self, embeds, cos, sin, attention_bias, update_mask=None):
+        if self.mode == "hidden_states":
+            states, _ = self.core.run(embeds, cos, sin, attention_bias)
+            return torch.cat(states[-self.num_states:], dim=0)
+        n = self.key_cache.shape[0]
+        caches = [(self.key_cache[i:i + 1], self.value_cache[i:i + 1]) for i in range(n)]
+        states, kvs = self.core.run(embeds, cos, sin, attention_bias, caches, update_mask)
+        self.key_cache[:] = torch.cat([k for k, _ in kvs], dim=0)
+        self.value_cache[:] = torch.cat([v for _, v in kvs], dim=0)
+        if self.mode == "prefill":
+            return states[-1]
+        return tuple(self.core.logits(states[-1]))
+
+
+def fp16_exact(a: np.ndarray) -> np.ndarray:
+    """Round to fp16-representable float32 (the bundle's inputs are fp16)."""
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def args(fn: str) -> tuple[str, ...]:
+    return LLM_INPUTS if fn != "hidden_states" else LLM_INPUTS[:-1]
+
+
+# ---------------------------------------------------------------------- host inputs
+
+Call = tuple[str, dict[str, np.ndarray]]  # (function, inputs)
+
+
+def step_inputs(cfg: MobileOConfig, embeds: np.ndarray, position: int) -> dict[str, np.ndarray]:
+    """A "prefill" (S = P) or "decode" (S = 1) call's inputs for embeds (1, C, 1, S) at slots
+    position .. position+S-1."""
+    s, t = embeds.shape[-1], contract.context_length(cfg)
+    pos = np.arange(position, position + s)
+    cos, sin = contract.rope(cfg.llm, pos)
+    return {"embeds": fp16_exact(embeds), "cos": cos, "sin": sin,
+            "attention_bias": contract.causal_bias(pos, np.arange(t)),
+            "update_mask": contract.cache_update_mask(position, s, t)}
+
+
+def hidden_inputs(cfg: MobileOConfig, embeds: np.ndarray, valid: int) -> dict[str, np.ndarray]:
+    """The "hidden_states" call for a right-padded prompt embeds (1, C, 1, L), ``valid`` real tokens."""
+    length = embeds.shape[-1]
+    pos = np.arange(length)
+    cos, sin = contract.rope(cfg.llm, pos)
+    return {"embeds": fp16_exact(embeds), "cos": cos, "sin": sin,
+            "attention_bias": contract.causal_bias(pos, pos, (pos < valid).astype(np.float32))}
+
+
+def calls(cfg: MobileOConfig, table: np.ndarray, ids, image_embeds: np.ndarray | None, image_offset: int,
+          extra=()) -> list[Call]:
+    """The app's call sequence for a prompt of ``ids`` (n tokens; image columns hold any id)
+    with image token i at column ``image_offset + i`` (image_embeds (1, C, 1, N)): "prefill"
+    chunks over ids[:-1] (the last padded with id 0), then "decode" of ids[-1] and of each
+    ``extra`` token.  Each "decode" returns the logits for the token after it."""
+    ids = [int(t) for t in np.asarray(ids).reshape(-1)]
+    p, n = chunk_length(cfg), len(ids)
+    image = None if image_embeds is None else image_embeds[0, :, 0, :].T
+    full = contract.embed_prompt(table, ids, image, image_offset)  # (1, C, 1, n)
+    out: list[Call] = []
+    for start in range(0, n - 1, p):
+        chunk = full[..., start:min(start + p, n - 1)]
+        pad = contract.embed_prompt(table, [0] * (p - chunk.shape[-1]))
+        out.append(("prefill", step_inputs(cfg, np.concatenate([chunk, pad], axis=-1), start)))
+    out.append(("decode", step_inputs(cfg, full[..., n - 1:], n - 1)))
+    for i, t in enumerate(extra):
+        out.append(("decode", step_inputs(cfg, contract.embed_prompt(table, [t]), n + i)))
+    return out
+
+
+def logits_of(outputs, widths=None) -> np.ndarray:
+    """The logits slices (a tuple of tensors or a dict logits_i -> array) concatenated: (V,)."""
+    if isinstance(outputs, dict):
+        parts = [outputs[f"logits_{i}"] for i in range(len([k for k in outputs if k.startswith("logits_")]))]
+    else:
+        parts = [o.numpy() if hasattr(o, "numpy") else o for o in outputs]
+    return np.concatenate([np.asarray(p, np.float32).reshape(-1) for p in parts])
+
+
+def run_calls(module: LLM, sequence: list[Call]) -> np.ndarray:
+    """Our torch module through ``sequence`` from an empty cache, in place (the module's cache
+    is left as the sequence leaves it): decode logits (steps, vocab)."""
+    module.reset()
+    out = []
+    with torch.no_grad():
+        for fn, inputs in sequence:
+            y = module.with_mode(fn)(*(torch.from_numpy(np.asarray(inputs[k], np.float32)) for k in args(fn)))
+            if fn == "decode":
+                out.append(logits_of(y))
+    return np.stack(out)
+
+
+def run_torch(module: LLM, sequence: list[Call]) -> np.ndarray:
+    """:func:`run_calls` on a fresh cache (``module``'s own cache is untouched)."""
+    return run_calls(module.fresh(), sequence)
+
+
+def run_program_calls(path, sequence: list[Call]) -> np.ndarray:
+    """The saved bundle's MIL program through ``sequence`` (numpy executor, one shared state):
+    decode logits (steps, vocab)."""
+    from coreml_convert.mil_exec import load_program, make_states, run_program
+
+    program = load_program(path)  # once, not per call
+    states = make_states(program, FUNCTIONS[0])
+    out = [run_program(program, inputs, function=fn, states=states) for fn, inputs in sequence]
+    return np.stack([logits_of(o) for (fn, _), o in zip(sequence, out) if fn == "decode"])
+
+
+def reference_logits(model, embeds: np.ndarray, steps: int) -> np.ndarray:
+    """transformers logits (steps, vocab) at the last ``steps`` positions of embeds (1, C, 1, n)."""
+    with torch.no_grad():
+        logits = model(inputs_embeds=torch.from_numpy(embeds[0, :, 0, :].T.copy())[None]).logits[0]
+    return logits[-steps:].numpy()
+
+
+def reference_hidden(model, embeds: np.ndarray, valid: int, num_states: int) -> np.ndarray:
+    """transformers' output_hidden_states[-K:] (K, C, 1, L) for a right-padded prompt."""
+    length = embeds.shape[-1]
+    mask = (np.arange(length) < valid).astype(np.int64)[None]
+    with torch.no_grad():
+        out = model(inputs_embeds=torch.from_numpy(embeds[0, :, 0, :].T.copy())[None],
+                    attention_mask=torch.from_numpy(mask), output_hidden_states=True)
+    return np.stack([h[0].T[:, None, :].numpy() for h in out.hidden_states[-num_states:]])
+
+
+def example_prompt(cfg: MobileOConfig, rng: np.random.Generator) -> dict:
+    """A prompt with the whole image from column 3, at least one prefill chunk long, and one
+    text token after the image (the one decoded): the image never covers the decoded position,
+    and at full size (256 image tokens) it straddles several prefill chunks."""
+    hidden, n, offset = cfg.llm.hidden_size, cfg.vision.num_tokens, 3
+    length = max(chunk_length(cfg), offset + n) + 1
+    return {"ids": rng.integers(0, cfg.llm.vocab_size, length),
+            "image_embeds": fp16_exact(rng.standard_normal((1, hidden, 1, n)) / np.sqrt(hidden)),
+            "image_offset": offset}
+
+
+def example_hidden(cfg: MobileOConfig, table: np.ndarray, length: int, rng: np.random.Generator,
+                   image: bool = True) -> tuple[dict[str, np.ndarray], int]:
+    """A right-padded prompt of ``length`` columns (4 padding tokens) with an image at column 3
+    (clipped): the "hidden_states" inputs and the count of real tokens."""
+    hidden, n = cfg.llm.hidden_size, cfg.vision.num_tokens
+    valid = length - 4
+    ids = rng.integers(0, cfg.llm.vocab_size, length)
+    img = fp16_exact(rng.standard_normal((n, hidden)) / np.sqrt(hidden)) if image else None
+    return hidden_inputs(cfg, contract.embed_prompt(table, ids, img, 3), valid), valid
+
+
+# ---------------------------------------------------------------------- conversion
+
+
+def convert_multifunction(module: LLM, cfg: MobileOConfig, examples: dict[str, dict], precision: str,
+                          compression: dict | None = None):
+    """Trace, convert and compress each function on its own (coremltools cannot compress a
+    multifunction model; the recipe is deterministic, so shared weights compress identically),
+    then merge them: ``save_multifunction`` keeps one copy of identical weights.  Leaves the
+    cache zeroed."""
+    import coremltools as ct
+
+    from coreml_convert import convert as cv
+
+    bundle = llm_io(cfg)
+    tmp = Path(tempfile.mkdtemp(prefix="llm."))
+    try:
+        desc = ct.utils.MultiFunctionDescriptor()
+        for fn in FUNCTIONS:
+            io = bundle.function_io[fn]
+            one = replace(bundle, inputs=io["inputs"], outputs=io["outputs"], functions=("main",), function_io={},
+                          states=bundle.states if fn in contract.LLM_STATE_FUNCTIONS else ())
+            spec = ComponentSpec(module=module.with_mode(fn), example_inputs=examples[fn],
+                                 reference=lambda _: {}, io=one)
+            model = cv.compress(cv.convert(spec, precision), compression)
+            cv.save_atomic(model, tmp, f"{fn}.mlpackage")
+            del model
+            module.reset()
+            desc.add_function(str(tmp / f"{fn}.mlpackage"), src_function_name="main", target_function_name=fn)
+        desc.default_function_name = FUNCTIONS[0]
+        ct.utils.save_multifunction(desc, str(tmp / "llm.mlpackage"))
+        merged = ct.models.MLModel(str(tmp / "llm.mlpackage"), skip_model_load=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        module.reset()  # tracing ran the functions on the buffers
+    weakref.finalize(merged, shutil.rmtree, str(tmp), True)  # the package lives until saved
+    return merged
+
+
+# ---------------------------------------------------------------------- spec
+
+
+class GateModule(nn.Module):
+    """What the gates compare, as one module taking the "decode" inputs: the decode logits
+    (cache primed by the example sequence) and the "hidden_states" function's output on its
+    example prompt."""
+
+    def __init__(self, llm: LLM, hidden_example: dict[str, np.ndarray]):
+        super().__init__()
+        self.llm, self.hidden_example = llm, hidden_example
+
+    def forward(self, *decode_inputs):
+        out = self.llm.with_mode("decode")(*decode_inputs)
+        d = {f"logits_{i}": o for i, o in enumerate(out)}
+        ex = [torch.from_numpy(self.hidden_example[k]) for k in args("hidden_states")]
+        d["hidden_states"] = self.llm.with_mode("hidden_states")(*ex)
+        return d
+
+
+def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
+    """Both gates cover "decode" after the example sequence ("prefill" chunks holding an image,
+    then "decode" of the prompt's last token) and "hidden_states" on a padded prompt.  The
+    decode module's cache is primed by that sequence, so decoding ``example_inputs`` (the last
+    call) again rewrites the same slot and gives the same logits."""
+    from weights import upstream
+
+    cfg = ckpt.config
+    core = Qwen2ANE.from_checkpoint(ckpt)
+    table = fp16_exact(core.embedding_table())  # the app reads the fp16 table
+    llm = LLM(core, cfg).eval()
+    rng = np.random.default_rng(seed)
+    prompt = example_prompt(cfg, rng)
+    sequence = calls(cfg, table, prompt["ids"], prompt["image_embeds"], prompt["image_offset"])
+    hidden, valid = example_hidden(cfg, table, contract.sequence_lengths(cfg)[0], rng)
+    full = contract.embed_prompt(table, prompt["ids"], prompt["image_embeds"][0, :, 0, :].T, prompt["image_offset"])
+    ref_model = upstream.build("llm", cfg, ckpt.load("llm"))
+    widths = contract.logits_widths(cfg.llm.vocab_size)
+    last = sequence[-1][1]
+
+    def reference(inputs):
+        if not np.array_equal(inputs["update_mask"], last["update_mask"]):
+            raise ValueError("the llm reference continues the example prompt at its last position")
+        embeds = np.concatenate([full[..., :-1], np.asarray(inputs["embeds"], np.float32)], axis=-1)
+        logits = reference_logits(ref_model, embeds, 1)[0]
+        out = {f"logits_{i}": part[None] for i, part in enumerate(np.split(logits, np.cumsum(widths)[:-1]))}
+        out["hidden_states"] = reference_hidden(ref_model, hidden["embeds"], valid, cfg.mcp.num_layers)
+        return out
+
+    def program_check(path):
+        from coreml_convert.mil_exec import run_program
+
+        logits = run_program_calls(path, sequence)[-1]
+        out = {f"logits_{i}": part[None] for i, part in enumerate(np.split(logits, np.cumsum(widths)[:-1]))}
+        out["hidden_states"] = run_program(path, hidden, function="hidden_states")["hidden_states"]
+        return out
+
+    def convert(precision, compression=None):
+        examples = {fn: inputs for fn, inputs in reversed(sequence)}
+        examples["hidden_states"] = hidden
+        model = convert_multifunction(llm, cfg, examples, precision, compression)
+        run_calls(llm, sequence)  # re-prime the cache for the gates
+        return model
+
+    run_calls(llm, sequence)
+    return ComponentSpec(
+        module=GateModule(llm, hidden), example_inputs=last, reference=reference, io=llm_io(cfg),
+        convert=convert, program_check=program_check,
+        files={contract.EMBEDDINGS_FILE: table},
+    )

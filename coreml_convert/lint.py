@@ -1,0 +1,268 @@
+"""``python -m coreml_convert.lint DIR``: a static Neural-Engine report per bundle, without a Mac.
+
+Core ML publishes no list of what the Neural Engine runs (github apple/coremltools issue
+#1780), and ``MLComputePlan`` needs macOS.  This report reads each saved ML program (every
+function) and classifies every non-constant op by named rules taken from public practice
+(docs/deployment-notes.md sections 2-3; each rule below cites its source):
+
+  eligible  nothing known keeps it off the Neural Engine;
+  at_risk   may fall back to CPU/GPU (e.g. slices at runtime positions, range-flexible shapes);
+  off       known to run off the Neural Engine (non-fp16 dtype, integer ops, dynamic gather,
+            a dimension over 16,384, rank over 5).
+
+Bundle-level findings (a weight file over 1 GB, range-flexible inputs) are listed beside.
+Prints a table, writes ``DIR/<bundle>.lint.json`` (atomically) and, with ``--floor``, exits 1
+when a bundle's eligible share is below it.  ``python -m coreml_convert`` runs it on each new
+bundle and records :func:`summary` in the manifest.  A static reading: on a Mac,
+``MLComputePlan`` gives the device each op really gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from weights.errors import MobileOError, run_cli
+
+from .contract import MAX_DIMENSION
+
+ELIGIBLE, AT_RISK, OFF = "eligible", "at_risk", "off"
+MAX_RANK = 5
+MAX_WEIGHT_FILE_BYTES = 1 << 30  # 1 GiB
+CONSTANT_OPS = ("const",)  # constexpr_* weight decompression is counted with the constants
+STATE_OPS = ("read_state", "coreml_update_state", "write_state")
+
+# Rule "integer-op": integer arithmetic, comparisons, casts and index generation run off the
+# Neural Engine -- community practice recorded in github apple/coremltools issue #1780 and
+# Anemll's converter (github Anemll/Anemll, which moves them to the host); deployment-notes s2.
+INTEGER_OPS = frozenset("""cast cumsum fill_like range_1d equal not_equal less less_equal greater greater_equal
+    logical_and logical_or logical_xor logical_not select non_zero argsort topk reduce_argmax reduce_argmin
+    floor_div mod shape""".split())
+# Rule "dynamic-gather": gathers/scatters at runtime indices (embedding lookups) run off the
+# Neural Engine; Anemll keeps the embedding outside the graph (deployment-notes s2).
+GATHER_OPS = frozenset("gather gather_along_axis gather_nd scatter scatter_along_axis scatter_nd".split())
+# Rule "dynamic-slice": slices whose begin/end come from the graph (not constants) -- the
+# KV-cache-at-position pattern; Anemll uses it for state writes, but it is shape-dynamic work
+# the compiler may place elsewhere: at risk (deployment-notes s2, "range-dynamic shapes").
+SLICE_OPS = frozenset("slice_by_index slice_by_size slice_update dynamic_slice".split())
+
+RULES = {
+    "dtype": (OFF, "output dtype other than fp16: the Neural Engine computes fp16 only "
+                   "(apple/coreai-models notes; deployment-notes s2)"),
+    "integer-op": (OFF, "integer arithmetic / comparison / cast (coremltools issue #1780; Anemll)"),
+    "dynamic-gather": (OFF, "gather/scatter at runtime indices (Anemll keeps embeddings outside)"),
+    "dimension": (OFF, f"a dimension over {MAX_DIMENSION} (Anemll llama_model.py; deployment-notes s2)"),
+    "rank": (OFF, f"tensor rank over {MAX_RANK} (apple/coreai-models notes; deployment-notes s2)"),
+    "dynamic-slice": (AT_RISK, "slice at runtime positions (shape-dynamic; deployment-notes s2)"),
+    "flexible-shape": (AT_RISK, "symbolic dimension from a range-flexible input: only the default shape "
+                                "runs on the Neural Engine (Apple Developer Forums thread 724930)"),
+}
+BUNDLE_RULES = {
+    "weight-file-size": "a weight file over 1 GB: iOS loads at most about 1 GB per model file on the "
+                        "Neural Engine unless weights are <= 6-bit (apple/ml-stable-diffusion README "
+                        "--chunk-unet; the Anemll conversion guide; deployment-notes s2)",
+    "range-flexible-input": "an input with a range-flexible shape (enumerate the shapes instead; Apple "
+                            "Developer Forums thread 724930; deployment-notes s2)",
+}
+
+
+class LintError(MobileOError):
+    """A folder or bundle the linter cannot read."""
+
+
+def _walk(block):
+    for op in block.operations:
+        yield op
+        for b in op.blocks:
+            yield from _walk(b)
+
+
+def _dtype_name(var) -> str:
+    from coremltools.converters.mil.mil import types
+
+    t = var.sym_type
+    if types.is_state(t):
+        t = t.wrapped_type()
+    if types.is_tensor(t):
+        t = t.get_primitive()
+    return types.builtin_to_string(t)
+
+
+def _is_const(var) -> bool:
+    return var.op is None and var.val is not None or (var.op is not None and (
+        var.op.op_type == "const" or var.op.op_type.startswith("constexpr")))
+
+
+def _dims(var) -> list:
+    try:
+        return list(var.shape)
+    except Exception:
+        return []
+
+
+def classify(op, range_inputs: set[str]) -> tuple[str, list[str]]:
+    """(class, rules broken) of one non-constant op."""
+    broken = []
+    outs = list(op.outputs)
+    ins = [v for v in op.inputs.values() for v in (v if isinstance(v, (list, tuple)) else [v])]
+    t = op.op_type
+    if t in INTEGER_OPS or any(_dtype_name(o).startswith(("int", "uint", "bool")) for o in outs):
+        broken.append("integer-op")
+    elif any(_dtype_name(o) != "fp16" for o in outs):
+        broken.append("dtype")
+    if t in GATHER_OPS and any(not _is_const(v) for k, v in op.inputs.items() if k == "indices"
+                               for v in (v if isinstance(v, (list, tuple)) else [v])):
+        broken.append("dynamic-gather")
+    if t in SLICE_OPS and any(not _is_const(v) for k, v in op.inputs.items() if k in ("begin", "end", "size")):
+        broken.append("dynamic-slice")
+    shapes = [_dims(v) for v in outs + ins]
+    if any(isinstance(d, int) and d > MAX_DIMENSION for s in shapes for d in s):
+        broken.append("dimension")
+    if any(len(s) > MAX_RANK for s in shapes):
+        broken.append("rank")
+    if range_inputs and any(not isinstance(d, int) for s in map(_dims, outs) for d in s):
+        broken.append("flexible-shape")
+    cls = OFF if any(RULES[r][0] == OFF for r in broken) else (AT_RISK if broken else ELIGIBLE)
+    return cls, broken
+
+
+def _range_inputs(model, fn: str) -> set[str]:
+    """Inputs of function ``fn`` whose shape is range-flexible (not enumerated)."""
+    spec = model.get_spec()
+    desc = spec.description
+    inputs = desc.input
+    for f in getattr(desc, "functions", []):
+        if f.name == fn:
+            inputs = f.input
+    out = set()
+    for i in inputs:
+        if i.type.WhichOneof("Type") == "multiArrayType" and \
+                i.type.multiArrayType.WhichOneof("ShapeFlexibility") == "shapeRange":
+            out.add(i.name)
+    return out
+
+
+def lint_bundle(path: str | Path, name: str | None = None) -> dict:
+    """The report of one .mlpackage: per function the op histogram, each op class's count, the
+    rules broken (and by which op types); bundle-level findings."""
+    import coremltools as ct
+
+    from .mil_exec import load_program
+
+    path = Path(path)
+    if not path.exists():
+        raise LintError(f"{path}: no such bundle.", fix="pass a folder of .mlpackage bundles.")
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    program = load_program(model)
+    functions = {}
+    for fn, func in program.functions.items():
+        ranged = _range_inputs(model, fn)
+        hist, classes, rules = Counter(), Counter(), {}
+        for op in _walk(func):
+            if op.op_type in CONSTANT_OPS or op.op_type.startswith("constexpr"):
+                continue
+            hist[op.op_type] += 1
+            cls, broken = classify(op, ranged)
+            classes[cls] += 1
+            for r in broken:
+                rules.setdefault(r, Counter())[op.op_type] += 1
+        total = sum(classes.values())
+        functions[fn] = {
+            "ops": total, "histogram": dict(sorted(hist.items())),
+            ELIGIBLE: classes[ELIGIBLE], AT_RISK: classes[AT_RISK], OFF: classes[OFF],
+            "eligible_share": round(classes[ELIGIBLE] / total, 4) if total else 1.0,
+            "rules": {r: dict(c) for r, c in sorted(rules.items())},
+            "range_flexible_inputs": sorted(ranged),
+        }
+    findings = []
+    weights = path / "Data" / "com.apple.CoreML" / "weights"
+    for f in sorted(weights.glob("*")) if weights.is_dir() else []:
+        if f.stat().st_size > MAX_WEIGHT_FILE_BYTES:
+            findings.append({"rule": "weight-file-size", "file": f.name, "bytes": f.stat().st_size})
+    for fn, r in functions.items():
+        for i in r["range_flexible_inputs"]:
+            findings.append({"rule": "range-flexible-input", "function": fn, "input": i})
+    weight_bytes = sum(f.stat().st_size for f in weights.glob("*")) if weights.is_dir() else 0
+    return {"bundle": path.name, "name": name or path.name.removesuffix(".mlpackage"),
+            "weight_bytes": weight_bytes, "functions": functions, "findings": findings}
+
+
+def summary(report: dict) -> dict:
+    """The manifest's record: totals over the functions, the worst function's eligible share,
+    rule counts, bundle findings."""
+    fns = report["functions"].values()
+    rules = Counter()
+    for f in fns:
+        for r, c in f["rules"].items():
+            rules[r] += sum(c.values())
+    return {
+        "ops": sum(f["ops"] for f in fns), ELIGIBLE: sum(f[ELIGIBLE] for f in fns),
+        AT_RISK: sum(f[AT_RISK] for f in fns), OFF: sum(f[OFF] for f in fns),
+        "eligible_share": min((f["eligible_share"] for f in fns), default=1.0),
+        "rules": dict(sorted(rules.items())),
+        "findings": sorted({f["rule"] for f in report["findings"]}),
+    }
+
+
+def format_table(reports: list[dict]) -> str:
+    cols = ("bundle", "function", "ops", "eligible", "at risk", "off", "share", "rules broken")
+    rows = []
+    for rep in reports:
+        for fn, f in rep["functions"].items():
+            broken = ", ".join(f"{r} ({sum(c.values())}: {', '.join(sorted(c))})" for r, c in f["rules"].items())
+            rows.append((rep["bundle"], fn, str(f["ops"]), str(f[ELIGIBLE]), str(f[AT_RISK]), str(f[OFF]),
+                         f"{100 * f['eligible_share']:.1f}%", broken or "-"))
+        for finding in rep["findings"]:
+            rows.append((rep["bundle"], "(bundle)", "", "", "", "", "", f"{finding['rule']}: "
+                         + ", ".join(f"{k}={v}" for k, v in finding.items() if k != "rule")))
+    widths = [max(len(r[i]) for r in [cols, *rows]) for i in range(len(cols))]
+    line = lambda r: "  ".join(c.ljust(w) if i in (0, 1, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(cols), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def write_report(report: dict, folder: Path) -> Path:
+    path = folder / f"{report['name']}.lint.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m coreml_convert.lint", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="folder of .mlpackage bundles (a coreml_convert --out folder)")
+    p.add_argument("--floor", type=float, default=None,
+                   help="exit 1 when a bundle's eligible share (its worst function) is below this, e.g. 0.98")
+
+    def run() -> int:
+        folder = Path(p.parse_args(argv).folder)
+        floor = p.parse_args(argv).floor
+        bundles = sorted(folder.glob("*.mlpackage")) if folder.is_dir() else []
+        if not bundles:
+            raise LintError(f"{folder}: no .mlpackage bundles.", fix="pass the --out folder of python -m coreml_convert.")
+        reports = [lint_bundle(b) for b in bundles]
+        print(format_table(reports))
+        for r in reports:
+            print(f"report: {write_report(r, folder)}")
+        low = [r["name"] for r in reports if floor is not None and summary(r)["eligible_share"] < floor]
+        if low:
+            print(f"error: eligible share below {floor:.2%} in {', '.join(low)}. Fix: see the rules broken above.",
+                  file=sys.stderr)
+            return 1
+        return 0
+
+    raise SystemExit(run_cli(run) or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+import Foundation
+
+/// The inputs the app computes before each Core ML call, so the bundles stay pure fp16 with no
+/// integer or gather ops.  Each is the Swift twin of a numpy function in
+/// coreml_convert/contract.py (checked against it by the golden vectors, `host.json`):
+/// `rope`, `causalBias`, `cacheUpdateMask`, `timestepFeatures`; `EmbeddingTable` reads the
+/// token-embedding rows (`contract.EMBEDDINGS_FILE`).  Shapes follow the bundle contract
+/// ((1, C, 1, S) channels-first), values row-major.
+public enum HostInputs {
+    /// RoPE cos and sin, each (1, headDim, 1, S) for `positions`: fp32 inverse frequencies
+    /// theta^(-2i/d), fp32 angles, the half table repeated twice along headDim (transformers' Qwen2).
+    public static func rope(positions: [Int], headDim d: Int, theta: Double) -> (cos: [Float], sin: [Float]) {
+        let half = d / 2, s = positions.count
+        var cos = [Float](repeating: 0, count: d * s), sin = cos
+        for i in 0..<half {
+            let exponent = Float(2 * i) / Float(d)
+            let inv = 1 / powf(Float(theta), exponent)
+            for (j, p) in positions.enumerated() {
+                let a = Float(p) * inv
+                let c = Foundation.cos(a), sn = Foundation.sin(a)
+                cos[i * s + j] = c; cos[(i + half) * s + j] = c
+                sin[i * s + j] = sn; sin[(i + half) * s + j] = sn
+            }
+        }
+        return (cos, sin)
+    }
+
+    /// Additive attention bias (1, K, 1, Q): 0 where key position <= query position (and the
+    /// key is real when `keyValid` is given), else `maskBias` (-1e4).
+    public static func causalBias(queries: [Int], keys: [Int], keyValid: [Bool]? = nil, maskBias: Float) -> [Float] {
+        var out = [Float](repeating: 0, count: keys.count * queries.count)
+        for (k, kp) in keys.enumerated() {
+            for (q, qp) in queries.enumerated() where kp > qp || !(keyValid?[k] ?? true) {
+                out[k * queries.count + q] = maskBias
+            }
+        }
+        return out
+    }
+
+    /// (1, 1, slots / count, 1) one-hot: the block of `count` cache slots starting at `position`
+    /// (a multiple of `count`) a call writes.
+    public static func cacheUpdateMask(position: Int, count: Int, slots: Int) throws -> [Float] {
+        guard count > 0, slots % count == 0, position % count == 0, position >= 0, position < slots else {
+            throw MobileOError(.runner, "a cache write of \(count) slots at \(position) does not fit the \(slots)-slot cache.",
+                               fix: "keep prompts and answers within the manifest's context_length.")
+        }
+        var m = [Float](repeating: 0, count: slots / count)
+        m[position / count] = 1
+        return m
+    }
+
+    /// diffusers' Timesteps(channels, flip_sin_to_cos: true, shift 0) in fp32: per timestep
+    /// [cos(t f_i), sin(t f_i)], f_i = exp(-ln(maxPeriod) i / half) -> (B, channels, 1, 1).
+    public static func timestepFeatures(_ timesteps: [Float], channels: Int, maxPeriod: Double) -> [Float] {
+        let half = channels / 2
+        let logMax = Float(Foundation.log(maxPeriod))
+        let freqs = (0..<half).map { Foundation.exp(-logMax * Float($0) / Float(half)) }
+        var out = [Float]()
+        out.reserveCapacity(timesteps.count * channels)
+        for t in timesteps {
+            out += freqs.map { Foundation.cos(t * $0) }
+            out += freqs.map { Foundation.sin(t * $0) }
+        }
+        return out
+    }
+}
+
+/// The token-embedding table beside the llm bundle: raw little-endian fp16 [vocab, hidden],
+/// memory-mapped; `rows` gathers the embeddings of token ids.
+public final class EmbeddingTable {
+    public let vocab: Int, hidden: Int
+    let data: Data
+
+    public init(url: URL, vocab: Int, hidden: Int) throws {
+        let data: Data
+        do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
+            throw MobileOError(.runner, "cannot read the embedding table \(url.path): \(error.localizedDescription)",
+                               fix: "copy every file manifest.json lists beside it (check with python -m ios_bridge.validate).")
+        }
+        guard data.count == vocab * hidden * 2 else {
+            throw MobileOError(.runner, "\(url.lastPathComponent) holds \(data.count) bytes, not \(vocab) x \(hidden) fp16 values.",
+                               fix: "re-export with python -m coreml_convert.")
+        }
+        self.data = data; self.vocab = vocab; self.hidden = hidden
+    }
+
+    /// Embeddings of `ids` as rows [ids.count, hidden].
+    public func rows(_ ids: [Int]) throws -> Tensor {
+        var out = [Float](repeating: 0, count: ids.count * hidden)
+        try data.withUnsafeBytes { raw in
+            for (r, id) in ids.enumerated() {
+                guard id >= 0, id < vocab else {
+                    throw MobileOError(.runner, "token id \(id) is outside the vocabulary (\(vocab)).")
+                }
+                for c in 0..<hidden {
+                    let bits = raw.loadUnaligned(fromByteOffset: (id * hidden + c) * 2, as: UInt16.self)
+                    out[r * hidden + c] = Half.value(UInt16(littleEndian: bits))
+                }
+            }
+        }
+        return Tensor(shape: [ids.count, hidden], data: out)
+    }
+}

@@ -1,0 +1,49 @@
+import XCTest
+@testable import MobileO
+
+/// Swift's host-side inputs vs coreml_convert/contract.py (golden host.json).
+final class HostInputsTests: XCTestCase {
+    struct Update: Decodable { let position: Int; let count: Int; let slots: Int; let mask: [Float] }
+    struct Host: Decodable {
+        let head_dim: Int; let rope_theta: Double; let positions: [Int]; let cos: [Float]; let sin: [Float]
+        let bias_queries: [Int]; let bias_keys: [Int]; let bias_valid: [Float]; let bias: [Float]; let mask_bias: Float
+        let update: [Update]
+        let timesteps: [Float]; let timestep_channels: Int; let timestep_max_period: Double; let timestep_features: [Float]
+    }
+
+    func testRopeMatchesContract() throws {
+        let g = try Golden.load(Host.self, "host.json")
+        let (cos, sin) = HostInputs.rope(positions: g.positions, headDim: g.head_dim, theta: g.rope_theta)
+        XCTAssertLessThan(maxAbsDiff(cos, g.cos), 2e-3)  // fp32 angles up to ~800 rad; fed as fp16
+        XCTAssertLessThan(maxAbsDiff(sin, g.sin), 2e-3)
+    }
+
+    func testMasksMatchContract() throws {
+        let g = try Golden.load(Host.self, "host.json")
+        XCTAssertEqual(HostInputs.causalBias(queries: g.bias_queries, keys: g.bias_keys,
+                                             keyValid: g.bias_valid.map { $0 > 0 }, maskBias: g.mask_bias), g.bias)
+        for u in g.update {
+            XCTAssertEqual(try HostInputs.cacheUpdateMask(position: u.position, count: u.count, slots: u.slots), u.mask)
+        }
+        XCTAssertThrowsError(try HostInputs.cacheUpdateMask(position: 3, count: 64, slots: 768))
+    }
+
+    func testTimestepFeaturesMatchContract() throws {
+        let g = try Golden.load(Host.self, "host.json")
+        let f = HostInputs.timestepFeatures(g.timesteps, channels: g.timestep_channels, maxPeriod: g.timestep_max_period)
+        XCTAssertLessThan(maxAbsDiff(f, g.timestep_features), 2e-3)
+    }
+
+    func testEmbeddingTableReadsFp16Rows() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("emb-\(UUID().uuidString).f16")
+        let values: [Float] = [0, 1, -2, 0.5, 3, -0.25]  // 3 x 2
+        var bytes = Data()
+        for v in values { var b = Half.bits(v).littleEndian; bytes.append(Data(bytes: &b, count: 2)) }
+        try bytes.write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let t = try EmbeddingTable(url: url, vocab: 3, hidden: 2)
+        XCTAssertEqual(try t.rows([2, 0]).data, [3, -0.25, 0, 1])
+        XCTAssertThrowsError(try t.rows([3]))
+        XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 4, hidden: 2))
+    }
+}
