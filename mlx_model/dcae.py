@@ -23,7 +23,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from weights.configs import RES_BLOCK, VIT_BLOCK, VAEConfig, per_block
+from weights.configs import RES_BLOCK, VAEConfig, per_block
 from weights.layout import VAE_DECODER
 
 from .quant import cast

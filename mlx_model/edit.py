@@ -25,6 +25,7 @@ from weights.errors import MobileOError, run_cli
 from weights.hub import DEFAULT_MODEL
 
 from . import cli_common as cc
+from . import image_files
 from .tokenizer import PromptError
 
 __all__ = ["edit", "main"]
@@ -85,7 +86,7 @@ def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str |
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
     saved = {}
     if a.config_from_metadata:  # its settings become the defaults; flags given now still win
-        saved = cc.metadata_defaults(a.config_from_metadata, "edit")
+        saved = image_files.metadata_defaults(a.config_from_metadata, "edit")
         p.set_defaults(**{k: v for k, v in saved.items() if k not in ("text", "image")})
         a = p.parse_args(argv)
     image, instruction = a.image, a.instruction

@@ -20,6 +20,7 @@ from weights.errors import MobileOError, run_cli
 from weights.hub import DEFAULT_MODEL
 
 from . import cli_common as cc
+from . import image_files
 
 __all__ = ["generate", "main"]
 
@@ -73,7 +74,7 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = 
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
     text = None
     if a.config_from_metadata:  # its settings become the defaults; flags given now still win
-        saved = cc.metadata_defaults(a.config_from_metadata, "generate")
+        saved = image_files.metadata_defaults(a.config_from_metadata, "generate")
         text = saved.pop("text", None)
         p.set_defaults(**saved)
         a = p.parse_args(argv)

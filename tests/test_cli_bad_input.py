@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from mlx_model import cli_common as cc
+from mlx_model import image_files
 from mlx_model import edit as edit_mod
 from mlx_model import generate as generate_mod
 from mlx_model import understand as understand_mod
@@ -66,16 +67,16 @@ def test_guidance_not_finite(run_gen, tmp_path, value):
 def test_metadata_is_strict_json(tmp_path):
     """What is written is JSON any parser reads: NaN/Infinity cannot get in."""
     img = np.zeros((8, 8, 3), np.uint8)
-    path = cc.save_image(img, tmp_path / "a.png", {"guidance": 1.5, "seed": 3}, write_json=True)
+    path = image_files.save_image(img, tmp_path / "a.png", {"guidance": 1.5, "seed": 3}, write_json=True)
 
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
     with Image.open(path) as im:
-        assert strict(im.text[cc.METADATA_KEY]) == {"guidance": 1.5, "seed": 3}
+        assert strict(im.text[image_files.METADATA_KEY]) == {"guidance": 1.5, "seed": 3}
     assert strict((tmp_path / "a.json").read_text())["seed"] == 3
     with pytest.raises(ValueError):
-        cc.save_image(img, tmp_path / "b.png", {"guidance": math.nan})
+        image_files.save_image(img, tmp_path / "b.png", {"guidance": math.nan})
     assert not (tmp_path / "b.png").exists()
 
 
@@ -127,7 +128,7 @@ def test_output_format_follows_the_extension(capsys, tiny_ckpt_dir, tmp_path, na
     assert data.startswith(magic)
     if name.endswith("webp"):
         assert data[8:12] == b"WEBP"
-    meta = cc.read_metadata(tmp_path / name)
+    meta = image_files.read_metadata(tmp_path / name)
     assert meta["seed"] == 1 and meta["prompt"] == "a red cup"
 
 
@@ -149,7 +150,7 @@ def test_unwritable_output_error_names_the_users_path(tmp_path, monkeypatch):
     monkeypatch.setattr(cc.os, "open", deny)
     target = tmp_path / "mine.png"
     with pytest.raises(MobileOError) as e:
-        cc.save_image(np.zeros((4, 4, 3), np.uint8), target, {"k": 1})
+        image_files.save_image(np.zeros((4, 4, 3), np.uint8), target, {"k": 1})
     text = str(e.value)
     assert str(target) in text and "Permission denied" in text and ".partial" not in text and "Fix:" in text
     assert files(tmp_path) == []
@@ -170,7 +171,7 @@ def test_read_only_folder(run_gen, tmp_path):
 def test_outputs_follow_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
-        path = cc.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "a.png", {"k": 1}, write_json=True)
+        path = image_files.save_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "a.png", {"k": 1}, write_json=True)
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode

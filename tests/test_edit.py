@@ -136,7 +136,7 @@ def test_editing_needs_the_image_encoder(tiny_ckpt, photo):
 
 
 def test_cli_writes_png_with_metadata(photo, tiny_ckpt_dir, tmp_path, capsys):
-    from mlx_model.cli_common import read_png_metadata
+    from mlx_model.image_files import read_metadata as read_png_metadata
 
     out = tmp_path / "e.png"
     args = [str(photo), INSTRUCTION, "--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "2", "--seed", "5",
@@ -179,7 +179,7 @@ def test_module_entry_point_on_demo_model(photo, tmp_path):
 
 def test_cli_mflux_flags(photo, tiny_ckpt_dir, tmp_path, capsys):
     """mflux's --image-path and --prompt, a non-square size, and a JPEG output."""
-    from mlx_model.cli_common import read_metadata
+    from mlx_model.image_files import read_metadata
 
     common = ["--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "2", "--seed", "3"]
     edit_mod.main([str(photo), INSTRUCTION, *common, "--output", str(tmp_path / "a.png")])

@@ -338,7 +338,8 @@ def test_size_checks(tiny_ckpt, height, width):
 @given(st.text(st.characters(whitelist_categories=("Ll", "Nd")), min_size=1, max_size=8),
        st.sampled_from(["", ".png", ".PNG", ".jpg", ".jpeg", ".webp", ".gif", ".txt", ".tiff", "/"]))
 def test_output_names(tmp_path_factory, stem, ext):
-    from mlx_model.cli_common import IMAGE_FORMATS, output_target
+    from mlx_model.cli_common import output_target
+    from mlx_model.image_files import IMAGE_FORMATS
 
     folder = tmp_path_factory.mktemp("out")
     name = f"{folder}/{stem}{ext}"  # (a Path would drop the trailing /)
