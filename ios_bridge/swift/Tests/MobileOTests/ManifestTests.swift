@@ -13,7 +13,7 @@ final class ManifestTests: XCTestCase {
 
     func testDecodesTheExportedManifest() throws {
         let m = try Manifest.load(from: try Golden.manifestURL())
-        XCTAssertEqual(m.schemaVersion, 1)
+        XCTAssertEqual(m.schemaVersion, Manifest.supportedSchemaVersion)
         XCTAssertFalse(m.components.isEmpty)
         let p = m.pipeline
         XCTAssertEqual(p.scheduler.type, FlowDPMSolver.typeName)
