@@ -10,7 +10,7 @@
 //         func tokenId(_ token: String) -> Int? { inner.convertTokenToId(token) }
 //     }
 //
-// MobileOPipeline checks at start-up that the tokenizer gives every special token the id
+// MobileOEngine (and MobileOPipeline) check at start-up that the tokenizer gives every special token the id
 // the manifest records.  Below, the smallest possible adapter: a cache in front of the
 // built-in tokenizer.
 import Foundation

@@ -7,25 +7,68 @@ import MobileO
 
 @available(iOS 18.0, macOS 15.0, *)
 enum GenerateExample {
-    /// `export`: the folder `python -m coreml_convert --out ...` wrote, added to the app as a folder reference.
-    static func makePipeline(export: URL) async throws -> MobileOPipeline {
+    /// `export`: the folder `python -m coreml_convert --out ...` wrote, added to the app as a
+    /// folder reference.  Loads nothing yet: each task loads the models it needs.
+    static func makeEngine(export: URL, reduceMemory: Bool = true) throws -> MobileOEngine {
         let manifest = try Manifest.load(from: export)  // decodes and validates
         // optional, once after download: sizes and sha256 of every bundle
         let problems = manifest.fileProblems(in: export, hashes: false)
         guard problems.isEmpty else { throw MobileOError(.manifest, problems.joined(separator: " ")) }
         let tokenizer = try BPETokenizer(tokenizerJSON: export.appendingPathComponent(manifest.pipeline.tokenizer.tokenizerJSON!))
-        let runners = try await CoreMLRunners.load(manifest: manifest, folder: export)
-        return try MobileOPipeline(manifest: manifest, tokenizer: tokenizer, runners: runners)
+        // reduceMemory: each model is unloaded after its stage (at most one of LLM / DiT / VAE in memory)
+        return try MobileOEngine(manifest: manifest, tokenizer: tokenizer,
+                                 loaders: CoreMLRunners.loaders(manifest: manifest, folder: export),
+                                 reduceMemory: reduceMemory)
     }
 
     static func run(export: URL) async throws -> CGImage? {
-        let pipeline = try await makePipeline(export: export)
-        // steps / guidance default to the manifest's (20, 1.5); `seed` picks the initial noise
-        let result = try pipeline.generate(prompt: "a red cup on a wooden table",
-                                           options: .init(steps: 20, guidance: 1.5, seed: 42)) { event in
+        let engine = try makeEngine(export: export)
+        try await engine.prewarm([.generation])  // optional: compile / specialise ahead of the first use
+        // steps / guidance default to the manifest's (20, 1.5); `seed` picks the initial noise.
+        // Cancelling the surrounding Task stops after the current step (MobileOError.cancelled).
+        let result = try await engine.generate(prompt: "a red cup on a wooden table",
+                                               options: .init(steps: 20, guidance: 1.5, seed: 42)) { event in
             if case .step(let i, let n, _) = event { print("step \(i + 1)/\(n)") }
-            return !Task.isCancelled  // return false to stop early
         }
         return result.image.cgImage()
     }
+}
+
+/// An app's view model: starts a generation, shows its progress, cancels it.
+@available(iOS 18.0, macOS 15.0, *)
+@MainActor
+final class GenerationModel {
+    private(set) var fraction = 0.0
+    private(set) var image: CGImage?
+    private(set) var error: String?
+    private let engine: MobileOEngine
+    private var task: Task<Void, Never>?
+
+    init(engine: MobileOEngine) { self.engine = engine }
+
+    func start(_ prompt: String) {
+        task?.cancel()
+        task = Task {
+            do {
+                for try await event in engine.generationEvents(prompt: prompt, options: .init(seed: 42)) {
+                    switch event {
+                    case .progress(.step(let i, let n, _)): fraction = Double(i + 1) / Double(n)
+                    case .progress: break
+                    case .finished(let out): image = out.image.cgImage()
+                    }
+                }
+                // when its Task is cancelled the stream ends without `.finished`
+                if Task.isCancelled { fraction = 0 }
+            } catch let e as MobileOError where e.kind == .cancelled {
+                fraction = 0
+            } catch {
+                self.error = "\(error)"
+            }
+        }
+    }
+
+    func cancel() { task?.cancel() }
+
+    /// On a memory warning: drop every model (the next task reloads what it needs).
+    func didReceiveMemoryWarning() { Task { await engine.unloadResources() } }
 }

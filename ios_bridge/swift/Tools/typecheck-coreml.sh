@@ -8,8 +8,14 @@ examples=$(cd "$here/../../examples" && pwd)
 if [ "$(uname)" = Darwin ]; then echo "typecheck-coreml: macOS compiles the real runner; nothing to do"; exit 0; fi
 work="$here/.build/coreml-typecheck"
 rm -rf "$work/Sources"
-mkdir -p "$work/Sources/CoreML" "$work/Sources/CoreGraphics" "$work/Sources/MobileO" "$work/Sources/Examples"
+mkdir -p "$work/Sources/CoreML" "$work/Sources/CoreGraphics" "$work/Sources/MobileO" "$work/Sources/Examples" \
+  "$work/Sources/ObjectiveC"
 cp "$here/Tools/CoreMLStub/CoreML.swift" "$work/Sources/CoreML/"
+# ObjectiveC stub: makes the `#if canImport(ObjectiveC)` paths (autoreleasepool around each
+# prediction) type-check too; on Apple platforms CoreML re-exports it through Foundation.
+cat > "$work/Sources/ObjectiveC/ObjectiveC.swift" <<'SWIFT'
+public func autoreleasepool<Result>(invoking body: () throws -> Result) rethrows -> Result { try body() }
+SWIFT
 cp "$here"/Sources/MobileO/*.swift "$work/Sources/MobileO/"
 # The examples are declarations only (no top-level code), so one library target holds them all
 # (Understand/Edit call GenerateExample.makePipeline).
@@ -20,7 +26,8 @@ cp "$examples"/*.swift "$work/Sources/Examples/"
 cat > "$work/Sources/CoreGraphics/CoreGraphics.swift" <<'SWIFT'
 @_exported import Foundation
 public typealias CFData = NSData
-open class CGColorSpace {}
+public typealias CFString = NSString
+open class CGColorSpace { init() {}; public init?(name: CFString) {}; public static let sRGB: CFString = NSString(string: "kCGColorSpaceSRGB") }
 public func CGColorSpaceCreateDeviceRGB() -> CGColorSpace { CGColorSpace() }
 public enum CGImageAlphaInfo: UInt32 {
   case none, premultipliedLast, premultipliedFirst, last, first, noneSkipLast, noneSkipFirst, alphaOnly
@@ -49,7 +56,7 @@ cat > "$work/Package.swift" <<'PKG'
 // swift-tools-version:5.9
 import PackageDescription
 let package = Package(name: "CoreMLTypecheck", targets: [
-    .target(name: "CoreML"), .target(name: "CoreGraphics"),
+    .target(name: "ObjectiveC"), .target(name: "CoreML", dependencies: ["ObjectiveC"]), .target(name: "CoreGraphics"),
     .target(name: "MobileO", dependencies: ["CoreML", "CoreGraphics"]),
     .target(name: "Examples", dependencies: ["MobileO", "CoreML", "CoreGraphics"])])
 PKG

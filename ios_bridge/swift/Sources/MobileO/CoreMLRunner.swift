@@ -21,14 +21,25 @@ import Foundation
 
 @available(iOS 18.0, macOS 15.0, *)
 public enum CoreMLRunners {
-    /// Load every bundle the manifest lists from `folder` (compiled once, cached by sha256).
-    /// `computeUnits` overrides the manifest's per-component choice.
+    /// Load every bundle the manifest lists from `folder` (compiled once, cached by sha256),
+    /// for `MobileOPipeline`.  `computeUnits` overrides the manifest's per-component choice.
     public static func load(manifest: Manifest, folder: URL, computeUnits: MLComputeUnits? = nil) async throws -> ModelRunners {
-        func component(_ name: String, function: String? = nil) async throws -> CoreMLComponent? {
+        let l = loaders(manifest: manifest, folder: folder, computeUnits: computeUnits)
+        var vision: VisionRunner?
+        if manifest.component("vision_encoder") != nil, let v = l.vision { vision = try await v() }
+        return ModelRunners(llm: try await l.llm(), vision: vision, mcp: try await l.mcp(),
+                            dit: try await l.dit(), vae: try await l.vae())
+    }
+
+    /// One loader per component, for `MobileOEngine` (which loads each when a task needs it).
+    /// Bundles may be `.mlpackage` (compiled on first use, cached by sha256) or `.mlmodelc`
+    /// (loaded as is).  Models load with Core ML's async loader.
+    public static func loaders(manifest: Manifest, folder: URL, computeUnits: MLComputeUnits? = nil) -> RunnerLoaders {
+        @Sendable func component(_ name: String, function: String? = nil) async throws -> CoreMLComponent? {
             guard let spec = manifest.component(name) else { return nil }
             return try await CoreMLComponent(spec: spec, folder: folder, function: function, computeUnits: computeUnits)
         }
-        func required(_ name: String) async throws -> CoreMLComponent {
+        @Sendable func required(_ name: String) async throws -> CoreMLComponent {
             guard let c = try await component(name) else {
                 throw MobileOError(.runner, "manifest.json lists no \(name) component.",
                                    fix: "convert it: python -m coreml_convert --components \(name).")
@@ -36,22 +47,45 @@ public enum CoreMLRunners {
             return c
         }
         let p = manifest.pipeline
-        let pad = p.tokenizer.id(ofRole: "pad") ?? 0
-        guard let spec = manifest.component("llm"), let t = spec.table(p.hostInputs.embeddings), t.shape.count == 2 else {
-            throw MobileOError(.runner, "manifest.json lists no llm component with its embedding table.",
-                               fix: "convert it: python -m coreml_convert --components llm.")
+        var vision: (@Sendable () async throws -> VisionRunner)?
+        if manifest.component("vision_encoder") != nil {
+            vision = { @Sendable () async throws -> VisionRunner in CoreMLVision(try await required("vision_encoder")) }
         }
-        let table = try EmbeddingTable(url: folder.appendingPathComponent(t.file), vocab: t.shape[0], hidden: t.shape[1])
-        let llm = CoreMLLanguageModel(hiddenStates: try await component("llm", function: "hidden_states"),
-                                      chunk: try await component("llm", function: "prefill"),
-                                      step: try await component("llm", function: "decode"),
-                                      table: table, host: p.hostInputs,
-                                      imageTokens: p.conditioning.imageTokens, hidden: p.conditioning.llmHiddenSize,
-                                      padId: pad)
-        let vision = try await component("vision_encoder").map(CoreMLVision.init)
-        return ModelRunners(llm: llm, vision: vision, mcp: CoreMLMCP(try await required("mcp")),
-                            dit: CoreMLDiT(try await required("dit"), host: p.hostInputs),
-                            vae: CoreMLVAE(try await required("vae_decoder")))
+        return RunnerLoaders(
+            llm: {
+                let pad = p.tokenizer.id(ofRole: "pad") ?? 0
+                guard let spec = manifest.component("llm"), let t = spec.table(p.hostInputs.embeddings), t.shape.count == 2 else {
+                    throw MobileOError(.runner, "manifest.json lists no llm component with its embedding table.",
+                                       fix: "convert it: python -m coreml_convert --components llm.")
+                }
+                let table = try EmbeddingTable(url: folder.appendingPathComponent(t.file), vocab: t.shape[0], hidden: t.shape[1])
+                return CoreMLLanguageModel(hiddenStates: try await component("llm", function: "hidden_states"),
+                                           chunk: try await component("llm", function: "prefill"),
+                                           step: try await component("llm", function: "decode"),
+                                           table: table, host: p.hostInputs,
+                                           imageTokens: p.conditioning.imageTokens, hidden: p.conditioning.llmHiddenSize,
+                                           padId: pad)
+            },
+            vision: vision,
+            mcp: { CoreMLMCP(try await required("mcp")) },
+            dit: { CoreMLDiT(try await required("dit"), host: p.hostInputs) },
+            vae: { CoreMLVAE(try await required("vae_decoder")) })
+    }
+
+    /// The compile cache (Caches/MobileO/<sha256>.mlmodelc): remove every compiled bundle that
+    /// none of `keeping` lists (e.g. those of an older export).  Returns what it removed.
+    @discardableResult
+    public static func removeStaleCompiledModels(keeping manifests: [Manifest]) throws -> [URL] {
+        let fm = FileManager.default
+        let keep = Set(manifests.flatMap { $0.components.compactMap(\.sha256) })
+        let caches = try CoreMLComponent.cacheFolder()
+        let items = (try? fm.contentsOfDirectory(at: caches, includingPropertiesForKeys: nil)) ?? []
+        var removed = [URL]()
+        for url in items where url.pathExtension == "mlmodelc" && !keep.contains(url.deletingPathExtension().lastPathComponent) {
+            try fm.removeItem(at: url)
+            removed.append(url)
+        }
+        return removed
     }
 }
 
@@ -75,7 +109,7 @@ public final class CoreMLComponent {
         if let function { config.functionName = function }
         let compiled = try await Self.compiled(folder.appendingPathComponent(file), sha256: sha)
         do {
-            model = try MLModel(contentsOf: compiled, configuration: config)
+            model = try await MLModel.load(contentsOf: compiled, configuration: config)
         } catch {
             throw MobileOError(.runner, "cannot load \(file)\(function.map { " (function \($0))" } ?? ""): \(error.localizedDescription)",
                                fix: "check the bundle with `python -m ios_bridge.validate` and the device OS (\(spec.minimumOS)).")
@@ -91,16 +125,31 @@ public final class CoreMLComponent {
         }
     }
 
-    /// The .mlmodelc of a bundle, compiled on first use and kept in Caches/MobileO/<sha256>.mlmodelc.
+    static func cacheFolder() throws -> URL {
+        let fm = FileManager.default
+        let caches = try fm.url(for: .cachesDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
+            .appendingPathComponent("MobileO", isDirectory: true)
+        try fm.createDirectory(at: caches, withIntermediateDirectories: true)
+        return caches
+    }
+
+    /// The .mlmodelc of a bundle: an .mlmodelc as is (compiled ahead, e.g. by Xcode); an
+    /// .mlpackage compiled on first use and kept in Caches/MobileO/<sha256>.mlmodelc
+    /// (`CoreMLRunners.removeStaleCompiledModels` cleans it).
     static func compiled(_ bundle: URL, sha256: String) async throws -> URL {
         let fm = FileManager.default
+        var bundle = bundle
+        if !fm.fileExists(atPath: bundle.path), bundle.pathExtension == "mlpackage" {
+            // an app may ship the bundle compiled: Xcode turns x.mlpackage into x.mlmodelc
+            let c = bundle.deletingPathExtension().appendingPathExtension("mlmodelc")
+            if fm.fileExists(atPath: c.path) { bundle = c }
+        }
         guard fm.fileExists(atPath: bundle.path) else {
             throw MobileOError(.runner, "\(bundle.path) does not exist.",
                                fix: "add the export folder (manifest.json and every bundle it lists) to the app.")
         }
-        let caches = try fm.url(for: .cachesDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
-            .appendingPathComponent("MobileO", isDirectory: true)
-        try fm.createDirectory(at: caches, withIntermediateDirectories: true)
+        if bundle.pathExtension == "mlmodelc" { return bundle }
+        let caches = try cacheFolder()
         let target = caches.appendingPathComponent("\(sha256).mlmodelc")
         if fm.fileExists(atPath: target.path) { return target }
         let temp = try await MLModel.compileModel(at: bundle)
@@ -137,8 +186,16 @@ public final class CoreMLComponent {
     func predict(_ inputs: [String: MLMultiArray], state: MLState? = nil) throws -> MLFeatureProvider {
         let provider = try MLDictionaryFeatureProvider(dictionary: inputs.mapValues { MLFeatureValue(multiArray: $0) })
         do {
+            #if canImport(ObjectiveC)
+            // release Core ML's autoreleased buffers after each prediction, not at the end of the task
+            return try autoreleasepool { () throws -> MLFeatureProvider in
+                if let state { return try model.prediction(from: provider, using: state) }
+                return try model.prediction(from: provider)
+            }
+            #else
             if let state { return try model.prediction(from: provider, using: state) }
             return try model.prediction(from: provider)
+            #endif
         } catch {
             throw MobileOError(.runner, "\(spec.name) prediction failed: \(error.localizedDescription)")
         }
@@ -386,31 +443,49 @@ final class CoreMLMCP: ConditioningRunner {
 @available(iOS 18.0, macOS 15.0, *)
 final class CoreMLDiT: DenoiserRunner {
     let c: CoreMLComponent, host: Manifest.HostInputs
+    /// The conditioning inputs of the current generation, built at its first step only.
+    private var contexts: [(conditioning: Tensor, ctx: MLMultiArray, mask: MLMultiArray)] = []
     init(_ c: CoreMLComponent, host: Manifest.HostInputs) { self.c = c; self.host = host }
+
+    func contextInputs(_ conditioning: Tensor) throws -> (MLMultiArray, MLMultiArray) {
+        // the pipeline passes the same Tensor every step: == is then a buffer-identity check
+        if let hit = contexts.first(where: { $0.conditioning == conditioning }) { return (hit.ctx, hit.mask) }
+        let b = conditioning.shape[0], l = conditioning.shape[1]
+        let s = try c.length(l, input: "encoder_hidden_states", axis: 3)
+        let ctx = try c.array("encoder_hidden_states", shape: [b, conditioning.shape[2], 1, s],
+                              conditioning.unstacked().flatMap { rowsToChannels($0, length: s) })
+        let mask = try c.array("encoder_attention_mask", shape: [b, s],
+                               (0..<b).flatMap { _ in (0..<s).map { Float($0 < l ? 1 : 0) } })
+        contexts = Array((contexts + [(conditioning, ctx, mask)]).suffix(2))
+        return (ctx, mask)
+    }
 
     func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) throws -> Tensor {
         let b = latents.shape[0], bundleBatch = try c.input("latent").shape[0]
-        if bundleBatch != b {  // e.g. a batch-1 bundle: one call per item
-            guard bundleBatch == 1 else {
+        if bundleBatch != b {
+            if bundleBatch == 1 {  // a batch-1 bundle: one call per item
+                let parts = try zip(latents.unstacked(), conditioning.unstacked()).map { x, ctx in
+                    try velocity(latents: Tensor.stack([x]), timestep: timestep, conditioning: Tensor.stack([ctx])).unstacked()[0]
+                }
+                return Tensor.stack(parts)
+            }
+            guard b < bundleBatch else {
                 throw MobileOError(.runner, "the dit bundle takes batch \(bundleBatch); the pipeline passes \(b).")
             }
-            let parts = try zip(latents.unstacked(), conditioning.unstacked()).map { x, ctx in
-                try velocity(latents: Tensor.stack([x]), timestep: timestep, conditioning: Tensor.stack([ctx])).unstacked()[0]
-            }
-            return Tensor.stack(parts)
+            // e.g. guidance 1 (one item) on a batch-2 bundle: repeat the last item
+            let pad = { (t: Tensor) in Tensor.stack(t.unstacked() + [Tensor](repeating: t.unstacked()[b - 1], count: bundleBatch - b)) }
+            let v = try velocity(latents: pad(latents), timestep: timestep, conditioning: pad(conditioning))
+            return Tensor.stack(Array(v.unstacked().prefix(b)))
         }
-        let l = conditioning.shape[1]
-        let s = try c.length(l, input: "encoder_hidden_states", axis: 3)
-        let ctx = conditioning.unstacked().flatMap { rowsToChannels($0, length: s) }
-        let mask = (0..<b).flatMap { _ in (0..<s).map { Float($0 < l ? 1 : 0) } }
+        let (ctx, mask) = try contextInputs(conditioning)
         let out = try c.predict([
             "latent": try c.array("latent", shape: latents.shape, latents.data),
             "timestep_features": try c.array("timestep_features", shape: [b, host.timestepChannels, 1, 1],
                                              HostInputs.timestepFeatures([Float](repeating: Float(timestep), count: b),
                                                                          channels: host.timestepChannels,
                                                                          maxPeriod: host.timestepMaxPeriod)),
-            "encoder_hidden_states": try c.array("encoder_hidden_states", shape: [b, conditioning.shape[2], 1, s], ctx),
-            "encoder_attention_mask": try c.array("encoder_attention_mask", shape: [b, s], mask),
+            "encoder_hidden_states": ctx,
+            "encoder_attention_mask": mask,
         ])
         return try c.output(out, "velocity")
     }

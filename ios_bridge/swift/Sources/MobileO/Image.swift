@@ -88,7 +88,7 @@ public enum ImagePreprocess {
         var px = [UInt8](repeating: 0, count: s * s * 4)
         let drawn = px.withUnsafeMutableBytes { buffer -> Bool in  // the context draws into px
             guard let ctx = CGContext(data: buffer.baseAddress, width: s, height: s, bitsPerComponent: 8, bytesPerRow: s * 4,
-                                      space: CGColorSpaceCreateDeviceRGB(),
+                                      space: (CGColorSpace(name: CGColorSpace.sRGB) ?? CGColorSpaceCreateDeviceRGB()),
                                       bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue) else { return false }
             ctx.setFillColor(red: CGFloat(p.padColor[0]) / 255, green: CGFloat(p.padColor[1]) / 255,
                              blue: CGFloat(p.padColor[2]) / 255, alpha: 1)
@@ -114,8 +114,114 @@ extension RGBImage {
         let data = Data(pixels) as CFData
         guard let provider = CGDataProvider(data: data) else { return nil }
         return CGImage(width: width, height: height, bitsPerComponent: 8, bitsPerPixel: 24, bytesPerRow: width * 3,
-                       space: CGColorSpaceCreateDeviceRGB(), bitmapInfo: CGBitmapInfo(rawValue: CGImageAlphaInfo.none.rawValue),
+                       space: (CGColorSpace(name: CGColorSpace.sRGB) ?? CGColorSpaceCreateDeviceRGB()), bitmapInfo: CGBitmapInfo(rawValue: CGImageAlphaInfo.none.rawValue),
                        provider: provider, decode: nil, shouldInterpolate: false, intent: .defaultIntent)
     }
+}
+#endif
+
+/// How a photo's stored pixels map to the upright picture (EXIF / `CGImagePropertyOrientation`
+/// order and meaning; `UIImage.Orientation` maps case by case).  Camera photos are usually
+/// stored sideways: pass their orientation so the model sees them upright.
+public enum ImageOrientation: Int, Sendable, CaseIterable {
+    case up = 1, upMirrored, down, downMirrored, leftMirrored, right, rightMirrored, left
+}
+
+extension ImagePreprocess {
+    /// The upright version of square encoder pixels [C, S, S] stored with orientation `o`.
+    /// (Expanding to a centred square and resizing commute with these turns, so orienting
+    /// the encoder's input equals orienting the photo first.)
+    public static func orient(_ pixels: Tensor, _ o: ImageOrientation) -> Tensor {
+        guard o != .up, pixels.shape.count == 3, pixels.shape[1] == pixels.shape[2] else { return pixels }
+        let c = pixels.shape[0], s = pixels.shape[1], last = s - 1
+        var out = [Float](repeating: 0, count: pixels.count)
+        for ch in 0..<c {
+            let base = ch * s * s
+            for y in 0..<s {
+                for x in 0..<s {
+                    let (sy, sx): (Int, Int)
+                    switch o {
+                    case .up: (sy, sx) = (y, x)
+                    case .upMirrored: (sy, sx) = (y, last - x)
+                    case .down: (sy, sx) = (last - y, last - x)
+                    case .downMirrored: (sy, sx) = (last - y, x)
+                    case .leftMirrored: (sy, sx) = (x, y)                 // transpose
+                    case .right: (sy, sx) = (last - x, y)                 // turn 90° clockwise
+                    case .rightMirrored: (sy, sx) = (last - x, last - y)  // transverse
+                    case .left: (sy, sx) = (x, last - y)                  // turn 90° counter-clockwise
+                    }
+                    out[base + y * s + x] = pixels.data[base + sy * s + sx]
+                }
+            }
+        }
+        return Tensor(shape: pixels.shape, data: out)
+    }
+
+    #if canImport(CoreGraphics)
+    /// A photo as the encoder's input, upright (`orientation`), drawn in sRGB.
+    public static func pixels(from image: CGImage, orientation: ImageOrientation,
+                              _ p: Manifest.ImagePreprocess) throws -> Tensor {
+        orient(try pixels(from: image, p), orientation)
+    }
+    #endif
+}
+
+#if canImport(CoreGraphics)
+extension MobileOEngine {
+    /// A photo (any size, `orientation` as stored) -> the encoder's pixels for `edit` /
+    /// `understand`.  Nonisolated and synchronous: call it where the CGImage lives.
+    public nonisolated func pixels(from image: CGImage, orientation: ImageOrientation = .up) throws -> Tensor {
+        try ImagePreprocess.pixels(from: image, orientation: orientation, manifest.pipeline.imagePreprocess)
+    }
+}
+#endif
+
+#if canImport(UIKit)
+import UIKit
+
+extension ImageOrientation {
+    public init(_ o: UIImage.Orientation) {
+        switch o {
+        case .up: self = .up
+        case .upMirrored: self = .upMirrored
+        case .down: self = .down
+        case .downMirrored: self = .downMirrored
+        case .left: self = .left
+        case .leftMirrored: self = .leftMirrored
+        case .right: self = .right
+        case .rightMirrored: self = .rightMirrored
+        @unknown default: self = .up
+        }
+    }
+}
+
+extension MobileOEngine {
+    /// A UIImage (its orientation honoured) -> the encoder's pixels.
+    public nonisolated func pixels(from image: UIImage) throws -> Tensor {
+        guard let cg = image.cgImage else {
+            throw MobileOError(.pipeline, "the UIImage has no bitmap (CGImage).", fix: "render it into a bitmap first.")
+        }
+        return try pixels(from: cg, orientation: ImageOrientation(image.imageOrientation))
+    }
+}
+
+extension RGBImage {
+    public func uiImage() -> UIImage? { cgImage().map { UIImage(cgImage: $0) } }
+}
+#elseif canImport(AppKit)
+import AppKit
+
+extension MobileOEngine {
+    /// An NSImage -> the encoder's pixels.
+    public nonisolated func pixels(from image: NSImage) throws -> Tensor {
+        guard let cg = image.cgImage(forProposedRect: nil, context: nil, hints: nil) else {
+            throw MobileOError(.pipeline, "the NSImage has no bitmap (CGImage).", fix: "render it into a bitmap first.")
+        }
+        return try pixels(from: cg)
+    }
+}
+
+extension RGBImage {
+    public func nsImage() -> NSImage? { cgImage().map { NSImage(cgImage: $0, size: NSSize(width: width, height: height)) } }
 }
 #endif

@@ -25,6 +25,32 @@ public struct PromptTemplates: Equatable, Sendable {
     public func editing(_ instruction: String) -> String {
         chat(Self.fill(prompts.editing, "instruction", instruction))
     }
+
+    /// A text-only conversation in the chat template: the earlier turns (each closed with the
+    /// template's end-of-turn marker), then `message` and the assistant's header.  Without
+    /// history this is `chat(message)`.
+    public func conversation(_ message: String, history: [ChatTurn]) throws -> String {
+        guard !history.isEmpty else { return chat(message) }
+        let end = "<|im_end|>\n"
+        guard let slot = prompts.chat.range(of: "{qs}"),
+              let headEnd = prompts.chat[..<slot.lowerBound].range(of: end, options: .backwards),
+              prompts.chat[slot.upperBound...].hasPrefix(end) else {
+            throw MobileOError(.manifest, "the chat template has no \(end.debugDescription)-delimited user turn around {qs}; text chat with history needs one.")
+        }
+        let head = String(prompts.chat[..<headEnd.upperBound])           // system turn
+        let user = String(prompts.chat[headEnd.upperBound..<slot.lowerBound])  // user header
+        let tail = String(prompts.chat[slot.upperBound...])              // end of turn + assistant header
+        var text = head
+        for turn in history { text += user + turn.user + tail + turn.assistant + end }
+        return text + user + message + tail
+    }
+}
+
+/// One earlier exchange of a text chat.
+public struct ChatTurn: Sendable, Equatable {
+    public var user: String
+    public var assistant: String
+    public init(user: String, assistant: String) { self.user = user; self.assistant = assistant }
 }
 
 /// A prompt as the language model sees it: token ids, with the image's embeddings where

@@ -39,11 +39,12 @@ public protocol DecoderRunner: AnyObject {
 }
 
 /// A `DecoderRunner` from a raw VAE decoder (latents / scaling factor -> about [-1, 1]).
+/// `raw` is `@Sendable` (nonisolated): the pipeline calls it off the main actor.
 public final class ScaledDecoder: DecoderRunner {
     public let scalingFactor: Double
-    public let raw: (Tensor) throws -> Tensor
+    public let raw: @Sendable (Tensor) throws -> Tensor
 
-    public init(scalingFactor: Double, raw: @escaping (Tensor) throws -> Tensor) {
+    public init(scalingFactor: Double, raw: @escaping @Sendable (Tensor) throws -> Tensor) {
         self.scalingFactor = scalingFactor
         self.raw = raw
     }

@@ -38,7 +38,7 @@ final class PipelineTests: XCTestCase {
             llm: FakeLLM(dim: c.llmHiddenSize, vocab: m.pipeline.tokenizer.vocabSize, eos: m.pipeline.tokenizer.id(ofRole: "eos")!),
             vision: FakeVision(tokens: c.imageTokens, dim: c.llmHiddenSize),
             mcp: FakeMCP(outDim: c.captionChannels), dit: dit,
-            vae: ScaledDecoder(scalingFactor: m.pipeline.vaeScalingFactor, raw: FakeVAE.decode))
+            vae: ScaledDecoder(scalingFactor: m.pipeline.vaeScalingFactor, raw: { try FakeVAE.decode($0) }))
         return (try MobileOPipeline(manifest: m, tokenizer: tok, runners: runners), dit)
     }
 

@@ -3,6 +3,9 @@
 // `#if canImport(CoreML)` runner is at least type-checked where Core ML does not exist.
 // Nothing here runs; keep it in step with the APIs CoreMLRunner.swift calls.
 import Foundation
+#if canImport(ObjectiveC)
+@_exported import ObjectiveC  // as the real CoreML (via Foundation): autoreleasepool
+#endif
 public enum MLComputeUnits { case cpuOnly, cpuAndGPU, all, cpuAndNeuralEngine }
 open class MLModelConfiguration { public init() {}; open var computeUnits: MLComputeUnits = .all; open var functionName: String? }
 open class MLState {}
@@ -24,6 +27,7 @@ open class MLDictionaryFeatureProvider: MLFeatureProvider {
 }
 open class MLModel {
   public init(contentsOf url: URL, configuration: MLModelConfiguration) throws {}
+  open class func load(contentsOf url: URL, configuration: MLModelConfiguration = MLModelConfiguration()) async throws -> MLModel { fatalError() }
   open class func compileModel(at modelURL: URL) async throws -> URL { modelURL }
   open func prediction(from input: MLFeatureProvider) throws -> MLFeatureProvider { fatalError() }
   open func prediction(from input: MLFeatureProvider, using state: MLState) throws -> MLFeatureProvider { fatalError() }
