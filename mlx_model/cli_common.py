@@ -41,6 +41,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="bits for the LLM and DiT Linear layers, group 64 (0 = float). Default 4")
     g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights/activations dtype (default: float32 on CPU, bfloat16 on Metal)")
+    g.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="load each component just before its phase and drop it after "
+                        "(default: on below 16 GB of RAM, or as MOBILEO_LOW_MEMORY=1/0 says)")
 
 
 def add_text_argument(p: argparse.ArgumentParser, name: str, help: str, flags: Sequence[str] = ("--prompt", "-p")) -> None:

@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-         dtype: str | None = None, steps: int | None = None, guidance: float | None = None,
+         dtype: str | None = None, low_memory: bool | None = None, steps: int | None = None,
+         guidance: float | None = None,
          seed: int | list[int] | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
          height: int | None = None, width: int | None = None, output: str | Path = "edited.png",
          metadata: bool = False, stepwise_dir: str | Path | None = None, verbose: bool = False,
@@ -68,7 +69,8 @@ def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str |
     latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
         ckpt = cc.open_checkpoint(model, revision, height, width)
-        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype), edit=True)
+        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype), edit=True,
+                                                      low_memory=low_memory)
     pixels = pipeline.encoder.pixels(source)
     if verbose:
         c = pipeline.config
@@ -107,6 +109,7 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
         raise MobileOError(f"no {'image' if image is None else 'instruction'} given.",
                            fix="mobileo-edit photo.jpg \"make it snowy\".")
     return edit(image, instruction, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
+                low_memory=a.low_memory,
                 steps=a.steps, guidance=a.guidance, seed=a.seed, n_images=a.n_images, latents=a.latents,
                 scheduler=a.scheduler, height=a.height, width=a.width, output=a.output, metadata=a.metadata,
                 stepwise_dir=a.stepwise_image_output_dir, verbose=a.verbose,

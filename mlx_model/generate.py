@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-             dtype: str | None = None, steps: int | None = None, guidance: float | None = None,
+             dtype: str | None = None, low_memory: bool | None = None, steps: int | None = None,
+             guidance: float | None = None,
              seed: int | list[int] | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
              height: int | None = None, width: int | None = None, output: str | Path = "image.png",
              metadata: bool = False, stepwise_dir: str | Path | None = None, verbose: bool = False,
@@ -59,7 +60,8 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = 
     latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
         ckpt = cc.open_checkpoint(model, revision, height, width)
-        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype))
+        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype),
+                                                      low_memory=low_memory)
     if verbose:
         c = pipeline.config
         log(f"model: {pipeline.source} ({c.diffusion_name_or_path}); quantize: {pipeline.quantize or 'float'}; "
@@ -82,7 +84,8 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
     prompt = text if prompt is None else prompt
     if prompt is None:
         raise MobileOError("no prompt given.", fix="pass one: mobileo-generate --prompt \"a red cup\".")
-    return generate(prompt, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype, steps=a.steps,
+    return generate(prompt, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
+                    low_memory=a.low_memory, steps=a.steps,
                     guidance=a.guidance, seed=a.seed, n_images=a.n_images, latents=a.latents,
                     scheduler=a.scheduler, height=a.height, width=a.width, output=a.output, metadata=a.metadata,
                     stepwise_dir=a.stepwise_image_output_dir, verbose=a.verbose,

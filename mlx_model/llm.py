@@ -62,29 +62,42 @@ class LanguageModel:
 
     @classmethod
     def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = QUANT_GROUP_SIZE,
-                        dtype=mx.float32, dequantize: bool | None = None) -> "LanguageModel":
-        """``dequantize``: see :func:`mlx_model.quant.quantize_linears` (default: on CPU only)."""
+                        dtype=mx.float32, dequantize: bool | None = None, tokenizer: Tokenizer | None = None,
+                        embed_as_stored: bool = False) -> "LanguageModel":
+        """``dequantize``: see :func:`mlx_model.quant.quantize_linears` (default: on CPU only);
+        ``tokenizer``: one already read from ``ckpt`` (default: read it now);
+        ``embed_as_stored``: keep the token-embedding table in bf16 when the source stores it so
+        (an MLX folder's dtype; from a checkpoint, when bf16 holds it losslessly): half the fp32
+        table's ~0.54 GB at full size; looked-up rows are cast to ``dtype`` (the same values).  For callers that only
+        look rows up (generation); a tied LM head would then multiply by the bf16 table."""
         from .mlx_folder import native
 
         cfg = ckpt.config.llm
         model = Model(ModelArgs.from_dict(cfg.to_hf_dict()))
         if native(ckpt):  # pre-quantized MLX folder: mx.load, no float copy
-            ckpt.load_into(model, "llm", quantize_bits, dtype, dequantize)
+            keep = ("model.embed_tokens.weight",) if embed_as_stored else ()
+            ckpt.load_into(model, "llm", quantize_bits, dtype, dequantize, keep_stored=keep)
         else:
             load_component(model, ckpt, "llm", keys=model.sanitize)
             cast(model, dtype)
             quantize_linears(model, quantize_bits, group_size, dequantize)
+            emb = model.model.embed_tokens
+            if embed_as_stored and emb.weight.dtype == mx.float32:  # bf16 when that is lossless (a bf16 source)
+                low = emb.weight.astype(mx.bfloat16)
+                if mx.array_equal(low.astype(mx.float32), emb.weight).item():
+                    emb.weight = low
         model.eval()
         mx.eval(model.parameters())
-        return cls(model, Tokenizer.from_checkpoint(ckpt), cfg)
+        return cls(model, tokenizer if tokenizer is not None else Tokenizer.from_checkpoint(ckpt), cfg)
 
     @property
     def dtype(self):
         return self.model.model.norm.weight.dtype
 
     def embed(self, ids: mx.array) -> mx.array:
-        """[B, L] token ids -> [B, L, D] input embeddings."""
-        return self.model.model.embed_tokens(ids)
+        """[B, L] token ids -> [B, L, D] input embeddings (in the model's dtype)."""
+        out = self.model.model.embed_tokens(ids)
+        return out if out.dtype == self.dtype else out.astype(self.dtype)
 
     def hidden_states(self, embeds: mx.array, num: int, mask=None) -> list[mx.array]:
         """The last ``num`` entries of transformers' ``output_hidden_states`` for ``embeds``."""

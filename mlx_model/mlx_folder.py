@@ -85,13 +85,14 @@ class MLXFolder:
                                    f"python -m mlx_model.convert --quantize {want} --out NEW_DIR.")
 
     def load_into(self, module, component: str, quantize: int | None = None, dtype=None,
-                  dequantize: bool | None = None):
+                  dequantize: bool | None = None, keep_stored: tuple[str, ...] = ()):
         """Fill ``module`` (float structure, as built from the config) with ``component``:
         quantized in place first when the folder's component is, then ``mx.load`` + strict
-        ``load_weights``; float parameters cast to ``dtype``."""
+        ``load_weights``; float parameters cast to ``dtype``, except those named in
+        ``keep_stored`` (dotted parameter paths), which keep the folder's dtype (e.g. bf16)."""
         import mlx.core as mx
         import mlx.nn as nn
-        from mlx.utils import tree_map
+        from mlx.utils import tree_map_with_path
 
         if not self.has(component):
             raise WeightsError(f"{self.folder} holds no {component} weights.",
@@ -114,8 +115,9 @@ class MLXFolder:
             raise WeightsError(f"{path} does not match the {component} model: {str(e).splitlines()[0]}",
                                fix="convert the model again with this version of mlx_model.convert.") from None
         dtype = mx.float32 if dtype is None else dtype  # as the checkpoint path (bf16 -> fp32, exact)
-        module.update(tree_map(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating)
-                               and x.dtype != dtype else x, module.parameters()))
+        module.update(tree_map_with_path(
+            lambda path, x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype
+            and path not in keep_stored else x, module.parameters()))
         if component in QUANTIZED and q["bits"]:
             finish_quantized(module, dequantize)
         return module

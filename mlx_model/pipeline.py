@@ -13,6 +13,13 @@ Editing is the same pipeline with another conditioning source: the image and the
 instruction go through the LLM with the editing template; everything after the LLM's hidden
 states (CFG batch, MCP, sampler, decoder) is shared.
 
+Phase-wise residency (``low_memory``, as Apple's ml-stable-diffusion ``reduceMemory``): each
+component is loaded just before its phase and dropped after it -- the vision tower after
+encoding the image (editing), the LLM after the conditioning, the DiT after denoising, the
+DC-AE after decoding -- so at most one of them is resident at a time; the next ``generate``
+loads them again.  Default: on when the machine has less than 16 GB of RAM, or as
+``MOBILEO_LOW_MEMORY=1``/``0`` says (:func:`mlx_model.platform.low_memory_default`).
+
 Sampling is a generator over steps (``sample``) driven by any ``denoise(latents, t)``, so
 numpy callers (golden vectors, Swift parity) can run the very same loop.
 """
@@ -36,6 +43,7 @@ from .dcae import AutoencoderDC
 from .dit import SanaTransformer
 from .llm import LanguageModel
 from .mcp import MCP
+from .platform import Component, resolve_low_memory
 from .multimodal import ImageEncoder, MultimodalPrompt
 from .quant import QUANT_GROUP_SIZE, check_bits
 from .scheduler import SCHEDULERS, classifier_free_guidance
@@ -67,95 +75,178 @@ class Generation:
     seed: int | None
     prompt_tokens: int
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
-    peak_memory: dict[str, float] = field(default_factory=dict)  # phase -> bytes
+    peak_memory: dict[str, float] = field(default_factory=dict)  # phase -> bytes (loading included)
+    load_seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds of it spent loading
 
 
-def _phase(name: str, timings: dict, peaks: dict):
+def _phase(name: str, timings: dict, peaks: dict, loads: dict | None = None, parts: dict | None = None):
+    """Time and peak memory of one phase; with ``parts`` (name -> Component), also the seconds
+    spent loading components in it (residency loads lazily, inside the phase)."""
+    def loaded():
+        return sum(p.load_seconds for p in (parts or {}).values())
+
     class _P:
         def __enter__(self):
             mx.reset_peak_memory()
+            self.l0 = loaded()
             self.t = time.perf_counter()
 
         def __exit__(self, *exc):
             timings[name] = time.perf_counter() - self.t
             peaks[name] = float(mx.get_peak_memory())
+            if loads is not None:
+                loads[name] = loaded() - self.l0
 
     return _P()
 
 
+PARTS = ("llm", "dit", "vae", "encoder")  # the components residency loads and drops (the MCP is tiny: kept)
+
+
+def _part(name: str) -> property:
+    def fget(self):
+        return self.parts[name].get()
+
+    def fset(self, value):
+        self.parts[name] = value if isinstance(value, Component) else Component(name, value)
+
+    return property(fget, fset, doc=f"The {name} (loaded on first use when it was dropped).")
+
+
 class GenerationPipeline:
-    def __init__(self, llm: LanguageModel, mcp: MCP, dit: SanaTransformer, vae: AutoencoderDC,
-                 config, *, encoder: ImageEncoder | None = None, quantize: int = 0, dtype=mx.float32,
-                 source: str = ""):
-        """``encoder`` (vision tower + projector) is needed for editing only."""
-        self.llm, self.mcp, self.dit, self.vae, self.encoder = llm, mcp, dit, vae, encoder
+    llm = _part("llm")
+    dit = _part("dit")
+    vae = _part("vae")
+    encoder = _part("encoder")
+
+    def __init__(self, llm: LanguageModel | Component, mcp: MCP, dit: SanaTransformer | Component,
+                 vae: AutoencoderDC | Component, config, *, encoder: ImageEncoder | Component | None = None,
+                 quantize: int = 0, dtype=mx.float32, source: str = "", low_memory: bool = False,
+                 tokenizer=None):
+        """``encoder`` (vision tower + projector) is needed for editing only.  Each of ``llm``,
+        ``dit``, ``vae``, ``encoder`` is a module or a :class:`~mlx_model.platform.Component`
+        (loaded on first use); with ``low_memory`` the components are dropped after their phase.
+        ``tokenizer``: the prompt tokenizer (default: the LLM's)."""
+        self.parts: dict[str, Component] = {}
+        self.llm, self.dit, self.vae, self.encoder = llm, dit, vae, encoder
+        self.mcp = mcp
         self.config = config
         self.quantize = quantize
         self.dtype = dtype
         self.source = source
+        self.low_memory = low_memory
+        self._tokenizer = tokenizer
         self.load_seconds = 0.0
         self.load_peak_memory = 0.0
 
+    @property
+    def tokenizer(self):
+        return self._tokenizer if self._tokenizer is not None else self.llm.tokenizer
+
+    @property
+    def can_edit(self) -> bool:
+        p = self.parts["encoder"]
+        return p.resident or p.loader is not None
+
+    def resident(self) -> list[str]:
+        """The components held in memory now."""
+        return [n for n in PARTS if self.parts[n].resident]
+
+    def release(self, *names: str) -> None:
+        """Drop ``names`` (default: all) when they can be loaded again."""
+        for n in names or PARTS:
+            self.parts[n].release()
+
+    def _done_with(self, name: str) -> None:
+        if self.low_memory:
+            self.parts[name].release()
+
     @classmethod
     def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
-                        dequantize: bool | None = None, edit: bool = False):
+                        dequantize: bool | None = None, edit: bool = False, low_memory: bool | None = None):
         """``quantize`` 0 (float), 4 or 8 bits for the LLM and DiT Linear layers; ``dtype`` of
         weights and activations (default: :func:`mlx_model.platform.default_dtype`);
         ``dequantize`` quantized layers for float compute (default: on CPU, see
-        :func:`mlx_model.quant.quantize_linears`); ``edit`` also loads the image encoder."""
+        :func:`mlx_model.quant.quantize_linears`); ``edit`` also loads the image encoder;
+        ``low_memory``: phase-wise residency (None: :func:`mlx_model.platform.low_memory_default`)
+        -- then nothing but the tokenizer and the MCP is loaded here, each component is loaded
+        by the phase that needs it (its time and memory counted there)."""
         from .platform import default_dtype
+        from .tokenizer import Tokenizer
 
         check_bits(quantize)
         dtype = default_dtype() if dtype is None else dtype
+        low_memory = resolve_low_memory(low_memory)
         mx.reset_peak_memory()
         t = time.perf_counter()
-        llm = LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize)
-        if "lm_head" in llm.model:  # generation reads hidden states only: free the vocab projection
-            llm.model.pop("lm_head")
+        tokenizer = Tokenizer.from_checkpoint(ckpt)
+
+        def load_llm():
+            # generation only looks embedding rows up: the table stays bf16 when a folder stores it so
+            llm = LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize,
+                                                tokenizer=tokenizer, embed_as_stored=True)
+            if "lm_head" in llm.model:  # generation reads hidden states only: free the vocab projection
+                llm.model.pop("lm_head")
+            return llm
+
+        parts = {
+            "llm": Component("llm", loader=load_llm),
+            "dit": Component("dit", loader=lambda: SanaTransformer.from_checkpoint(
+                ckpt, quantize or None, group_size, dtype, dequantize=dequantize)),
+            "vae": Component("vae", loader=lambda: AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)),
+            "encoder": Component("encoder", loader=(lambda: ImageEncoder.from_checkpoint(ckpt)) if edit else None),
+        }
         mcp = MCP.from_checkpoint(ckpt, dtype=mx.float32)  # tiny; Mobile-O casts its output to fp32
-        dit = SanaTransformer.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize=dequantize)
-        vae = AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)
-        encoder = ImageEncoder.from_checkpoint(ckpt) if edit else None
-        pipe = cls(llm, mcp, dit, vae, ckpt.config, encoder=encoder, quantize=quantize, dtype=dtype,
-                   source=str(ckpt.folder))
+        pipe = cls(parts["llm"], mcp, parts["dit"], parts["vae"], ckpt.config, encoder=parts["encoder"],
+                   quantize=quantize, dtype=dtype, source=str(ckpt.folder), low_memory=low_memory,
+                   tokenizer=tokenizer)
+        if not low_memory:  # everything resident from the start, as before
+            for p in parts.values():
+                p.get()
         pipe.load_seconds = time.perf_counter() - t
         pipe.load_peak_memory = float(mx.get_peak_memory())
         return pipe
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None,
-                        edit: bool = False):
+                        edit: bool = False, low_memory: bool | None = None):
         """``model``: a hub id, a local folder, or ``demo`` (tiny random checkpoint)."""
         from .mlx_folder import open_model
 
-        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype, edit=edit)
+        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype, edit=edit,
+                                   low_memory=low_memory)
 
     # ------------------------------------------------------------------ conditioning
     def edit_prompt(self, instruction: str) -> MultimodalPrompt:
         """The editing template around ``instruction``, with room for the image's tokens."""
         if not instruction or not instruction.strip():
             raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
-        if self.encoder is None:
+        if not self.can_edit:
             raise MobileOError("this pipeline was loaded without the image encoder, so it cannot edit.",
                                fix="load it with edit=True.")
-        return MultimodalPrompt.build(self.llm.tokenizer, editing_prompt(instruction), self.encoder.num_tokens)
+        return MultimodalPrompt.build(self.tokenizer, editing_prompt(instruction), self.config.vision.num_tokens)
 
     def prompt_ids(self, prompt: str, image=None) -> list[int]:
         """Token ids of the templated prompt; with ``image``, the editing prompt (the image's
         positions hold the image token id)."""
         if image is None:
-            return self.llm.tokenizer.encode_prompt(prompt, generation_prompt)
+            return self.tokenizer.encode_prompt(prompt, generation_prompt)
         return self.edit_prompt(prompt).ids()
 
     def prompt_embeds(self, prompt: str, image=None) -> tuple[int, mx.array]:
         """(token count, [1, L, D] LLM input embeddings) of the generation prompt, or with
         ``image`` (path, PIL image, uint8 array or preprocessed pixels) of the editing prompt
-        with the projected image spliced in."""
+        with the projected image spliced in (the image is encoded first; with ``low_memory``
+        the vision tower is dropped before the LLM is loaded)."""
         if image is None:
             ids = self.prompt_ids(prompt)
             return len(ids), self.llm.embed(mx.array([ids]))
         mm = self.edit_prompt(prompt)
-        return len(mm), mm.embed(self.llm, self.encoder.encode(image))
+        projected = self.encoder.encode(image)
+        if self.low_memory:
+            mx.eval(projected)
+            self._done_with("encoder")
+        return len(mm), mm.embed(self.llm, projected)
 
     def condition(self, embeds: mx.array) -> mx.array:
         """[2, L, caption_channels]: row 0 unconditional (MCP of zeros), row 1 the prompt."""
@@ -230,8 +321,8 @@ class GenerationPipeline:
         guidance = d.guidance if guidance is None else guidance
         if seed is None and latents is None:
             seed = int(time.time_ns() % (2**31))
-        timings, peaks = {}, {}
-        with _phase("text", timings, peaks):
+        timings, peaks, loads = {}, {}, {}
+        with _phase("text", timings, peaks, loads, self.parts):
             if n_images < 1:
                 raise MobileOError(f"--n-images must be at least 1, got {n_images}.",
                                    fix="pass --n-images 1 or more.")
@@ -240,7 +331,9 @@ class GenerationPipeline:
             context = self.condition(embeds)
             x0 = self.initial_latents(n_images, seed, latents, shape)
             mx.eval(context, x0)
-        with _phase("denoise", timings, peaks):
+            self._done_with("encoder")
+            self._done_with("llm")
+        with _phase("denoise", timings, peaks, loads, self.parts):
             x = x0
             for i, x in enumerate(sample(self.denoiser(context, guidance, n_images), x0, sched)):
                 mx.eval(x)
@@ -248,12 +341,14 @@ class GenerationPipeline:
                     on_step(i + 1, x)
                 if progress is not None:
                     progress(i + 1, steps)
-        with _phase("decode", timings, peaks):
+            self._done_with("dit")
+        with _phase("decode", timings, peaks, loads, self.parts):
             images = self.decode(x)
             mx.eval(images)
+            self._done_with("vae")
         return Generation(images=np.array(images), latents=np.array(x), initial_latents=np.array(x0),
                           seed=seed if latents is None else None, prompt_tokens=n_tokens,
-                          timings=timings, peak_memory=peaks)
+                          timings=timings, peak_memory=peaks, load_seconds=loads)
 
     def edit(self, image, instruction: str, **kw) -> Generation:
         """Edit ``image`` (path, PIL image, uint8 array); keywords as :meth:`generate`."""

@@ -62,3 +62,84 @@ def default_dtype():
     import mlx.core as mx
 
     return mx.bfloat16 if metal_available() else mx.float32
+
+
+# ------------------------------------------------------------------ memory: phase-wise residency
+LOW_MEMORY_ENV = "MOBILEO_LOW_MEMORY"  # 1: force phase-wise residency on, 0: off (overrides the auto choice)
+LOW_MEMORY_BELOW = 16 * 1024**3  # auto: on when the machine has less RAM than this
+
+
+def total_memory() -> int | None:
+    """The machine's RAM in bytes (``os.sysconf``; ``sysctl hw.memsize`` on macOS), None if unknown."""
+    try:
+        n = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if n > 0:
+            return int(n)
+    except (ValueError, OSError, AttributeError):
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            return int(subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True,
+                                      timeout=5).stdout.strip())
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return None
+    return None
+
+
+def low_memory_default() -> bool:
+    """Whether pipelines load each component just before its phase and drop it after (as Apple's
+    ml-stable-diffusion ``reduceMemory``): ``MOBILEO_LOW_MEMORY=1``/``0`` when set, else on when
+    the machine has less than 16 GB of RAM."""
+    env = os.environ.get(LOW_MEMORY_ENV, "").strip().lower()
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env in ("0", "false", "no", "off"):
+        return False
+    total = total_memory()
+    return total is not None and total < LOW_MEMORY_BELOW
+
+
+def resolve_low_memory(low_memory: bool | None) -> bool:
+    return low_memory_default() if low_memory is None else bool(low_memory)
+
+
+class Component:
+    """One model part of a pipeline: held (``value``) and, when it has a ``loader``, loaded
+    the first time :meth:`get` is called and dropped again by :meth:`release` (phase-wise
+    residency).  A part given without a loader is never dropped."""
+
+    def __init__(self, name: str, value=None, loader=None):
+        self.name = name
+        self.value = value
+        self.loader = loader
+        self.loads = 0  # times the loader ran
+        self.load_seconds = 0.0  # all loads together
+
+    @property
+    def resident(self) -> bool:
+        return self.value is not None
+
+    def get(self):
+        if self.value is None and self.loader is not None:
+            import time
+
+            t = time.perf_counter()
+            self.value = self.loader()
+            self.loads += 1
+            self.load_seconds += time.perf_counter() - t
+        return self.value
+
+    def release(self) -> bool:
+        """Drop the part (when it can be loaded again) and give its memory back; True if dropped."""
+        if self.value is None or self.loader is None:
+            return False
+        self.value = None
+        import gc
+
+        import mlx.core as mx
+
+        gc.collect()
+        mx.clear_cache()
+        return True

@@ -74,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-               dtype: str | None = None, max_tokens: int | None = None, temp: float | None = None,
+               dtype: str | None = None, low_memory: bool | None = None, max_tokens: int | None = None,
+               temp: float | None = None,
                top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
                repetition_penalty: float | None = None, repetition_context_size: int | None = None,
                max_kv_size: int | None = None, system_prompt: str | None = None, seed: int | None = None,
@@ -105,7 +106,8 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
         ckpt = open_model(model, revision=revision)
         pixels = preprocess(image, ckpt.config.preprocess)[None]  # bad images fail before loading weights
         _check_prompt_fits(ckpt, question, system_prompt, opts["max_tokens"])
-        pipeline = Understanding.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype))
+        pipeline = Understanding.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype),
+                                                 low_memory=low_memory)
     else:
         pixels = pipeline.encoder.pixels(image)
     check_length(len(pipeline.prompt(question, system_prompt)), opts["max_tokens"], pipeline.context_length)
@@ -157,6 +159,7 @@ def _run(a) -> str:
     if question is None:
         raise MobileOError("no question given.", fix="mobileo-understand photo.jpg \"What is in the picture?\".")
     return understand(image, question, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
+                      low_memory=a.low_memory,
                       max_tokens=a.max_tokens, temp=a.temp, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p,
                       repetition_penalty=a.repetition_penalty, repetition_context_size=a.repetition_context_size,
                       max_kv_size=a.max_kv_size, system_prompt=a.system_prompt, seed=a.seed, verbose=a.verbose)

@@ -16,6 +16,10 @@ defaults are Mobile-O's (:class:`weights.configs.GenerationDefaults`: temperatur
 top-k 50, no top-p, 256 new tokens); the command line defaults to greedy decoding, as mlx-lm
 does.  As Mobile-O's answer, the text skips special tokens and :meth:`Understanding.answer`
 strips surrounding whitespace.  The command line is :mod:`mlx_model.understand`.
+
+With ``low_memory`` (phase-wise residency, see :mod:`mlx_model.pipeline`; default on below
+16 GB of RAM or as ``MOBILEO_LOW_MEMORY`` says) the vision tower is loaded for encoding the
+image and dropped before the LLM is loaded, and the LLM is dropped when the answer is done.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from weights.prompts import SYSTEM, understanding_prompt
 
 from .llm import LanguageModel
 from .multimodal import ImageEncoder, MultimodalPrompt, check_no_placeholder
+from .platform import Component, resolve_low_memory
 from .quant import QUANT_GROUP_SIZE, check_bits
 from .tokenizer import PromptError
 
@@ -176,49 +181,96 @@ def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int,
         y = nxt
 
 
+def _part(name: str) -> property:
+    def fget(self):
+        return self.parts[name].get()
+
+    def fset(self, value):
+        self.parts[name] = value if isinstance(value, Component) else Component(name, value)
+
+    return property(fget, fset, doc=f"The {name} (loaded on first use when it was dropped).")
+
+
 class Understanding:
-    def __init__(self, llm: LanguageModel, encoder: ImageEncoder, config, *, quantize: int = 0, source: str = ""):
+    llm = _part("llm")
+    encoder = _part("encoder")
+
+    def __init__(self, llm: LanguageModel | Component, encoder: ImageEncoder | Component, config, *,
+                 quantize: int = 0, source: str = "", low_memory: bool = False, tokenizer=None):
+        """``llm`` / ``encoder``: modules or :class:`~mlx_model.platform.Component` (loaded on
+        first use, dropped after their phase with ``low_memory``)."""
+        self.parts: dict[str, Component] = {}
         self.llm = llm
         self.encoder = encoder
         self.config = config
         self.quantize = quantize
         self.source = source
+        self.low_memory = low_memory
+        self._tokenizer = tokenizer
         self.load_seconds = 0.0
 
+    @property
+    def tokenizer(self):
+        return self._tokenizer if self._tokenizer is not None else self.llm.tokenizer
+
+    def resident(self) -> list[str]:
+        return [n for n in ("llm", "encoder") if self.parts[n].resident]
+
+    def _done_with(self, name: str) -> None:
+        if self.low_memory:
+            self.parts[name].release()
+
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE) -> "Understanding":
-        """``quantize`` 0 (float), 4 or 8 bits for the LLM's Linear layers."""
+    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
+                        low_memory: bool | None = None) -> "Understanding":
+        """``quantize`` 0 (float), 4 or 8 bits for the LLM's Linear layers; ``low_memory``:
+        phase-wise residency (None: :func:`mlx_model.platform.low_memory_default`)."""
         from .platform import default_dtype
+        from .tokenizer import Tokenizer
 
         check_bits(quantize)
+        low_memory = resolve_low_memory(low_memory)
         t = time.perf_counter()
         dtype = default_dtype() if dtype is None else dtype
-        llm = LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype)
-        out = cls(llm, ImageEncoder.from_checkpoint(ckpt), ckpt.config, quantize=quantize, source=str(ckpt.folder))
+        tokenizer = Tokenizer.from_checkpoint(ckpt)
+        llm = Component("llm", loader=lambda: LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype,
+                                                                          tokenizer=tokenizer))
+        encoder = Component("encoder", loader=lambda: ImageEncoder.from_checkpoint(ckpt))
+        out = cls(llm, encoder, ckpt.config, quantize=quantize, source=str(ckpt.folder), low_memory=low_memory,
+                  tokenizer=tokenizer)
+        if not low_memory:
+            llm.get()
+            encoder.get()
         out.load_seconds = time.perf_counter() - t
         return out
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None,
-                        revision: str | None = None) -> "Understanding":
+                        revision: str | None = None, low_memory: bool | None = None) -> "Understanding":
         from .mlx_folder import open_model
 
-        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype)
+        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype,
+                                   low_memory=low_memory)
 
     # ------------------------------------------------------------------ stages
     def prompt(self, question: str, system_prompt: str | None = None) -> MultimodalPrompt:
         check_question(question)
-        return MultimodalPrompt.build(self.llm.tokenizer, prompt_text(question, system_prompt),
-                                      self.encoder.num_tokens)
+        return MultimodalPrompt.build(self.tokenizer, prompt_text(question, system_prompt),
+                                      self.config.vision.num_tokens)
 
     @property
     def context_length(self) -> int:
         return self.config.llm.max_position_embeddings
 
     def embed(self, image, question: str, system_prompt: str | None = None) -> tuple[MultimodalPrompt, mx.array]:
-        """The prompt and its input embeddings [1, L, D] with the image spliced in."""
+        """The prompt and its input embeddings [1, L, D] with the image spliced in (the image
+        is encoded first; with ``low_memory`` the vision tower is dropped before the LLM loads)."""
         prompt = self.prompt(question, system_prompt)
-        return prompt, prompt.embed(self.llm, self.encoder.encode(image))
+        projected = self.encoder.encode(image)
+        if self.low_memory:
+            mx.eval(projected)
+            self._done_with("encoder")
+        return prompt, prompt.embed(self.llm, projected)
 
     # ------------------------------------------------------------------ decoding
     def stream(self, image, question: str, *, max_tokens: int | None = None, temp: float | None = None,
@@ -247,8 +299,8 @@ class Understanding:
         image_seconds = time.perf_counter() - t0
         if seed is not None:
             mx.random.seed(seed)
-        eos = self.llm.tokenizer.eos_id
-        detok = Detokenizer(self.llm.tokenizer)
+        eos = self.tokenizer.eos_id
+        detok = Detokenizer(self.tokenizer)
         n_prompt = len(prompt)
         processors = make_logits_processors(repetition_penalty=repetition_penalty,
                                             repetition_context_size=repetition_context_size)
@@ -262,16 +314,20 @@ class Understanding:
 
         t1 = time.perf_counter()
         prompt_tps, t_gen, n, finish = 0.0, t1, 0, "length"
-        for token in steps:
-            if n == 0:
-                t_gen = time.perf_counter()
-                prompt_tps = n_prompt / max(t_gen - t1, 1e-9)
-            if stop_at_eos and token == eos:
-                finish = "stop"
-                break
-            n += 1
-            yield response(detok.add(token), token, n)
-        yield response(detok.finish(), None, n, finish)
+        try:
+            for token in steps:
+                if n == 0:
+                    t_gen = time.perf_counter()
+                    prompt_tps = n_prompt / max(t_gen - t1, 1e-9)
+                if stop_at_eos and token == eos:
+                    finish = "stop"
+                    break
+                n += 1
+                yield response(detok.add(token), token, n)
+            yield response(detok.finish(), None, n, finish)
+        finally:
+            steps.close()
+            self._done_with("llm")
 
     def answer(self, image, question: str, **kw) -> str:
         """The whole answer, stripped of surrounding whitespace as Mobile-O returns it."""

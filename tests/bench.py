@@ -1,127 +1,305 @@
-"""Side-by-side benchmark (`make bench`): the MLX pipeline's heavy stages vs the upstream torch
-references on the same full-size weights and inputs, in one run.  Reports seconds (best of
-``--repeat``), the ours/torch ratio, peak memory (MLX: ``mx.get_peak_memory``; torch: the
-process's peak RSS in that window) and weight bytes (bf16 checkpoint, MLX fp32, MLX 4-bit).
+"""Side-by-side benchmark (`make bench`): each contender in its own process, one table.
 
-    python tests/bench.py --model checkpoints/full [--repeat 2]
+- whole generation (text -> denoise -> decode) at the model's size with a short step count,
+  reported per step and extrapolated to 20 steps: MLX ``-q 4`` from the pre-quantized folder
+  (everything resident, and with phase-wise residency), MLX float from the bf16 checkpoint,
+  and the torch reference (transformers / diffusers modules, as tests/test_generate_e2e.py's
+  ``torch_reference``);
+- load time and peak RSS: ``-q 4`` quantized at load from the bf16 checkpoint vs read from
+  the pre-quantized folder;
+- understanding decode tokens/s: our ``decode_steps`` vs mlx-lm's own ``generate_step`` on
+  the same 4-bit LLM weights (greedy; the token ids are compared).
 
-Not a test: numbers depend on the machine (Apple silicon is the target; on Linux MLX runs
-on the CPU with OpenBLAS).  The parity of the same stages is checked by the test suite.
+    python tests/bench.py --model checkpoints/full [--q4 DIR] [--steps 2] [--tokens 32]
+    python tests/bench.py --model demo --quick          # seconds; what CI runs
+
+Peak RSS is each process's own high-water mark (VmHWM; ru_maxrss elsewhere), so a number
+holds the interpreter, the imports and everything the contender loaded.  The folder for the
+``-q 4`` rows is ``--q4``, or converted once into build/bench/ (``mlx_model.convert``).
+Results: a table on stdout and in build/bench.txt, the numbers in build/bench.json.  Numbers
+depend on the machine (Apple silicon is the target; on Linux MLX runs on the CPU) and are
+reports, never asserts; parity of the same stages is the test suite's job.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
+import os
+import platform
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from coreml_convert.cli import peak_rss_mb, reset_peak_rss  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a red cup on a wooden table"
+STEPS_REPORTED = 20
 
 
-def timed(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
 
 
-def mlx_run(build, call, repeat):
+# ------------------------------------------------------------------ workers (one per process)
+def work_generate(a) -> dict:
     import mlx.core as mx
 
-    model = build()
-    mx.reset_peak_memory()
-    sec = timed(lambda: mx.eval(call(model)), repeat)
-    peak = mx.get_peak_memory() / 1e6
-    del model
-    gc.collect()
-    mx.clear_cache()  # so the torch stage's RSS window does not hold MLX's cached buffers
-    return sec, peak
+    from mlx_model.mlx_folder import open_model
+    from mlx_model.pipeline import GenerationPipeline
+
+    low = {"auto": None, "on": True, "off": False}[a.low_memory]
+    t = time.perf_counter()
+    pipe = GenerationPipeline.from_checkpoint(open_model(a.model), quantize=a.quantize, low_memory=low)
+    load = time.perf_counter() - t
+    out = pipe.generate(PROMPT, steps=a.steps, seed=0)
+    tm = out.timings
+    per_step = tm["denoise"] / a.steps
+    return {"load_s": load, "text_s": tm["text"], "denoise_s": tm["denoise"], "per_step_s": per_step,
+            "decode_s": tm["decode"], "total_20_s": tm["text"] + per_step * STEPS_REPORTED + tm["decode"],
+            "low_memory": pipe.low_memory, "phase_loads_s": out.load_seconds,
+            "mlx_peak_mb": {k: v / 1e6 for k, v in {"load": pipe.load_peak_memory, **out.peak_memory}.items()},
+            "image_mean": float(out.images.mean()), "mlx_version": mx.__version__}
 
 
-def torch_run(build, call, repeat):
+def work_torch(a) -> dict:
     import torch
 
-    model = build()
-    reset_peak_rss()
-    with torch.no_grad():
-        sec = timed(lambda: call(model), repeat)
-    peak = peak_rss_mb()
-    del model
-    gc.collect()
-    return sec, peak
-
-
-def weight_bytes(module) -> int:
-    from mlx.utils import tree_flatten
-
-    return sum(v.nbytes for _, v in tree_flatten(module.parameters()))
-
-
-def main(argv=None):
-    import mlx.core as mx
-    import torch
-
-    from mlx_model.dcae import AutoencoderDC
-    from mlx_model.dit import SanaTransformer
-    from mlx_model.llm import LanguageModel, quantize_linears
-    from weights import upstream
+    from mlx_model.tokenizer import Tokenizer
+    from weights import mcp_reference, upstream
     from weights.checkpoint import Checkpoint
+    from weights.hub import resolve_model
+    from weights.prompts import generation_prompt
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="checkpoints/full")
-    p.add_argument("--repeat", type=int, default=2)
-    a = p.parse_args(argv)
-    ckpt = Checkpoint.open(a.model)
+    torch.set_grad_enabled(False)
+    t = time.perf_counter()
+    ckpt = Checkpoint.open(resolve_model(a.model))
     cfg = ckpt.config
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 1000, (1, 64))
-    lat = rng.standard_normal((2, *cfg.latent_shape)).astype(np.float32)  # CFG batch
-    ctx = rng.standard_normal((2, 64, cfg.dit.caption_channels)).astype(np.float32)
-    t = np.array([500.0, 500.0], np.float32)
-    z = lat[:1]
+    llm = upstream.build("llm", cfg, ckpt.load("llm"))
+    mcp = mcp_reference.build(cfg.mcp, ckpt.load("mcp"))
+    dit = upstream.build("dit", cfg, ckpt.load("dit"))
+    vae = upstream.build("vae", cfg, ckpt.load("vae"))
+    sched = upstream.scheduler(cfg.scheduler)
+    ids = Tokenizer.from_checkpoint(ckpt).encode_prompt(PROMPT, generation_prompt)
+    load = time.perf_counter() - t
 
-    stages = {
-        "llm prompt (64 tok, last 4 hidden)": (
-            lambda: LanguageModel.from_checkpoint(ckpt),
-            lambda m: m.hidden_states(m.embed(mx.array(ids)), cfg.mcp.num_layers),
-            lambda: upstream.build("llm", cfg, ckpt.load("llm")),
-            lambda m: m(input_ids=torch.from_numpy(ids), output_hidden_states=True)),
-        "dit step (batch 2, 16x16, 64 tok)": (
-            lambda: SanaTransformer.from_checkpoint(ckpt),
-            lambda m: m(mx.array(lat), mx.array(ctx), mx.array(t)),
-            lambda: upstream.build("dit", cfg, ckpt.load("dit")),
-            lambda m: m(torch.from_numpy(lat), torch.from_numpy(ctx), torch.from_numpy(t))),
-        "vae decode (512x512)": (
-            lambda: AutoencoderDC.from_checkpoint(ckpt, encoder=False),
-            lambda m: m.decode(mx.array(z)),
-            lambda: upstream.build("vae", cfg, ckpt.load("vae")),
-            lambda m: m.decode(torch.from_numpy(z))),
-    }
-    print(f"{'stage':<36}{'mlx s':>9}{'torch s':>9}{'ratio':>8}{'mlx peak MB':>13}{'torch peak RSS MB':>19}")
-    for name, (mb, mc, tb, tc) in stages.items():
-        ms, mp = mlx_run(mb, mc, a.repeat)
-        ts, tp = torch_run(tb, tc, a.repeat)
-        print(f"{name:<36}{ms:>9.2f}{ts:>9.2f}{ms / ts:>8.2f}{mp:>13.0f}{tp:>19.0f}", flush=True)
+    t = time.perf_counter()
+    hs = llm(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    ctx = mcp([torch.cat([torch.zeros_like(h), h]) for h in hs[-cfg.mcp.num_layers:]]).float()
+    text = time.perf_counter() - t
+    sched.set_timesteps(a.steps)
+    lat = torch.from_numpy(__import__("numpy").random.default_rng(0).standard_normal(
+        (1, *cfg.latent_shape)).astype("float32"))
+    t = time.perf_counter()
+    for ts in sched.timesteps:
+        v = dit(torch.cat([lat, lat]), ctx, ts.expand(2)).sample
+        u, c = v.chunk(2)
+        lat = sched.step(u + cfg.defaults.guidance * (c - u), ts, lat).prev_sample
+    denoise = time.perf_counter() - t
+    t = time.perf_counter()
+    img = vae.decode(lat / cfg.vae.scaling_factor).sample
+    decode = time.perf_counter() - t
+    per_step = denoise / a.steps
+    return {"load_s": load, "text_s": text, "denoise_s": denoise, "per_step_s": per_step, "decode_s": decode,
+            "total_20_s": text + per_step * STEPS_REPORTED + decode, "torch_version": torch.__version__,
+            "threads": torch.get_num_threads(), "image_mean": float(img.mean())}
 
-    print("\nweight bytes (LLM + DiT, the quantized parts)")
-    disk = sum(ckpt.info(ck).end - ckpt.info(ck).start
-               for c in ("llm", "dit") for ck in ckpt.split.components[c].values())
-    llm = LanguageModel.from_checkpoint(ckpt).model
-    dit = SanaTransformer.from_checkpoint(ckpt)
-    fp32 = weight_bytes(llm) + weight_bytes(dit)
-    q4 = weight_bytes(quantize_linears(llm, 4, dequantize=False)) + weight_bytes(
-        quantize_linears(dit, 4, dequantize=False))
-    print(f"  checkpoint bf16 {disk / 1e9:.2f} GB | MLX fp32 {fp32 / 1e9:.2f} GB | MLX 4-bit {q4 / 1e9:.2f} GB "
-          f"({fp32 / q4:.1f}x smaller than fp32)")
+
+def work_load(a) -> dict:
+    from mlx_model.mlx_folder import open_model
+    from mlx_model.pipeline import GenerationPipeline
+
+    t = time.perf_counter()
+    pipe = GenerationPipeline.from_checkpoint(open_model(a.model), quantize=a.quantize, low_memory=False)
+    return {"load_s": time.perf_counter() - t, "mlx_peak_mb": {"load": pipe.load_peak_memory / 1e6}}
+
+
+def work_decode(a) -> dict:
+    import mlx.core as mx
+
+    from mlx_model.llm import LanguageModel
+    from mlx_model.mlx_folder import open_model
+
+    t = time.perf_counter()
+    ckpt = open_model(a.model)
+    llm = LanguageModel.from_checkpoint(ckpt, a.quantize or None)
+    load = time.perf_counter() - t
+    vocab = ckpt.config.llm.vocab_size
+    ids = [(i * 7919) % min(vocab, 20000) for i in range(1, 33)]  # a fixed 32-token prompt
+
+    def greedy(logprobs):
+        return mx.argmax(logprobs, axis=-1)
+
+    if a.impl == "ours":
+        from mlx_model.understanding import decode_steps
+
+        steps = decode_steps(llm, llm.embed(mx.array([ids])), greedy, a.tokens)
+    else:
+        from mlx_lm.generate import generate_step
+
+        steps = (int(tok) for tok, _ in generate_step(mx.array(ids), llm.model, max_tokens=a.tokens, sampler=greedy))
+    tokens, t0 = [], time.perf_counter()
+    t1 = t0
+    for tok in steps:
+        if not tokens:
+            t1 = time.perf_counter()
+        tokens.append(tok)
+    t2 = time.perf_counter()
+    n = len(tokens) - 1
+    return {"load_s": load, "prefill_s": t1 - t0, "tokens": len(tokens), "mlx_peak_mb": mx.get_peak_memory() / 1e6,
+            "decode_tok_s": n / (t2 - t1) if n > 0 and t2 > t1 else 0.0, "token_ids": tokens}
+
+
+WORKERS = {"generate": work_generate, "torch": work_torch, "load": work_load, "decode": work_decode}
+
+
+def worker_main(argv) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=sorted(WORKERS))
+    p.add_argument("--model", required=True)
+    p.add_argument("-q", "--quantize", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--impl", default="ours")
+    p.add_argument("--low-memory", default="off", choices=("auto", "on", "off"))
+    a = p.parse_args(argv)
+    out = WORKERS[a.kind](a)
+    out["peak_rss_mb"] = peak_rss_mb()
+    print("BENCH " + json.dumps(out), flush=True)
+
+
+# ------------------------------------------------------------------ driver
+def run_worker(args: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
+    t = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    wall = time.perf_counter() - t
+    line = next((ln for ln in reversed(r.stdout.splitlines()) if ln.startswith("BENCH ")), None)
+    if r.returncode or line is None:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {r.returncode}: " + " / ".join(tail)}
+    out = json.loads(line[len("BENCH "):])
+    out["process_wall_s"] = wall
+    return out
+
+
+def q4_folder(model: str, given: str | None, out_dir: Path) -> str:
+    if given:
+        return given
+    name = Path(model).name if model != "demo" else "demo"
+    folder = out_dir / "bench" / f"{name}-q4"
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        print(f"converting {model} -> {folder} (4-bit) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "mlx_model.convert", "--model", model, "--quantize", "4",
+                        "--out", str(folder)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return str(folder)
+
+
+def fmt(v, spec=".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = []
+    gen = [r for r in rows if r["group"] == "generate"]
+    if gen:
+        lines += [f"whole generation ({PROMPT!r}, extrapolated to {STEPS_REPORTED} steps; with low memory the "
+                  "components load inside their phases)",
+                  f"{'contender':<40}{'load s':>8}{'text s':>8}{'s/step':>8}{'decode s':>9}"
+                  f"{f'total@{STEPS_REPORTED} s':>13}{'peak RSS MB':>13}"]
+        for r in gen:
+            m = r["result"]
+            if "error" in m:
+                lines.append(f"{r['name']:<40}  {m['error']}")
+                continue
+            lines.append(f"{r['name']:<40}{fmt(m['load_s']):>8}{fmt(m['text_s']):>8}{fmt(m['per_step_s']):>8}"
+                         f"{fmt(m['decode_s']):>9}{fmt(m['total_20_s']):>13}{fmt(m['peak_rss_mb'], '.0f'):>13}")
+    load = [r for r in rows if r["group"] == "load"]
+    if load:
+        lines += ["", "load (-q 4, everything resident)", f"{'contender':<40}{'load s':>8}{'peak RSS MB':>13}"]
+        for r in load:
+            m = r["result"]
+            lines.append(f"{r['name']:<40}  {m['error']}" if "error" in m else
+                         f"{r['name']:<40}{fmt(m['load_s']):>8}{fmt(m['peak_rss_mb'], '.0f'):>13}")
+    dec = [r for r in rows if r["group"] == "decode"]
+    if dec:
+        lines += ["", "understanding decode (4-bit LLM, greedy, 32-token prompt; mlx-lm's generate module imports "
+                  "transformers, hence its RSS)",
+                  f"{'contender':<40}{'prefill s':>10}{'tokens':>8}{'tok/s':>9}{'MLX peak MB':>13}{'peak RSS MB':>13}"]
+        for r in dec:
+            m = r["result"]
+            lines.append(f"{r['name']:<40}  {m['error']}" if "error" in m else
+                         f"{r['name']:<40}{fmt(m['prefill_s']):>10}{m['tokens']:>8}{fmt(m['decode_tok_s'], '.1f'):>9}"
+                         f"{fmt(m['mlx_peak_mb'], '.0f'):>13}{fmt(m['peak_rss_mb'], '.0f'):>13}")
+        ids = [r["result"].get("token_ids") for r in dec if "error" not in r["result"]]
+        if len(ids) == 2:
+            lines.append(f"same token ids: {ids[0] == ids[1]}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--worker"]:
+        worker_main(argv[1:])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="checkpoints/full", help="the bf16 checkpoint (or 'demo')")
+    p.add_argument("--q4", help="its pre-quantized 4-bit MLX folder (default: converted into build/bench/)")
+    p.add_argument("--steps", type=int, default=2, help="denoising steps run (reported per step and at 20)")
+    p.add_argument("--tokens", type=int, default=32, help="answer tokens decoded")
+    p.add_argument("--quick", action="store_true", help="1 step, 4 tokens (CI smoke run on --model demo)")
+    p.add_argument("--no-torch", action="store_true", help="leave out the torch reference")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
+    p.add_argument("--out", default=str(ROOT / "build"), help="folder for bench.json and bench.txt")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.steps, a.tokens = 1, 4
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    q4 = q4_folder(a.model, a.q4, out_dir)
+    s, n = ["--steps", str(a.steps)], ["--tokens", str(a.tokens)]
+    contenders = [
+        ("generate", "MLX -q 4 (folder)", ["generate", "--model", q4, "-q", "4", *s]),
+        ("generate", "MLX -q 4 (folder), low memory", ["generate", "--model", q4, "-q", "4", "--low-memory", "on", *s]),
+        ("generate", "MLX float (bf16 checkpoint)", ["generate", "--model", a.model, "-q", "0", *s]),
+    ]
+    if not a.no_torch:
+        contenders.append(("generate", "torch reference (fp32)", ["torch", "--model", a.model, *s]))
+    contenders += [
+        ("load", "MLX -q 4 from bf16 checkpoint", ["load", "--model", a.model, "-q", "4"]),
+        ("load", "MLX -q 4 from pre-quantized folder", ["load", "--model", q4, "-q", "4"]),
+        ("decode", "ours (understanding.decode_steps)", ["decode", "--model", q4, "-q", "4", "--impl", "ours", *n]),
+        ("decode", "mlx-lm generate_step", ["decode", "--model", q4, "-q", "4", "--impl", "mlx-lm", *n]),
+    ]
+    rows = []
+    info = {"model": a.model, "q4_folder": q4, "steps": a.steps, "tokens": a.tokens, "python": sys.version.split()[0],
+            "platform": platform.platform(), "cpus": os.cpu_count(), "rows": rows, "complete": False,
+            "note": "reports, never asserts; peak RSS per process (VmHWM)"}
+    for group, name, args in contenders:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        rows.append({"group": group, "name": name, "args": args, "result": run_worker(args, a.timeout)})
+        (out_dir / "bench.json").write_text(json.dumps(info, indent=2) + "\n")  # partial results survive a stop
+    info["complete"] = True
+    text = table(rows)
+    print(text)
+    (out_dir / "bench.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out_dir / "bench.txt").write_text(text + "\n")
+    print(f"\nwrote {out_dir / 'bench.json'} and {out_dir / 'bench.txt'}")
+    return 1 if any("error" in r["result"] for r in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
