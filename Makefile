@@ -73,12 +73,15 @@ full-checkpoint: checkpoints/full/model.safetensors.index.json
 checkpoints/full/model.safetensors.index.json:
 	$(PY) -m weights.synthetic checkpoints/full --preset full
 
+# every component with its default compression recipe (COMPRESS=none: fp16 weights, into build/full-none)
+COMPRESS ?= default
 convert-full: full-checkpoint
-	$(PY) -m coreml_convert --model checkpoints/full --out build/full
+	$(PY) -m coreml_convert --model checkpoints/full --out build/full$(if $(filter default,$(COMPRESS)),,-$(COMPRESS)) --compress $(COMPRESS)
 
-# MLX vs the torch references, side by side, at full size (not part of CI)
+# MLX (-q 4 folder, low memory, float) vs the torch reference, load, decode tok/s vs mlx-lm, each in
+# its own process, at full size; table + build/bench.json (not part of CI; tests/test_bench.py runs --quick)
 bench: full-checkpoint
-	$(WITH_BLAS) $(PY) tests/bench.py --model checkpoints/full
+	$(WITH_BLAS) $(PY) tests/bench.py --model checkpoints/full $(BENCH_ARGS)
 
 demo:
 	$(PY) -m mlx_model.generate "a red cup" --model demo

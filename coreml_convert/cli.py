@@ -1,4 +1,11 @@
-"""``python -m coreml_convert --model X --out build/ [--components ...] [--precision fp16|fp32]``
+"""``python -m coreml_convert --model X --out build/ [--components ...] [--precision fp16|fp32]
+[--compress default|none|RECIPE]``
+
+Weights are compressed by default with each component's recipe (``convert.RECIPES``: 4-bit
+LLM and DiT, 6-bit LUTs for the vision encoder, int8 MCP and VAE decoder); gate 2 then runs
+on the uncompressed program and the compressed one is measured against it ("drift", in the
+table, the record and the manifest's ``compression`` object).  ``--compress none`` keeps fp16
+weights; an explicit recipe applies to every component.
 
 Converts one component at a time (pipeline order), checks both gates, frees the torch
 modules before the next one, writes each bundle atomically, skips components whose bundle
@@ -20,6 +27,7 @@ import platform
 import resource
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -116,16 +124,26 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
                                  fix="check coreml_convert/components/ is complete.") from None
     spec = module.build_spec(ckpt, seed=seed)
     reference = gates.gate1(spec)
-    model = cv.convert_spec(spec, precision, compression)
-    path = cv.save_atomic(model, out, spec.file)
-    del model
-    gc.collect()
-    files = []
-    for file, array in spec.files.items():  # tables the app reads beside the bundle
-        table = cv.save_table(array, out, file)
-        files.append({"file": file, "sha256": bundle_sha256(table), "bytes": bundle_bytes(table),
-                      "shape": [int(n) for n in np.shape(array)], "dtype": "float16"})
-    report = gates.run_gates(spec, path, precision, reference=reference)
+    plain, model = cv.convert_both(spec, precision, compression)
+    plain_dir = plain_path = None
+    try:
+        if model is None:  # uncompressed
+            model, plain = plain, None
+        else:  # gate 2 runs on the uncompressed program, saved aside (a temp folder) for the gates only
+            plain_dir = Path(tempfile.mkdtemp(prefix=f".{name}.fp16.", suffix=cv.TMP_SUFFIX, dir=out))
+            plain_path = cv.save_atomic(plain, plain_dir, spec.file)
+        path = cv.save_atomic(model, out, spec.file)
+        del model, plain
+        gc.collect()
+        files = []
+        for file, array in spec.files.items():  # tables the app reads beside the bundle
+            table = cv.save_table(array, out, file)
+            files.append({"file": file, "sha256": bundle_sha256(table), "bytes": bundle_bytes(table),
+                          "shape": [int(n) for n in np.shape(array)], "dtype": "float16"})
+        report = gates.run_gates(spec, path, precision, reference=reference, plain_path=plain_path)
+    finally:
+        if plain_dir is not None:
+            shutil.rmtree(plain_dir, ignore_errors=True)
     linted = lint.lint_bundle(path, name)
     lint.write_report(linted, out)  # out/<name>.lint.json beside the bundle
     summary = lint.summary(linted)
@@ -134,7 +152,7 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
         inputs=cv.io_specs(spec.inputs, precision), outputs=cv.io_specs(spec.outputs, precision),
         states=cv.io_specs(spec.states, precision), functions=tuple(spec.functions),
         compute_units=spec.compute_units, minimum_os=dict(spec.minimum_os),
-        compression={"precision": precision, "weights": precision, **(compression or {})},
+        compression=compression_record(precision, compression, report),
         gates=report.as_gates(), seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
         function_io={fn: {k: cv.io_specs(specs, precision) for k, specs in io.items()}
                      for fn, io in spec.function_io.items()},
@@ -145,10 +163,26 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
     return result, report
 
 
+def compression_record(precision: str, recipe: dict | None, report: gates.GateReport) -> dict:
+    """The manifest's open ``compression`` object: the recipe, its CLI name, and the drift
+    of the compressed program (vs the uncompressed one, and vs the torch module)."""
+    rec = {"precision": precision, "weights": precision, **(recipe or {}), "recipe": cv.recipe_name(recipe)}
+    if report.drift is not None:
+        rec["drift_psnr_db"] = _round_db(report.drift_psnr_db)
+        rec["compressed_program_psnr_db"] = _round_db(report.compressed_psnr_db)
+    return rec
+
+
+def _round_db(v: float):
+    return round(float(v), 2) if np.isfinite(v) else str(v)
+
+
 # ------------------------------------------------------------------ table
 
 
-COLUMNS = ("component", "bundle MB", "gate1 dB", "gate2 dB", "ANE eligible", "seconds", "peak RSS MB", "status")
+COLUMNS = ("component", "recipe", "bundle MB", "gate1 dB", "gate2 dB", "drift dB", "ANE eligible", "seconds",
+           "peak RSS MB", "status")
+LEFT = (0, 1, 9)  # left-aligned columns
 
 
 def _db(v) -> str:
@@ -157,17 +191,20 @@ def _db(v) -> str:
 
 def table_row(name: str, result: ConversionResult | None, status: str) -> tuple[str, ...]:
     if result is None:
-        return (name, "-", "-", "-", "-", "-", "-", status)
+        return (name, "-", "-", "-", "-", "-", "-", "-", "-", status)
     g = result.gates
     mb = result.bytes / 1e6
     share = result.lint.get("eligible_share")
-    return (name, f"{mb:.2f}" if mb < 10 else f"{mb:.1f}", _db(g.get("reference_psnr_db")), _db(g.get("program_psnr_db")),
+    c = result.compression
+    drift = c.get("drift_psnr_db")
+    return (name, c.get("recipe", c.get("weights", "-")), f"{mb:.2f}" if mb < 10 else f"{mb:.1f}",
+            _db(g.get("reference_psnr_db")), _db(g.get("program_psnr_db")), _db(None if drift is None else float(drift)),
             "-" if share is None else f"{100 * share:.1f}%", f"{result.seconds:.1f}", f"{result.peak_rss_mb:.0f}", status)
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    fmt = lambda r: "  ".join(c.ljust(w) if i in LEFT else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt(COLUMNS), "  ".join("-" * w for w in widths), *map(fmt, rows)])
 
 
@@ -192,8 +229,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--components", nargs="+", metavar="NAME",
                    help=f"subset to convert (default: all): {', '.join(REGISTRY)}")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="compute precision (default fp16)")
-    p.add_argument("--compress", default=None, metavar="RECIPE",
-                   help="weight compression after conversion: int8, palettize<bits>[g<group>] (e.g. palettize6)")
+    p.add_argument("--compress", default=cv.DEFAULT, metavar="RECIPE",
+                   help="weight compression: 'default' (each component's recipe: "
+                        + ", ".join(f"{n} {cv.recipe_name(r)}" for n, r in cv.RECIPES.items())
+                        + "), 'none' (fp16 weights), or one recipe for all: int8, int4[b<block>], "
+                          "lut<bits>[g<group>] (uniform LUTs), palettize<bits>[g<group>] (k-means, needs scikit-learn)")
     p.add_argument("--force", action="store_true", help="reconvert components whose bundle already exists")
     p.add_argument("--seed", type=int, default=0, help="seed of the gates' random inputs")
     p.add_argument("--revision", default=None, help="hub revision of --model")
@@ -214,14 +254,15 @@ def run(args: argparse.Namespace, stream=None) -> int:
 
     rows, code = [], 0
     for name in names:
-        result = None if args.force else finished(out, name, args.precision, compression)
+        recipe = cv.recipe_for(name, compression)
+        result = None if args.force else finished(out, name, args.precision, recipe)
         if result is not None:
             rows.append(table_row(name, result, SKIPPED))
             print(f"{name}: {SKIPPED}, not redone (--force to redo)", file=stream, flush=True)
             continue
-        print(f"{name}: converting ({args.precision}) ...", file=stream, flush=True)
+        print(f"{name}: converting ({args.precision}, weights {cv.recipe_name(recipe)}) ...", file=stream, flush=True)
         try:
-            result, report = convert_component(ckpt, name, out, args.precision, compression, args.seed)
+            result, report = convert_component(ckpt, name, out, args.precision, recipe, args.seed)
         except Exception as e:  # one component failing: report it, go on with the others
             if isinstance(e, MobileOError):  # a known failure (e.g. ct.convert refused): one line
                 print(f"error: {name}: {e}", file=sys.stderr, flush=True)
@@ -236,7 +277,7 @@ def run(args: argparse.Namespace, stream=None) -> int:
         if report.predict is None and platform.system() != "Darwin":
             status += f" (no MLModel.predict on {platform.system()})"
         write_record(out, name, {"passed": report.passed, "failures": report.failures,
-                                 "precision": args.precision, "recipe": compression,
+                                 "precision": args.precision, "recipe": recipe,
                                  "result": result.to_dict()})
         rows.append(table_row(name, result, status))
         if not report.passed:

@@ -1,7 +1,7 @@
 """Trace a component's Neural-Engine torch module and convert it to an ML program.
 
     model = convert(spec, "fp16")                # ct.models.MLModel (iOS 18 target)
-    model = compress(model, {"weights": "palettize", "nbits": 6})
+    model = compress(model, {"weights": "int4", "block_size": 32})   # or RECIPES[name]
     path  = save_atomic(model, out_dir, spec.file)   # out_dir/dit.mlpackage, never half-written
 
 Default path (ml-stable-diffusion style): ``torch.jit.trace`` on the spec's example inputs,
@@ -135,6 +135,17 @@ def convert_spec(spec: ComponentSpec, precision: str = "fp16", compression: dict
     return compress(convert(spec, precision), compression)
 
 
+def convert_both(spec: ComponentSpec, precision: str = "fp16", compression: dict | None = None):
+    """(uncompressed model, compressed model or None), converting once: the uncompressed
+    program is what gate 2 checks, the compressed one is measured against it (drift)."""
+    if not compression or compression.get("weights") in (None, "fp16", "fp32"):
+        return convert_spec(spec, precision, None), None
+    if spec.convert is not None:
+        return spec.convert(precision, compression, keep_plain=True)
+    plain = convert(spec, precision)
+    return plain, compress(plain, compression)
+
+
 def save_table(array: np.ndarray, out_dir: str | Path, file: str) -> Path:
     """Write ``array`` as raw little-endian fp16 ``out_dir/file`` atomically (temp + os.replace)."""
     out_dir = Path(out_dir)
@@ -152,15 +163,41 @@ def save_table(array: np.ndarray, out_dir: str | Path, file: str) -> Path:
 
 # ------------------------------------------------------------------ compression
 
-COMPRESSIONS = ("palettize", "int8")
+COMPRESSIONS = ("int4", "lut", "palettize", "int8")
+DEFAULT = "default"  # --compress default: each component's RECIPES entry
+
+# The default recipe per component (iOS 18 constexpr ops; ``gather`` -- none left in the
+# bundles, the LLM's embedding table lives outside as fp16 -- and weights under 2,048 elements
+# (norms, biases) stay fp16).  Mixed bits: the two big transformers get 4 bits, the image
+# encoder 6 and the image decoder 8 (its output is the picture).  Deterministic (no k-means):
+# the LLM's functions compress identically and share one weight set after the merge.
+RECIPES: dict[str, dict] = {
+    "vision_encoder": {"weights": "lut", "nbits": 6, "group_size": 16},
+    "llm": {"weights": "int4", "block_size": 32},
+    "mcp": {"weights": "int8"},
+    "dit": {"weights": "int4", "block_size": 32},
+    "vae_decoder": {"weights": "int8"},
+}
+
+
+def recipe_for(name: str, compression) -> dict | None:
+    """The recipe a component gets: ``DEFAULT`` -> its RECIPES entry, None -> uncompressed,
+    an explicit recipe (dict) -> that one for every component."""
+    if compression == DEFAULT:
+        return dict(RECIPES[name]) if name in RECIPES else None
+    return compression
 
 
 def compress(model, recipe: dict | None):
-    """Post-training weight compression (coremltools.optimize.coreml).
+    """Post-training weight compression (coremltools.optimize.coreml, iOS 18 ops).
 
     recipe: None or {"weights": "fp16"} -> unchanged;
-            {"weights": "palettize", "nbits": 4|6|8, "group_size": 16?} -> k-means LUTs
-            (grouped channels when group_size is given);
+            {"weights": "int4", "block_size": 32} -> blockwise symmetric int4
+            (``constexpr_blockwise_shift_scale``, one fp16 scale per block of input channels);
+            {"weights": "lut", "nbits": 2..8, "group_size": 16?} -> uniform LUT palettization
+            (``constexpr_lut_to_dense``; one LUT per group of output channels, or per tensor);
+            {"weights": "palettize", "nbits": ..., "group_size": ...?} -> k-means LUTs (needs
+            scikit-learn, not a dependency of this project);
             {"weights": "int8"} -> per-channel symmetric linear quantization.
     Embedding tables (``gather``) stay uncompressed.  Measure the gates after compressing.
     """
@@ -169,37 +206,68 @@ def compress(model, recipe: dict | None):
     import coremltools.optimize.coreml as cto
 
     kind = recipe["weights"]
-    if kind == "palettize":
-        kw = {"mode": "kmeans", "nbits": int(recipe.get("nbits", 6))}
+    if kind in ("palettize", "lut"):
+        mode = "uniform" if kind == "lut" else "kmeans"
+        if mode == "kmeans":
+            try:
+                import sklearn  # noqa: F401  (coremltools' k-means)
+            except ImportError:
+                raise ConversionError("k-means palettization needs scikit-learn, which is not installed.",
+                                      fix="pip install scikit-learn, or use lut<bits> (uniform LUTs) or int4.") from None
+        kw = {"mode": mode, "nbits": int(recipe.get("nbits", 6))}
         if recipe.get("group_size"):
             kw.update(granularity="per_grouped_channel", group_size=int(recipe["group_size"]))
         op_config = cto.OpPalettizerConfig(**kw)
         config = cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
         return cto.palettize_weights(model, config)
-    if kind == "int8":
-        op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
-                                                granularity="per_channel")
+    if kind in ("int8", "int4"):
+        if kind == "int8":
+            op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                    granularity="per_channel")
+        else:
+            op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                                    block_size=int(recipe.get("block_size", 32)))
         config = cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
         return cto.linear_quantize_weights(model, config)
     raise ConversionError(f"unknown compression {kind!r}.", fix=f"use one of {', '.join(COMPRESSIONS)} or fp16.")
 
 
-def parse_compression(text: str | None) -> dict | None:
-    """CLI form: "palettize6", "palettize4g16" (group size 16), "int8", or None."""
-    if not text or text in ("none", "fp16"):
+def parse_compression(text: str | None):
+    """CLI form -> a recipe: "default" (each component's RECIPES entry; also when not given),
+    "none"/"fp16" (None), "int8", "int4" / "int4b32" (block size 32), "lut6" / "lut4g16"
+    (uniform LUTs, group size 16), "palettize6" / "palettize4g16" (k-means LUTs)."""
+    if text is None or text == DEFAULT:
+        return DEFAULT
+    if text in ("none", "fp16"):
         return None
     if text == "int8":
         return {"weights": "int8"}
     import re
 
-    m = re.fullmatch(r"palettize(\d)(?:g(\d+))?", text)
-    if not m or int(m[1]) not in (1, 2, 3, 4, 6, 8):
+    m = re.fullmatch(r"int4(?:b(\d+))?", text)
+    if m:
+        return {"weights": "int4", "block_size": int(m[1] or 32)}
+    m = re.fullmatch(r"(palettize|lut)(\d)(?:g(\d+))?", text)
+    if not m or int(m[2]) not in (1, 2, 3, 4, 6, 8) or (m[3] and int(m[3]) < 1):
         raise ConversionError(f"unknown --compress value {text!r}.",
-                              fix="use none, int8, palettize<bits> or palettize<bits>g<group>, e.g. palettize6.")
-    recipe = {"weights": "palettize", "nbits": int(m[1])}
-    if m[2]:
-        recipe["group_size"] = int(m[2])
+                              fix="use default, none, int8, int4[b<block>], lut<bits>[g<group>] or "
+                                  "palettize<bits>[g<group>], e.g. lut6g16.")
+    recipe = {"weights": m[1], "nbits": int(m[2])}
+    if m[3]:
+        recipe["group_size"] = int(m[3])
     return recipe
+
+
+def recipe_name(recipe: dict | None) -> str:
+    """The CLI spelling of a recipe ("int4b32", "lut6g16", "fp16")."""
+    if not recipe or recipe.get("weights") in (None, "fp16", "fp32"):
+        return "fp16"
+    kind = recipe["weights"]
+    if kind == "int4":
+        return f"int4b{recipe.get('block_size', 32)}"
+    if kind in ("lut", "palettize"):
+        return f"{kind}{recipe.get('nbits', 6)}" + (f"g{recipe['group_size']}" if recipe.get("group_size") else "")
+    return kind
 
 
 # ------------------------------------------------------------------ atomic save

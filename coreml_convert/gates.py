@@ -4,6 +4,10 @@
           timm / weights.mcp_reference), fp32, on the spec's example inputs: PSNR >= 60 dB;
   gate 2  the saved bundle's MIL program, executed on numpy (coreml_convert.mil_exec), vs the
           torch module: PSNR >= 35 dB.  Unknown ops raise; they never pass.
+A compressed bundle (``--compress``, default: each component's recipe, convert.RECIPES):
+gate 2 runs on the uncompressed fp16 program, and the compressed program, run the same way,
+is measured against it ("drift", PSNR in dB; floor DRIFT_MIN_DB catches a broken
+decompression, not a quality target -- random test weights make the values indicative).
 On macOS the bundle also runs through ``MLModel.predict`` (same threshold as gate 2); on
 other systems that check is skipped with a reason.  PSNR = 20 log10(max|ref| / RMSE)
 (coreml_convert.metrics.psnr); a component's gate value is the minimum over its outputs.
@@ -22,6 +26,7 @@ from .spec import ComponentSpec
 
 GATE1_MIN_DB = 60.0
 GATE2_MIN_DB = 35.0
+DRIFT_MIN_DB = 15.0  # compressed program vs the uncompressed one (4-bit weights included)
 
 
 def torch_outputs(spec: ComponentSpec, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -64,21 +69,26 @@ def program_inputs(spec: ComponentSpec, precision: str) -> dict[str, np.ndarray]
     return {k: np.asarray(v).astype(dtypes.get(k, np.asarray(v).dtype)) for k, v in spec.example_inputs.items()}
 
 
+def program_outputs(spec: ComponentSpec, path, precision: str = "fp16") -> dict[str, np.ndarray]:
+    """The saved program's outputs (numpy MIL execution) on the example inputs."""
+    from .mil_exec import run_program
+
+    if spec.program_check is not None:
+        return spec.program_check(str(path))
+    inputs = program_inputs(spec, precision)
+    return run_program(str(path), {t.name: inputs[t.name] for t in spec.inputs}, "main")
+
+
 def gate2(spec: ComponentSpec, path, precision: str = "fp16") -> dict[str, float]:
     """PSNR per output of the saved program (numpy MIL execution) against the torch module,
     both fed the same (dtype-rounded) inputs."""
-    from .mil_exec import run_program
-
-    inputs = program_inputs(spec, precision)
-    if spec.program_check is not None:
-        program = spec.program_check(str(path))
-    else:
-        program = run_program(str(path), {t.name: inputs[t.name] for t in spec.inputs}, "main")
-    return compare(torch_outputs(spec, inputs), program)
+    return compare(torch_outputs(spec, program_inputs(spec, precision)), program_outputs(spec, path, precision))
 
 
-def predict_check(spec: ComponentSpec, path, precision: str = "fp16") -> tuple[dict[str, float] | None, str]:
-    """``MLModel.predict`` vs the torch module on macOS; elsewhere (None, reason)."""
+def predict_check(spec: ComponentSpec, path, precision: str = "fp16",
+                  expected: dict[str, np.ndarray] | None = None) -> tuple[dict[str, float] | None, str]:
+    """``MLModel.predict`` vs the torch module (or ``expected``: a compressed bundle's own
+    program outputs) on macOS; elsewhere (None, reason)."""
     if platform.system() != "Darwin":
         return None, f"MLModel.predict needs macOS (this is {platform.system()}); the MIL program gate ran instead"
     if spec.states or len(spec.functions) > 1:
@@ -89,7 +99,8 @@ def predict_check(spec: ComponentSpec, path, precision: str = "fp16") -> tuple[d
     units = getattr(ct.ComputeUnit, CT_COMPUTE_UNITS[spec.compute_units])  # the contract's
     model = ct.models.MLModel(str(path), compute_units=units)
     out = model.predict({t.name: inputs[t.name] for t in spec.inputs})
-    return compare(torch_outputs(spec, inputs), out), f"ran MLModel.predict ({spec.compute_units})"
+    reference = torch_outputs(spec, inputs) if expected is None else expected
+    return compare(reference, out), f"ran MLModel.predict ({spec.compute_units})"
 
 
 @dataclass
@@ -98,6 +109,16 @@ class GateReport:
     program: dict[str, float]  # gate 2 per output
     predict: dict[str, float] | None = None
     predict_note: str = ""
+    drift: dict[str, float] | None = None  # compressed program vs the uncompressed one, per output
+    compressed: dict[str, float] | None = None  # compressed program vs the torch module, per output
+
+    @property
+    def drift_psnr_db(self) -> float | None:
+        return None if self.drift is None else _min(self.drift)
+
+    @property
+    def compressed_psnr_db(self) -> float | None:
+        return None if self.compressed is None else _min(self.compressed)
 
     @property
     def reference_psnr_db(self) -> float:
@@ -116,6 +137,8 @@ class GateReport:
             out.append(f"gate 2 (program) {self.program_psnr_db:.1f} dB < {GATE2_MIN_DB:.0f} dB")
         if self.predict is not None and not _min(self.predict) >= GATE2_MIN_DB:
             out.append(f"MLModel.predict {_min(self.predict):.1f} dB < {GATE2_MIN_DB:.0f} dB")
+        if self.drift is not None and not self.drift_psnr_db >= DRIFT_MIN_DB:
+            out.append(f"drift (compressed vs fp16 program) {self.drift_psnr_db:.1f} dB < {DRIFT_MIN_DB:.0f} dB")
         return out
 
     @property
@@ -130,9 +153,21 @@ class GateReport:
 
 
 def run_gates(spec: ComponentSpec, path, precision: str = "fp16",
-              reference: dict[str, float] | None = None) -> GateReport:
-    """Both gates (gate 1 reused when already computed) plus the macOS predict check."""
+              reference: dict[str, float] | None = None, plain_path=None) -> GateReport:
+    """Both gates (gate 1 reused when already computed) plus the macOS predict check.
+
+    ``plain_path``: the uncompressed program of a compressed bundle ``path``; gate 2 then runs
+    on it, and the bundle's program is measured against it (drift) and against the module."""
     ref = gate1(spec) if reference is None else reference
-    prog = gate2(spec, path, precision)
-    pred, note = predict_check(spec, path, precision)
-    return GateReport(ref, prog, pred, note)
+    if plain_path is None:
+        prog = gate2(spec, path, precision)
+        drift = compressed = squeezed = None
+    else:
+        torch_out = torch_outputs(spec, program_inputs(spec, precision))
+        plain = program_outputs(spec, plain_path, precision)
+        prog = compare(torch_out, plain)
+        squeezed = program_outputs(spec, path, precision)
+        drift = compare({k: np.asarray(v, np.float32) for k, v in plain.items() if k in torch_out}, squeezed)
+        compressed = compare(torch_out, squeezed)
+    pred, note = predict_check(spec, path, precision, expected=squeezed)
+    return GateReport(ref, prog, pred, note, drift, compressed)

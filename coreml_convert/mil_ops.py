@@ -17,7 +17,7 @@ import itertools
 import math
 
 import numpy as np
-from scipy import special  # scipy comes with scikit-learn (the `convert` extra)
+from scipy import special  # scipy: a direct dependency of the `convert` extra
 
 
 class Args:

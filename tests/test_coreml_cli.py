@@ -177,10 +177,43 @@ def test_attention_split_and_batched_agree():
 
 
 def test_parse_compression():
-    assert cv.parse_compression(None) is None and cv.parse_compression("int8") == {"weights": "int8"}
+    assert cv.parse_compression(None) == cv.DEFAULT == cv.parse_compression("default")  # not given: the recipes
+    assert cv.parse_compression("none") is None and cv.parse_compression("fp16") is None
+    assert cv.parse_compression("int8") == {"weights": "int8"}
     assert cv.parse_compression("palettize4g16") == {"weights": "palettize", "nbits": 4, "group_size": 16}
-    with pytest.raises(cv.ConversionError):
-        cv.parse_compression("palettize5")
+    assert cv.parse_compression("lut6g16") == {"weights": "lut", "nbits": 6, "group_size": 16}
+    assert cv.parse_compression("lut4") == {"weights": "lut", "nbits": 4}
+    assert cv.parse_compression("int4") == {"weights": "int4", "block_size": 32} == cv.parse_compression("int4b32")
+    assert cv.parse_compression("int4b16") == {"weights": "int4", "block_size": 16}
+    for bad in ("palettize5", "lut7", "int4b", "int2", "lut4g0"):
+        with pytest.raises(cv.ConversionError):
+            cv.parse_compression(bad)
+    for text in ("int8", "int4b16", "lut6g16", "palettize4", "fp16"):
+        assert cv.recipe_name(cv.parse_compression(text)) == text
+
+
+def test_default_recipes():
+    """--compress default (the CLI's default) gives each component its own recipe; an explicit
+    recipe applies to all; none keeps fp16.  The recipes need no scikit-learn (no k-means)."""
+    from coreml_convert.components import REGISTRY
+
+    assert set(cv.RECIPES) == set(REGISTRY)
+    assert cli.parse_args(["--model", "demo", "--out", "x"]).compress == cv.DEFAULT
+    for name in REGISTRY:
+        recipe = cv.recipe_for(name, cv.DEFAULT)
+        assert recipe == cv.RECIPES[name] and recipe["weights"] != "palettize"
+        assert cv.recipe_for(name, None) is None
+        assert cv.recipe_for(name, {"weights": "int8"}) == {"weights": "int8"}
+    assert cv.RECIPES["llm"]["weights"] == cv.RECIPES["dit"]["weights"] == "int4"  # the two big ones: 4 bits
+
+
+def test_kmeans_without_scikit_learn_is_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn -> ImportError
+    with pytest.raises(cv.ConversionError, match="scikit-learn") as e:
+        cv.compress(object(), cv.parse_compression("palettize4"))
+    assert "Fix:" in str(e.value) and "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------ CLI
@@ -212,6 +245,7 @@ def test_cli_convert_skip_force(tiny_ckpt_dir, tmp_path, capsys):
     assert [c["name"] for c in manifest["components"]] == ["mcp"]
     gates_ = manifest["components"][0]["gates"]
     assert gates_["reference_psnr_db"] >= 60 and gates_["program_psnr_db"] >= 35
+    assert manifest["components"][0]["compression"]["recipe"] == "int8"  # the default recipe
     first = (out / "mcp.mlpackage").stat().st_mtime_ns
 
     code, stdout, _ = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
@@ -223,10 +257,18 @@ def test_cli_convert_skip_force(tiny_ckpt_dir, tmp_path, capsys):
     assert code == 0 and cli.SKIPPED not in stdout
     assert bundles(out) == ["mcp.mlpackage"] and not temp_folders(out)
 
+    # another recipe is another bundle: not skipped; none -> fp16 weights, no drift
+    code, stdout, _ = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp",
+                               "--compress", "none"], capsys)
+    assert code == 0 and cli.SKIPPED not in stdout
+    c = json.loads((out / "manifest.json").read_text())["components"][0]["compression"]
+    assert c["recipe"] == "fp16" and "drift_psnr_db" not in c
+
 
 def test_cli_converts_every_component(tiny_ckpt_dir, tmp_path, capsys, parity):
     """The whole tiny model through the CLI: every component passes both gates, and the
     manifest it writes validates (schema, files, hashes)."""
+    from coreml_convert import gates
     from coreml_convert.components import REGISTRY
     from ios_bridge.validate import validate
 
@@ -240,6 +282,15 @@ def test_cli_converts_every_component(tiny_ckpt_dir, tmp_path, capsys, parity):
         parity(f"{c['name']} tiny", "coreml torch fp32", "psnr_db gate 1", g["reference_psnr_db"], 60)
         parity(f"{c['name']} tiny", "coreml program fp16", "psnr_db gate 2", g["program_psnr_db"], 35)
         assert g["reference_psnr_db"] >= 60 and g["program_psnr_db"] >= 35, c["name"]
+        # the default recipe, and its drift (compressed vs fp16 program; random weights: indicative)
+        comp = c["compression"]
+        assert comp["recipe"] == cv.recipe_name(cv.RECIPES[c["name"]]), c["name"]
+        drift = float(comp["drift_psnr_db"])
+        parity(f"{c['name']} tiny", f"coreml program {comp['recipe']} vs fp16", "psnr_db drift", drift,
+               gates.DRIFT_MIN_DB)
+        assert drift >= gates.DRIFT_MIN_DB, c["name"]
+        record = cli.read_record(out, c["name"])
+        assert record["recipe"] == cv.RECIPES[c["name"]] and record["result"]["compression"] == comp
     assert validate(out) == []
 
 
@@ -257,7 +308,7 @@ def test_cli_failed_gate_exits_3_and_is_redone(tiny_ckpt_dir, tmp_path, capsys, 
     code, stdout, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
     assert code == cli.EXIT_GATE_FAILED and "FAILED" in stdout and "gate 2" in err
     assert cli.read_record(out, "mcp")["passed"] is False
-    assert cli.finished(out, "mcp", "fp16", None) is None  # a rerun converts it again
+    assert cli.finished(out, "mcp", "fp16", cv.RECIPES["mcp"]) is None  # a rerun converts it again
     assert json.loads((out / "manifest.json").read_text())["components"] == []
 
 

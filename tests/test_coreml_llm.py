@@ -211,6 +211,29 @@ def test_compressed_functions_merge_into_one_bundle(spec, tmp_path):
     assert min(g2.values()) >= gates.GATE2_MIN_DB
 
 
+def test_default_recipe_plain_and_compressed_from_one_conversion(spec, tmp_path, parity):
+    """The default int4 recipe through convert_both: each function traced and converted once,
+    merged twice (fp16 and int4); gate 2 runs on the fp16 program, the int4 one is measured
+    against it (drift; random weights, so the value is indicative)."""
+    from coreml_convert.mil_exec import op_types
+    from ios_bridge.hashing import bundle_bytes
+
+    recipe = cv.RECIPES["llm"]
+    plain, packed = cv.convert_both(spec, "fp16", recipe)
+    plain_path = cv.save_atomic(plain, tmp_path / "fp16", spec.file)
+    path = cv.save_atomic(packed, tmp_path / "int4", spec.file)
+    for fn in llm.FUNCTIONS:
+        assert not any(t.startswith("constexpr_") for t in op_types(plain_path, fn)), fn
+        assert "constexpr_blockwise_shift_scale" in op_types(path, fn), fn
+    assert bundle_bytes(path) < 0.75 * bundle_bytes(plain_path)  # tiny: many weights under the 2,048 threshold
+    report = gates.run_gates(spec, path, "fp16", plain_path=plain_path)
+    print(f"llm {cv.recipe_name(recipe)}: gate 2 {report.program}, drift {report.drift}")
+    parity("llm tiny", f"coreml program {cv.recipe_name(recipe)} vs fp16", "psnr_db drift", report.drift_psnr_db,
+           gates.DRIFT_MIN_DB)
+    assert report.passed, report.failures
+    assert report.program_psnr_db >= gates.GATE2_MIN_DB and report.drift_psnr_db >= gates.DRIFT_MIN_DB
+
+
 # ------------------------------------------------------------------ full width
 
 

@@ -480,12 +480,27 @@ COMPRESSIONS = {
     "int4_per_block_ios18": (TARGET, lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
         mode="linear", dtype="int4", granularity="per_block", block_size=16, weight_threshold=0),
         "constexpr_blockwise_shift_scale"),
+    # the converter's default recipes (coreml_convert.convert.RECIPES / compress)
+    "recipe_int4_symmetric_block8_ios18": (TARGET, lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=8, weight_threshold=0),
+        "constexpr_blockwise_shift_scale"),
+    "palettize_recipe_lut6_uniform_grouped16_ios18": (TARGET, lambda: ct.optimize.coreml.OpPalettizerConfig(
+        mode="uniform", nbits=6, granularity="per_grouped_channel", group_size=16, weight_threshold=0),
+        "constexpr_lut_to_dense"),
+    "palettize_recipe_lut4_uniform_grouped16_ios18": (TARGET, lambda: ct.optimize.coreml.OpPalettizerConfig(
+        mode="uniform", nbits=4, granularity="per_grouped_channel", group_size=16, weight_threshold=0),
+        "constexpr_lut_to_dense"),
+    "recipe_int8_symmetric_per_channel_ios18": (TARGET, lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0),
+        "constexpr_blockwise_shift_scale"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(COMPRESSIONS))
 def test_compressed_weights(name, tmp_path):
     target, make_config, constexpr = COMPRESSIONS[name]
+    if "kmeans" in name or "vector" in name:
+        pytest.importorskip("sklearn", reason="k-means palettization needs scikit-learn (not a dependency)")
     torch.manual_seed(0)
     module = TwoLayer().eval()
     inputs = {"x": rand(1, 16, 2, 1)}
@@ -505,6 +520,47 @@ def test_compressed_weights(name, tmp_path):
     ref_dense = _decompressed_reference(path, module, inputs)  # also checks our decompression
     got = run_program(path, inputs)
     check(ref_dense, got, names, "fp32")
+
+
+def _const_args(**values):
+    class Op:
+        op_type, name = "constexpr_test", "w"
+
+    return mil_ops.Args(Op(), values)
+
+
+def test_blockwise_shift_scale_by_hand():
+    """iOS18 constexpr_blockwise_shift_scale: data [2, 8] int4, one scale (and offset) per
+    block of 4 input channels -> (data - offset) * scale, block by block."""
+    data = np.arange(-8, 8, dtype=np.int8).reshape(2, 8)
+    scale = np.array([[0.5, 2.0], [1.0, -1.0]], np.float16)
+    want = data.astype(np.float32) * np.repeat(scale.astype(np.float32), 4, axis=1)
+    got = mil_ops.OPS["constexpr_blockwise_shift_scale"](_const_args(data=data, scale=scale))
+    np.testing.assert_array_equal(got, want)
+    offset = np.array([[1, -2], [0, 3]], np.int8)
+    want = (data - np.repeat(offset, 4, axis=1)).astype(np.float32) * np.repeat(scale.astype(np.float32), 4, axis=1)
+    got = mil_ops.OPS["constexpr_blockwise_shift_scale"](_const_args(data=data, scale=scale, offset=offset))
+    np.testing.assert_array_equal(got, want)
+    # per output channel (int8 symmetric per_channel): scale [C, 1, 1, 1] over a conv weight
+    w = np.arange(2 * 3 * 1 * 1, dtype=np.int8).reshape(2, 3, 1, 1)
+    s = np.array([2.0, 3.0], np.float32).reshape(2, 1, 1, 1)
+    np.testing.assert_array_equal(mil_ops.OPS["constexpr_blockwise_shift_scale"](_const_args(data=w, scale=s)), w * s)
+
+
+def test_lut_to_dense_grouped_channels_by_hand():
+    """iOS18 constexpr_lut_to_dense, per grouped channel: indices [4, 3], one 4-entry LUT per
+    group of 2 output channels (lut [2, 1, 4, 1]); and 6-bit indices (64-entry LUT)."""
+    indices = np.array([[0, 1, 2], [3, 2, 1], [0, 0, 3], [1, 2, 3]], np.uint8)
+    lut = np.array([[10, 11, 12, 13], [20, 21, 22, 23]], np.float16).reshape(2, 1, 4, 1)
+    want = np.array([[10, 11, 12], [13, 12, 11], [20, 20, 23], [21, 22, 23]], np.float32)
+    got = mil_ops.OPS["constexpr_lut_to_dense"](_const_args(indices=indices, lut=lut))
+    np.testing.assert_array_equal(np.asarray(got, np.float32), want)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 64, size=(32, 8)).astype(np.uint8)
+    lut = rng.standard_normal((2, 1, 64, 1)).astype(np.float16)
+    got = mil_ops.OPS["constexpr_lut_to_dense"](_const_args(indices=idx, lut=lut))
+    want = np.concatenate([lut[0, 0, idx[:16], 0], lut[1, 0, idx[16:], 0]])
+    np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------- states and multifunction

@@ -226,40 +226,60 @@ def example_hidden(cfg: MobileOConfig, table: np.ndarray, length: int, rng: np.r
 
 
 def convert_multifunction(module: LLM, cfg: MobileOConfig, examples: dict[str, dict], precision: str,
-                          compression: dict | None = None):
+                          compression: dict | None = None, keep_plain: bool = False):
     """Trace, convert and compress each function on its own (coremltools cannot compress a
     multifunction model; the recipe is deterministic, so shared weights compress identically),
     then merge them: ``save_multifunction`` keeps one copy of identical weights.  Leaves the
-    cache zeroed."""
+    cache zeroed.  ``keep_plain``: -> (uncompressed merged model, compressed merged model or
+    None), each function traced and converted once."""
     import coremltools as ct
 
     from coreml_convert import convert as cv
 
+    compressing = bool(compression) and compression.get("weights") not in (None, "fp16", "fp32")
     bundle = llm_io(cfg)
     tmp = Path(tempfile.mkdtemp(prefix="llm."))
+    kinds = ("plain", "compressed") if keep_plain and compressing else ("compressed",)
     try:
-        desc = ct.utils.MultiFunctionDescriptor()
+        descs = {k: ct.utils.MultiFunctionDescriptor() for k in kinds}
         for fn in FUNCTIONS:
             io = bundle.function_io[fn]
             one = replace(bundle, inputs=io["inputs"], outputs=io["outputs"], functions=("main",), function_io={},
                           states=bundle.states if fn in contract.LLM_STATE_FUNCTIONS else ())
             spec = ComponentSpec(module=module.with_mode(fn), example_inputs=examples[fn],
                                  reference=lambda _: {}, io=one)
-            model = cv.compress(cv.convert(spec, precision), compression)
-            cv.save_atomic(model, tmp, f"{fn}.mlpackage")
-            del model
+            model = cv.convert(spec, precision)
             module.reset()
-            desc.add_function(str(tmp / f"{fn}.mlpackage"), src_function_name="main", target_function_name=fn)
-        desc.default_function_name = FUNCTIONS[0]
-        ct.utils.save_multifunction(desc, str(tmp / "llm.mlpackage"))
-        merged = ct.models.MLModel(str(tmp / "llm.mlpackage"), skip_model_load=True)
+            for kind in kinds:
+                done = cv.compress(model, compression) if kind == "compressed" else model
+                cv.save_atomic(done, tmp / kind, f"{fn}.mlpackage")
+                descs[kind].add_function(str(tmp / kind / f"{fn}.mlpackage"), src_function_name="main",
+                                         target_function_name=fn)
+                del done
+            del model
+        merged = {}
+        for kind, desc in descs.items():
+            desc.default_function_name = FUNCTIONS[0]
+            ct.utils.save_multifunction(desc, str(tmp / f"llm.{kind}.mlpackage"))
+            merged[kind] = ct.models.MLModel(str(tmp / f"llm.{kind}.mlpackage"), skip_model_load=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         module.reset()  # tracing ran the functions on the buffers
-    weakref.finalize(merged, shutil.rmtree, str(tmp), True)  # the package lives until saved
-    return merged
+    holder = _TempOwner(tmp)  # the packages live until saved: the folder goes with the last model
+    for model in merged.values():
+        model._mobileo_tmp = holder
+    if not keep_plain:
+        return merged["compressed"]
+    return (merged["plain"], merged["compressed"]) if compressing else (merged["compressed"], None)
+
+
+class _TempOwner:
+    """Removes the temp folder when the last model referring to it is gone."""
+
+    def __init__(self, path: Path):
+        weakref.finalize(self, shutil.rmtree, str(path), True)
 
 
 # ---------------------------------------------------------------------- spec
@@ -319,10 +339,10 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
         out["hidden_states"] = run_program(path, hidden, function="hidden_states")["hidden_states"]
         return out
 
-    def convert(precision, compression=None):
+    def convert(precision, compression=None, keep_plain=False):
         examples = {fn: inputs for fn, inputs in reversed(sequence)}
         examples["hidden_states"] = hidden
-        model = convert_multifunction(llm, cfg, examples, precision, compression)
+        model = convert_multifunction(llm, cfg, examples, precision, compression, keep_plain)
         run_calls(llm, sequence)  # re-prime the cache for the gates
         return model
 
