@@ -43,7 +43,7 @@ from .dcae import AutoencoderDC
 from .dit import SanaTransformer
 from .llm import LanguageModel
 from .mcp import MCP
-from .platform import Component, resolve_low_memory
+from .platform import Component, part, resolve_low_memory
 from .multimodal import ImageEncoder, MultimodalPrompt
 from .quant import QUANT_GROUP_SIZE, check_bits
 from .scheduler import SCHEDULERS, classifier_free_guidance
@@ -103,21 +103,11 @@ def _phase(name: str, timings: dict, peaks: dict, loads: dict | None = None, par
 PARTS = ("llm", "dit", "vae", "encoder")  # the components residency loads and drops (the MCP is tiny: kept)
 
 
-def _part(name: str) -> property:
-    def fget(self):
-        return self.parts[name].get()
-
-    def fset(self, value):
-        self.parts[name] = value if isinstance(value, Component) else Component(name, value)
-
-    return property(fget, fset, doc=f"The {name} (loaded on first use when it was dropped).")
-
-
 class GenerationPipeline:
-    llm = _part("llm")
-    dit = _part("dit")
-    vae = _part("vae")
-    encoder = _part("encoder")
+    llm = part("llm")
+    dit = part("dit")
+    vae = part("vae")
+    encoder = part("encoder")
 
     def __init__(self, llm: LanguageModel | Component, mcp: MCP, dit: SanaTransformer | Component,
                  vae: AutoencoderDC | Component, config, *, encoder: ImageEncoder | Component | None = None,

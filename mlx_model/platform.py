@@ -143,3 +143,16 @@ class Component:
         gc.collect()
         mx.clear_cache()
         return True
+
+
+def part(name: str) -> property:
+    """A pipeline attribute backed by ``self.parts[name]`` (a :class:`Component`): reading it
+    loads the part when it was dropped; assigning a module wraps it (never dropped)."""
+
+    def fget(self):
+        return self.parts[name].get()
+
+    def fset(self, value):
+        self.parts[name] = value if isinstance(value, Component) else Component(name, value)
+
+    return property(fget, fset, doc=f"The {name} (loaded on first use when it was dropped).")

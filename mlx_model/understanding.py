@@ -37,7 +37,7 @@ from weights.prompts import SYSTEM, understanding_prompt
 
 from .llm import LanguageModel
 from .multimodal import ImageEncoder, MultimodalPrompt, check_no_placeholder
-from .platform import Component, resolve_low_memory
+from .platform import Component, part, resolve_low_memory
 from .quant import QUANT_GROUP_SIZE, check_bits
 from .tokenizer import PromptError
 
@@ -181,19 +181,9 @@ def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int,
         y = nxt
 
 
-def _part(name: str) -> property:
-    def fget(self):
-        return self.parts[name].get()
-
-    def fset(self, value):
-        self.parts[name] = value if isinstance(value, Component) else Component(name, value)
-
-    return property(fget, fset, doc=f"The {name} (loaded on first use when it was dropped).")
-
-
 class Understanding:
-    llm = _part("llm")
-    encoder = _part("encoder")
+    llm = part("llm")
+    encoder = part("encoder")
 
     def __init__(self, llm: LanguageModel | Component, encoder: ImageEncoder | Component, config, *,
                  quantize: int = 0, source: str = "", low_memory: bool = False, tokenizer=None):
