@@ -22,10 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coreml_convert import ane
-from coreml_convert.contract import MAX_DIMENSION, logits_widths
+from coreml_convert.contract import logits_widths
 from weights.configs import LLMConfig
-
-LM_HEAD_CHUNK = MAX_DIMENSION  # output channels per lm_head slice (Neural Engine tensor-size limit)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:

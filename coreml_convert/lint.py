@@ -35,7 +35,6 @@ ELIGIBLE, AT_RISK, OFF = "eligible", "at_risk", "off"
 MAX_RANK = 5
 MAX_WEIGHT_FILE_BYTES = 1 << 30  # 1 GiB
 CONSTANT_OPS = ("const",)  # constexpr_* weight decompression is counted with the constants
-STATE_OPS = ("read_state", "coreml_update_state", "write_state")
 
 # Rule "integer-op": integer arithmetic, comparisons, casts and index generation run off the
 # Neural Engine -- community practice recorded in github apple/coremltools issue #1780 and
