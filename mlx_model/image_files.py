@@ -116,7 +116,7 @@ def a1111_parameters(meta: dict) -> str:
     return f"{prompt}\n{line}"
 
 
-def _encode(image, fmt: str, metadata: dict) -> bytes:
+def encode_image(image, fmt: str, metadata: dict) -> bytes:
     """The file's bytes: PNG with text chunks ``mobileo`` (JSON) and ``parameters`` (A1111);
     JPEG/WebP with the JSON in EXIF ImageDescription and the A1111 text in EXIF UserComment."""
     import io
@@ -157,7 +157,7 @@ def save_image(image, path: Path, metadata: dict, write_json: bool = False) -> P
     fmt = IMAGE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise MobileOError(f"cannot write {path.suffix} images ({path}).", fix="use .png, .jpg or .webp.")
-    data = _encode(image, fmt, metadata)
+    data = encode_image(image, fmt, metadata)
     tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}{path.suffix}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,11 +43,12 @@ class MultimodalPrompt:
 
     @classmethod
     def build(cls, tokenizer, text: str, num_image_tokens: int,
-              max_tokens: int = MAX_PROMPT_TOKENS) -> "MultimodalPrompt":
-        """``text``: a templated prompt holding exactly one ``<image>``; with the image's
-        tokens it must fit ``max_tokens`` (the Core ML prefill's longest length too)."""
+              max_tokens: int = MAX_PROMPT_TOKENS, image: bool = True) -> "MultimodalPrompt":
+        """``text``: a templated prompt holding exactly one ``<image>`` (none when not
+        ``image``: a text-only prompt is one piece); with the image's tokens it must fit
+        ``max_tokens`` (the Core ML prefill's longest length too)."""
         parts = text.split(IMAGE_PLACEHOLDER)
-        if len(parts) != 2:
+        if len(parts) != (2 if image else 1):
             raise PromptError(f"the prompt holds {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders; "
                               "Mobile-O takes exactly one image.",
                               fix=f"remove {IMAGE_PLACEHOLDER} from the question or instruction.")
@@ -71,7 +72,15 @@ class MultimodalPrompt:
 
     def image_positions(self) -> slice:
         start = len(self.pieces[0])
-        return slice(start, start + self.num_image_tokens)
+        return slice(start, start + self.num_image_tokens * (len(self.pieces) - 1))
+
+    def keys(self, image_key: str = "") -> list:
+        """One hashable key per position, for prompt-cache reuse: text positions are their
+        token ids, image positions ``(image_key, i)`` (so another image never matches)."""
+        out = list(self.ids())
+        pos = self.image_positions()
+        out[pos] = [(image_key, i) for i in range(pos.stop - pos.start)]
+        return out
 
     def embed(self, llm, image_embeds: mx.array) -> mx.array:
         """[1, len(self), D]: text embeddings with ``image_embeds`` [1, N, D] spliced in."""

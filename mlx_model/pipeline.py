@@ -153,14 +153,17 @@ class GenerationPipeline:
 
     @classmethod
     def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
-                        dequantize: bool | None = None, edit: bool = False, low_memory: bool | None = None):
+                        dequantize: bool | None = None, edit: bool = False, low_memory: bool | None = None,
+                        shared: dict[str, Component] | None = None, tokenizer=None):
         """``quantize`` 0 (float), 4 or 8 bits for the LLM and DiT Linear layers; ``dtype`` of
         weights and activations (default: :func:`mlx_model.platform.default_dtype`);
         ``dequantize`` quantized layers for float compute (default: on CPU, see
         :func:`mlx_model.quant.quantize_linears`); ``edit`` also loads the image encoder;
         ``low_memory``: phase-wise residency (None: :func:`mlx_model.platform.low_memory_default`)
         -- then nothing but the tokenizer and the MCP is loaded here, each component is loaded
-        by the phase that needs it (its time and memory counted there)."""
+        by the phase that needs it (its time and memory counted there).  ``shared``: components
+        (``llm``, ``encoder``) another pipeline already holds, used instead of loading their own
+        (:class:`mlx_model.mobileo.MobileO`: one LLM for understanding and generation)."""
         from .platform import default_dtype
         from .tokenizer import Tokenizer
 
@@ -169,7 +172,7 @@ class GenerationPipeline:
         low_memory = resolve_low_memory(low_memory)
         mx.reset_peak_memory()
         t = time.perf_counter()
-        tokenizer = Tokenizer.from_checkpoint(ckpt)
+        tokenizer = Tokenizer.from_checkpoint(ckpt) if tokenizer is None else tokenizer
 
         def load_llm():
             # generation only looks embedding rows up: the table stays bf16 when a folder stores it so
@@ -186,6 +189,7 @@ class GenerationPipeline:
             "vae": Component("vae", loader=lambda: AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)),
             "encoder": Component("encoder", loader=(lambda: ImageEncoder.from_checkpoint(ckpt)) if edit else None),
         }
+        parts.update(shared or {})
         mcp = MCP.from_checkpoint(ckpt, dtype=mx.float32)  # tiny; Mobile-O casts its output to fp32
         pipe = cls(parts["llm"], mcp, parts["dit"], parts["vae"], ckpt.config, encoder=parts["encoder"],
                    quantize=quantize, dtype=dtype, source=str(ckpt.folder), low_memory=low_memory,

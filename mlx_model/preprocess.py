@@ -53,21 +53,31 @@ def open_image(source: str | Path) -> Image.Image:
     if not path.is_file():
         what = "is a folder, not an image" if path.is_dir() else "does not exist"
         raise ImageError(f"image {path} {what}.", fix="pass the path of an image file.")
+    return _decode(path, f"image {path}", lambda: _declared_size(path))
+
+
+def decode_image(data: bytes, name: str = "the image") -> Image.Image:
+    """Encoded image bytes (PNG, JPEG, ...: an upload, a data URL) with the same guards as files."""
+    import io
+
+    return _decode(io.BytesIO(data), name, lambda: "larger")
+
+
+def _decode(fp, name: str, declared_size) -> Image.Image:
     try:
         with warnings.catch_warnings():  # between Pillow's warning and its limit: read, quietly
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(fp)
             img.load()
     except Image.DecompressionBombError:
         limit = max_pixels()
-        size = _declared_size(path)
-        raise ImageError(f"image {path} is {size}, more than the {limit / 1e6:.0f} megapixels this tool "
+        raise ImageError(f"{name} is {declared_size()}, more than the {limit / 1e6:.0f} megapixels this tool "
                          "decodes (a decompression-bomb guard).",
                          fix="downscale it first, e.g. to 4096 px on the long side (Mobile-O sees it at "
                          "1024x1024 anyway).") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"cannot read image {path} ({why}).",
+        raise ImageError(f"cannot read {name} ({why}).",
                          fix="pass a valid image file (PNG, JPEG, WebP, TIFF, BMP, GIF ...).") from None
     return img
 

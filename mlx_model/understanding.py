@@ -33,7 +33,7 @@ import mlx.core as mx
 
 from weights.errors import MobileOError
 from weights.hub import DEFAULT_MODEL
-from weights.prompts import SYSTEM, understanding_prompt
+from weights.prompts import SYSTEM, conversation_prompt, understanding_prompt
 
 from .llm import LanguageModel
 from .multimodal import ImageEncoder, MultimodalPrompt, check_no_placeholder
@@ -41,7 +41,7 @@ from .platform import Component, part, resolve_low_memory
 from .quant import QUANT_GROUP_SIZE, check_bits
 from .tokenizer import PromptError
 
-__all__ = ["Understanding", "Response", "Detokenizer", "decode_steps", "check_options", "check_question",
+__all__ = ["Understanding", "Response", "ContextLengthError", "Detokenizer", "decode_steps", "check_options", "check_question",
            "check_length", "prompt_text"]
 
 COMPONENTS = ("llm", "vision", "projector")  # what understanding loads
@@ -140,25 +140,37 @@ def prompt_text(question: str, system_prompt: str | None = None) -> str:
     return text.replace(SYSTEM, system_prompt, 1)  # the system turn comes first in the template
 
 
+def _pixels(image) -> bool:
+    """Already preprocessed float pixels (as :meth:`ImageEncoder.pixels` gives)?"""
+    import numpy as np
+
+    return isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating)
+
+
+class ContextLengthError(MobileOError):
+    """The prompt plus the longest answer does not fit the LLM's context."""
+
+
 def check_length(n_prompt: int, max_tokens: int, context: int) -> None:
     """The prompt plus the longest answer must fit the LLM's context (``max_position_embeddings``)."""
     if n_prompt + max_tokens > context:
         room = context - n_prompt
-        raise MobileOError(f"--max-tokens {max_tokens} plus the prompt's {n_prompt} tokens is more than the model's "
+        raise ContextLengthError(f"--max-tokens {max_tokens} plus the prompt's {n_prompt} tokens is more than the model's "
                            f"context of {context} tokens.",
                            fix=f"pass --max-tokens {room} or less." if room > 0 else "shorten the question.")
 
 
 def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int, *,
                  logits_processors: Sequence = (), prompt_ids: Sequence[int] = (),
-                 max_kv_size: int | None = None) -> Iterator[int]:
-    """Prefill ``embeds`` [1, L, D] into a fresh KV cache (rotating, of ``max_kv_size``
-    entries, when given), then sample one token at a time (the next step is queued before the
+                 max_kv_size: int | None = None, cache: list | None = None) -> Iterator[int]:
+    """Prefill ``embeds`` [1, L, D] into ``cache`` (which may hold the positions before them)
+    or a fresh KV cache (rotating, of ``max_kv_size`` entries, when given), then sample one token at a time (the next step is queued before the
     current token is handed out, as mlx-lm does).  ``logits_processors(tokens, logits)`` see the
     prompt's ``prompt_ids`` and the tokens so far, as in mlx-lm's ``generate_step``."""
     from mlx_lm.models.cache import make_prompt_cache
 
-    cache = make_prompt_cache(llm.model, max_kv_size)
+    if cache is None:
+        cache = make_prompt_cache(llm.model, max_kv_size)
     tokens = mx.array(list(prompt_ids), dtype=mx.int32) if logits_processors else None
 
     def step(logits, y=None):
@@ -248,30 +260,65 @@ class Understanding:
         return MultimodalPrompt.build(self.tokenizer, prompt_text(question, system_prompt),
                                       self.config.vision.num_tokens)
 
+    def chat_prompt(self, turns: Sequence[tuple[str, str]], image: bool = True,
+                    system_prompt: str | None = None) -> MultimodalPrompt:
+        """The conversation so far (user and assistant turns, ending on the user's) in Mobile-O's
+        template, the image (when ``image``) in the first user turn; it must fit the context."""
+        turns = list(turns)
+        if not turns or turns[-1][0] != "user":
+            raise PromptError("the conversation does not end on a user turn.", fix="end it with a question.")
+        for role, text in turns:
+            if role == "user":
+                check_no_placeholder(text, "message")
+        check_question(turns[-1][1])
+        system = SYSTEM if system_prompt is None else system_prompt
+        check_no_placeholder(system, "system prompt")
+        text = conversation_prompt(turns, system, image_turn=0 if image else None)
+        return MultimodalPrompt.build(self.tokenizer, text, self.config.vision.num_tokens,
+                                      max_tokens=self.context_length, image=image)
+
     @property
     def context_length(self) -> int:
         return self.config.llm.max_position_embeddings
 
     def embed(self, image, question: str, system_prompt: str | None = None) -> tuple[MultimodalPrompt, mx.array]:
         """The prompt and its input embeddings [1, L, D] with the image spliced in (the image
-        is encoded first; with ``low_memory`` the vision tower is dropped before the LLM loads)."""
+        is encoded first; with ``low_memory`` the vision tower is dropped before the LLM is loaded)."""
         prompt = self.prompt(question, system_prompt)
+        return prompt, self._embed(prompt, image)
+
+    def _embed(self, prompt: MultimodalPrompt, image, start: int = 0) -> mx.array:
+        """Input embeddings of positions ``start:`` of ``prompt``; the image is encoded only
+        when some of its positions are among them."""
+        if image is None or start >= prompt.image_positions().stop:
+            return self.llm.embed(mx.array([prompt.ids()[start:]]))
         projected = self.encoder.encode(image)
         if self.low_memory:
             mx.eval(projected)
             self._done_with("encoder")
-        return prompt, prompt.embed(self.llm, projected)
+        return prompt.embed(self.llm, projected)[:, start:]
 
     # ------------------------------------------------------------------ decoding
-    def stream(self, image, question: str, *, max_tokens: int | None = None, temp: float | None = None,
-               top_p: float | None = None, top_k: int | None = None, min_p: float = 0.0,
-               repetition_penalty: float | None = None, repetition_context_size: int = 20,
-               max_kv_size: int | None = None, system_prompt: str | None = None, seed: int | None = None,
-               stop_at_eos: bool = True) -> Iterator[Response]:
+    def stream(self, image, question: str, *, system_prompt: str | None = None, **options) -> Iterator[Response]:
         """Yield the answer piece by piece; the last response has ``finish_reason`` set.
-        Options as mlx-lm's (None: Mobile-O's defaults); ``system_prompt`` replaces Mobile-O's
-        system message."""
+        Options (:meth:`stream_chat`) as mlx-lm's (None: Mobile-O's defaults);
+        ``system_prompt`` replaces Mobile-O's system message."""
+        return self.stream_chat([("user", question)], image=image, system_prompt=system_prompt, **options)
+
+    def stream_chat(self, turns: Sequence[tuple[str, str]], *, image=None, system_prompt: str | None = None,
+                    prompt_cache=None, max_tokens: int | None = None, temp: float | None = None,
+                    top_p: float | None = None, top_k: int | None = None, min_p: float = 0.0,
+                    repetition_penalty: float | None = None, repetition_context_size: int = 20,
+                    max_kv_size: int | None = None, seed: int | None = None,
+                    stop_at_eos: bool = True) -> Iterator[Response]:
+        """Answer the last user turn of ``turns`` ((role, text) pairs; ``image``, when given,
+        belongs to the first user turn), streamed.  ``prompt_cache``
+        (:class:`~mlx_model.conversation.PromptCache`): reuse the positions it shares with this
+        prompt and keep this turn in it; without one, every position is computed afresh."""
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        from .conversation import PromptCache, image_digest
+        from .preprocess import preprocess
 
         d = self.config.defaults
         max_tokens = d.max_new_tokens if max_tokens is None else max_tokens
@@ -280,11 +327,19 @@ class Understanding:
         top_k = d.top_k if top_k is None else top_k
         check_options(max_tokens, temp, top_p, top_k, min_p, repetition_penalty, repetition_context_size,
                       max_kv_size)
-        check_length(len(self.prompt(question, system_prompt)), max_tokens, self.context_length)
+        prompt = self.chat_prompt(turns, image is not None, system_prompt)
+        check_length(len(prompt), max_tokens, self.context_length)
 
         mx.reset_peak_memory()
         t0 = time.perf_counter()
-        prompt, embeds = self.embed(image, question, system_prompt)
+        key = ""
+        if image is not None:
+            image = image.reshape(image.shape[-3:]) if _pixels(image) else preprocess(image, self.config.preprocess)
+            key = image_digest(image)
+        keys = prompt.keys(key)
+        prompt_cache = PromptCache() if prompt_cache is None else prompt_cache
+        cache, start = prompt_cache.reuse(self.llm, keys, max_kv_size)
+        embeds = self._embed(prompt, image, start)
         mx.eval(embeds)
         image_seconds = time.perf_counter() - t0
         if seed is not None:
@@ -295,7 +350,7 @@ class Understanding:
         processors = make_logits_processors(repetition_penalty=repetition_penalty,
                                             repetition_context_size=repetition_context_size)
         steps = decode_steps(self.llm, embeds, make_sampler(temp, top_p, min_p, top_k=top_k), max_tokens,
-                             logits_processors=processors, prompt_ids=prompt.ids(), max_kv_size=max_kv_size)
+                             logits_processors=processors, prompt_ids=prompt.ids(), cache=cache)
 
         def response(text, token, n, finish=None):
             gen_time = max(time.perf_counter() - t_gen, 1e-9)
@@ -303,12 +358,13 @@ class Understanding:
                             mx.get_peak_memory() / 1e9, image_seconds, finish)
 
         t1 = time.perf_counter()
-        prompt_tps, t_gen, n, finish = 0.0, t1, 0, "length"
+        prompt_tps, t_gen, n, finish, generated = 0.0, t1, 0, "length", []
         try:
             for token in steps:
+                generated.append(token)
                 if n == 0:
                     t_gen = time.perf_counter()
-                    prompt_tps = n_prompt / max(t_gen - t1, 1e-9)
+                    prompt_tps = (n_prompt - start) / max(t_gen - t1, 1e-9)
                 if stop_at_eos and token == eos:
                     finish = "stop"
                     break
@@ -317,6 +373,7 @@ class Understanding:
             yield response(detok.finish(), None, n, finish)
         finally:
             steps.close()
+            prompt_cache.record(keys, generated)
             self._done_with("llm")
 
     def answer(self, image, question: str, **kw) -> str:

@@ -47,3 +47,24 @@ def understanding_prompt(question: str) -> str:
 def editing_prompt(instruction: str) -> str:
     return CHAT_TEMPLATE.format(qs=EDITING_QS.format(instruction=instruction))
 
+
+ROLES = ("user", "assistant")
+
+
+def conversation_prompt(turns: list[tuple[str, str]], system: str = SYSTEM, image_turn: int | None = None) -> str:
+    """A multi-turn prompt in the ``qwen_2`` conversation template, ready for the assistant's
+    next answer: every (role, text) turn is ``<|im_start|>{role}\n{text}<|im_end|>\n``
+    and the prompt ends with ``<|im_start|>assistant\n``.  The one image, when there is one,
+    goes at the start of user turn ``image_turn`` as ``<image>\n`` (Mobile-O puts it in the
+    first user turn).  One user turn with its image is exactly :func:`understanding_prompt`
+    (docs/model-facts.md section 6)."""
+    if image_turn is not None and not (0 <= image_turn < len(turns) and turns[image_turn][0] == "user"):
+        raise ValueError(f"turn {image_turn} is not a user turn, so it cannot hold the image")
+    out = f"{IM_START}system\n{system}{IM_END}\n"
+    for i, (role, text) in enumerate(turns):
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        if i == image_turn:
+            text = f"{IMAGE_PLACEHOLDER}\n{text}"
+        out += f"{IM_START}{role}\n{text}{IM_END}\n"
+    return out + f"{IM_START}assistant\n"

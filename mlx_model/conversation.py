@@ -1,0 +1,112 @@
+"""Multi-turn understanding: a KV cache kept across turns and requests, and the chat state.
+
+A :class:`PromptCache` remembers which positions its mlx-lm KV cache holds (one key per
+position: the token id, or the image's digest and index for image positions).  The next
+prompt reuses the longest common prefix, so the system turn, the image (vision tower,
+projector *and* its prefill) and the earlier turns are computed once; only the new turn is
+prefilled -- as mlx-lm's server reuses its prompt cache.
+
+    chat = Conversation(Understanding.from_pretrained("demo", quantize=0), image="photo.jpg")
+    for r in chat.ask("What is in the picture?", temp=0):
+        print(r.text, end="")
+    chat.ask(...)        # the image and the first turn are not computed again
+
+Mobile-O's conversation template (``qwen_2``) and where its image goes:
+:func:`weights.prompts.conversation_prompt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["PromptCache", "Conversation", "image_digest"]
+
+
+def image_digest(pixels: np.ndarray) -> str:
+    """A key for preprocessed pixels: equal pixels, equal key."""
+    a = np.ascontiguousarray(pixels, dtype=np.float32)
+    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()[:16]
+
+
+class PromptCache:
+    """An mlx-lm KV cache and the key of every position it holds."""
+
+    def __init__(self):
+        self.cache: list | None = None
+        self.keys: list = []
+        self.reused = 0  # positions reused by the last prompt (reported, and tested)
+
+    def reuse(self, llm, keys: list, max_kv_size: int | None = None) -> tuple[list, int]:
+        """(cache, start): the cache trimmed to the longest prefix it shares with ``keys``
+        (one position is always left to prefill, for its logits), or a fresh one.  A rotating
+        cache (``max_kv_size``) cannot be trimmed, so it is never reused."""
+        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+        common = 0
+        if self.cache is not None and max_kv_size is None:
+            for a, b in zip(self.keys, keys[:-1]):
+                if a != b:
+                    break
+                common += 1
+        if common == 0:
+            self.cache, self.keys = make_prompt_cache(llm.model, max_kv_size), []
+        else:
+            trim_prompt_cache(self.cache, len(self.keys) - common)
+            self.keys = self.keys[:common]
+        self.reused = common
+        return self.cache, common
+
+    def record(self, keys: list, generated: list[int]) -> None:
+        """After a turn: the cache holds the prompt then the answer tokens fed back so far."""
+        from mlx_lm.models.cache import can_trim_prompt_cache
+
+        if self.cache is None or not can_trim_prompt_cache(self.cache):
+            self.cache, self.keys = None, []
+            return
+        held = self.cache[0].offset
+        self.keys = (list(keys) + list(generated))[:held]
+
+    def clear(self) -> None:
+        self.cache, self.keys = None, []
+
+
+class Conversation:
+    """A chat about (at most) one image: the turns so far and one :class:`PromptCache`.
+
+    ``model``: an :class:`~mlx_model.understanding.Understanding`.  :meth:`set_image` starts a
+    new conversation about another image (the template places the image in the first user
+    turn); :meth:`reset` forgets the turns and keeps the image."""
+
+    def __init__(self, model, image=None, system_prompt: str | None = None):
+        self.model = model
+        self.system_prompt = system_prompt
+        self.turns: list[tuple[str, str]] = []
+        self.cache = PromptCache()
+        self.image = None
+        if image is not None:
+            self.set_image(image)
+
+    def set_image(self, image) -> None:
+        """``image``: path, PIL image or uint8 array; read and checked now."""
+        from .preprocess import preprocess
+
+        self.image = preprocess(image, self.model.config.preprocess)
+        self.turns = []
+
+    def reset(self) -> None:
+        self.turns = []
+
+    def ask(self, question: str, **options) -> Iterator:
+        """Stream the answer (:class:`~mlx_model.understanding.Response` pieces); the turn is
+        kept when the answer is complete.  ``options``: as :meth:`Understanding.stream`."""
+        turns = self.turns + [("user", question)]
+        text = ""
+        for r in self.model.stream_chat(turns, image=self.image, system_prompt=self.system_prompt,
+                                        prompt_cache=self.cache, **options):
+            text += r.text
+            yield r
+            if r.finish_reason is not None:
+                self.turns = turns + [("assistant", text.strip())]

@@ -1,0 +1,314 @@
+"""The HTTP side of ``mobileo-server`` (FastAPI on uvicorn): OpenAI's routes over one
+:class:`~mlx_model.mobileo.MobileO` held by one :class:`~mlx_model.server.worker.Worker`.
+
+    POST /v1/chat/completions   text and image_url parts, streaming (SSE) or not
+    POST /v1/images/generations prompt, n, size, seed -> b64_json PNGs
+    POST /v1/images/edits       multipart: image + prompt -> b64_json PNGs
+    GET  /v1/models, GET /health
+
+Every error is OpenAI's error body with a 4xx status (a 503 with ``Retry-After`` when the
+queue is full); a client that goes away cancels its work (waiting or running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from weights.errors import MobileOError
+
+from . import openai_api as api
+from .worker import Job, QueueFull, Worker
+
+__all__ = ["Limits", "create_app"]
+
+POLL_SECONDS = 0.25  # how often a waiting request looks for its client
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 32 << 20
+    max_tokens: int = 4096  # per answer
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes is a 413, whether or not it declares its length."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await JSONResponse(error_body_413(self.limit), status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise api.APIError(413, too_large(self.limit), code="request_too_large")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def too_large(limit: int) -> str:
+    return f"the request body is over this server's limit of {limit >> 20} MB (mobileo-server --max-body-mb)."
+
+
+def error_body_413(limit: int) -> dict:
+    return api.error_body(api.APIError(413, too_large(limit), code="request_too_large"))
+
+
+def rss() -> dict:
+    """This process's resident memory now and at its peak, in bytes (None where unknown)."""
+    import resource
+
+    now = None
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"rss_bytes": now, "peak_rss_bytes": peak * (1 if sys.platform == "darwin" else 1024)}
+
+
+# ------------------------------------------------------------------ the work, on the worker thread
+def chat_job(req: api.ChatRequest, stream: bool):
+    """Answer ``req``; ``stream``: emit ("delta", text) pieces.  Nothing is emitted before the
+    first token, so a bad request (too long, bad option) still gets a 4xx."""
+
+    def run(state, job: Job) -> dict:
+        model, cache = state
+        pieces = model.understanding.stream_chat(req.turns, image=req.image, system_prompt=req.system_prompt,
+                                                 prompt_cache=cache, **req.options)
+        stopper, text, r, finish = api.StopMatcher(req.stop), "", None, "length"
+        try:
+            for i, r in enumerate(pieces):
+                job.check()
+                if i == 0:
+                    job.emit("start")
+                out, stopped = stopper.feed(r.text)
+                if r.finish_reason is not None or stopped:
+                    out += "" if stopped else stopper.flush()
+                    finish = "stop" if stopped else r.finish_reason
+                if out:
+                    text += out
+                    if stream:
+                        job.emit("delta", out)
+                if r.finish_reason is not None or stopped:
+                    break
+        finally:
+            pieces.close()
+        return {"text": text, "finish": finish, "prompt_tokens": r.prompt_tokens if r else 0,
+                "completion_tokens": r.generation_tokens if r else 0}
+
+    return run
+
+
+def image_job(req: api.ImageRequest, model_id: str):
+    """Make (or edit) ``req.n`` images; PNG bytes with the settings inside, as the CLIs write them."""
+
+    def run(state, job: Job) -> list[bytes]:
+        import numpy as np
+
+        from .. import cli_common as cc
+        from ..image_files import encode_image
+
+        model = state[0]
+        pipe = model.generation
+        d = pipe.config.defaults
+        steps = d.steps if req.steps is None else req.steps
+        guidance = d.guidance if req.guidance is None else req.guidance
+        cc.check_sampling(steps, guidance, req.n)
+        cc.check_seeds(req.seed, req.n)
+        cc.check_size(pipe.config, req.height, req.width)
+        seed = int(np.random.default_rng().integers(2**31)) if req.seed is None else req.seed
+        out = pipe.generate(req.prompt, image=None if req.image is None else pipe.encoder.pixels(req.image),
+                            steps=steps, guidance=guidance, seed=seed, n_images=req.n, height=req.height,
+                            width=req.width, progress=lambda step, total: job.check())
+        task = {} if req.image is None else {"task": "edit", "instruction": req.prompt}
+        common = {"prompt": req.prompt, "model": model_id, "steps": steps, "guidance": guidance,
+                  "quantize": pipe.quantize, "generator": cc.GENERATOR, "version": cc.tool_version(), **task}
+        return [encode_image(img, "PNG", {**common, "n_images": req.n, "index": i, "seed": seed + i,
+                                          "size": list(img.shape[:2])}) for i, img in enumerate(out.images)]
+
+    return run
+
+
+# ------------------------------------------------------------------ the app
+def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> FastAPI:
+    app = FastAPI(title="mobileo-server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    started = int(time.time())
+
+    @app.exception_handler(api.APIError)
+    async def api_error(request: Request, e: api.APIError):
+        return JSONResponse(api.error_body(e), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # unknown route, wrong method
+        message = {404: f"no route {request.method} {request.url.path}; see GET /v1/models and the README.",
+                   405: f"{request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
+        return JSONResponse(api.error_body(api.APIError(e.status_code, message)), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):
+        traceback.print_exception(e, file=sys.stderr)
+        err = api.APIError(500, "internal server error (see the server's log).")
+        return JSONResponse(api.error_body(err), status_code=500)
+
+    async def json_body(request: Request) -> dict:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise api.APIError(400, f"the body is not valid JSON ({e}).", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise api.APIError(400, "the body must be a JSON object.", code="invalid_json")
+        return body
+
+    def submit(fn, request: Request) -> Job:
+        job = Job(fn, asyncio.get_running_loop())
+        try:
+            worker.submit(job)
+        except QueueFull as e:
+            raise api.APIError(503, f"{e}.", type="server_busy", code="queue_full",
+                               headers={"Retry-After": str(e.retry_after)}) from None
+        return job
+
+    async def next_event(job: Job, request: Request):
+        """The job's next event; the job is cancelled if its client goes away meanwhile."""
+        while True:
+            try:
+                return await asyncio.wait_for(job.events.get(), POLL_SECONDS)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel()
+                    raise api.APIError(499, "the client closed the request.", code="client_closed") from None
+
+    def failure(e: BaseException) -> api.APIError:
+        if isinstance(e, api.APIError):
+            return e
+        if isinstance(e, MobileOError):
+            return api.from_mobileo_error(e)
+        traceback.print_exception(e, file=sys.stderr)
+        return api.APIError(500, "internal server error (see the server's log).")
+
+    async def outcome(job: Job, request: Request):
+        """Wait for the job's result (a streaming job's "start" counts as accepted)."""
+        kind, value = await next_event(job, request)
+        if kind == "error":
+            raise failure(value)
+        return kind, value
+
+    # -------------------------------------------------------------- routes
+    @app.get("/health")
+    async def health():
+        import mlx.core as mx
+
+        return {"status": "ok", "model": model_id, "uptime_seconds": int(time.time()) - started,
+                "queue": {"waiting": worker.waiting(), "limit": worker.max_queue, "running": worker.running},
+                "jobs": dict(worker.stats), "memory": {**rss(), "mlx_active_bytes": mx.get_active_memory()}}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": started,
+                                            "owned_by": "mobileo-deploy"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        req = api.parse_chat(await json_body(request), model_id, limits.max_tokens)
+        job = submit(chat_job(req, req.stream), request)
+        cid = api.completion_id()
+        kind, value = await outcome(job, request)
+        if not req.stream:
+            while kind == "start":
+                kind, value = await outcome(job, request)
+            return api.chat_completion(cid, model_id, value["text"], value["finish"], value["prompt_tokens"],
+                                       value["completion_tokens"])
+        first = (kind, value)
+
+        async def events():
+            finished = False
+            try:
+                yield sse(api.chat_chunk(cid, model_id, {"role": "assistant", "content": ""}))
+                kind, value = first
+                while kind != "result":
+                    if kind == "delta":
+                        yield sse(api.chat_chunk(cid, model_id, {"content": value}))
+                    elif kind == "error":
+                        yield sse(api.error_body(failure(value)))
+                        finished = True
+                        return
+                    kind, value = await next_event(job, request)
+                finished = True
+                yield sse(api.chat_chunk(cid, model_id, {}, value["finish"]))
+                if req.include_usage:
+                    yield sse(api.chat_chunk(cid, model_id, None, usage_=api.usage(value["prompt_tokens"],
+                                                                                   value["completion_tokens"])))
+                yield "data: [DONE]\n\n"
+            finally:
+                if not finished:  # the client went away: stop the work
+                    job.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def images(request: Request, req: api.ImageRequest) -> dict:
+        job = submit(image_job(req, model_id), request)
+        _, pngs = await outcome(job, request)
+        return {"created": int(time.time()),
+                "data": [{"b64_json": base64.b64encode(p).decode("ascii"), "revised_prompt": req.prompt}
+                         for p in pngs]}
+
+    @app.post("/v1/images/generations")
+    async def generations(request: Request):
+        return await images(request, api.parse_image_request(await json_body(request), model_id))
+
+    @app.post("/v1/images/edits")
+    async def edits(request: Request):
+        from ..preprocess import ImageError, decode_image, load_image
+
+        try:
+            form = await request.form()
+        except api.APIError:
+            raise
+        except Exception as e:  # a malformed multipart body
+            raise api.APIError(400, f"could not read the form ({type(e).__name__}); send multipart/form-data "
+                               "with 'image' and 'prompt'.", code="invalid_form") from None
+        files = [f for key in ("image", "image[]") for f in form.getlist(key) if not isinstance(f, str)]
+        if "mask" in form:
+            raise api.APIError(400, "'mask' is not supported: Mobile-O edits the whole image by instruction.",
+                               param="mask")
+        if len(files) != 1:
+            raise api.APIError(400, f"send exactly one 'image' file to edit (got {len(files)}).", param="image")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        req = api.parse_image_request(fields, model_id, form=True)
+        try:
+            req.image = load_image(decode_image(await files[0].read(), f"the uploaded image {files[0].filename!r}"))
+        except ImageError as e:
+            raise api.APIError(400, str(e), param="image", code="invalid_image") from None
+        return await images(request, req)
+
+    return app
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

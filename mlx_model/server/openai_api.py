@@ -1,0 +1,330 @@
+"""The OpenAI wire format: request bodies checked and turned into Mobile-O calls, answers and
+errors shaped as OpenAI's (https://platform.openai.com/docs/api-reference).
+
+Every bad request becomes an :class:`APIError` (status, message, ``param``, ``code``) with
+OpenAI's error body; nothing here touches MLX.  Extensions beyond OpenAI's fields, named as
+mlx-lm's server names them: ``top_k``, ``min_p``, ``repetition_penalty`` (chat), ``seed``,
+``steps``, ``guidance`` (images).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from weights.errors import MobileOError
+
+__all__ = ["APIError", "ChatRequest", "ImageRequest", "StopMatcher", "error_body", "from_mobileo_error",
+           "parse_chat", "parse_image_request", "parse_size", "chat_completion", "chat_chunk", "load_image_url"]
+
+MAX_STOP = 4  # OpenAI: up to 4 stop sequences
+MAX_IMAGES_PER_REQUEST = 4
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or {}
+
+
+def error_body(e: APIError) -> dict:
+    return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
+
+
+# the command-line flag names in the library's messages, as the API's parameter names
+FLAG_PARAMS = {"--max-tokens": "max_tokens", "--temp": "temperature", "--top-p": "top_p", "--top-k": "top_k",
+               "--min-p": "min_p", "--repetition-penalty": "repetition_penalty", "--seed": "seed",
+               "--steps": "steps", "--guidance": "guidance", "--n-images": "n", "--width": "size",
+               "--height": "size"}
+
+
+def from_mobileo_error(e: MobileOError) -> APIError:
+    """A library error (bad option, empty or over-long prompt, bad image) as a 400."""
+    from ..understanding import ContextLengthError
+
+    message, param = str(e), None
+    for flag, name in FLAG_PARAMS.items():
+        if re.search(re.escape(flag) + r"\b", message):
+            message = re.sub(re.escape(flag) + r"\b", name, message)
+            param = param or name
+    code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
+    return APIError(400, message, param=param, code=code)
+
+
+# ------------------------------------------------------------------ values
+def _get(body: dict, name: str, kinds, default=None, check=None, what: str = ""):
+    """``body[name]`` of one of ``kinds`` (bool is never a number), checked by ``check``."""
+    value = body.get(name, default)
+    if value is None:
+        return default
+    numeric = kinds in (int, float, (int, float))
+    if (numeric and isinstance(value, bool)) or not isinstance(value, kinds):
+        raise APIError(400, f"'{name}' must be {what or _kind_name(kinds)}, got {json_type(value)}.", param=name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise APIError(400, f"'{name}' must be a finite number.", param=name)
+    if check is not None and not check(value):
+        raise APIError(400, f"'{name}' must be {what}, got {value!r}.", param=name)
+    return value
+
+
+def _kind_name(kinds) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "an array",
+             dict: "an object"}
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(dict.fromkeys(names[k] for k in kinds))
+
+
+def json_type(v) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def check_model(body: dict, model_id: str) -> None:
+    model = body.get("model")
+    if model is not None and model != model_id:
+        raise APIError(404, f"The model '{model}' does not exist; this server serves '{model_id}'.",
+                       param="model", code="model_not_found")
+
+
+# ------------------------------------------------------------------ images in requests
+def load_image_url(url: str, param: str):
+    """An ``image_url``: a data URL or a local file (path or file:// URL) -> PIL image.
+    Remote URLs are refused: the server never fetches from the network."""
+    from ..preprocess import ImageError, decode_image, load_image
+
+    try:
+        if url.startswith("data:"):
+            head, sep, data = url.partition(",")
+            if not sep or not head.endswith(";base64"):
+                raise APIError(400, "an image data URL must be base64: data:image/png;base64,<data>.", param=param)
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise APIError(400, "the image data URL is not valid base64.", param=param) from None
+            return load_image(decode_image(raw, "the image in the data URL"))
+        scheme = urlparse(url).scheme.lower()
+        if scheme in ("http", "https", "ftp"):
+            raise APIError(400, f"remote image URLs are not fetched ({scheme}://...); this server reads images "
+                           "sent inline or from its own disk. Send a data URL (data:image/png;base64,...) or a "
+                           "local file path.", param=param, code="remote_url_refused")
+        path = Path(unquote(urlparse(url).path)) if scheme == "file" else Path(url)
+        return load_image(path)
+    except ImageError as e:
+        raise APIError(400, str(e), param=param, code="invalid_image") from None
+
+
+# ------------------------------------------------------------------ chat
+@dataclass
+class ChatRequest:
+    turns: list[tuple[str, str]]
+    image: object = None  # a PIL image, in the first user turn
+    system_prompt: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    stop: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # Understanding.stream_chat's decoding keywords
+
+
+def _text_of(content, i: int, images: list) -> str:
+    """A message's content (a string or parts) -> its text; image parts go to ``images``."""
+    param = f"messages[{i}].content"
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise APIError(400, f"'{param}' must be a string or an array of parts, got {json_type(content)}.",
+                       param=param)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            ref = part.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str):
+                raise APIError(400, f"'{param}[{j}].image_url.url' must be a string.", param=f"{param}[{j}]")
+            images.append((url, f"{param}[{j}]"))
+        else:
+            raise APIError(400, f"'{param}[{j}]' must be a text or an image_url part.", param=f"{param}[{j}]")
+    return "\n".join(texts)
+
+
+def parse_chat(body: dict, model_id: str, max_tokens_limit: int) -> ChatRequest:
+    """A ``/v1/chat/completions`` body -> :class:`ChatRequest` (images decoded, options checked
+    for type; the library checks ranges)."""
+    check_model(body, model_id)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty array.", param="messages")
+    turns, systems, images = [], [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise APIError(400, f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise APIError(400, f"'messages[{i}].role' {role!r} is not supported: use system, user or assistant.",
+                           param=f"messages[{i}].role")
+        seen = len(images)
+        text = _text_of(m.get("content"), i, images)
+        if role != "user" and len(images) > seen:
+            raise APIError(400, f"'messages[{i}]': only user messages can hold images.", param=f"messages[{i}]")
+        if role in ("system", "developer"):
+            systems.append(text)
+        else:
+            turns.append((role, text))
+    if len(images) > 1:
+        raise APIError(400, f"the conversation holds {len(images)} images; Mobile-O takes one image per "
+                       "conversation (its template places it in the first user turn).", param="messages")
+    if not turns or turns[-1][0] != "user":
+        raise APIError(400, "the last message must be the user's.", param="messages")
+    if not turns[-1][1].strip():
+        raise APIError(400, "the last user message has no text; ask something.", param="messages",
+                       code="empty_prompt")
+    image = load_image_url(*images[0]) if images else None
+
+    n = _get(body, "n", int, 1)
+    if n != 1:
+        raise APIError(400, "'n' must be 1: one answer per request.", param="n")
+    max_tokens = _get(body, "max_completion_tokens", int, None) or _get(body, "max_tokens", int, None)
+    if max_tokens is not None and max_tokens > max_tokens_limit:
+        raise APIError(400, f"'max_tokens' {max_tokens} is more than this server's limit of {max_tokens_limit}.",
+                       param="max_tokens")
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP
+                             or not all(isinstance(s, str) and s for s in stop)):
+        raise APIError(400, f"'stop' must be a non-empty string or up to {MAX_STOP} of them.", param="stop")
+    stream_options = _get(body, "stream_options", dict, {})
+    options = {
+        "max_tokens": max_tokens,
+        "temp": _get(body, "temperature", (int, float), 0.0),
+        "top_p": _get(body, "top_p", (int, float), 1.0),
+        "top_k": _get(body, "top_k", int, 0),
+        "min_p": _get(body, "min_p", (int, float), 0.0),
+        "repetition_penalty": _get(body, "repetition_penalty", (int, float), None),
+        "seed": _get(body, "seed", int, None),
+    }
+    return ChatRequest(turns, image, "\n".join(systems) if systems else None, bool(_get(body, "stream", bool, False)),
+                       bool(stream_options.get("include_usage")), list(stop or []), options)
+
+
+class StopMatcher:
+    """Cuts the answer at the first stop sequence; text that may be the start of one is held
+    back until it is known not to be."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text safe to send, stopped?)"""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[:len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_completion(cid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                         "logprobs": None}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chat_chunk(cid: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None) -> dict:
+    out = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None
+           else []}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+# ------------------------------------------------------------------ images
+@dataclass
+class ImageRequest:
+    prompt: str
+    n: int = 1
+    height: int | None = None
+    width: int | None = None
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    image: object = None  # editing: the PIL image
+
+
+def parse_size(size, param: str = "size") -> tuple[int | None, int | None]:
+    """OpenAI's ``"WIDTHxHEIGHT"`` (or ``"auto"``/absent: the model's own size) -> (height, width)."""
+    if size is None or size == "auto":
+        return None, None
+    m = re.fullmatch(r"(\d{1,5})x(\d{1,5})", size) if isinstance(size, str) else None
+    if not m:
+        raise APIError(400, f"'size' must be \"WIDTHxHEIGHT\" (e.g. \"512x512\") or \"auto\", got {size!r}.",
+                       param=param)
+    return int(m.group(2)), int(m.group(1))
+
+
+def _form_number(form: dict, name: str, kind):
+    """A multipart field (always a string) as ``kind``."""
+    value = form.get(name)
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise APIError(400, f"'{name}' must be {_kind_name(kind)}, got {value!r}.", param=name) from None
+
+
+def parse_image_request(body: dict, model_id: str, form: bool = False) -> ImageRequest:
+    """A ``/v1/images/generations`` JSON body, or (``form``) the fields of a
+    ``/v1/images/edits`` upload, -> :class:`ImageRequest` (the edit's image is added by the caller)."""
+    if form:
+        body = {**body, **{k: _form_number(body, k, kind) for k, kind in
+                           (("n", int), ("seed", int), ("steps", int), ("guidance", float)) if k in body}}
+    check_model(body, model_id)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise APIError(400, "'prompt' must be a non-empty string.", param="prompt", code="empty_prompt")
+    fmt = body.get("response_format") or "b64_json"
+    if fmt != "b64_json":
+        raise APIError(400, f"'response_format' {fmt!r} is not supported: this server returns images inline "
+                       "(\"b64_json\"); it hosts no files to point a URL at.", param="response_format")
+    n = _get(body, "n", int, 1, check=lambda v: 1 <= v <= MAX_IMAGES_PER_REQUEST,
+             what=f"an integer from 1 to {MAX_IMAGES_PER_REQUEST}")
+    height, width = parse_size(body.get("size"))
+    return ImageRequest(prompt, n, height, width, seed=_get(body, "seed", int, None),
+                        steps=_get(body, "steps", int, None),
+                        guidance=_get(body, "guidance", (int, float), None))
