@@ -39,11 +39,11 @@ class PromptCache:
         self.keys: list = []
         self.reused = 0  # positions reused by the last prompt (reported, and tested)
 
-    def reuse(self, llm, keys: list, max_kv_size: int | None = None) -> tuple[list, int]:
-        """(cache, start): the cache trimmed to the longest prefix it shares with ``keys``
-        (one position is always left to prefill, for its logits), or a fresh one.  A rotating
+    def reuse(self, keys: list, max_kv_size: int | None = None) -> int:
+        """Trim the cache to the longest prefix it shares with ``keys`` (one position is always
+        left to prefill, for its logits) and return that length; 0 empties it.  A rotating
         cache (``max_kv_size``) cannot be trimmed, so it is never reused."""
-        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+        from mlx_lm.models.cache import trim_prompt_cache
 
         common = 0
         if self.cache is not None and max_kv_size is None:
@@ -52,12 +52,20 @@ class PromptCache:
                     break
                 common += 1
         if common == 0:
-            self.cache, self.keys = make_prompt_cache(llm.model, max_kv_size), []
+            self.cache, self.keys = None, []
         else:
             trim_prompt_cache(self.cache, len(self.keys) - common)
             self.keys = self.keys[:common]
         self.reused = common
-        return self.cache, common
+        return common
+
+    def get(self, llm, max_kv_size: int | None = None) -> list:
+        """The KV cache to prefill into: the trimmed one, or a fresh one for ``llm``."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        if self.cache is None:
+            self.cache = make_prompt_cache(llm.model, max_kv_size)
+        return self.cache
 
     def record(self, keys: list, generated: list[int]) -> None:
         """After a turn: the cache holds the prompt then the answer tokens fed back so far."""

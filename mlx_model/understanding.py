@@ -33,7 +33,7 @@ import mlx.core as mx
 
 from weights.errors import MobileOError
 from weights.hub import DEFAULT_MODEL
-from weights.prompts import SYSTEM, conversation_prompt, understanding_prompt
+from weights.prompts import MAX_PROMPT_TOKENS, SYSTEM, conversation_prompt
 
 from .llm import LanguageModel
 from .multimodal import ImageEncoder, MultimodalPrompt, check_no_placeholder
@@ -41,8 +41,8 @@ from .platform import Component, part, resolve_low_memory
 from .quant import QUANT_GROUP_SIZE, check_bits
 from .tokenizer import PromptError
 
-__all__ = ["Understanding", "Response", "ContextLengthError", "Detokenizer", "decode_steps", "check_options", "check_question",
-           "check_length", "prompt_text"]
+__all__ = ["Understanding", "Response", "ContextLengthError", "Detokenizer", "decode_steps", "check_options",
+           "check_question", "check_length", "prompt_text"]
 
 COMPONENTS = ("llm", "vision", "projector")  # what understanding loads
 
@@ -131,13 +131,18 @@ def check_question(question: str) -> None:
     check_no_placeholder(question, "question")
 
 
-def prompt_text(question: str, system_prompt: str | None = None) -> str:
-    """Mobile-O's understanding prompt, with ``system_prompt`` in place of its system message."""
-    text = understanding_prompt(question)
-    if system_prompt is None:
-        return text
-    check_no_placeholder(system_prompt, "system prompt")
-    return text.replace(SYSTEM, system_prompt, 1)  # the system turn comes first in the template
+def prompt_text(turns: Sequence[tuple[str, str]] | str, system_prompt: str | None = None,
+                image: bool = True) -> str:
+    """Mobile-O's understanding prompt for a question (or a conversation's ``turns``), with
+    ``system_prompt`` in place of its system message; the image in the first user turn."""
+    turns = [("user", turns)] if isinstance(turns, str) else list(turns)
+    for role, text in turns:
+        if role == "user":
+            check_no_placeholder(text, "message" if len(turns) > 1 else "question")
+    if system_prompt is not None:
+        check_no_placeholder(system_prompt, "system prompt")
+    return conversation_prompt(turns, SYSTEM if system_prompt is None else system_prompt,
+                               image_turn=0 if image else None)
 
 
 def _pixels(image) -> bool:
@@ -155,17 +160,17 @@ def check_length(n_prompt: int, max_tokens: int, context: int) -> None:
     """The prompt plus the longest answer must fit the LLM's context (``max_position_embeddings``)."""
     if n_prompt + max_tokens > context:
         room = context - n_prompt
-        raise ContextLengthError(f"--max-tokens {max_tokens} plus the prompt's {n_prompt} tokens is more than the model's "
-                           f"context of {context} tokens.",
-                           fix=f"pass --max-tokens {room} or less." if room > 0 else "shorten the question.")
+        raise ContextLengthError(f"--max-tokens {max_tokens} plus the prompt's {n_prompt} tokens is more than the "
+                                 f"model's context of {context} tokens.",
+                                 fix=f"pass --max-tokens {room} or less." if room > 0 else "shorten the question.")
 
 
 def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int, *,
                  logits_processors: Sequence = (), prompt_ids: Sequence[int] = (),
                  max_kv_size: int | None = None, cache: list | None = None) -> Iterator[int]:
     """Prefill ``embeds`` [1, L, D] into ``cache`` (which may hold the positions before them)
-    or a fresh KV cache (rotating, of ``max_kv_size`` entries, when given), then sample one token at a time (the next step is queued before the
-    current token is handed out, as mlx-lm does).  ``logits_processors(tokens, logits)`` see the
+    or a fresh KV cache (rotating, of ``max_kv_size`` entries, when given), then sample one
+    token at a time (the next step is queued before the current token is handed out, as mlx-lm does).  ``logits_processors(tokens, logits)`` see the
     prompt's ``prompt_ids`` and the tokens so far, as in mlx-lm's ``generate_step``."""
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -256,26 +261,21 @@ class Understanding:
 
     # ------------------------------------------------------------------ stages
     def prompt(self, question: str, system_prompt: str | None = None) -> MultimodalPrompt:
-        check_question(question)
-        return MultimodalPrompt.build(self.tokenizer, prompt_text(question, system_prompt),
-                                      self.config.vision.num_tokens)
+        return self.chat_prompt([("user", question)], True, system_prompt)
 
     def chat_prompt(self, turns: Sequence[tuple[str, str]], image: bool = True,
                     system_prompt: str | None = None) -> MultimodalPrompt:
         """The conversation so far (user and assistant turns, ending on the user's) in Mobile-O's
-        template, the image (when ``image``) in the first user turn; it must fit the context."""
+        template, the image (when ``image``) in the first user turn.  One turn must fit
+        ``MAX_PROMPT_TOKENS`` (Mobile-O's training length), a longer conversation the context."""
         turns = list(turns)
         if not turns or turns[-1][0] != "user":
             raise PromptError("the conversation does not end on a user turn.", fix="end it with a question.")
-        for role, text in turns:
-            if role == "user":
-                check_no_placeholder(text, "message")
         check_question(turns[-1][1])
-        system = SYSTEM if system_prompt is None else system_prompt
-        check_no_placeholder(system, "system prompt")
-        text = conversation_prompt(turns, system, image_turn=0 if image else None)
+        text = prompt_text(turns, system_prompt, image)
         return MultimodalPrompt.build(self.tokenizer, text, self.config.vision.num_tokens,
-                                      max_tokens=self.context_length, image=image)
+                                      max_tokens=MAX_PROMPT_TOKENS if len(turns) == 1 else self.context_length,
+                                      image=image)
 
     @property
     def context_length(self) -> int:
@@ -338,8 +338,9 @@ class Understanding:
             key = image_digest(image)
         keys = prompt.keys(key)
         prompt_cache = PromptCache() if prompt_cache is None else prompt_cache
-        cache, start = prompt_cache.reuse(self.llm, keys, max_kv_size)
-        embeds = self._embed(prompt, image, start)
+        start = prompt_cache.reuse(keys, max_kv_size)
+        embeds = self._embed(prompt, image, start)  # the image first: with low_memory, before the LLM loads
+        cache = prompt_cache.get(self.llm, max_kv_size)
         mx.eval(embeds)
         image_seconds = time.perf_counter() - t0
         if seed is not None:

@@ -66,11 +66,11 @@ def test_reused_prefix_gives_the_logits_of_a_full_prefill(und, photos, parity):
     full = llm(e2)[0, -1]
 
     pc = PromptCache()
-    cache, start = pc.reuse(llm, p1.keys(key))
-    assert start == 0
-    llm(p1.embed(llm, projected), cache=cache)
+    assert pc.reuse(p1.keys(key)) == 0
+    llm(p1.embed(llm, projected), cache=pc.get(llm))
     pc.record(p1.keys(key), [])
-    cache, start = pc.reuse(llm, p2.keys(key))
+    start = pc.reuse(p2.keys(key))
+    cache = pc.get(llm)
     assert start > p2.image_positions().stop  # the system turn, the image and the question are reused
     reused = llm(e2[:, start:], cache=cache)[0, -1]
     err = rel_err(np.array(reused), np.array(full))
@@ -170,3 +170,15 @@ def test_chat_cli_checks_before_loading(capsys, tiny_ckpt_dir):
     with pytest.raises(SystemExit):
         main(["--model", str(tiny_ckpt_dir), "--temp", "-1"])
     assert "--temp must be >= 0" in capsys.readouterr().err
+
+
+def test_low_memory_conversation_never_reloads_the_vision_tower(tiny_ckpt, photos):
+    from mlx_model.conversation import Conversation
+    from mlx_model.understanding import Understanding
+
+    low = Understanding.from_checkpoint(tiny_ckpt, quantize=0, low_memory=True)
+    chat = Conversation(low, photos[0])
+    tokens(chat.ask("What is it?", temp=0, max_tokens=3))
+    assert low.resident() == [] and low.parts["encoder"].loads == 1
+    tokens(chat.ask("And then?", temp=0, max_tokens=3))
+    assert low.parts["encoder"].loads == 1 and low.parts["llm"].loads == 2  # the KV cache outlives the LLM
