@@ -14,7 +14,7 @@ WITH_BLAS := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup system-packages test test-python swift-test parity parity-full convert-full \
-        full-checkpoint bench demo clean
+        full-checkpoint bench demo clean bench-batch
 
 setup: system-packages $(VENV)/.installed
 
@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	@$(PY) -c '$(PYTHON_CHECK)'
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[convert,dev]"
+	$(PY) -m pip install -q -e ".[convert,dev,server]"
 	$(PY) -c "import mlx.core, mlx_lm, torch, torchvision, timm, diffusers, transformers, coremltools" \
 	  || { echo "setup: the environment is broken (see above); remove $(VENV) and rerun make setup"; exit 1; }
 	touch $@
@@ -88,3 +88,8 @@ demo:
 
 clean:
 	rm -rf build $(SWIFT_PKG)/.build
+
+# batch generation throughput, 1 vs 2 processes under mlx.launch --backend ring (demo model);
+# table + build/bench-batch.json; BENCH_BATCH_ARGS="--size 256 --procs 1 2 --blas-threads 1"
+bench-batch:
+	$(WITH_BLAS) $(PY) tests/bench_batch.py $(BENCH_BATCH_ARGS)

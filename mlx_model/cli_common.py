@@ -100,6 +100,39 @@ def add_output_options(p: argparse.ArgumentParser, default: str = "image.png") -
     g.add_argument("-v", "--verbose", action="store_true", help="print model, prompt and per-phase details")
 
 
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    """``--prompts-file`` / ``--output-dir``: many prompts, one process or many (:mod:`mlx_model.batch`)."""
+    g = p.add_argument_group("batch (docs/batch-generation.md)")
+    g.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="make an image for every prompt of FILE (one per line, or .jsonl objects with \"prompt\" "
+                   "and optional seed/steps/guidance/width/height/n_images) into --output-dir; under "
+                   "`mlx.launch -n N` the prompts are shared among the N processes. --seed S (default 0): "
+                   "prompt k without its own seed uses S + k")
+    g.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="folder for --prompts-file's images ({prompt:05d}_{seed}.png) and index.jsonl; a rerun "
+                   "keeps the images already there")
+
+
+def check_batch_command(*, text: str | None, output: str | None, seed, latents, stepwise_dir,
+                        config_from_metadata, prompts_file: str | None, output_dir: str | None) -> None:
+    """``--prompts-file`` with the options it cannot take (a prompt, --output, --latents, ...)."""
+    if prompts_file is None:
+        if output_dir is not None:
+            raise MobileOError("--output-dir is for --prompts-file.",
+                               fix="pass --prompts-file FILE as well, or use --output for one image.")
+        return
+    fix = "drop it: each prompt of the file gets its own image in --output-dir."
+    for given, flag in ((text, "a prompt"), (output, "--output"), (latents, "--latents"),
+                        (stepwise_dir, "--stepwise-image-output-dir"), (config_from_metadata, "--config-from-metadata")):
+        if given is not None:
+            raise MobileOError(f"--prompts-file and {flag} together.", fix=fix)
+    if seed is not None and len(seed) > 1:
+        raise MobileOError("--prompts-file takes one --seed (the base: prompt k without its own seed uses "
+                           "seed + k).", fix="pass one --seed, or give per-prompt seeds in a .jsonl file.")
+    if output_dir is None:
+        raise MobileOError("--prompts-file needs --output-dir.", fix="pass e.g. --output-dir images/.")
+
+
 def dtype_of(name: str | None):
     if name is None:
         return None
@@ -242,6 +275,13 @@ def closing_line(timings: dict[str, float], peaks: dict[str, float], steps: int 
 GENERATOR = "mobileo-deploy mlx_model"
 
 
+def run_settings(*, scheduler: str, quantize: int, dtype, source) -> dict:
+    """What every image of a run carries besides its own settings (prompt, seed, steps, ...):
+    sampler, weights, tool and model identity.  The CLIs, batch runs and the server all write it."""
+    return {"scheduler": scheduler, "quantize": quantize, "dtype": dtype_name(dtype), "generator": GENERATOR,
+            "version": tool_version(), "model_revision": model_revision(source), "model_hash": model_hash(source)}
+
+
 def latents_arg(latents):
     """``--latents``: (array or None, file name or None); a path is read now, before any loading."""
     if isinstance(latents, (str, Path)):
@@ -320,9 +360,9 @@ def run_and_save(pipeline, prompt: str, *, image=None, meta: dict, steps: int | 
         runs, by_seed = [(s, 1) for s in seeds], True
     else:
         runs, by_seed = [(seeds[0] if seeds else None, n_images)], False
-    common = {"steps": steps, "guidance": guidance, "scheduler": scheduler, "quantize": pipeline.quantize,
-              "dtype": dtype_name(pipeline.dtype), "generator": GENERATOR, "version": tool_version(),
-              "model_revision": model_revision(pipeline.source), "model_hash": model_hash(pipeline.source)}
+    common = {"steps": steps, "guidance": guidance,
+              **run_settings(scheduler=scheduler, quantize=pipeline.quantize, dtype=pipeline.dtype,
+                             source=pipeline.source)}
     results, timings, peaks = [], {}, {}
     for run_seed, n in runs:
         on_step = None

@@ -7,6 +7,12 @@ Python use, same options:
 
     from mlx_model.generate import generate
     paths = generate("a red cup", model="demo", steps=20, seed=0)
+
+Many prompts, in one process or shared among several started by ``mlx.launch``
+(:mod:`mlx_model.batch`, docs/batch-generation.md):
+
+    mobileo-generate --prompts-file prompts.txt --output-dir images/
+    mlx.launch -n 2 --backend ring -- python -m mlx_model.generate --prompts-file prompts.txt --output-dir images/
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from . import image_files
 __all__ = ["generate", "main"]
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(batch: bool = False) -> argparse.ArgumentParser:
+    """The options; without ``batch``, only those of one prompt (the ones mobileo-edit shares);
+    with it, also ``--prompts-file`` / ``--output-dir`` (the command line's parser)."""
     p = argparse.ArgumentParser(prog="mobileo-generate", description="Make an image from a prompt with Mobile-O in MLX.")
     cc.add_text_argument(p, "prompt", "what to draw")
     cc.add_model_options(p)
     cc.add_sampling_options(p)
     cc.add_output_options(p)
+    p.set_defaults(output=None)  # None: not given (--prompts-file refuses it); one image goes to image.png
+    if batch:
+        cc.add_batch_options(p)
     return p
 
 
@@ -74,6 +85,13 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = 
 
 
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
+    prompts_file, output_dir = getattr(a, "prompts_file", None), getattr(a, "output_dir", None)
+    if prompts_file is not None or output_dir is not None:
+        cc.check_batch_command(text=a.prompt if a.prompt is not None else a.prompt_flag, output=a.output,
+                               seed=a.seed, latents=a.latents, stepwise_dir=a.stepwise_image_output_dir,
+                               config_from_metadata=a.config_from_metadata, prompts_file=prompts_file,
+                               output_dir=output_dir)
+        return _run_batch(a)
     text = None
     if a.config_from_metadata:  # its settings become the defaults; flags given now still win
         saved = image_files.metadata_defaults(a.config_from_metadata, "generate")
@@ -87,9 +105,24 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
     return generate(prompt, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
                     low_memory=a.low_memory, steps=a.steps,
                     guidance=a.guidance, seed=a.seed, n_images=a.n_images, latents=a.latents,
-                    scheduler=a.scheduler, height=a.height, width=a.width, output=a.output, metadata=a.metadata,
+                    scheduler=a.scheduler, height=a.height, width=a.width, output=a.output or "image.png",
+                    metadata=a.metadata,
                     stepwise_dir=a.stepwise_image_output_dir, verbose=a.verbose,
                     progress=sys.stderr.isatty() or a.verbose)
+
+
+def _run_batch(a: argparse.Namespace) -> list[Path]:
+    """``--prompts-file``: this process's share of the file (:func:`mlx_model.batch.run_batch`)."""
+    from .batch import BatchSettings, run_batch
+
+    cc.check_sampling(a.steps, a.guidance, a.n_images)
+    seed = a.seed[0] if a.seed else 0
+    cc.check_seeds(seed, 1)
+    settings = BatchSettings(model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
+                             low_memory=a.low_memory, scheduler=a.scheduler, steps=a.steps, guidance=a.guidance,
+                             seed=seed, n_images=a.n_images, width=a.width, height=a.height,
+                             metadata=a.metadata, verbose=a.verbose)
+    return run_batch(a.prompts_file, a.output_dir, settings)["made"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         use_openblas()
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = parser()
+    p = parser(batch=True)
     a = p.parse_args(argv)
     run_cli(lambda: _run(p, a, argv))
 

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from weights.configs import DEFAULT_SAMPLER
 from weights.errors import MobileOError
 
 from . import openai_api as api
@@ -145,8 +146,9 @@ def image_job(req: api.ImageRequest, model_id: str):
                             steps=steps, guidance=guidance, seed=seed, n_images=req.n, height=req.height,
                             width=req.width, progress=lambda step, total: job.check())
         task = {} if req.image is None else {"task": "edit", "instruction": req.prompt}
-        common = {"prompt": req.prompt, "model": model_id, "steps": steps, "guidance": guidance,
-                  "quantize": pipe.quantize, "generator": cc.GENERATOR, "version": cc.tool_version(), **task}
+        common = {"prompt": req.prompt, "model": model_id, "steps": steps, "guidance": guidance, **task,
+                  **cc.run_settings(scheduler=DEFAULT_SAMPLER, quantize=pipe.quantize, dtype=pipe.dtype,
+                                    source=pipe.source)}
         return [encode_image(img, "PNG", {**common, "n_images": req.n, "index": i, "seed": seed + i,
                                           "size": list(img.shape[:2])}) for i, img in enumerate(out.images)]
 

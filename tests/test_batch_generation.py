@@ -1,0 +1,281 @@
+"""Issue #16: ``mobileo-generate --prompts-file`` in one process and under ``mlx.launch -n 2
+--backend ring``: the prompts file and its errors, every image made exactly once, the same bytes
+whatever the number of processes, a complete index, a rerun that does no work, and a rank
+killed mid-run (test hook ``MOBILEO_BATCH_FAIL_AFTER``) costing only its unfinished images."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlx_model import batch
+from mlx_model import generate as generate_mod
+from mlx_model.image_files import read_metadata
+from weights.errors import MobileOError
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = Path(sys.executable).parent / "mlx.launch"
+PROMPTS = ["a red cup", "a blue bird on a branch", "a green tree", "snow on a mountain",
+           "a yellow taxi", "two cats", "a lighthouse at night", "a bowl of soup"]
+ARGS = ["--model", "demo", "--steps", "2", "--seed", "10"]  # default -q 4, as users run it
+EXPECTED = [f"{k:05d}_{10 + k}.png" for k in range(len(PROMPTS))]
+
+
+# ---------------------------------------------------------------------- the prompts file (no model)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_text_file_one_prompt_per_non_empty_line(tmp_path):
+    jobs = batch.read_prompts_file(write(tmp_path / "p.txt", "a red cup\n\n  a blue bird  \n\n"))
+    assert [(j.index, j.line, j.prompt) for j in jobs] == [(0, 1, "a red cup"), (1, 3, "a blue bird")]
+    assert all(j.seed is None and j.steps is None for j in jobs)
+
+
+def test_jsonl_with_per_prompt_settings(tmp_path):
+    text = ('{"prompt": "a red cup", "seed": 7, "steps": 3, "guidance": 2, "width": 96, "height": 48}\n'
+            '\n{"prompt": "a blue bird", "n_images": 2}\n')
+    a, b = batch.read_prompts_file(write(tmp_path / "p.jsonl", text))
+    assert (a.index, a.line, a.seed, a.steps, a.guidance, a.width, a.height) == (0, 1, 7, 3, 2.0, 96, 48)
+    assert (b.index, b.line, b.seed, b.n_images) == (1, 3, None, 2)
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('{"prompt": "a cup"', "not valid JSON"),
+    ('["a cup"]', "must be a JSON object"),
+    ('{"prompt": "a cup", "colour": "red"}', "unknown key 'colour'"),
+    ('{"seed": 3}', '"prompt" is missing'),
+    ('{"prompt": "  "}', '"prompt" is missing'),
+    ('{"prompt": "a cup", "seed": -1}', '"seed" must be a whole number'),
+    ('{"prompt": "a cup", "seed": true}', '"seed" must be a whole number'),
+    ('{"prompt": "a cup", "steps": 0}', '"steps" must be a whole number from 1'),
+    ('{"prompt": "a cup", "guidance": NaN}', '"guidance" must be a finite number'),
+    ('{"prompt": "a cup", "width": 1.5}', '"width" must be a whole number'),
+    ('{"prompt": "a cup", "n_images": 0}', '"n_images" must be'),
+])
+def test_bad_jsonl_line_is_one_error_naming_the_line(tmp_path, line, needle):
+    path = write(tmp_path / "p.jsonl", '{"prompt": "fine"}\n\n' + line + "\n")
+    with pytest.raises(MobileOError) as e:
+        batch.read_prompts_file(path)
+    msg = str(e.value)
+    assert msg.startswith("p.jsonl line 3: ") and needle in msg and " Fix: " in msg and "\n" not in msg, msg
+
+
+def test_json_in_a_text_file_asks_for_jsonl(tmp_path):
+    with pytest.raises(MobileOError, match=r"^p.txt line 2: this line is a JSON object.*name the file with .jsonl"):
+        batch.read_prompts_file(write(tmp_path / "p.txt", 'a cup\n{"prompt": "a bird", "seed": 3}\n'))
+
+
+def test_missing_or_empty_prompts_file(tmp_path):
+    with pytest.raises(MobileOError, match="does not exist"):
+        batch.read_prompts_file(tmp_path / "none.txt")
+    with pytest.raises(MobileOError, match="holds no prompts"):
+        batch.read_prompts_file(write(tmp_path / "empty.txt", "\n  \n"))
+
+
+def test_plan_seeds_names_and_sizes(tmp_path):
+    from weights.synthetic import tiny_config
+
+    config = tiny_config()
+    jobs = batch.read_prompts_file(write(tmp_path / "p.jsonl", '{"prompt": "a"}\n{"prompt": "b", "seed": 100}\n'
+                                         '{"prompt": "c", "n_images": 3, "width": 32}\n'))
+    tasks = batch.plan(jobs, batch.BatchSettings(seed=5, steps=2), config)
+    assert [(t.prompt_index, t.image, t.seed, t.file) for t in tasks] == [
+        (0, 0, 5, "00000_5.png"), (1, 0, 100, "00001_100.png"),
+        (2, 0, 7, "00002_7.png"), (2, 1, 8, "00002_8.png"), (2, 2, 9, "00002_9.png")]
+    assert {(t.steps, t.guidance) for t in tasks} == {(2, 1.5)}  # the command's steps, the model's guidance
+    assert [(t.height, t.width) for t in tasks][-1] == (64, 32)
+    bad = batch.read_prompts_file(write(tmp_path / "bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "height": 20}\n'))
+    with pytest.raises(MobileOError, match=r"^bad.jsonl line 2: --height 20 is not a positive multiple of 8"):
+        batch.plan(bad, batch.BatchSettings(), config, source="bad.jsonl")
+
+
+def test_mismatch_names_the_first_differing_setting():
+    want = {"prompt": "a", "seed": 1, "steps": 2, "guidance": 1.5, "scheduler": "dpm", "size": [64, 64],
+            "quantize": 4, "dtype": "float32", "model_hash": "abc", "model": "demo"}
+    assert batch.mismatch(dict(want, version="other", model="/elsewhere"), want) is None  # same weights
+    assert batch.mismatch(dict(want, steps=4), want) == "steps 4, not 2"
+    assert batch.mismatch(dict(want, model_hash="zzz"), want) == 'model_hash "zzz", not "abc"'
+
+
+def fails(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as e:
+        generate_mod.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "", (out, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and " Fix: " in err, err
+    return err
+
+
+def test_options_that_do_not_go_with_a_prompts_file(tmp_path, capsys):
+    p = write(tmp_path / "p.txt", "a red cup\n")
+    base = ["--prompts-file", p, "--output-dir", tmp_path / "out", "--model", "demo"]
+    assert "a prompt" in fails(capsys, "a cup", *base)
+    assert "--output" in fails(capsys, *base, "--output", tmp_path / "x.png")
+    assert "one --seed" in fails(capsys, *base, "--seed", "1", "2")
+    assert "--latents" in fails(capsys, *base, "--latents", "x.npy")
+    assert "needs --output-dir" in fails(capsys, "--prompts-file", p, "--model", "demo")
+    assert "--output-dir is for --prompts-file" in fails(capsys, "a cup", "--output-dir", tmp_path / "out")
+    assert "does not exist" in fails(capsys, "--prompts-file", tmp_path / "no.txt", "--output-dir", tmp_path / "o")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- one process, in this process
+
+
+def test_batch_image_is_the_single_image_of_its_seed(tmp_path, tiny_ckpt_dir, capsys):
+    """Per-prompt settings reach the images and the index; each image's pixels are those
+    mobileo-generate makes for its prompt and seed alone."""
+    from PIL import Image
+
+    p = write(tmp_path / "p.jsonl", '{"prompt": "a red cup", "seed": 3, "width": 48, "height": 32, "steps": 3}\n'
+                                    '{"prompt": "a blue bird", "n_images": 2, "guidance": 2.5}\n')
+    generate_mod.main(["--prompts-file", str(p), "--output-dir", str(tmp_path / "out"), "--model",
+                       str(tiny_ckpt_dir), "--steps", "2", "-q", "0", "--seed", "40"])
+    out = capsys.readouterr().out
+    assert "batch: 3 images in" in out and "(3 made now, 0 already there) by 1 process" in out
+    assert "images/minute" in out.strip().splitlines()[-1]
+    index = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
+    assert [(e["file"], e["seed"], e["steps"], e["guidance"], e["width"], e["height"]) for e in index] == [
+        ("00000_3.png", 3, 3, 1.5, 48, 32), ("00001_41.png", 41, 2, 2.5, 64, 64), ("00001_42.png", 42, 2, 2.5, 64, 64)]
+    assert {e["rank"] for e in index} == {0} and not any(e["reused"] for e in index)
+    assert all(set(e["timings"]) >= {"text", "denoise", "decode", "total"} for e in index)
+    meta = read_metadata(tmp_path / "out" / "00001_42.png")
+    assert (meta["prompt"], meta["seed"], meta["guidance"], meta["size"]) == ("a blue bird", 42, 2.5, [64, 64])
+    generate_mod.main(["a blue bird", "--seed", "42", "--guidance", "2.5", "--model", str(tiny_ckpt_dir),
+                       "--steps", "2", "-q", "0", "--output", str(tmp_path / "alone.png")])
+    with Image.open(tmp_path / "alone.png") as a, Image.open(tmp_path / "out" / "00001_42.png") as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_existing_image_with_other_settings_stops_the_run(tmp_path, tiny_ckpt_dir, capsys):
+    p = write(tmp_path / "p.txt", "a red cup\na blue bird\n")
+    args = ["--prompts-file", p, "--output-dir", tmp_path / "out", "--model", tiny_ckpt_dir, "-q", "0"]
+    generate_mod.main([str(a) for a in [*args, "--steps", "2"]])
+    capsys.readouterr()
+    before = sorted(os.listdir(tmp_path / "out"))
+    err = fails(capsys, *args, "--steps", "3")
+    assert "00000_0.png already exists with other settings (steps 2, not 3)" in err, err
+    assert "another --output-dir" in err
+    assert sorted(os.listdir(tmp_path / "out")) == before
+
+
+# ---------------------------------------------------------------------- several processes (mlx.launch, ring)
+
+
+def env(cache: Path) -> dict:
+    return dict(os.environ, MOBILEO_CACHE=str(cache), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free (the ring listens on one port per rank)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def launch(n: int, args, cwd: Path, cache: Path, extra_env=()) -> subprocess.CompletedProcess:
+    """``mlx.launch -n n --backend ring -- python -m mlx_model.generate args`` (mlx.launch's own exit
+    status is 0 even when a rank fails: callers check the files)."""
+    cmd = [str(LAUNCH), "-n", str(n), "--backend", "ring", "--starting-port", str(free_port_pair()),
+           *sum((["--env", e] for e in extra_env), []), "--", sys.executable, "-m", "mlx_model.generate",
+           *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env(cache), capture_output=True, text=True, timeout=240)
+
+
+def one_process(args, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlx_model.generate", *map(str, args)], cwd=cwd, env=env(cache),
+                          capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A prompts file, a model cache, and the 1-process reference run."""
+    root = tmp_path_factory.mktemp("batch")
+    write(root / "prompts.txt", "\n".join(PROMPTS) + "\n")
+    r = one_process(["--prompts-file", "prompts.txt", "--output-dir", "one", *ARGS], root, root / "cache")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (root / "one").glob("*.png")) == EXPECTED
+    return root
+
+
+@pytest.fixture(scope="module")
+def ring(work):
+    """Skip (with what failed) when mlx.launch cannot start two ring processes here."""
+    if not LAUNCH.is_file():
+        pytest.skip(f"no mlx.launch beside {sys.executable}")
+    write(work / "probe.py", "import mlx.core as mx\ng = mx.distributed.init()\n"
+                             "print('SUM', mx.distributed.all_sum(mx.array([g.rank() + 1.0])).item(), g.size())\n")
+    cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "--starting-port", str(free_port_pair()), "--",
+           sys.executable, "probe.py"]
+    r = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=60)
+    if r.stdout.count("SUM 3.0 2") != 2:
+        pytest.skip(f"mlx.launch -n 2 --backend ring does not work here: {(r.stdout + r.stderr).strip()[-400:]}")
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def index_of(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_make_the_same_images_once_and_a_rerun_does_nothing(work, ring):
+    r = launch(2, ["--prompts-file", "prompts.txt", "--output-dir", "two", *ARGS], work, work / "cache")
+    assert "batch: 8 images in" in r.stdout and "(8 made now, 0 already there) by 2 processes" in r.stdout, \
+        r.stdout + r.stderr
+    assert "[rank 0/2] 4 of 8 images to make here" in r.stdout and "[rank 1/2] 4 of 8" in r.stdout
+    two = pngs(work / "two")
+    assert list(two) == EXPECTED  # each prompt exactly once, nothing renamed to _1
+    assert two == pngs(work / "one")  # byte-identical to the 1-process run
+    index = index_of(work / "two")
+    assert [e["file"] for e in index] == EXPECTED and [e["prompt"] for e in index] == PROMPTS
+    assert {e["rank"] for e in index} == {0, 1} and not any(e["reused"] for e in index)
+    assert all(e["timings"]["total"] > 0 for e in index)
+
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (work / "two").glob("*.png")}
+    again = launch(2, ["--prompts-file", "prompts.txt", "--output-dir", "two", *ARGS], work, work / "cache")
+    assert "(0 made now, 8 already there)" in again.stdout and "nothing to make" in again.stdout, again.stdout
+    assert again.stdout.count("0 of 8 images to make here") == 2 and "model loaded" not in again.stdout
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (work / "two").glob("*.png")} == stamps
+    rerun_index = index_of(work / "two")
+    assert all(e["reused"] for e in rerun_index)
+    assert [(e["file"], e["rank"]) for e in rerun_index] == [(e["file"], e["rank"]) for e in index]
+
+
+def test_killed_rank_costs_only_its_unfinished_images(work, ring):
+    args = ["--prompts-file", "prompts.txt", "--output-dir", "crash", *ARGS]
+    r = launch(2, args, work, work / "cache", extra_env=["MOBILEO_BATCH_FAIL_AFTER=1", "MOBILEO_BATCH_FAIL_RANK=1"])
+    assert "MOBILEO_BATCH_FAIL_AFTER=1: exiting now" in r.stdout, r.stdout + r.stderr
+    crash = work / "crash"
+    left = pngs(crash)
+    assert not (crash / "index.jsonl").exists()  # no index for an unfinished set
+    assert 1 <= len(left) < len(EXPECTED) and set(left) <= set(EXPECTED)
+    rank1 = (crash / ".mobileo-batch" / "rank-1.jsonl").read_text().splitlines()
+    assert len(rank1) == 1  # rank 1 died right after its first image
+
+    r = launch(2, args, work, work / "cache")
+    assert f"({len(EXPECTED) - len(left)} made now, {len(left)} already there)" in r.stdout, r.stdout + r.stderr
+    done = pngs(crash)
+    assert list(done) == EXPECTED and done == pngs(work / "one")  # complete, no duplicates, same bytes
+    assert all(done[name] == data for name, data in left.items())
+    index = index_of(crash)
+    assert [e["file"] for e in index] == EXPECTED
+    assert sorted(e["file"] for e in index if e["reused"]) == sorted(left)
