@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from weights.configs import DEFAULT_SAMPLER
-from weights.errors import MobileOError, run_cli
+from weights.errors import MobileOError
 
 from . import cli_common as cc
 from .understand import CLI_DEFAULTS
@@ -154,12 +154,7 @@ def _run(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .platform import use_openblas
-
-    if argv is None:
-        use_openblas()
-    a = parser().parse_args(argv)
-    run_cli(lambda: _run(a))
+    cc.run_command(parser(), lambda p, a, argv: _run(a), argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,21 @@ MAX_STEPS = 1000  # the scheduler's training timesteps
 MAX_SIDE_FACTOR = 8  # --width/--height up to 8x the model's own image size
 
 
+# ------------------------------------------------------------------ a command's main()
+def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (None: the command line, with OpenBLAS preloaded first) and call
+    ``run(p, args, argv)``; project errors end as one ``error: ... Fix: ...`` line, exit 2."""
+    from weights.errors import run_cli
+
+    from .platform import use_openblas
+
+    if argv is None:
+        use_openblas()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = p.parse_args(argv)
+    run_cli(lambda: run(p, a, argv))
+
+
 # ------------------------------------------------------------------ options
 def add_model_options(p: argparse.ArgumentParser) -> None:
     from weights.hub import DEFAULT_MODEL

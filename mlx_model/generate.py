@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from weights.configs import DEFAULT_SAMPLER
-from weights.errors import MobileOError, run_cli
+from weights.errors import MobileOError
 from weights.hub import DEFAULT_MODEL
 
 from . import cli_common as cc
@@ -126,14 +126,7 @@ def _run_batch(a: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .platform import use_openblas
-
-    if argv is None:
-        use_openblas()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    p = parser(batch=True)
-    a = p.parse_args(argv)
-    run_cli(lambda: _run(p, a, argv))
+    cc.run_command(parser(batch=True), _run, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from weights.configs import GenerationDefaults
-from weights.errors import MobileOError, run_cli
+from weights.errors import MobileOError
 from weights.hub import DEFAULT_MODEL
 
 from . import cli_common as cc
@@ -166,12 +166,7 @@ def _run(a) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .platform import use_openblas
-
-    if argv is None:
-        use_openblas()
-    a = parser().parse_args(argv)
-    run_cli(lambda: _run(a))
+    cc.run_command(parser(), lambda p, a, argv: _run(a), argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,17 @@ def tiny_ckpt(tiny_ckpt_dir):
     return Checkpoint.open(tiny_ckpt_dir)
 
 
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """A small random RGB photo (PNG, not square) for understanding and editing tests."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def full_ckpt():
     """The full-size random checkpoint written by `make full-checkpoint` (marker `full`)."""

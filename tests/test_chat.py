@@ -3,7 +3,6 @@ tiny random checkpoint."""
 
 import io
 
-import mlx.core as mx
 import numpy as np
 import pytest
 from PIL import Image

@@ -3,7 +3,6 @@ dropped after it; the images are the same bit for bit as with everything residen
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mlx_model import platform
 from mlx_model.pipeline import GenerationPipeline
@@ -30,14 +29,6 @@ def spy(pipe) -> list[tuple[str, tuple[str, ...]]]:
 @pytest.fixture(scope="module")
 def resident(tiny_ckpt):
     return GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0, low_memory=False, edit=True)
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def test_off_loads_everything_up_front(resident):

@@ -3,8 +3,6 @@
 
 import base64
 import io
-import json
-import os
 import re
 import select
 import signal
@@ -56,14 +54,6 @@ def server(tmp_path_factory):
     proc.terminate()
     assert proc.wait(60) in (0, -signal.SIGTERM), log.read_text()[-2000:]  # uvicorn re-raises the signal
     assert "Traceback" not in log.read_text()  # no request ended in an unhandled error
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    rng = np.random.default_rng(3)
-    Image.fromarray(rng.integers(0, 256, (56, 72, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def data_url(path) -> str:

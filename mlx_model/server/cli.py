@@ -7,7 +7,7 @@ import argparse
 import socket
 import sys
 
-from weights.errors import MobileOError, run_cli
+from weights.errors import MobileOError
 
 from .. import cli_common as cc
 
@@ -93,9 +93,4 @@ def _run(a) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..platform import use_openblas
-
-    if argv is None:
-        use_openblas()
-    a = parser().parse_args(argv)
-    run_cli(lambda: _run(a))
+    cc.run_command(parser(), lambda p, a, argv: _run(a), argv)
