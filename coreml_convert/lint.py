@@ -13,8 +13,9 @@ function) and classifies every non-constant op by named rules taken from public 
 Bundle-level findings (a weight file over 1 GB, range-flexible inputs) are listed beside.
 Prints a table, writes ``DIR/<bundle>.lint.json`` (atomically) and, with ``--floor``, exits 1
 when a bundle's eligible share is below it.  ``python -m coreml_convert`` runs it on each new
-bundle and records :func:`summary` in the manifest.  A static reading: on a Mac,
-``MLComputePlan`` gives the device each op really gets.
+bundle and records :func:`summary` in the manifest.  A static reading: on macOS 14.4+ the
+report also prints Core ML's own ``MLComputePlan`` (the device each op gets) beside it
+(:mod:`coreml_convert.compute_plan`); elsewhere it says that it cannot.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ ELIGIBLE, AT_RISK, OFF = "eligible", "at_risk", "off"
 MAX_RANK = 5
 MAX_WEIGHT_FILE_BYTES = 1 << 30  # 1 GiB
 CONSTANT_OPS = ("const",)  # constexpr_* weight decompression is counted with the constants
+
+
+def is_constant(op_type: str) -> bool:
+    return op_type in CONSTANT_OPS or op_type.startswith("constexpr")
 
 # Rule "integer-op": integer arithmetic, comparisons, casts and index generation run off the
 # Neural Engine -- community practice recorded in github apple/coremltools issue #1780 and
@@ -163,7 +168,7 @@ def lint_bundle(path: str | Path, name: str | None = None) -> dict:
         ranged = _range_inputs(model, fn)
         hist, classes, rules = Counter(), Counter(), {}
         for op in _walk(func):
-            if op.op_type in CONSTANT_OPS or op.op_type.startswith("constexpr"):
+            if is_constant(op.op_type):
                 continue
             hist[op.op_type] += 1
             cls, broken = classify(op, ranged)
@@ -224,6 +229,29 @@ def format_table(reports: list[dict]) -> str:
     return "\n".join([line(cols), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
+def print_compute_plans(reports: list[dict], bundles: list[Path]) -> None:
+    """Core ML's own plan beside the static verdict (macOS 14.4+; elsewhere one line saying so);
+    it is kept in each report as ``compute_plan``."""
+    from .compute_plan import WHY_NOT, device_usage
+
+    plans = [device_usage(b, skip=is_constant) for b in bundles]
+    if all(p is None for p in plans):
+        print(f"compute plan: {WHY_NOT}")
+        return
+    rows = [("bundle", "function", "ANE", "GPU", "CPU", "unknown")]
+    for rep, plan in zip(reports, plans):
+        rep["compute_plan"] = plan
+        if plan is None or "error" in plan:
+            rows.append((rep["bundle"], "-", "", "", "", (plan or {}).get("error", WHY_NOT)))
+            continue
+        for fn, c in plan["functions"].items():
+            rows.append((rep["bundle"], fn, str(c["ane"]), str(c["gpu"]), str(c["cpu"]), str(c["unknown"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print("\ncompute plan (Core ML's MLComputePlan: preferred device of each non-constant op)")
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
 def write_report(report: dict, folder: Path) -> Path:
     path = folder / f"{report['name']}.lint.json"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -251,6 +279,7 @@ def main(argv=None) -> None:
             raise LintError(f"{folder}: no .mlpackage bundles.", fix="pass the --out folder of python -m coreml_convert.")
         reports = [lint_bundle(b) for b in bundles]
         print(format_table(reports))
+        print_compute_plans(reports, bundles)
         for r in reports:
             print(f"report: {write_report(r, folder)}")
         low = [r["name"] for r in reports if floor is not None and summary(r)["eligible_share"] < floor]

@@ -185,6 +185,24 @@ def test_graphs_are_pure_fp16_for_the_neural_engine(bundle):
     assert report["findings"] == []
 
 
+def test_compute_plan_beside_the_lint(bundle, capsys):
+    """On macOS 14.4+, Core ML's own plan covers every op the lint classified; elsewhere the
+    lint says in one line that it cannot ask."""
+    from coreml_convert import compute_plan
+
+    usage = compute_plan.device_usage(bundle, skip=lint.is_constant)
+    if not compute_plan.available():
+        assert usage is None
+        lint.print_compute_plans([lint.lint_bundle(bundle)], [bundle])
+        assert capsys.readouterr().out.strip() == f"compute plan: {compute_plan.WHY_NOT}"
+        return
+    report = lint.lint_bundle(bundle)
+    assert "error" not in usage, usage
+    for fn, counts in usage["functions"].items():
+        print(fn, counts, "static:", report["functions"][fn][lint.ELIGIBLE], "eligible")
+        assert sum(counts.values()) == report["functions"][fn]["ops"]
+
+
 def test_decode_gate2_program_fp16(spec, bundle, tiny_ckpt, table):
     g2 = gates.gate2(spec, bundle, "fp16")
     print(f"llm gate 2 (fp16 program, spec sequence + hidden states): {g2}")
