@@ -71,7 +71,7 @@ class PromptCache:
         """After a turn: the cache holds the prompt then the answer tokens fed back so far."""
         from mlx_lm.models.cache import can_trim_prompt_cache
 
-        if self.cache is None or not can_trim_prompt_cache(self.cache):
+        if not self.cache or not can_trim_prompt_cache(self.cache):  # none, no layers, or rotating
             self.cache, self.keys = None, []
             return
         held = self.cache[0].offset

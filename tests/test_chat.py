@@ -181,3 +181,13 @@ def test_low_memory_conversation_never_reloads_the_vision_tower(tiny_ckpt, photo
     assert low.resident() == [] and low.parts["encoder"].loads == 1
     tokens(chat.ask("And then?", temp=0, max_tokens=3))
     assert low.parts["encoder"].loads == 1 and low.parts["llm"].loads == 2  # the KV cache outlives the LLM
+
+
+def test_prompt_cache_of_a_model_without_layers_is_never_kept():
+    """A stand-in LLM with no layers (the Swift goldens' fake) gives an empty cache list."""
+    from mlx_model.conversation import PromptCache
+
+    pc = PromptCache()
+    pc.cache, pc.keys = [], [1, 2]
+    pc.record([1, 2, 3], [4])
+    assert pc.cache is None and pc.keys == []
