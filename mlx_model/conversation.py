@@ -36,7 +36,8 @@ class PromptCache:
 
     def __init__(self):
         self.cache: list | None = None
-        self.keys: list = []
+        self.keys: list = []  # one per position the cache holds
+        self.max_kv_size: int | None = None  # what the cache was made with
         self.reused = 0  # positions reused by the last prompt (reported, and tested)
 
     def reuse(self, keys: list, max_kv_size: int | None = None) -> int:
@@ -46,15 +47,15 @@ class PromptCache:
         from mlx_lm.models.cache import trim_prompt_cache
 
         common = 0
-        if self.cache is not None and max_kv_size is None:
+        if self.cache and max_kv_size is None and self.max_kv_size is None:
             for a, b in zip(self.keys, keys[:-1]):
                 if a != b:
                     break
                 common += 1
         if common == 0:
-            self.cache, self.keys = None, []
+            self.clear()
         else:
-            trim_prompt_cache(self.cache, len(self.keys) - common)
+            trim_prompt_cache(self.cache, self.cache[0].offset - common)
             self.keys = self.keys[:common]
         self.reused = common
         return common
@@ -64,21 +65,23 @@ class PromptCache:
         from mlx_lm.models.cache import make_prompt_cache
 
         if self.cache is None:
-            self.cache = make_prompt_cache(llm.model, max_kv_size)
+            self.cache, self.max_kv_size = make_prompt_cache(llm.model, max_kv_size), max_kv_size
         return self.cache
 
     def record(self, keys: list, generated: list[int]) -> None:
-        """After a turn: the cache holds the prompt then the answer tokens fed back so far."""
+        """After a turn: the cache holds the prompt then the answer tokens fed back so far.  A
+        cache holding a position with no known key (a token fed but never handed out: the turn
+        was interrupted in between) is dropped."""
         from mlx_lm.models.cache import can_trim_prompt_cache
 
-        if not self.cache or not can_trim_prompt_cache(self.cache):  # none, no layers, or rotating
-            self.cache, self.keys = None, []
+        known = list(keys) + list(generated)
+        if not self.cache or not can_trim_prompt_cache(self.cache) or self.cache[0].offset > len(known):
+            self.clear()  # none, no layers, rotating, or out of step
             return
-        held = self.cache[0].offset
-        self.keys = (list(keys) + list(generated))[:held]
+        self.keys = known[:self.cache[0].offset]
 
     def clear(self) -> None:
-        self.cache, self.keys = None, []
+        self.cache, self.keys, self.max_kv_size = None, [], None
 
 
 class Conversation:
@@ -115,6 +118,6 @@ class Conversation:
         for r in self.model.stream_chat(turns, image=self.image, system_prompt=self.system_prompt,
                                         prompt_cache=self.cache, **options):
             text += r.text
-            yield r
-            if r.finish_reason is not None:
+            if r.finish_reason is not None:  # kept before the last piece: a caller may stop there
                 self.turns = turns + [("assistant", text.strip())]
+            yield r

@@ -141,8 +141,11 @@ def prompt_text(turns: Sequence[tuple[str, str]] | str, system_prompt: str | Non
             check_no_placeholder(text, "message" if len(turns) > 1 else "question")
     if system_prompt is not None:
         check_no_placeholder(system_prompt, "system prompt")
+    first_user = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
+    if image and first_user is None:
+        raise PromptError("an image needs a user turn to go with.", fix="ask something about it.")
     return conversation_prompt(turns, SYSTEM if system_prompt is None else system_prompt,
-                               image_turn=0 if image else None)
+                               image_turn=first_user if image else None)
 
 
 def _pixels(image) -> bool:
@@ -327,6 +330,10 @@ class Understanding:
         top_k = d.top_k if top_k is None else top_k
         check_options(max_tokens, temp, top_p, top_k, min_p, repetition_penalty, repetition_context_size,
                       max_kv_size)
+        vocab = self.config.llm.vocab_size
+        if top_k >= vocab:
+            raise MobileOError(f"--top-k {top_k} is not below the vocabulary size ({vocab}).",
+                               fix="pass a smaller --top-k, or 0 to turn it off.")
         prompt = self.chat_prompt(turns, image is not None, system_prompt)
         check_length(len(prompt), max_tokens, self.context_length)
 

@@ -113,8 +113,23 @@ def test_text_only_and_rotating_cache(und):
 
     chat = Conversation(und)
     assert tokens(chat.ask("Hello?", temp=0, max_tokens=3))
-    assert tokens(chat.ask("Again?", temp=0, max_tokens=3, max_kv_size=64))  # rotating: works, never reused
-    assert chat.cache.reused == 0 and chat.cache.cache is None
+    assert tokens(chat.ask("Again?", temp=0, max_tokens=3, max_kv_size=512))  # rotating: works, never reused
+    assert chat.cache.reused == 0
+    assert tokens(chat.ask("And now?", temp=0, max_tokens=3))  # nor is a rotating cache reused without one
+    assert chat.cache.reused == 0 and chat.cache.max_kv_size is None
+
+
+def test_a_cache_out_of_step_with_its_keys_is_dropped():
+    """A token fed to the cache but never handed out (an interrupt between the two) leaves a
+    position with no key: the cache must not be reused with the wrong positions."""
+    from types import SimpleNamespace
+
+    from mlx_model.conversation import PromptCache
+
+    pc = PromptCache()
+    pc.cache = [SimpleNamespace(offset=6, is_trimmable=lambda: True)]
+    pc.record([1, 2, 3], [4, 5])  # 5 known positions, 6 held
+    assert pc.cache is None and pc.keys == []
 
 
 @pytest.fixture(scope="module")

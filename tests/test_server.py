@@ -125,6 +125,12 @@ def test_multi_turn_and_stop_sequences(server, photo):
         assert cut.choices[0].message.content == full[:full.find(stop)]
 
 
+def test_an_image_after_an_assistant_greeting(server, photo):
+    msgs = [{"role": "assistant", "content": "Hi! Send me a picture."}] + ask("What is it?", data_url(photo))
+    r = server.client.chat.completions.create(model="demo", messages=msgs, temperature=0, max_tokens=3)
+    assert r.choices[0].message.role == "assistant"
+
+
 def test_text_only_chat_and_system_prompt(server):
     r = server.client.chat.completions.create(
         model="demo", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
@@ -173,6 +179,9 @@ def error_of(fn):
     (dict(max_tokens=2040), 400, "context_length_exceeded"),
     (dict(max_tokens=100_000), 400, "max_tokens"),
     (dict(temperature="hot"), 400, "temperature"),
+    (dict(seed=-1), 400, "seed"),
+    (dict(seed=2**64), 400, "seed"),
+    (dict(temperature=0.5, extra_body={"top_k": 10**7}), 400, "top_k"),
     (dict(temperature=-1), 400, "temperature"),
     (dict(n=2), 400, "n"),
     (dict(messages=[{"role": "assistant", "content": "hi"}]), 400, "messages"),
@@ -309,3 +318,35 @@ def test_the_readme_example_runs(server, capsys):
     assert code != block
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()  # it printed the answer
+
+
+def test_worker_stop_cancels_waiting_and_running_jobs():
+    """Shutdown: the queue is emptied, the running job stops at its next check, the thread ends."""
+    import asyncio
+    import threading
+
+    from mlx_model.server.worker import Job, Worker
+
+    started = threading.Event()
+
+    def slow(state, job):
+        started.set()
+        for _ in range(600):
+            job.check()
+            time.sleep(0.05)
+        return "finished"
+
+    loop = asyncio.new_event_loop()
+    worker = Worker(lambda: "state", max_queue=4)
+    worker.start()
+    running, waiting = Job(slow, loop), Job(slow, loop)
+    worker.submit(running)
+    worker.submit(waiting)
+    assert started.wait(10)
+    t = time.time()
+    worker.stop()
+    assert time.time() - t < 5 and not worker._thread.is_alive()
+    assert running.cancelled.is_set() and waiting.cancelled.is_set()
+    assert worker.stats["cancelled"] == 2 and worker.stats["done"] == 0
+    loop.close()
+    Job(slow, loop).emit("delta", "x")  # a closed loop: nobody to tell, no error

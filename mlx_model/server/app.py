@@ -52,8 +52,10 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
+        too_large = api.APIError(413, f"the request body is over this server's limit of {self.limit >> 20} MB "
+                                 "(mobileo-server --max-body-mb).", code="request_too_large")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await JSONResponse(error_body_413(self.limit), status_code=413)(scope, receive, send)
+            return await JSONResponse(api.error_body(too_large), status_code=413)(scope, receive, send)
         seen = 0
 
         async def limited():
@@ -61,18 +63,10 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise api.APIError(413, too_large(self.limit), code="request_too_large")
+                raise too_large
             return message
 
         return await self.app(scope, limited, send)
-
-
-def too_large(limit: int) -> str:
-    return f"the request body is over this server's limit of {limit >> 20} MB (mobileo-server --max-body-mb)."
-
-
-def error_body_413(limit: int) -> dict:
-    return api.error_body(api.APIError(413, too_large(limit), code="request_too_large"))
 
 
 def rss() -> dict:
@@ -204,13 +198,16 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
                 if await request.is_disconnected():
                     job.cancel()
                     raise api.APIError(499, "the client closed the request.", code="client_closed") from None
+            except asyncio.CancelledError:  # the request itself was cancelled (server shutdown)
+                job.cancel()
+                raise
 
     def failure(e: BaseException) -> api.APIError:
         if isinstance(e, api.APIError):
             return e
         if isinstance(e, MobileOError):
             return api.from_mobileo_error(e)
-        traceback.print_exception(e, file=sys.stderr)
+        print(getattr(e, "worker_traceback", "") or "".join(traceback.format_exception(e)), file=sys.stderr, end="")
         return api.APIError(500, "internal server error (see the server's log).")
 
     async def outcome(job: Job, request: Request):
@@ -226,7 +223,8 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
         import mlx.core as mx
 
         return {"status": "ok", "model": model_id, "uptime_seconds": int(time.time()) - started,
-                "queue": {"waiting": worker.waiting(), "limit": worker.max_queue, "running": worker.running},
+                "queue": {"waiting": worker.waiting(), "limit": worker.max_queue,
+                          "running": worker.current is not None},
                 "jobs": dict(worker.stats), "memory": {**rss(), "mlx_active_bytes": mx.get_active_memory()}}
 
     @app.get("/v1/models")

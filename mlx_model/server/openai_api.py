@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlparse
 
 from weights.errors import MobileOError
 
+from ..cli_common import SEED_LIMIT
+
 __all__ = ["APIError", "ChatRequest", "ImageRequest", "StopMatcher", "error_body", "from_mobileo_error",
            "parse_chat", "parse_image_request", "parse_size", "chat_completion", "chat_chunk", "load_image_url"]
 
@@ -215,7 +217,8 @@ def parse_chat(body: dict, model_id: str, max_tokens_limit: int) -> ChatRequest:
         "top_k": _get(body, "top_k", int, 0),
         "min_p": _get(body, "min_p", (int, float), 0.0),
         "repetition_penalty": _get(body, "repetition_penalty", (int, float), None),
-        "seed": _get(body, "seed", int, None),
+        "seed": _get(body, "seed", int, None, check=lambda v: 0 <= v < SEED_LIMIT,
+                     what=f"an integer from 0 to {SEED_LIMIT - 1}"),
     }
     return ChatRequest(turns, image, "\n".join(systems) if systems else None, bool(_get(body, "stream", bool, False)),
                        bool(stream_options.get("include_usage")), list(stop or []), options)

@@ -35,6 +35,16 @@ class Cancelled(Exception):
     """Raised inside a job whose client has gone."""
 
 
+def detached(e: Exception) -> Exception:
+    """``e`` without its traceback (whose frames hold the job's MLX arrays, which must be freed
+    here, on the worker), the formatted traceback kept as ``e.worker_traceback`` for the log."""
+    import traceback
+
+    e.worker_traceback = "".join(traceback.format_exception(e))
+    e.__traceback__ = e.__context__ = e.__cause__ = None
+    return e
+
+
 class Job:
     """``fn(state, job)`` runs on the worker; ``state`` is what the worker's loader returned.
     Pieces go out with :meth:`emit`; the return value or the exception ends the job."""
@@ -46,8 +56,12 @@ class Job:
         self.cancelled = threading.Event()
 
     def emit(self, kind: str, value=None) -> None:
-        """Hand ``(kind, value)`` to the awaiting request (thread-safe)."""
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        """Hand ``(kind, value)`` to the awaiting request (thread-safe); after the server's loop
+        has closed (shutdown) there is nobody to tell, and the job stops at its next check."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is closed
+            self.cancel()
 
     def check(self) -> None:
         """Stop here when the client has gone."""
@@ -67,7 +81,7 @@ class Worker:
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.max_queue = max_queue
         self.state = None
-        self.running = False
+        self.current: Job | None = None  # the job running now
         self.stats = {"done": 0, "failed": 0, "cancelled": 0, "rejected": 0}
         self._seconds = 0.0  # all finished jobs together, for Retry-After
         self._ready = threading.Event()
@@ -83,9 +97,21 @@ class Worker:
             raise self._error
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._thread.is_alive():
-            self.queue.put(_STOP)
-            self._thread.join(timeout)
+        """Cancel every job (waiting or running), then end the thread after the running one."""
+        if not self._thread.is_alive():
+            return
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                job.cancel()
+                self.stats["cancelled"] += 1
+        if self.current is not None:
+            self.current.cancel()
+        self.queue.put(_STOP)
+        self._thread.join(timeout)
 
     def _main(self) -> None:
         try:
@@ -114,20 +140,20 @@ class Worker:
         if job.cancelled.is_set():
             self.stats["cancelled"] += 1
             return
-        self.running = True
+        self.current = job
         t = time.perf_counter()
         try:
             result = job.fn(self.state, job)
         except Cancelled:
             self.stats["cancelled"] += 1
-        except BaseException as e:  # the request turns it into an error answer
+        except Exception as e:  # the request turns it into an error answer
             self.stats["failed"] += 1
-            job.emit("error", e)
+            job.emit("error", detached(e))
         else:
             self.stats["done"] += 1
             job.emit("result", result)
         finally:
-            self.running = False
+            self.current = None
             self._seconds += time.perf_counter() - t
 
     # ------------------------------------------------------------------ requests
