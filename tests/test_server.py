@@ -350,3 +350,16 @@ def test_worker_stop_cancels_waiting_and_running_jobs():
     assert worker.stats["cancelled"] == 2 and worker.stats["done"] == 0
     loop.close()
     Job(slow, loop).emit("delta", "x")  # a closed loop: nobody to tell, no error
+
+
+@pytest.mark.parametrize("args, words", [(["--port", "99999"], "--port 99999 is out of range"),
+                                         (["--max-queue", "0"], "--max-queue 0 is out of range"),
+                                         (["--model", "/no/such/folder"], "does not exist")])
+def test_server_cli_bad_flags_are_one_line(capsys, args, words):
+    from mlx_model.server import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--port", "0", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and "Traceback" not in err

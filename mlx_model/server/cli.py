@@ -36,10 +36,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _check(a) -> None:
-    for name, value, low in (("--port", a.port, 0), ("--max-queue", a.max_queue, 1), ("--max-body-mb", a.max_body_mb, 1),
-                             ("--max-tokens-limit", a.max_tokens_limit, 1)):
-        if value < low or (name == "--port" and value > 65535):
-            raise MobileOError(f"{name} {value} is out of range.", fix=f"pass {name} {max(low, 1)} or more.")
+    if not 0 <= a.port <= 65535:
+        raise MobileOError(f"--port {a.port} is out of range.", fix="pass a port from 1 to 65535 (0: any free port).")
+    for name, value in (("--max-queue", a.max_queue), ("--max-body-mb", a.max_body_mb),
+                        ("--max-tokens-limit", a.max_tokens_limit)):
+        if value < 1:
+            raise MobileOError(f"{name} {value} is out of range.", fix=f"pass {name} 1 or more.")
 
 
 def _bind(host: str, port: int) -> socket.socket:
