@@ -75,9 +75,8 @@ class Job:
 class Worker:
     """One thread, ``max_queue`` waiting jobs at most (the running one not counted)."""
 
-    def __init__(self, loader: Callable[[], Any], max_queue: int = 8, on_stop: Callable[[Any], None] | None = None):
+    def __init__(self, loader: Callable[[], Any], max_queue: int = 8):
         self.loader = loader
-        self.on_stop = on_stop
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.max_queue = max_queue
         self.state = None
@@ -126,8 +125,6 @@ class Worker:
             if job is _STOP:
                 break
             self._run(job)
-        if self.on_stop is not None:
-            self.on_stop(self.state)
         self.state = None
         import gc
 
