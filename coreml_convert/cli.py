@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import traceback
 from pathlib import Path
 
 from weights.errors import MobileOError, run_cli
+from weights.memory import peak_rss_bytes
 
 import numpy as np
 
@@ -61,15 +61,7 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / 1024 if platform.system() == "Darwin" else peak / 1024
+    return peak_rss_bytes() / 2**20
 
 
 # ------------------------------------------------------------------ records

@@ -4,6 +4,7 @@ import CoreGraphics
 import CoreML
 import Foundation
 import MobileO
+import Observation
 
 @available(iOS 18.0, macOS 15.0, *)
 enum GenerateExample {
@@ -34,13 +35,16 @@ enum GenerateExample {
     }
 }
 
-/// An app's view model: starts a generation, shows its progress, cancels it.
+/// An app's view model: starts a generation, shows its progress, cancels it (observable, so a
+/// SwiftUI view redraws as it changes: SwiftUIApp.swift).
 @available(iOS 18.0, macOS 15.0, *)
 @MainActor
+@Observable
 final class GenerationModel {
     private(set) var fraction = 0.0
     private(set) var image: CGImage?
     private(set) var error: String?
+    private(set) var running = false
     private let engine: MobileOEngine
     private var task: Task<Void, Never>?
 
@@ -48,7 +52,12 @@ final class GenerationModel {
 
     func start(_ prompt: String) {
         task?.cancel()
+        image = nil
+        error = nil
+        fraction = 0
+        running = true
         task = Task {
+            defer { running = false }
             do {
                 for try await event in engine.generationEvents(prompt: prompt, options: .init(seed: 42)) {
                     switch event {

@@ -27,11 +27,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from weights.memory import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red cup on a wooden table"
@@ -39,15 +40,7 @@ STEPS_REPORTED = 20
 
 
 def peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+    return peak_rss_bytes() / 2**20
 
 
 # ------------------------------------------------------------------ workers (one per process)

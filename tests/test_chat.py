@@ -36,9 +36,9 @@ def tokens(stream) -> list[int]:
 
 
 def test_template_is_mobileos_qwen_2_conversation():
-    """Hand-written from Mobile-O's ``conv_qwen_2`` (mobileo/conversation.py: system + sep, then
-    role + message + sep per turn, the open assistant role last; the image as ``<image>\\n`` at
-    the start of the first user message)."""
+    """Hand-written from Mobile-O's ``conv_qwen_2`` (``MO/mobileo/conversation.py`` in
+    docs/upstream.md): system + sep, then role + message + sep per turn, the open assistant role
+    last; the image as ``<image>\\n`` at the start of the first user message."""
     expected = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                 "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n"
                 "<|im_start|>assistant\nA cup.<|im_end|>\n"

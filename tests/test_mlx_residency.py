@@ -11,15 +11,17 @@ from mlx_model.understanding import Understanding
 HEAVY = ("llm", "dit", "vae")
 
 
-def spy(pipe) -> list[tuple[str, tuple[str, ...]]]:
-    """Record, at every use of a component, which heavy components are resident."""
+def spy(obj) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """Record every use of a component of ``obj`` (a pipeline): (its name, the components
+    resident before the use, those resident after it).  ``del part.get`` undoes it."""
     seen = []
-    for name, part in pipe.parts.items():
+    for name, part in obj.parts.items():
         get = part.get
 
         def wrapped(name=name, get=get):
+            before = tuple(obj.resident())
             value = get()
-            seen.append((name, tuple(n for n in HEAVY if pipe.parts[n].resident)))
+            seen.append((name, before, tuple(obj.resident())))
             return value
 
         part.get = wrapped
@@ -49,8 +51,9 @@ def test_same_image_bit_for_bit_and_one_heavy_component_per_phase(tiny_ckpt, res
         np.testing.assert_array_equal(got.images, want.images)
         np.testing.assert_array_equal(got.latents, want.latents)
         assert pipe.resident() == []
-        assert {name for name, _ in seen} == set(HEAVY)
-        for name, held in seen:
+        assert {name for name, _, _ in seen} == set(HEAVY)
+        for name, _, after in seen:
+            held = tuple(n for n in after if n in HEAVY)
             assert held == (name,), f"{name} used while {held} were resident"
         assert set(got.peak_memory) == set(got.load_seconds) == {"text", "denoise", "decode"}
         assert all(v > 0 for v in got.load_seconds.values())  # loading counted in its phase
@@ -60,19 +63,11 @@ def test_same_image_bit_for_bit_and_one_heavy_component_per_phase(tiny_ckpt, res
 def test_edit_drops_the_vision_tower_before_the_llm(tiny_ckpt, resident, photo):
     pipe = GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0, low_memory=True, edit=True)
     assert pipe.can_edit and pipe.resident() == []
-    order = []
-    for name, part in pipe.parts.items():
-        get = part.get
-
-        def wrapped(name=name, get=get):
-            order.append((name, tuple(pipe.resident())))
-            return get()
-
-        part.get = wrapped
+    order = spy(pipe)
     want = resident.edit(photo, "make it snowy", steps=2, seed=1)
     got = pipe.edit(photo, "make it snowy", steps=2, seed=1)
     np.testing.assert_array_equal(got.images, want.images)
-    first_llm = next(held for name, held in order if name == "llm")
+    first_llm = next(before for name, before, _ in order if name == "llm")
     assert "encoder" not in first_llm
     assert pipe.resident() == []
 
@@ -83,18 +78,10 @@ def test_understanding_same_answer_vision_dropped_first(tiny_ckpt, photo):
     assert ref.resident() == ["llm", "encoder"] and low.resident() == []
     want = [r.token for r in ref.stream(photo, "What is it?", temp=0.0, max_tokens=6)]
     for _ in range(2):
-        order = []
-        for name, part in low.parts.items():
-            get = part.get
-
-            def wrapped(name=name, get=get):
-                order.append((name, tuple(low.resident())))
-                return get()
-
-            part.get = wrapped
+        order = spy(low)
         got = [r.token for r in low.stream(photo, "What is it?", temp=0.0, max_tokens=6)]
         assert got == want
-        assert "encoder" not in next(held for name, held in order if name == "llm")
+        assert "encoder" not in next(before for name, before, _ in order if name == "llm")
         assert low.resident() == []
         for part in low.parts.values():
             del part.get  # back to the class's method

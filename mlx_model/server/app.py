@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from weights.configs import DEFAULT_SAMPLER
 from weights.errors import MobileOError
+from weights.memory import peak_rss_bytes, rss_bytes
 
 from . import openai_api as api
 from .worker import Job, QueueFull, Worker
@@ -71,18 +72,7 @@ class BodyLimit:
 
 def rss() -> dict:
     """This process's resident memory now and at its peak, in bytes (None where unknown)."""
-    import resource
-
-    now = None
-    try:
-        with open("/proc/self/statm") as f:
-            import os
-
-            now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rss_bytes": now, "peak_rss_bytes": peak * (1 if sys.platform == "darwin" else 1024)}
+    return {"rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes()}
 
 
 # ------------------------------------------------------------------ the work, on the worker thread
