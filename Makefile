@@ -12,8 +12,11 @@ export PIP_CONFIG_FILE := /dev/null
 OPENBLAS := $(firstword $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3))
 WITH_BLAS := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 export PYTHONUNBUFFERED := 1
+# hypothesis: CI (CI=true, as .ci/run runs) the derandomised `ci` profile, the same examples every
+# run; local runs the `explore` profile, new examples each run (tests/conftest.py)
+export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,explore)
 
-.PHONY: setup system-packages test test-python swift-test parity parity-full convert-full \
+.PHONY: setup system-packages test test-quick test-python swift-test parity parity-full convert-full \
         full-checkpoint bench demo clean bench-batch
 
 setup: system-packages $(VENV)/.installed
@@ -38,8 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -c '$(PYTHON_CHECK)'
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[convert,dev,server]"
-	$(PY) -c "import mlx.core, mlx_lm, torch, torchvision, timm, diffusers, transformers, coremltools" \
-	  || { echo "setup: the environment is broken (see above); remove $(VENV) and rerun make setup"; exit 1; }
+	$(PY) tests/tools/check_setup.py
 	touch $@
 
 # Swift first, so that the run closes on pytest's summary and the parity table
@@ -47,6 +49,10 @@ test: swift-test test-python
 
 test-python:
 	$(WITH_BLAS) $(PYTEST) -q
+
+# the inner loop (<= 3 min on 2 cores): everything but the tests marked slow or full
+test-quick:
+	$(WITH_BLAS) $(PYTEST) -q -m "not slow and not full"
 
 # golden vectors (sampler, real-Qwen tokenizer ids, manifest, fake-runner pipeline) are
 # written by Python into the gitignored $(GOLDEN) and checked by `swift test`; off macOS

@@ -1,4 +1,5 @@
-"""Error metrics shared by the parity tests (plain numpy; importable without torch or mlx).
+"""Error metrics and the one tolerance check shared by the tests (plain numpy; importable
+without torch or mlx).
 
 Import as ``from metrics import rel_err, psnr``: pytest puts ``tests/`` on ``sys.path``
 (rootdir-relative, no ``__init__.py``), as it does for ``import test_generate_e2e``.
@@ -24,3 +25,19 @@ def psnr(ref, test) -> float:
     ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
     rmse = np.sqrt(np.mean((ref - test) ** 2))
     return float("inf") if rmse == 0 else float(20 * np.log10(np.abs(ref).max() / rmse))
+
+
+def within(value, *, at_most=None, at_least=None, what: str = "value") -> None:
+    """Assert ``value`` is inside its bound (exactly one of ``at_most``/``at_least``).
+
+    The one place a tolerance is checked: an exact 0.0 error or an infinite PSNR (identical
+    arrays, which some BLAS kernels give) passes, NaN never does, and nothing is returned
+    that a caller could mistake for the verdict.
+    """
+    if (at_most is None) == (at_least is None):
+        raise TypeError("within() takes exactly one of at_most= or at_least=")
+    value = float(value)
+    if at_most is not None:
+        assert value <= at_most, f"{what} = {value:.4g}, above its bound {at_most:.4g}"
+    else:
+        assert value >= at_least, f"{what} = {value:.4g}, below its bound {at_least:.4g}"

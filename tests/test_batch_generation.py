@@ -131,6 +131,7 @@ def test_options_that_do_not_go_with_a_prompts_file(tmp_path, capsys):
 # ---------------------------------------------------------------------- one process, in this process
 
 
+@pytest.mark.slow
 def test_batch_image_is_the_single_image_of_its_seed(tmp_path, tiny_ckpt_dir, capsys):
     """Per-prompt settings reach the images and the index; each image's pixels are those
     mobileo-generate makes for its prompt and seed alone."""
@@ -237,6 +238,7 @@ def index_of(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_ranks_make_the_same_images_once_and_a_rerun_does_nothing(work, ring):
     r = launch(2, ["--prompts-file", "prompts.txt", "--output-dir", "two", *ARGS], work, work / "cache")
     assert "batch: 8 images in" in r.stdout and "(8 made now, 0 already there) by 2 processes" in r.stdout, \
@@ -260,6 +262,7 @@ def test_two_ranks_make_the_same_images_once_and_a_rerun_does_nothing(work, ring
     assert [(e["file"], e["rank"]) for e in rerun_index] == [(e["file"], e["rank"]) for e in index]
 
 
+@pytest.mark.slow
 def test_killed_rank_costs_only_its_unfinished_images(work, ring):
     args = ["--prompts-file", "prompts.txt", "--output-dir", "crash", *ARGS]
     r = launch(2, args, work, work / "cache", extra_env=["MOBILEO_BATCH_FAIL_AFTER=1", "MOBILEO_BATCH_FAIL_RANK=1"])

@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_bench_quick_on_demo(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "bench.py"), "--model", "demo", "--quick",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT,

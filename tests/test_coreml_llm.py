@@ -20,6 +20,8 @@ from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program, run_program
 from weights import synthetic
 
+pytestmark = [pytest.mark.torch, pytest.mark.coreml]
+
 FP32_MAX_REL = 1e-4
 
 
@@ -216,6 +218,7 @@ def test_decode_gate2_program_fp16(spec, bundle, tiny_ckpt, table):
     assert p >= gates.GATE2_MIN_DB
 
 
+@pytest.mark.slow
 def test_compressed_functions_merge_into_one_bundle(spec, tmp_path):
     """--compress on the multifunction bundle: each function compressed with the same recipe,
     then merged (coremltools refuses to compress a multifunction model)."""
@@ -229,6 +232,7 @@ def test_compressed_functions_merge_into_one_bundle(spec, tmp_path):
     assert min(g2.values()) >= gates.GATE2_MIN_DB
 
 
+@pytest.mark.slow
 def test_default_recipe_plain_and_compressed_from_one_conversion(spec, tmp_path, parity):
     """The default int4 recipe through convert_both: each function traced and converted once,
     merged twice (fp16 and int4); gate 2 runs on the fp16 program, the int4 one is measured
@@ -246,8 +250,7 @@ def test_default_recipe_plain_and_compressed_from_one_conversion(spec, tmp_path,
     assert bundle_bytes(path) < 0.75 * bundle_bytes(plain_path)  # tiny: many weights under the 2,048 threshold
     report = gates.run_gates(spec, path, "fp16", plain_path=plain_path)
     print(f"llm {cv.recipe_name(recipe)}: gate 2 {report.program}, drift {report.drift}")
-    parity("llm tiny", f"coreml program {cv.recipe_name(recipe)} vs fp16", "psnr_db drift", report.drift_psnr_db,
-           gates.DRIFT_MIN_DB)
+    parity("llm tiny", f"coreml program {cv.recipe_name(recipe)} vs fp16", "psnr_db drift", report.drift_psnr_db, at_least=gates.DRIFT_MIN_DB)
     assert report.passed, report.failures
     assert report.program_psnr_db >= gates.GATE2_MIN_DB and report.drift_psnr_db >= gates.DRIFT_MIN_DB
 
@@ -255,6 +258,7 @@ def test_default_recipe_plain_and_compressed_from_one_conversion(spec, tmp_path,
 # ------------------------------------------------------------------ full width
 
 
+@pytest.mark.slow
 def test_full_width_two_layers_fp16(tmp_path_factory, parity):
     """Qwen2-0.5B widths (896, 14 heads / 2 KV heads, 4864 MLP), 2 layers, the tiny vocab:
     the multifunction bundle through both gates."""
@@ -268,9 +272,8 @@ def test_full_width_two_layers_fp16(tmp_path_factory, parity):
     g1 = min(gates.gate1(spec).values())
     path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_llm_out"), spec.file)
     g2 = min(gates.gate2(spec, path, "fp16").values())
-    parity("llm 0.5B-width", "coreml torch fp32", "psnr_db gate 1", g1, gates.GATE1_MIN_DB)
-    parity("llm 0.5B-width", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
-    assert g1 >= gates.GATE1_MIN_DB and g2 >= gates.GATE2_MIN_DB
+    parity("llm 0.5B-width", "coreml torch fp32", "psnr_db gate 1", g1, at_least=gates.GATE1_MIN_DB)
+    parity("llm 0.5B-width", "coreml program fp16", "psnr_db gate 2", g2, at_least=gates.GATE2_MIN_DB)
 
 
 def test_bad_head_config_is_one_line_error(tiny_ckpt):

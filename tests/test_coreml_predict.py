@@ -1,7 +1,6 @@
 """Core ML ``MLModel.predict`` of every converted component vs its torch module (macOS only:
 Core ML cannot predict on Linux, where the MIL-program gate in the other tests stands in)."""
 
-import platform
 
 import pytest
 
@@ -9,10 +8,7 @@ from coreml_convert import convert as cv
 from coreml_convert import gates
 from coreml_convert.components import REGISTRY
 
-pytestmark = pytest.mark.skipif(
-    platform.system() != "Darwin",
-    reason=f"Core ML predict needs macOS (this is {platform.system()}); "
-    "converted programs are verified by executing their MIL program on numpy instead")
+pytestmark = [pytest.mark.torch, pytest.mark.coreml, pytest.mark.macos]
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

@@ -16,6 +16,8 @@ from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program
 from weights import synthetic
 
+pytestmark = [pytest.mark.torch, pytest.mark.coreml]
+
 FP32_MAX_REL = 1e-4
 
 
@@ -82,6 +84,7 @@ def test_program_is_neural_engine_shaped(bundle):
     assert max(len(v.shape) for op in ops for v in op.outputs) <= 5
 
 
+@pytest.mark.slow
 def test_full_width_one_block_per_stage(tmp_path_factory, parity):
     """FastViTHD's real widths and heads (two attention stages, 3072-d conv_exp, the
     3072->896->896 projector), one block per stage, 256-px input (16 tokens)."""
@@ -96,5 +99,4 @@ def test_full_width_one_block_per_stage(tmp_path_factory, parity):
     check_gate1(spec, "vision_encoder (full width)")
     path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("full_vision_out"), spec.file)
     g2 = gates.gate2(spec, path, "fp16")["image_features"]
-    parity("vision full-width", "coreml program fp16", "psnr_db gate 2", g2, gates.GATE2_MIN_DB)
-    assert g2 >= gates.GATE2_MIN_DB
+    parity("vision full-width", "coreml program fp16", "psnr_db gate 2", g2, at_least=gates.GATE2_MIN_DB)

@@ -15,7 +15,9 @@ import mlx.core as mx
 from mlx_model import edit as edit_mod
 from mlx_model import pipeline as pipeline_mod
 from mlx_model.pipeline import GenerationPipeline
-from metrics import rel_err
+from metrics import rel_err, within
+
+pytestmark = pytest.mark.torch
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION = "make it snowy"
@@ -23,7 +25,7 @@ INSTRUCTION = "make it snowy"
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
-    skdata = pytest.importorskip("skimage.data")
+    import skimage.data as skdata
     path = tmp_path_factory.mktemp("img") / "chelsea.png"
     Image.fromarray(skdata.chelsea()).save(path)
     return path
@@ -37,7 +39,7 @@ def pipe(tiny_ckpt):
 def test_conditioning_matches_upstream_chain(pipe, tiny_ckpt, photo):
     """timm -> projector -> spliced into the editing prompt -> transformers Qwen2 hidden states
     -> (zeros, h) CFG batch -> the MCP reference, vs the pipeline's editing conditioning."""
-    torch = pytest.importorskip("torch")
+    import torch
     from weights import mcp_reference, upstream
 
     cfg = tiny_ckpt.config
@@ -58,7 +60,7 @@ def test_conditioning_matches_upstream_chain(pipe, tiny_ckpt, photo):
     assert ours.shape == ref.shape == (2, len(prompt), cfg.mcp.out_dim)
     err = rel_err(ours, ref)
     print(f"edit conditioning rel err {err:.2e}")
-    assert err <= 1e-4
+    within(err, at_most=1e-4)
 
 
 def test_edit_reuses_the_generation_sampler(pipe, photo, monkeypatch):

@@ -18,6 +18,9 @@ from ios_bridge.hashing import bundle_bytes, bundle_sha256
 from ios_bridge.manifest import ManifestError, load_schema, write_manifest
 from ios_bridge.validate import validate
 from weights import prompts
+from metrics import within
+
+pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,6 +188,7 @@ def llm_export(tmp_path_factory, tiny_ckpt_dir):
     return out
 
 
+@pytest.mark.slow
 def test_manifest_lists_every_function_of_llm(llm_export, tiny_ckpt):
     """The manifest carries every function's I/O (not only the default "decode"), as the saved
     bundle's program declares them, the embedding table beside it and the lint summary; the
@@ -223,6 +227,7 @@ def test_manifest_lists_every_function_of_llm(llm_export, tiny_ckpt):
     assert c["lint"]["eligible_share"] >= 0.98 and c["lint"]["off"] == 0
 
 
+@pytest.mark.slow
 def test_validate_rejects_bad_function_io(llm_export, tmp_path):
     import shutil
 
@@ -338,7 +343,7 @@ def test_golden_sampler_is_diffusers(golden):
                              - np.float32(0.2) * np.sin(x.numpy()))
             x = ref.step(v, ts, x).prev_sample
             worst = max(worst, float(np.abs(x.numpy().ravel() - np.array(t["latents"][i])).max()))
-        assert worst <= 1e-5, (kind, worst)
+        within(worst, at_most=1e-5, what=f"sigmas {kind}")
 
 
 def test_golden_generation_runs_the_python_pipeline(golden):

@@ -12,11 +12,14 @@ whole reference MCP is checked against an independent numpy forward of the sourc
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
 from weights import mcp_reference  # noqa: E402
 from weights.configs import MCPConfig  # noqa: E402
 from weights.synthetic import mcp_layout, random_tensors  # noqa: E402
+from metrics import within
+
+pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
 # Sequence means per channel, chosen across the pieces of hardswish / hardsigmoid:
 # below -3, in (-3, 0), 0, in (0, 3), above 3.
@@ -52,7 +55,7 @@ def test_torch_reference_channel_attention_by_hand():
 
 
 def test_mlx_channel_attention_by_hand():
-    mx = pytest.importorskip("mlx.core")
+    import mlx.core as mx
     from mlx_model.mcp import ChannelAttention
 
     x, want = hand_case()
@@ -127,4 +130,4 @@ def test_reference_matches_numpy_formula(cfg):
     with torch.no_grad():
         got = mcp_reference.build(cfg, tensors)([torch.from_numpy(h) for h in hidden]).numpy()
     want = numpy_mcp(tensors, cfg, hidden)
-    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
+    within(np.abs(got - want).max() / np.abs(want).max(), at_most=1e-5)

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
-ct = pytest.importorskip("coremltools")
-torch = pytest.importorskip("torch")
+import coremltools as ct
+import torch
 F = torch.nn.functional
 
 from coremltools.converters.mil import Builder as mb  # noqa: E402
@@ -32,7 +32,7 @@ from coreml_convert.mil_exec import (  # noqa: E402
 )
 from weights.errors import MobileOError  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # coremltools renames outputs
+pytestmark = [pytest.mark.torch, pytest.mark.coreml, pytest.mark.filterwarnings("ignore::UserWarning")]  # coremltools renames outputs
 
 FP32_TOL = 1e-5
 FP16_MIN_DB = 50.0
@@ -500,7 +500,7 @@ COMPRESSIONS = {
 def test_compressed_weights(name, tmp_path):
     target, make_config, constexpr = COMPRESSIONS[name]
     if "kmeans" in name or "vector" in name:
-        pytest.importorskip("sklearn", reason="k-means palettization needs scikit-learn (not a dependency)")
+        import sklearn  # noqa: F401  (k-means palettization needs scikit-learn, a .[dev] dependency)
     torch.manual_seed(0)
     module = TwoLayer().eval()
     inputs = {"x": rand(1, 16, 2, 1)}

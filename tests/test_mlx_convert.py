@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mlx.core")
+import mlx.core as mx
 
 from mlx_model.convert import convert, main  # noqa: E402
 from mlx_model.mlx_folder import MLXFolder, is_mlx_folder, open_model  # noqa: E402

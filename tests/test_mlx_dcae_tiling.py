@@ -5,12 +5,14 @@ with the same tiles, and its distance from the exact decode is reported in dB.""
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mlx.core")
-torch = pytest.importorskip("torch")
+import mlx.core as mx
+import torch
 
 from weights import upstream  # noqa: E402
 from mlx_model.dcae import AutoencoderDC  # noqa: E402
-from metrics import psnr, rel_err  # noqa: E402
+from metrics import psnr, rel_err, within  # noqa: E402
+
+pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +35,11 @@ def test_banded_stepwise_decode_equals_one_graph(vae, tiny_ckpt, parity):
     for band_bytes in (1, 4096, 1 << 30):
         ours = np.array(vae.decode(mx.array(z), band_bytes=band_bytes))
         err = rel_err(ours, ref)
-        assert err <= 1e-5, (band_bytes, err)
-    parity("vae-dec banded vs one graph", "mlx fp32", "max_rel_err", err, 1e-5)
+        within(err, at_most=1e-5, what=f"band of {band_bytes} bytes")
+    parity("vae-dec banded vs one graph", "mlx fp32", "max_rel_err", err, at_most=1e-5)
 
 
+@pytest.mark.slow
 def test_tiled_decode_matches_diffusers_tiled_decode(vae, tiny_ckpt, parity):
     cfg = tiny_ckpt.config.vae
     f = cfg.spatial_compression
@@ -49,7 +52,7 @@ def test_tiled_decode_matches_diffusers_tiled_decode(vae, tiny_ckpt, parity):
     ours = np.array(vae.decode(mx.array(z), tile=True, tile_latent=4, stride_latent=3, band_bytes=4096))
     assert ours.shape == ref.shape == (1, 3, 10 * f, 10 * f)
     err = rel_err(ours, ref)
-    assert parity("vae-dec tiled vs diffusers tiled", "mlx fp32", "max_rel_err", err, 1e-4) <= 1e-4
+    parity("vae-dec tiled vs diffusers tiled", "mlx fp32", "max_rel_err", err, at_most=1e-4)
 
 
 def test_tiled_vs_exact_is_reported(vae, tiny_ckpt, parity):
@@ -59,8 +62,8 @@ def test_tiled_vs_exact_is_reported(vae, tiny_ckpt, parity):
     tiled = np.array(vae.decode(z, tile=True, tile_latent=6, stride_latent=4))
     p = psnr(exact, tiled)
     print(f"tiled (6-latent tiles, 2 blended) vs exact decode: {p:.1f} dB")
-    parity("vae-dec tiled vs exact", "mlx fp32", "psnr_db", p, 10.0)
-    assert np.isfinite(tiled).all() and p >= 10.0
+    parity("vae-dec tiled vs exact", "mlx fp32", "psnr_db", p, at_least=10.0)
+    assert np.isfinite(tiled).all()
 
 
 def test_auto_tiling_keeps_small_images_exact(vae, tiny_ckpt):

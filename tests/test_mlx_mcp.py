@@ -3,14 +3,16 @@
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mlx.core")
-torch = pytest.importorskip("torch")
+import mlx.core as mx
+import torch
 
 from weights import mcp_reference  # noqa: E402
 from weights.configs import MCPConfig  # noqa: E402
 from weights.synthetic import mcp_layout, random_tensors  # noqa: E402
 from mlx_model.mcp import MCP  # noqa: E402
 from metrics import rel_err  # noqa: E402
+
+pytestmark = pytest.mark.torch
 
 
 def compare(model, ref, cfg, batch=2, seq=37, seed=0, zero_first=False):
@@ -39,8 +41,7 @@ def test_tiny_matches_reference(tiny_ckpt, parity):
     tensors = tiny_ckpt.load("mcp")
     err = compare(MCP.from_checkpoint(tiny_ckpt), mcp_reference.build(cfg, tensors), cfg)
     print(f"tiny MCP rel err {err:.2e}")
-    parity("mcp tiny", "mlx fp32", "max_rel_err", err, 1e-4)
-    assert err <= 1e-4
+    parity("mcp tiny", "mlx fp32", "max_rel_err", err, at_most=1e-4)
 
 
 def test_full_width_matches_reference(parity):
@@ -50,8 +51,7 @@ def test_full_width_matches_reference(parity):
     model = MCP.from_checkpoint(None, tensors=tensors, config=cfg)
     err = compare(model, mcp_reference.build(cfg, tensors), cfg, zero_first=True)
     print(f"full-width MCP rel err {err:.2e}")
-    parity("mcp 0.5B-width", "mlx fp32", "max_rel_err", err, 1e-4)
-    assert err <= 1e-4
+    parity("mcp 0.5B-width", "mlx fp32", "max_rel_err", err, at_most=1e-4)
 
 
 def test_temperature_comes_from_checkpoint(tiny_ckpt):

@@ -38,6 +38,7 @@ def test_off_loads_everything_up_front(resident):
     assert resident.resident() == ["llm", "dit", "vae", "encoder"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", [0, 4])
 def test_same_image_bit_for_bit_and_one_heavy_component_per_phase(tiny_ckpt, resident, quantize):
     ref = resident if quantize == 0 else GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=4, low_memory=False)
@@ -60,6 +61,7 @@ def test_same_image_bit_for_bit_and_one_heavy_component_per_phase(tiny_ckpt, res
     assert {n: pipe.parts[n].loads for n in HEAVY} == {"llm": 2, "dit": 2, "vae": 2}
 
 
+@pytest.mark.slow
 def test_edit_drops_the_vision_tower_before_the_llm(tiny_ckpt, resident, photo):
     pipe = GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0, low_memory=True, edit=True)
     assert pipe.can_edit and pipe.resident() == []
@@ -72,6 +74,7 @@ def test_edit_drops_the_vision_tower_before_the_llm(tiny_ckpt, resident, photo):
     assert pipe.resident() == []
 
 
+@pytest.mark.slow
 def test_understanding_same_answer_vision_dropped_first(tiny_ckpt, photo):
     ref = Understanding.from_checkpoint(tiny_ckpt, quantize=0, low_memory=False)
     low = Understanding.from_checkpoint(tiny_ckpt, quantize=0, low_memory=True)
@@ -102,6 +105,7 @@ def test_total_memory_is_known_here():
     assert n is None or n > 1 << 28
 
 
+@pytest.mark.slow
 def test_cli_flag_reaches_the_pipeline(monkeypatch, tiny_ckpt_dir, tmp_path):
     """--low-memory / --no-low-memory on the image command lines (default: auto)."""
     from mlx_model import generate as gen_mod

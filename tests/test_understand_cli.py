@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
-    skdata = pytest.importorskip("skimage.data")
+    import skimage.data as skdata
     path = tmp_path_factory.mktemp("img") / "coffee.png"
     Image.fromarray(skdata.coffee()).save(path)
     return path

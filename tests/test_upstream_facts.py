@@ -11,12 +11,14 @@ import pytest
 from weights.configs import DiTConfig, GenerationDefaults, MCPConfig, SchedulerConfig, VAEConfig
 from weights.synthetic import full_config
 
+pytestmark = pytest.mark.torch
+
 
 def test_scheduler_config_is_the_sana_conversion_scripts():
     """diffusers scripts/convert_sana_to_diffusers.py builds
     DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction");
     every other field is the class default."""
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
     ref = diffusers.DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True,
                                                prediction_type="flow_prediction").config
     ours = SchedulerConfig().to_dict()
@@ -42,7 +44,7 @@ def test_generation_and_understanding_defaults():
     """infer_image_generation.py / mobileo_inference.py: 20 steps, guidance 1.5;
     infer_image_understanding.py: do_sample, T=0.8, top_p None, no top_k (so transformers'
     GenerationConfig default applies), 256 new tokens."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     d = GenerationDefaults()
     assert (d.steps, d.guidance) == (20, 1.5)
     assert (d.temperature, d.top_p, d.max_new_tokens) == (0.8, 1.0, 256)
@@ -54,13 +56,13 @@ def test_generation_and_understanding_defaults():
 
 def test_mcp_layer_norm_eps_is_torch_default():
     """mobile_block.py builds nn.LayerNorm(dim) with no eps."""
-    torch = pytest.importorskip("torch")
+    import torch
     assert MCPConfig(in_dim=896, out_dim=2304).norm_eps == torch.nn.LayerNorm(8).eps == 1e-5
 
 
 def test_cpu_computes_in_float32():
     """On CPU (no Metal) activations stay fp32; the upstream scripts' bf16 is used on Metal only."""
-    mx = pytest.importorskip("mlx.core")
+    import mlx.core as mx
     from mlx_model.platform import default_dtype, metal_available
 
     assert default_dtype() == (mx.bfloat16 if metal_available() else mx.float32)
@@ -68,7 +70,7 @@ def test_cpu_computes_in_float32():
 
 def test_stop_token_is_the_tokenizers_eos(tiny_ckpt_dir, tmp_path):
     """Mobile-O stops at tokenizer.eos_token_id: read from tokenizer_config.json."""
-    pytest.importorskip("tokenizers")
+    import tokenizers  # noqa: F401
     from mlx_model.tokenizer import Tokenizer
     from weights import prompts
     from weights.tokenizer import eos_token
@@ -85,8 +87,8 @@ def test_stop_token_is_the_tokenizers_eos(tiny_ckpt_dir, tmp_path):
 
 def test_understanding_samples_with_top_k(tiny_ckpt):
     """top-k reaches the sampler: top_k=1 at any temperature is greedy decoding."""
-    pytest.importorskip("mlx.core")
-    skdata = pytest.importorskip("skimage.data")
+    import mlx.core  # noqa: F401
+    import skimage.data as skdata
     from mlx_model.understanding import Understanding
 
     m = Understanding.from_checkpoint(tiny_ckpt, quantize=0)

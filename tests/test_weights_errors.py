@@ -149,6 +149,7 @@ def test_unreachable_hub_one_line(monkeypatch, tmp_path):
         resolve_model("./no/such/folder")
 
 
+@pytest.mark.torch
 def test_bf16_round_trip(tmp_path):
     x = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
     write_file(tmp_path / "a.safetensors", {"x": x, "i": np.arange(3)}, bf16={"x"})

@@ -7,6 +7,8 @@ from weights.configs import MobileOConfig
 from weights.layout import IGNORE_RULES, checkpoint_key, split_keys
 from weights.synthetic import PRESETS, layout_for, stored_layout, upstream_layout
 
+pytestmark = pytest.mark.torch
+
 # counts from docs/model-facts.md (sections 1, 2, 5, 7, 8)
 FULL_COUNTS = {"vision": 629, "projector": 4, "dit": 548, "vae": 375, "mcp": 26,
                "llm": 24 * 12 + 3}  # 24 layers x 12 tensors + embed_tokens, norm, lm_head
