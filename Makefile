@@ -77,7 +77,7 @@ parity-full: full-checkpoint
 
 full-checkpoint: checkpoints/full/model.safetensors.index.json
 checkpoints/full/model.safetensors.index.json:
-	$(PY) -m weights.synthetic checkpoints/full --preset full
+	$(PY) -m weights.loading.synthetic checkpoints/full --preset full
 
 # every component with its default compression recipe (COMPRESS=none: fp16 weights, into build/full-none)
 COMPRESS ?= default

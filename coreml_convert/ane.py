@@ -5,7 +5,7 @@ bundle lives in ``ane_qwen2``.  Components import these, never each other.
 
 The Neural Engine wants (github apple/ml-ane-transformers, docs/deployment-notes.md section 1):
   * activations as rank-4 (B, C, 1, S) — channels on axis 1, the sequence on the last axis;
-  * ``nn.Conv2d`` 1x1 instead of ``nn.Linear`` (weights reshaped at load by weights/torch_map.py);
+  * ``nn.Conv2d`` 1x1 instead of ``nn.Linear`` (weights reshaped at load by weights/mapping/torch_map.py);
   * norms over the channel axis, written so coremltools fuses them into one ``layer_norm``
     op (pass ``fuse_layernorm_or_instancenorm``, rank 4, axes [1]) that stays accurate in fp16;
   * attention split per head, einsum with the softmax over one axis;
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights.configs import DiTConfig
+from weights.core.configs import DiTConfig
 
 MASK_MIN = DiTConfig.MASK_BIAS  # additive bias for masked keys: -1e4, as diffusers' encoder_attention_mask
 # Denominator floor of ReLU linear attention (a clamp, not an added term): the smallest normal

@@ -1,13 +1,13 @@
 """The Qwen2 decoder in Neural-Engine layout: the three functions of the ``llm`` bundle.
 
 Activations are (B, C, 1, S); every Linear is a 1x1 ``Conv2d`` (weights reshaped by
-``weights.torch_map``); RMSNorm runs over the channel axis; attention uses additive -1e4
+``weights.mapping.torch_map``); RMSNorm runs over the channel axis; attention uses additive -1e4
 masks.  Parameter names are the checkpoint's llm keys (``model.layers.0.self_attn.q_proj.weight``,
 ``lm_head.weight``), so the checkpoint loads strictly with no second key table.
 
 The graph is pure fp16 arithmetic (docs/deployment-notes.md section 2, "what falls off the
 Neural Engine"): the token embeddings, RoPE cos/sin, the causal mask and the KV-cache write
-mask are inputs computed on the host (``coreml_convert.contract``: ``embed_prompt``,
+mask are inputs computed on the host (``weights.bundles.contract``: ``embed_prompt``,
 ``rope``, ``causal_bias``, ``cache_update_mask``) -- no gather, cumsum, integer compare or
 cast.  GQA groups the query heads of each KV head (heads as a batch axis, rank <= 4) instead
 of materialising repeated keys/values.  A cache write blends one block of slots
@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from coreml_convert import ane
-from coreml_convert.contract import logits_widths
-from weights.configs import LLMConfig
+from weights.bundles.contract import logits_widths
+from weights.core.configs import LLMConfig
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
@@ -136,7 +136,7 @@ class Qwen2ANE(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt, tensors: dict | None = None) -> "Qwen2ANE":
-        from weights.torch_map import load_torch
+        from weights.mapping.torch_map import load_torch
 
         module = cls(ckpt.config.llm)
         load_torch(module, ckpt, "llm", tensors=tensors)

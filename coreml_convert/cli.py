@@ -14,7 +14,7 @@ and passing record already exist (``--force`` redoes them), prints a table, writ
 could not be converted).  A known failure of one component -- a ``MobileOError`` such as
 the ``ConfigError`` of a config variant the modules do not build -- is one ``error:`` line
 and a "failed" row; anything else is a traceback and a "crashed" row.  Either way the other
-components are still converted.  Bundle I/O and compute units: ``coreml_convert.contract``.
+components are still converted.  Bundle I/O and compute units: ``weights.bundles.contract``.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ import time
 import traceback
 from pathlib import Path
 
-from weights.errors import MobileOError, run_cli
-from weights.memory import peak_rss_bytes
+from weights.core.errors import MobileOError, run_cli
+from weights.core.memory import peak_rss_bytes
 
 import numpy as np
 
-from . import convert as cv
-from . import gates, lint
-from .components import REGISTRY
-from .spec import PRECISIONS, ConversionResult
+from coreml_convert import convert as cv
+from coreml_convert import gates, lint
+from coreml_convert.components import REGISTRY
+from coreml_convert.spec import PRECISIONS, ConversionResult
 
 RECORDS = ".conversion"  # out/.conversion/<name>.json: result + gate verdict of each bundle
 EXIT_GATE_FAILED = 3
@@ -88,7 +88,7 @@ def write_record(out: Path, name: str, record: dict) -> None:
 
 def finished(out: Path, name: str, precision: str, compression: dict | None) -> ConversionResult | None:
     """The stored result when ``name`` is already converted, passed, and matches the request."""
-    from ios_bridge.hashing import bundle_bytes
+    from weights.bundles.hashing import bundle_bytes
 
     rec = read_record(out, name)
     if not rec or not rec.get("passed") or rec.get("precision") != precision or rec.get("recipe") != compression:
@@ -105,7 +105,7 @@ def finished(out: Path, name: str, precision: str, compression: dict | None) -> 
 
 def convert_component(ckpt, name: str, out: Path, precision: str, compression: dict | None,
                       seed: int = 0) -> tuple[ConversionResult, gates.GateReport]:
-    from ios_bridge.hashing import bundle_bytes, bundle_sha256
+    from weights.bundles.hashing import bundle_bytes, bundle_sha256
 
     reset_peak_rss()
     t0 = time.perf_counter()
@@ -233,7 +233,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, stream=None) -> int:
-    from weights.hub import open_model
+    from weights.loading.hub import open_model
 
     stream = stream or sys.stdout
     names = select_components(args.components)

@@ -6,7 +6,7 @@
 
 Default path (ml-stable-diffusion style): ``torch.jit.trace`` on the spec's example inputs,
 then ``ct.convert(convert_to="mlprogram")`` with every input/output named and typed from the
-spec's TensorSpecs (its bundle contract, coreml_convert/contract.py; enumerated dims become
+spec's TensorSpecs (its bundle contract, weights/bundles/contract.py; enumerated dims become
 ``ct.EnumeratedShapes``) and the contract's compute units.
 """
 
@@ -21,10 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from weights.errors import MobileOError
+from weights.core.errors import MobileOError
 
-from .contract import TensorSpec
-from .spec import PRECISIONS, ComponentSpec
+from weights.bundles.contract import TensorSpec
+from coreml_convert.spec import PRECISIONS, ComponentSpec
 
 IOS_TARGET = "iOS18"  # the contract's MINIMUM_OS (iOS 18.0 / macOS 15.0)
 # contract.COMPUTE_UNITS -> coremltools' ct.ComputeUnit names

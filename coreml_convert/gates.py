@@ -1,7 +1,7 @@
 """The two parity gates every converted component must pass (runnable on Linux).
 
   gate 1  our Neural-Engine torch module vs the upstream reference (diffusers / transformers /
-          timm / weights.mcp_reference), fp32, on the spec's example inputs: PSNR >= 60 dB;
+          timm / weights.references.mcp), fp32, on the spec's example inputs: PSNR >= 60 dB;
   gate 2  the saved bundle's MIL program, executed on numpy (coreml_convert.mil_exec), vs the
           torch module: PSNR >= 35 dB.  Unknown ops raise; they never pass.
 A compressed bundle (``--compress``, default: each component's recipe, convert.RECIPES):
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .convert import CT_COMPUTE_UNITS, io_specs, torch_inputs
-from .spec import ComponentSpec
+from coreml_convert.convert import CT_COMPUTE_UNITS, io_specs, torch_inputs
+from coreml_convert.spec import ComponentSpec
 
 GATE1_MIN_DB = 60.0
 GATE2_MIN_DB = 35.0
@@ -46,7 +46,7 @@ def torch_outputs(spec: ComponentSpec, inputs: dict[str, np.ndarray] | None = No
 
 def compare(reference: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> dict[str, float]:
     """PSNR per output named in ``reference``."""
-    from .metrics import psnr
+    from coreml_convert.metrics import psnr
 
     missing = sorted(set(reference) - set(test))
     if missing:
@@ -71,7 +71,7 @@ def program_inputs(spec: ComponentSpec, precision: str) -> dict[str, np.ndarray]
 
 def program_outputs(spec: ComponentSpec, path, precision: str = "fp16") -> dict[str, np.ndarray]:
     """The saved program's outputs (numpy MIL execution) on the example inputs."""
-    from .mil_exec import run_program
+    from coreml_convert.mil_exec import run_program
 
     if spec.program_check is not None:
         return spec.program_check(str(path))

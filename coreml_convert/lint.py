@@ -28,9 +28,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from weights.errors import MobileOError, run_cli
+from weights.core.errors import MobileOError, run_cli
 
-from .contract import MAX_DIMENSION
+from weights.bundles.contract import MAX_DIMENSION
 
 ELIGIBLE, AT_RISK, OFF = "eligible", "at_risk", "off"
 MAX_RANK = 5
@@ -156,7 +156,7 @@ def lint_bundle(path: str | Path, name: str | None = None) -> dict:
     rules broken (and by which op types); bundle-level findings."""
     import coremltools as ct
 
-    from .mil_exec import load_program
+    from coreml_convert.mil_exec import load_program
 
     path = Path(path)
     if not path.exists():
@@ -232,7 +232,7 @@ def format_table(reports: list[dict]) -> str:
 def print_compute_plans(reports: list[dict], bundles: list[Path]) -> None:
     """Core ML's own plan beside the static verdict (macOS 14.4+; elsewhere one line saying so);
     it is kept in each report as ``compute_plan``."""
-    from .compute_plan import WHY_NOT, device_usage
+    from coreml_convert.compute_plan import WHY_NOT, device_usage
 
     plans = [device_usage(b, skip=is_constant) for b in bundles]
     if all(p is None for p in plans):

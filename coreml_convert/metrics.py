@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from weights.errors import MobileOError
+from weights.core.errors import MobileOError
 
 
 def _pair(reference, test) -> tuple[np.ndarray, np.ndarray]:

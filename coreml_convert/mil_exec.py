@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from coreml_convert import mil_ops
-from weights.errors import MobileOError
+from weights.core.errors import MobileOError
 
 
 class UnsupportedOpError(MobileOError):

@@ -6,7 +6,7 @@
 
 A ComponentSpec pairs a component's Neural-Engine torch module, example inputs and upstream
 reference with its bundle contract (``io``: a ``contract.BundleIO`` -- tensor names, shapes,
-layouts, functions, compute units), which is defined once in ``coreml_convert/contract.py``.
+layouts, functions, compute units), which is defined once in ``weights/bundles/contract.py``.
 The manifest carries ``TensorSpec.to_dict()`` for every input, output and state, and for a
 multifunction bundle each function's inputs and outputs (``function_io``; ``inputs`` /
 ``outputs`` are the default function's, ``functions[0]``).
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .contract import BundleIO, FunctionIO, TensorSpec
+from weights.bundles.contract import BundleIO, FunctionIO, TensorSpec
 
 if TYPE_CHECKING:  # torch / coremltools are only needed when converting
     import coremltools as ct
@@ -34,7 +34,7 @@ class ComponentSpec:
     example_inputs: dict[str, np.ndarray]  # keyed by input name, ANE layout
     reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
     # the UPSTREAM model on the same inputs, outputs keyed and laid out like `outputs` -> gate 1
-    io: BundleIO  # the bundle contract (coreml_convert.contract)
+    io: BundleIO  # the bundle contract (weights.bundles.contract)
     convert: Callable[[str, dict | None], "ct.models.MLModel"] | None = None
     # (precision, compression recipe) -> the compressed model; None = default (convert.convert
     # then convert.compress)
@@ -65,7 +65,7 @@ class ConversionResult:
     name: str
     file: str  # bundle path relative to the output folder, e.g. "dit.mlpackage"
     bytes: int
-    sha256: str  # ios_bridge.hashing.bundle_sha256(path)
+    sha256: str  # weights.bundles.hashing.bundle_sha256(path)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     states: list[TensorSpec]

@@ -3,9 +3,9 @@ pipeline fact (scheduler, defaults, latent shape, preprocessing, prompts, tokens
 
     write_manifest(out_dir, ckpt, results, model_id="Amshaker/Mobile-O-0.5B", revision=None)
 
-Facts are read from ``weights/`` (the checkpoint's config, ``weights.prompts``, the
+Facts are read from ``weights/`` (the checkpoint's config, ``weights.core.prompts``, the
 tokenizer's ids by name), from the conversion results (``ConversionResult.to_dict()``) and
-from the bundle contract (``coreml_convert.contract``: component names, default compute
+from the bundle contract (``weights.bundles.contract``: component names, default compute
 units and minimum OS; a torch-free module); nothing is restated here.  ``schema.json`` beside this
 file describes the output.
 """
@@ -20,20 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from coreml_convert import contract
-from weights import prompts
-from weights.checkpoint import TOKENIZER_FILES
-from weights.configs import DEFAULT_SAMPLER, SAMPLERS
-from weights.errors import MobileOError
-from weights.tokenizer import eos_token
+from weights.bundles import contract
+from weights.core import prompts
+from weights.mapping.checkpoint import TOKENIZER_FILES
+from weights.core.configs import DEFAULT_SAMPLER, SAMPLERS
+from weights.core.errors import MobileOError
+from weights.mapping.tokenizer_files import eos_token
 
-from . import MANIFEST_FILE, SCHEMA_VERSION
-from .hashing import bundle_bytes, bundle_sha256
+from ios_bridge import MANIFEST_FILE, SCHEMA_VERSION
+from weights.bundles.hashing import bundle_bytes, bundle_sha256
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 TOKENIZER_DIR = "tokenizer"  # tokenizer files are copied here, beside the bundles
 SCHEDULER_TYPE = SAMPLERS[DEFAULT_SAMPLER]  # DPM-Solver++ on flow sigmas (docs/model-facts.md section 3)
-# token roles an app needs; the names come from weights.prompts, the ids from the tokenizer
+# token roles an app needs; the names come from weights.core.prompts, the ids from the tokenizer
 TOKEN_ROLES = {
     "pad": prompts.PAD_TOKEN, "eos": prompts.EOS_TOKEN, "im_start": prompts.IM_START,
     "im_end": prompts.IM_END, "image": prompts.IMAGE_TOKEN, "img_start": prompts.IMG_START,
@@ -163,8 +163,8 @@ def _tokenizer_section(out_dir: Path, ckpt) -> dict[str, Any]:
 
 
 def host_facts(cfg) -> dict[str, Any]:
-    """The constants of the inputs the app computes (coreml_convert.contract's host side)."""
-    from weights.configs import DiTConfig
+    """The constants of the inputs the app computes (weights.bundles.contract's host side)."""
+    from weights.core.configs import DiTConfig
 
     return {
         "embeddings": contract.EMBEDDINGS_FILE,

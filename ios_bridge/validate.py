@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from weights.errors import MobileOError, run_cli
+from weights.core.errors import MobileOError, run_cli
 
-from . import MANIFEST_FILE
-from .hashing import bundle_bytes, bundle_sha256
-from .manifest import load_schema
+from ios_bridge import MANIFEST_FILE
+from weights.bundles.hashing import bundle_bytes, bundle_sha256
+from ios_bridge.manifest import load_schema
 
 
 def schema_problems(data, where: str) -> list[str]:

@@ -2,7 +2,7 @@
 about an image, with MLX only -- as ``mlx_lm.chat``, plus image commands.
 
 The image's prefix (vision tower, projector and its prefill) is computed once and kept in the
-KV cache across turns (:class:`mlx_model.conversation.Conversation`); each turn prefills only
+KV cache across turns (:class:`mlx_model.pipelines.conversation.Conversation`); each turn prefills only
 what is new.  Commands:
 
     /image PATH        talk about another image (a new conversation)
@@ -20,11 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from weights.configs import DEFAULT_SAMPLER
-from weights.errors import MobileOError
+from weights.core.configs import DEFAULT_SAMPLER
+from weights.core.errors import MobileOError
 
-from . import cli_common as cc
-from .understand import CLI_DEFAULTS
+from mlx_model import cli_common as cc
+from mlx_model.understand import CLI_DEFAULTS
 
 __all__ = ["ChatREPL", "main"]
 
@@ -41,7 +41,7 @@ class ChatREPL:
 
     def __init__(self, model, image=None, *, output_dir: str | Path = ".", system_prompt: str | None = None,
                  seed: int | None = None, out=None, **decoding):
-        from .conversation import Conversation
+        from mlx_model.pipelines.conversation import Conversation
 
         self.model = model  # a MobileO
         self.out = out or sys.stdout
@@ -135,15 +135,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _run(a) -> None:
-    from .mobileo import MobileO
-    from .understanding import check_options
+    from mlx_model.pipelines.mobileo import MobileO
+    from mlx_model.pipelines.understanding import check_options
 
     check_options(a.max_tokens, a.temp, a.top_p, a.top_k, a.min_p)
     if a.seed is not None:
         cc.check_seeds(a.seed)
     cc.check_writable_folder(Path(a.output_dir).expanduser(), f"--output-dir {a.output_dir}")
     if a.image is not None:
-        from .preprocess import load_image
+        from mlx_model.support.preprocess import load_image
 
         load_image(a.image)  # a bad image fails before loading weights
     model = MobileO.from_pretrained(a.model, quantize=a.quantize, dtype=cc.dtype_of(a.dtype), revision=a.revision,

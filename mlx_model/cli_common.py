@@ -1,7 +1,7 @@
 """Pieces shared by the MLX command lines (``generate``, ``edit``, ``understand``): options,
 the checks every argument gets before anything is loaded, the rich progress bar, the
 closing timing line and one run of an image command (files and their settings:
-:mod:`mlx_model.image_files`).
+:mod:`mlx_model.support.image_files`).
 Imports neither torch nor (at module level) MLX."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from weights.configs import DEFAULT_SAMPLER, SAMPLERS, GenerationDefaults
-from weights.errors import MobileOError
-from weights.hub import DEMO
+from weights.core.configs import DEFAULT_SAMPLER, SAMPLERS, GenerationDefaults
+from weights.core.errors import MobileOError
+from weights.loading.hub import DEMO
 
-from .image_files import (IMAGE_FORMATS, model_hash, model_revision, output_paths, save_image, tool_version,
+from mlx_model.support.image_files import (IMAGE_FORMATS, model_hash, model_revision, output_paths, save_image, tool_version,
                           unique_path)
-from .quant import QUANTIZE_CHOICES
-from . import mlx_folder  # noqa: F401  (registers MLX-native folders with weights.hub.open_model)
+from mlx_model.support.quant import QUANTIZE_CHOICES
+from mlx_model.support import mlx_folder  # noqa: F401  (registers MLX-native folders with weights.loading.hub.open_model)
 
 DTYPES = ("float32", "bfloat16", "float16")
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (mx.random.key)
@@ -33,9 +33,9 @@ MAX_SIDE_FACTOR = 8  # --width/--height up to 8x the model's own image size
 def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) -> None:
     """Parse ``argv`` (None: the command line, with OpenBLAS preloaded first) and call
     ``run(p, args, argv)``; project errors end as one ``error: ... Fix: ...`` line, exit 2."""
-    from weights.errors import run_cli
+    from weights.core.errors import run_cli
 
-    from .platform import use_openblas
+    from mlx_model.support.platform import use_openblas
 
     if argv is None:
         use_openblas()
@@ -46,7 +46,7 @@ def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) 
 
 # ------------------------------------------------------------------ options
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    from weights.hub import DEFAULT_MODEL
+    from weights.loading.hub import DEFAULT_MODEL
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL,
@@ -116,7 +116,7 @@ def add_output_options(p: argparse.ArgumentParser, default: str = "image.png") -
 
 
 def add_batch_options(p: argparse.ArgumentParser) -> None:
-    """``--prompts-file`` / ``--output-dir``: many prompts, one process or many (:mod:`mlx_model.batch`)."""
+    """``--prompts-file`` / ``--output-dir``: many prompts, one process or many (:mod:`mlx_model.pipelines.batch`)."""
     g = p.add_argument_group("batch (docs/batch-generation.md)")
     g.add_argument("--prompts-file", default=None, metavar="FILE",
                    help="make an image for every prompt of FILE (one per line, or .jsonl objects with \"prompt\" "
@@ -198,7 +198,7 @@ def check_sampling(steps: int | None, guidance: float | None, n_images: int) -> 
 def check_size(config, height: int | None, width: int | None) -> tuple[int, int, int]:
     """``--height`` / ``--width`` against the model (multiples of the DC-AE compression, at most
     MAX_SIDE_FACTOR x its image size); returns the latent shape (C, h, w)."""
-    from .pipeline import latent_shape
+    from mlx_model.pipelines.generation import latent_shape
 
     shape = latent_shape(config, height, width)
     top = MAX_SIDE_FACTOR * config.image_size
@@ -300,7 +300,7 @@ def run_settings(*, scheduler: str, quantize: int, dtype, source) -> dict:
 def latents_arg(latents):
     """``--latents``: (array or None, file name or None); a path is read now, before any loading."""
     if isinstance(latents, (str, Path)):
-        from .pipeline import load_latents
+        from mlx_model.pipelines.generation import load_latents
 
         return load_latents(latents), str(latents)
     return latents, None
@@ -325,7 +325,7 @@ def check_image_command(*, steps, guidance, seed, n_images: int, output, stepwis
 
 def open_checkpoint(model: str, revision: str | None, height: int | None, width: int | None):
     """The checkpoint (config only, no weights yet) with ``--height``/``--width`` checked against it."""
-    from weights.hub import open_model
+    from weights.loading.hub import open_model
 
     ckpt = open_model(model, revision=revision)
     check_size(ckpt.config, height, width)

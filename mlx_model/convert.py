@@ -2,7 +2,7 @@
 
 As ``mlx_lm.convert`` / mflux's saved models: the weights are written in MLX's own layout and
 names, already quantized (packed ``weight``, ``scales``, ``biases`` for the LLM and DiT
-Linear layers, group :data:`mlx_model.quant.QUANT_GROUP_SIZE`), one safetensors file per
+Linear layers, group :data:`mlx_model.support.quant.QUANT_GROUP_SIZE`), one safetensors file per
 component, with the configs, the tokenizer and a short model card.  Every MLX CLI and
 pipeline takes the folder with ``--model DIR`` and loads it with ``mx.load`` (lazy, no float
 copy); asking it for other quantization settings is an error, not a re-quantization.
@@ -21,12 +21,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from weights.checkpoint import CONFIG_FILE, TOKENIZER_FILES
-from weights.errors import MobileOError, run_cli
-from weights.hub import DEFAULT_MODEL
+from weights.mapping.checkpoint import CONFIG_FILE, TOKENIZER_FILES
+from weights.core.errors import MobileOError, run_cli
+from weights.loading.hub import DEFAULT_MODEL
 
-from .mlx_folder import FORMAT, FORMAT_VERSION, META_KEY
-from .quant import QUANT_GROUP_SIZE, QUANTIZE_CHOICES, check_bits
+from mlx_model.support.mlx_folder import FORMAT, FORMAT_VERSION, META_KEY
+from mlx_model.support.quant import QUANT_GROUP_SIZE, QUANTIZE_CHOICES, check_bits
 
 __all__ = ["convert", "main"]
 COMPONENTS = ("llm", "mcp", "dit", "vae", "vision", "projector")
@@ -37,11 +37,11 @@ def _modules(ckpt, bits: int, group_size: int):
     """(component, module) pairs built from ``ckpt`` in fp32, LLM and DiT quantized (packed)."""
     import mlx.core as mx
 
-    from .dcae import AutoencoderDC
-    from .dit import SanaTransformer
-    from .llm import LanguageModel
-    from .mcp import MCP
-    from .multimodal import ImageEncoder
+    from mlx_model.components.dcae import AutoencoderDC
+    from mlx_model.components.dit import SanaTransformer
+    from mlx_model.components.llm import LanguageModel
+    from mlx_model.components.mcp import MCP
+    from mlx_model.components.multimodal import ImageEncoder
 
     yield "llm", LanguageModel.from_checkpoint(ckpt, bits or None, group_size, mx.float32, dequantize=False).model
     yield "mcp", MCP.from_checkpoint(ckpt)
@@ -83,8 +83,8 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
     """Write the MLX folder ``out`` for ``model``; returns its path."""
     import mlx.core as mx
 
-    from weights.checkpoint import Checkpoint
-    from weights.hub import resolve_model
+    from weights.mapping.checkpoint import Checkpoint
+    from weights.loading.hub import resolve_model
 
     check_bits(quantize)
     out = Path(out).expanduser()
@@ -139,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .platform import use_openblas
+    from mlx_model.support.platform import use_openblas
 
     if argv is None:
         use_openblas()

@@ -1,14 +1,14 @@
 """``mobileo-edit IMAGE "instruction"`` (or ``python -m mlx_model.edit``): Mobile-O image
 editing with MLX only.
 
-Editing is generation with another conditioning source (:class:`mlx_model.pipeline.
+Editing is generation with another conditioning source (:class:`mlx_model.pipelines.generation.
 GenerationPipeline` loaded with ``edit=True``); this command shares the generation options
 and output handling (:mod:`mlx_model.cli_common`); mflux's ``--image-path`` and ``--prompt``
 work too.
 
 Python use:
 
-    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.pipelines.generation import GenerationPipeline
     pipe = GenerationPipeline.from_pretrained("demo", quantize=0, edit=True)
     out = pipe.edit("photo.jpg", "make it snowy", steps=20, seed=0)
     out.images          # uint8 [n, H, W, 3]
@@ -20,13 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from weights.configs import DEFAULT_SAMPLER
-from weights.errors import MobileOError
-from weights.hub import DEFAULT_MODEL
+from weights.core.configs import DEFAULT_SAMPLER
+from weights.core.errors import MobileOError
+from weights.loading.hub import DEFAULT_MODEL
 
-from . import cli_common as cc
-from . import image_files
-from .tokenizer import PromptError
+from mlx_model import cli_common as cc
+from mlx_model.support import image_files
+from mlx_model.support.tokenizer import PromptError
 
 __all__ = ["edit", "main"]
 
@@ -53,11 +53,11 @@ def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str |
          metadata: bool = False, stepwise_dir: str | Path | None = None, verbose: bool = False,
          progress: bool = False, pipeline=None, log=None) -> list[Path]:
     """Edit ``image`` ``n_images`` times (or once per seed) and save the results; returns the
-    paths written.  ``pipeline``: reuse a loaded :class:`~mlx_model.pipeline.GenerationPipeline`
+    paths written.  ``pipeline``: reuse a loaded :class:`~mlx_model.pipelines.generation.GenerationPipeline`
     (``edit=True``).  Every argument and the image are checked before the model is loaded."""
-    from .multimodal import check_no_placeholder
-    from .pipeline import GenerationPipeline
-    from .preprocess import load_image
+    from mlx_model.components.multimodal import check_no_placeholder
+    from mlx_model.pipelines.generation import GenerationPipeline
+    from mlx_model.support.preprocess import load_image
 
     log = log or (lambda msg: print(msg, flush=True))
     if not instruction or not instruction.strip():  # fail before loading anything

@@ -9,7 +9,7 @@ Python use, same options:
     paths = generate("a red cup", model="demo", steps=20, seed=0)
 
 Many prompts, in one process or shared among several started by ``mlx.launch``
-(:mod:`mlx_model.batch`, docs/batch-generation.md):
+(:mod:`mlx_model.pipelines.batch`, docs/batch-generation.md):
 
     mobileo-generate --prompts-file prompts.txt --output-dir images/
     mlx.launch -n 2 --backend ring -- python -m mlx_model.generate --prompts-file prompts.txt --output-dir images/
@@ -21,12 +21,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from weights.configs import DEFAULT_SAMPLER
-from weights.errors import MobileOError
-from weights.hub import DEFAULT_MODEL
+from weights.core.configs import DEFAULT_SAMPLER
+from weights.core.errors import MobileOError
+from weights.loading.hub import DEFAULT_MODEL
 
-from . import cli_common as cc
-from . import image_files
+from mlx_model import cli_common as cc
+from mlx_model.support import image_files
 
 __all__ = ["generate", "main"]
 
@@ -56,14 +56,14 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = 
     them; returns the paths written.  Every argument is checked before the model is loaded.
 
     ``latents``: an array or a .npy path of shape (n_images, C, h, w).  ``pipeline``: reuse a
-    loaded :class:`~mlx_model.pipeline.GenerationPipeline` (``model``/``quantize``/``dtype`` ignored).
+    loaded :class:`~mlx_model.pipelines.generation.GenerationPipeline` (``model``/``quantize``/``dtype`` ignored).
     """
-    from .pipeline import GenerationPipeline
+    from mlx_model.pipelines.generation import GenerationPipeline
 
     log = log or (lambda msg: print(msg, flush=True))
 
     if not prompt or not prompt.strip():  # fail before loading anything
-        from .tokenizer import PromptError
+        from mlx_model.support.tokenizer import PromptError
 
         raise PromptError("the prompt is empty.", fix="pass a non-empty prompt, e.g. \"a red cup\".")
     cc.check_image_command(steps=steps, guidance=guidance, seed=seed, n_images=n_images, output=output,
@@ -112,8 +112,8 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
 
 
 def _run_batch(a: argparse.Namespace) -> list[Path]:
-    """``--prompts-file``: this process's share of the file (:func:`mlx_model.batch.run_batch`)."""
-    from .batch import BatchSettings, run_batch
+    """``--prompts-file``: this process's share of the file (:func:`mlx_model.pipelines.batch.run_batch`)."""
+    from mlx_model.pipelines.batch import BatchSettings, run_batch
 
     cc.check_sampling(a.steps, a.guidance, a.n_images)
     seed = a.seed[0] if a.seed else 0

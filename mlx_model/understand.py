@@ -1,10 +1,10 @@
 """``mobileo-understand IMAGE "question"`` (or ``python -m mlx_model.understand``): Mobile-O
 answers a question about an image, streamed, with MLX only (no torch); the flags and the
-closing lines are mlx-lm's.  The library is :mod:`mlx_model.understanding`.
+closing lines are mlx-lm's.  The library is :mod:`mlx_model.pipelines.understanding`.
 
 The command line decodes greedily by default (``--temp 0``), as ``mlx_lm.generate`` does, so
 the same question gets the same answer; Mobile-O's own setting is ``--temp 0.8 --top-k 50``
-(:class:`weights.configs.GenerationDefaults`, which the library and the iOS manifest keep).
+(:class:`weights.core.configs.GenerationDefaults`, which the library and the iOS manifest keep).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from weights.configs import GenerationDefaults
-from weights.errors import MobileOError
-from weights.hub import DEFAULT_MODEL
+from weights.core.configs import GenerationDefaults
+from weights.core.errors import MobileOError
+from weights.loading.hub import DEFAULT_MODEL
 
-from . import cli_common as cc
-from .understanding import Understanding, check_length, check_options, check_question
+from mlx_model import cli_common as cc
+from mlx_model.pipelines.understanding import Understanding, check_length, check_options, check_question
 
 __all__ = ["understand", "main", "CLI_DEFAULTS"]
 
@@ -83,9 +83,9 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
     """Stream the answer to ``out`` (stdout) and close with mlx-lm's statistics lines.
     Options left None take the command line's defaults (:data:`CLI_DEFAULTS`).  Every check
     (options, question, image, prompt + answer length) runs before the answer starts."""
-    from weights.hub import open_model
+    from weights.loading.hub import open_model
 
-    from .preprocess import preprocess
+    from mlx_model.support.preprocess import preprocess
 
     out = out or sys.stdout
     d = CLI_DEFAULTS
@@ -133,9 +133,9 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
 
 def _check_prompt_fits(ckpt, question: str, system_prompt: str | None, max_tokens: int) -> None:
     """The prompt's length from the tokenizer alone, before any weights are read."""
-    from .multimodal import MultimodalPrompt
-    from .tokenizer import Tokenizer
-    from .understanding import prompt_text
+    from mlx_model.components.multimodal import MultimodalPrompt
+    from mlx_model.support.tokenizer import Tokenizer
+    from mlx_model.pipelines.understanding import prompt_text
 
     cfg = ckpt.config
     prompt = MultimodalPrompt.build(Tokenizer.from_checkpoint(ckpt), prompt_text(question, system_prompt),

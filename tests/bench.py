@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from weights.memory import peak_rss_bytes
+from weights.core.memory import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red cup on a wooden table"
@@ -47,8 +47,8 @@ def peak_rss_mb() -> float:
 def work_generate(a) -> dict:
     import mlx.core as mx
 
-    from mlx_model.mlx_folder import open_model
-    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.support.mlx_folder import open_model
+    from mlx_model.pipelines.generation import GenerationPipeline
 
     low = {"auto": None, "on": True, "off": False}[a.low_memory]
     t = time.perf_counter()
@@ -67,11 +67,11 @@ def work_generate(a) -> dict:
 def work_torch(a) -> dict:
     import torch
 
-    from mlx_model.tokenizer import Tokenizer
-    from weights import mcp_reference, upstream
-    from weights.checkpoint import Checkpoint
-    from weights.hub import resolve_model
-    from weights.prompts import generation_prompt
+    from mlx_model.support.tokenizer import Tokenizer
+    from weights.references import mcp as mcp_reference, upstream
+    from weights.mapping.checkpoint import Checkpoint
+    from weights.loading.hub import resolve_model
+    from weights.core.prompts import generation_prompt
 
     torch.set_grad_enabled(False)
     t = time.perf_counter()
@@ -108,8 +108,8 @@ def work_torch(a) -> dict:
 
 
 def work_load(a) -> dict:
-    from mlx_model.mlx_folder import open_model
-    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.support.mlx_folder import open_model
+    from mlx_model.pipelines.generation import GenerationPipeline
 
     t = time.perf_counter()
     pipe = GenerationPipeline.from_checkpoint(open_model(a.model), quantize=a.quantize, low_memory=False)
@@ -119,8 +119,8 @@ def work_load(a) -> dict:
 def work_decode(a) -> dict:
     import mlx.core as mx
 
-    from mlx_model.llm import LanguageModel
-    from mlx_model.mlx_folder import open_model
+    from mlx_model.components.llm import LanguageModel
+    from mlx_model.support.mlx_folder import open_model
 
     t = time.perf_counter()
     ckpt = open_model(a.model)
@@ -133,7 +133,7 @@ def work_decode(a) -> dict:
         return mx.argmax(logprobs, axis=-1)
 
     if a.impl == "ours":
-        from mlx_model.understanding import decode_steps
+        from mlx_model.pipelines.understanding import decode_steps
 
         steps = decode_steps(llm, llm.embed(mx.array([ids])), greedy, a.tokens)
     else:

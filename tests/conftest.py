@@ -76,14 +76,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_ckpt_dir(tmp_path_factory):
     """A seeded tiny synthetic checkpoint in the released layout (written once per run)."""
-    from weights.synthetic import write_checkpoint
+    from weights.loading.synthetic import write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tiny_ckpt_dir):
-    from weights.checkpoint import Checkpoint
+    from weights.mapping.checkpoint import Checkpoint
 
     return Checkpoint.open(tiny_ckpt_dir)
 
@@ -105,7 +105,7 @@ def full_ckpt():
     path = os.environ.get("MOBILEO_FULL_CHECKPOINT", str(ROOT / "checkpoints" / "full"))
     if not Path(path, "model.safetensors.index.json").is_file():
         pytest.skip(f"no full-size checkpoint at {path}: run `make full-checkpoint`")
-    from weights.checkpoint import Checkpoint
+    from weights.mapping.checkpoint import Checkpoint
 
     return Checkpoint.open(path)
 

@@ -3,13 +3,13 @@
 A test fixture, not part of the product (it may import every package): it runs the MLX
 pipeline (``mlx_model``) over fake runners, so the Swift package is checked against the
 Python one.  Bundle I/O, sequence lengths and compute units come from the one bundle
-contract, ``coreml_convert.contract``.
+contract, ``weights.bundles.contract``.
 
 Writes (all generated, never committed; ``make swift-test`` puts them in build/golden):
 
   sampler.json          flow DPM-Solver++ and Euler timesteps/sigmas for several step
                         counts, and 20-step trajectories under a fixed fake denoiser,
-                        from ``mlx_model.scheduler`` driven by ``mlx_model.pipeline.sample``
+                        from ``mlx_model.support.scheduler`` driven by ``mlx_model.pipelines.generation.sample``
   qwen/tokenizer.json   a real Qwen2 vocabulary (ranks shipped by ``dashscope``)
   tokenizer_cases.json  ids from the ``tokenizers`` library for tricky strings
   export/               ``--export DIR``: a copy of a real ``python -m coreml_convert`` run
@@ -17,7 +17,7 @@ Writes (all generated, never committed; ``make swift-test`` puts them in build/g
                         the tiny model's mcp and dit); without it, a manifest written by
                         ``write_manifest`` over placeholder bundles with the contract's I/O
   host.json             the inputs the app computes for the pure-fp16 bundles, from
-                        ``coreml_convert.contract`` (RoPE cos/sin, causal and padding masks,
+                        ``weights.bundles.contract`` (RoPE cos/sin, causal and padding masks,
                         KV-cache write masks, DiT timestep features) for Swift's HostInputs
   pipeline.json         generate / edit / understand with the fake runners below, run by
                         mlx_model's own pipelines (GenerationPipeline, with an image encoder
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from weights import prompts
-from weights.errors import MobileOError, run_cli
+from weights.core import prompts
+from weights.core.errors import MobileOError, run_cli
 
 FORMAT = 1
 SAMPLER_STEPS = (1, 2, 3, 5, 10, 14, 15, 20, 28)
@@ -187,9 +187,9 @@ def fake_velocity(x: np.ndarray, t) -> np.ndarray:
 
 def sampler_goldens(cfg) -> dict:
     from ios_bridge.manifest import json_safe
-    from mlx_model.pipeline import sample
-    from mlx_model.scheduler import SCHEDULERS
-    from weights.configs import SAMPLERS
+    from mlx_model.pipelines.generation import sample
+    from mlx_model.support.scheduler import SCHEDULERS
+    from weights.core.configs import SAMPLERS
 
     out = {"config": json_safe(cfg.scheduler.to_dict()), "schedules": {}, "trajectories": {}}
     kinds = {SAMPLERS[name]: SCHEDULERS[name] for name in SAMPLERS}  # the manifest's type names
@@ -210,7 +210,7 @@ def sampler_goldens(cfg) -> dict:
 
 
 def qwen_tokenizer(folder: Path) -> Path:
-    from weights.tokenizer import qwen_tiktoken_path, tiktoken_vocab, write_tokenizer
+    from weights.mapping.tokenizer_files import qwen_tiktoken_path, tiktoken_vocab, write_tokenizer
 
     path = qwen_tiktoken_path()
     if path is None:
@@ -246,8 +246,8 @@ PLACEHOLDER_COMPONENTS = ("vision_encoder", "mcp", "dit", "vae_decoder")
 def placeholder_results(ckpt, out: Path) -> list[dict]:
     """Conversion results for placeholder bundles with the contract's I/O for this checkpoint
     (used until a real conversion run is passed with --export)."""
-    from coreml_convert import contract
-    from ios_bridge.hashing import bundle_bytes, bundle_sha256
+    from weights.bundles import contract
+    from weights.bundles.hashing import bundle_bytes, bundle_sha256
 
     results = []
     for name in PLACEHOLDER_COMPONENTS:
@@ -296,7 +296,7 @@ class _FakeLLM:
     """The fake LLM behind the real Python pipelines (MLX arrays in and out).
 
     ``embed``: a token becomes [id, 0, ..., 0, TOKEN_SENTINEL]; image rows (spliced in by
-    mlx_model.multimodal) stay as they are, so ``hidden_states`` can tell them apart.
+    mlx_model.components.multimodal) stay as they are, so ``hidden_states`` can tell them apart.
     ``__call__`` (understanding): a prompt of several positions starts a new answer, one
     position continues it; the logits peak at :func:`fake_next_token`."""
 
@@ -353,7 +353,7 @@ class _FakeLLM:
 
 
 class _FakeEncoder:
-    """mlx_model.multimodal.ImageEncoder's interface over :func:`fake_vision`."""
+    """mlx_model.components.multimodal.ImageEncoder's interface over :func:`fake_vision`."""
 
     def __init__(self, cfg):
         self.num_tokens, self.dim = cfg.vision.num_tokens, cfg.llm.hidden_size
@@ -402,9 +402,9 @@ def _image_result(cfg, res) -> dict:
 def pipeline_goldens(ckpt) -> dict:
     """generate / edit / understand run by mlx_model's own pipelines (GenerationPipeline, given
     an image encoder for editing; Understanding) over the fake runners."""
-    from mlx_model.pipeline import GenerationPipeline
-    from mlx_model.tokenizer import Tokenizer
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.generation import GenerationPipeline
+    from mlx_model.support.tokenizer import Tokenizer
+    from mlx_model.pipelines.understanding import Understanding
 
     cfg = ckpt.config
     tok = Tokenizer.from_checkpoint(ckpt)
@@ -441,8 +441,8 @@ def pipeline_goldens(ckpt) -> dict:
 
 def host_goldens(cfg) -> dict:
     """contract's host-side inputs for a few cases (Swift HostInputs must match them)."""
-    from coreml_convert import contract
-    from weights.configs import DiTConfig
+    from weights.bundles import contract
+    from weights.core.configs import DiTConfig
 
     t = contract.context_length(cfg)
     positions = [0, 1, 7, 63, 300, t - 1]
@@ -469,7 +469,7 @@ def host_goldens(cfg) -> dict:
 
 
 def write_goldens(out: str | Path, model: str = "demo", export: str | Path | None = None) -> Path:
-    from weights.hub import open_model
+    from weights.loading.hub import open_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,13 @@ are not seen.
 
 Rules:
   (a) no import cycle among the modules;
-  (b) weights/ imports none of the other three packages;
-  (c) no model file of mlx_model/ imports a CLI module of mlx_model/;
-  (d) ios_bridge/ does not import mlx_model/;
-  (e) no component module of coreml_convert/components/ imports another one
+  (b) package level: each product package imports only the packages ALLOWED says (weights/
+      none; coreml_convert/ writes the manifest through ios_bridge/, which never imports
+      the converter back; neither imports mlx_model/);
+  (c) floors inside a package (FLOORS): a module imports its own floor and the ones below,
+      never a floor above; in mlx_model/ no library module (support, components, pipelines)
+      imports a command, the CLI kit or the server;
+  (d) no component module of coreml_convert/components/ imports another one
       (shared blocks live in a shared module).
 """
 
@@ -28,9 +31,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("weights", "mlx_model", "coreml_convert", "ios_bridge")
 
-# mlx_model modules that hold model code (rule c); those that do not exist are skipped.
-MODEL_FILES = ("vision", "projector", "llm", "mcp", "dit", "dcae", "scheduler", "quant",
-               "tokenizer", "preprocess", "multimodal")
+# (b) which product package may import which
+ALLOWED = {
+    "weights": {"weights"},
+    "mlx_model": {"weights", "mlx_model"},
+    "coreml_convert": {"weights", "coreml_convert", "ios_bridge"},
+    "ios_bridge": {"weights", "ios_bridge"},
+}
+
+# (c) floors from the ground up; a module outside every listed floor of its package stands on
+# the top floor (mlx_model's commands and server).  weights.bundles stands on weights.core alone.
+FLOORS = {
+    "weights": ("weights.core", "weights.mapping", "weights.references", "weights.loading"),
+    "mlx_model": ("mlx_model.support", "mlx_model.components", "mlx_model.pipelines"),
+}
+BESIDE = {"weights.bundles": {"weights.core", "weights.bundles"}}
 
 
 @dataclass(frozen=True)
@@ -242,8 +257,8 @@ def test_scanner_sees_the_product_packages():
     for pkg in PACKAGES:
         assert pkg in names, f"{pkg}/__init__.py was not found"
     assert edges(), "no imports between the product packages were found"
-    assert any(e.src == "mlx_model.pipeline" and e.dst == "mlx_model.dit" for e in edges()), \
-        "relative imports are not resolved (mlx_model.pipeline -> mlx_model.dit missing)"
+    assert any(e.src == "mlx_model.pipelines.generation" and e.dst == "mlx_model.components.dit" for e in edges()), \
+        "relative imports are not resolved (mlx_model.pipelines.generation -> mlx_model.components.dit missing)"
 
 
 def test_resolution_of_relative_and_local_imports():
@@ -277,7 +292,7 @@ def test_resolution_of_relative_and_local_imports():
 
 
 # ---------------------------------------------------------------------------------------
-# (a) - (e)
+# (a) - (d)
 
 
 def test_no_import_cycles():
@@ -290,53 +305,53 @@ def test_no_import_cycles():
     assert not cycles, f"{len(cycles)} import cycle(s) among the product modules:\n" + "\n".join(msg)
 
 
-def test_weights_imports_no_other_product_package():
-    others = [p for p in PACKAGES if p != "weights"]
-    bad = [e for e in edges() if _in(e.src, "weights") and any(_in(e.dst, p) for p in others)]
-    assert not bad, _report("weights/ must not import mlx_model, coreml_convert or ios_bridge", bad)
+def test_packages_import_only_what_they_may():
+    bad = [e for e in edges() if e.dst.split(".")[0] not in ALLOWED[e.src.split(".")[0]]]
+    assert not bad, _report("a product package imports one it may not (tests/test_architecture.py ALLOWED)", bad)
+    mutual = {(a, b) for a, uses in ALLOWED.items() for b in uses if a != b and a in ALLOWED[b]}
+    assert not mutual, f"ALLOWED lets packages import each other: {sorted(mutual)}"
 
 
-def _is_cli(name: str, tree: ast.Module) -> bool:
-    short = name.rpartition(".")[2]
-    if short == "cli_common" or short.startswith("cli"):
-        return True
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "main":
-            return True
-        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-                and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
-                and any(isinstance(c, ast.Constant) and c.value == "__main__"
-                        for c in node.test.comparators)):
-            return True
-    return False
+def floor(name: str) -> tuple[str, int] | None:
+    """(package, floor index) of a module; None for a package's own __init__."""
+    pkg = name.split(".")[0]
+    if pkg not in FLOORS or name == pkg:
+        return None
+    for i, sub in enumerate(FLOORS[pkg]):
+        if _in(name, sub):
+            return pkg, i
+    return pkg, len(FLOORS[pkg])  # the top floor
 
 
-def cli_modules() -> set[str]:
-    return {n for n, t in trees().items()
-            if _in(n, "mlx_model") and n != "mlx_model" and _is_cli(n, t)}
+def test_no_import_runs_up_a_floor():
+    bad = []
+    for e in edges():
+        beside = next((allowed for sub, allowed in BESIDE.items() if _in(e.src, sub)), None)
+        if beside is not None:
+            if _in(e.dst, e.src.split(".")[0]) and not any(_in(e.dst, a) for a in beside):
+                bad.append(e)
+            continue
+        if any(_in(e.dst, sub) for sub in BESIDE):
+            continue
+        src, dst = floor(e.src), floor(e.dst)
+        if src and dst and src[0] == dst[0] and dst[1] > src[1]:
+            bad.append(e)
+    assert not bad, _report("an import runs up a floor (tests/test_architecture.py FLOORS: library code never "
+                            "imports a command, the CLI kit or the server)", bad)
 
 
-def test_mlx_model_files_import_no_cli_module():
-    model = {f"mlx_model.{m}" for m in MODEL_FILES} & set(modules())
-    cli = cli_modules()
-    assert model and cli, (model, cli)
-    assert not model & cli, f"model files look like CLIs: {sorted(model & cli)}"
-    bad = [e for e in edges() if e.src in model and e.dst in cli]
-    assert not bad, _report(f"mlx_model model files must not import CLI modules "
-                            f"(CLI modules: {', '.join(sorted(cli))})", bad)
-
-
-def test_ios_bridge_does_not_import_mlx_model():
-    bad = [e for e in edges() if _in(e.src, "ios_bridge") and _in(e.dst, "mlx_model")]
-    assert not bad, _report("ios_bridge/ must not import mlx_model/", bad)
+def test_floors_name_real_subpackages():
+    for subs in (*FLOORS.values(), BESIDE):
+        for sub in subs:
+            assert sub in modules(), f"{sub} is not a package"
 
 
 def component_modules() -> set[str]:
-    """The modules named in coreml_convert.contract.COMPONENT_NAMES (read statically), or every
+    """The modules named in weights.bundles.contract.COMPONENT_NAMES (read statically), or every
     public module of components/ when that tuple cannot be read; others there are shared."""
     pkg = "coreml_convert.components"
     names = None
-    for node in trees().get("coreml_convert.contract", ast.Module(body=[])).body:
+    for node in trees().get("weights.bundles.contract", ast.Module(body=[])).body:
         if (isinstance(node, (ast.Assign, ast.AnnAssign))
                 and any(isinstance(t, ast.Name) and t.id == "COMPONENT_NAMES"
                         for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))):

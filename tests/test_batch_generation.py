@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_model import batch
+from mlx_model.pipelines import batch
 from mlx_model import generate as generate_mod
-from mlx_model.image_files import read_metadata
-from weights.errors import MobileOError
+from mlx_model.support.image_files import read_metadata
+from weights.core.errors import MobileOError
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Path(sys.executable).parent / "mlx.launch"
@@ -82,7 +82,7 @@ def test_missing_or_empty_prompts_file(tmp_path):
 
 
 def test_plan_seeds_names_and_sizes(tmp_path):
-    from weights.synthetic import tiny_config
+    from weights.loading.synthetic import tiny_config
 
     config = tiny_config()
     jobs = batch.read_prompts_file(write(tmp_path / "p.jsonl", '{"prompt": "a"}\n{"prompt": "b", "seed": 100}\n'

@@ -1,4 +1,4 @@
-"""Multi-turn understanding (``mlx_model.conversation``) and the ``mobileo-chat`` REPL, on the
+"""Multi-turn understanding (``mlx_model.pipelines.conversation``) and the ``mobileo-chat`` REPL, on the
 tiny random checkpoint."""
 
 import io
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from weights.prompts import conversation_prompt, understanding_prompt
+from weights.core.prompts import conversation_prompt, understanding_prompt
 
 from metrics import rel_err
 
 
 @pytest.fixture(scope="module")
 def und(tiny_ckpt):
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.understanding import Understanding
 
     return Understanding.from_checkpoint(tiny_ckpt, quantize=0, low_memory=False)
 
@@ -53,7 +53,7 @@ def test_template_is_mobileos_qwen_2_conversation():
 
 def test_reused_prefix_gives_the_logits_of_a_full_prefill(und, photos, parity):
     """Turn 2 prefilled on top of turn 1's cache == turn 2 prefilled from scratch."""
-    from mlx_model.conversation import PromptCache, image_digest
+    from mlx_model.pipelines.conversation import PromptCache, image_digest
 
     llm, enc = und.llm, und.encoder
     pixels = enc.pixels(photos[0])
@@ -77,7 +77,7 @@ def test_reused_prefix_gives_the_logits_of_a_full_prefill(und, photos, parity):
 
 
 def test_second_turn_reuses_the_image_and_answers_as_from_scratch(und, photos, monkeypatch):
-    from mlx_model.conversation import Conversation
+    from mlx_model.pipelines.conversation import Conversation
 
     chat = Conversation(und, photos[0])
     first = tokens(chat.ask("What is it?", temp=0, max_tokens=6))
@@ -97,7 +97,7 @@ def test_second_turn_reuses_the_image_and_answers_as_from_scratch(und, photos, m
 
 
 def test_another_image_is_never_matched_by_the_cache(und, photos):
-    from mlx_model.conversation import Conversation
+    from mlx_model.pipelines.conversation import Conversation
 
     chat = Conversation(und, photos[0])
     tokens(chat.ask("What is it?", temp=0, max_tokens=3))
@@ -109,7 +109,7 @@ def test_another_image_is_never_matched_by_the_cache(und, photos):
 
 
 def test_text_only_and_rotating_cache(und):
-    from mlx_model.conversation import Conversation
+    from mlx_model.pipelines.conversation import Conversation
 
     chat = Conversation(und)
     assert tokens(chat.ask("Hello?", temp=0, max_tokens=3))
@@ -124,7 +124,7 @@ def test_a_cache_out_of_step_with_its_keys_is_dropped():
     position with no key: the cache must not be reused with the wrong positions."""
     from types import SimpleNamespace
 
-    from mlx_model.conversation import PromptCache
+    from mlx_model.pipelines.conversation import PromptCache
 
     pc = PromptCache()
     pc.cache = [SimpleNamespace(offset=6, is_trimmable=lambda: True)]
@@ -134,7 +134,7 @@ def test_a_cache_out_of_step_with_its_keys_is_dropped():
 
 @pytest.fixture(scope="module")
 def mobileo(tiny_ckpt):
-    from mlx_model.mobileo import MobileO
+    from mlx_model.pipelines.mobileo import MobileO
 
     return MobileO.from_checkpoint(tiny_ckpt, quantize=0, low_memory=False, name="tiny")
 
@@ -187,8 +187,8 @@ def test_chat_cli_checks_before_loading(capsys, tiny_ckpt_dir):
 
 
 def test_low_memory_conversation_never_reloads_the_vision_tower(tiny_ckpt, photos):
-    from mlx_model.conversation import Conversation
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.conversation import Conversation
+    from mlx_model.pipelines.understanding import Understanding
 
     low = Understanding.from_checkpoint(tiny_ckpt, quantize=0, low_memory=True)
     chat = Conversation(low, photos[0])
@@ -200,7 +200,7 @@ def test_low_memory_conversation_never_reloads_the_vision_tower(tiny_ckpt, photo
 
 def test_prompt_cache_of_a_model_without_layers_is_never_kept():
     """A stand-in LLM with no layers (the Swift goldens' fake) gives an empty cache list."""
-    from mlx_model.conversation import PromptCache
+    from mlx_model.pipelines.conversation import PromptCache
 
     pc = PromptCache()
     pc.cache, pc.keys = [], [1, 2]

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from mlx_model import cli_common as cc
-from mlx_model import image_files
+from mlx_model.support import image_files
 from mlx_model import edit as edit_mod
 from mlx_model import generate as generate_mod
 from mlx_model import understand as understand_mod
-from weights.errors import MobileOError
+from weights.core.errors import MobileOError
 
 
 def fails(capsys, main, *args) -> str:
@@ -203,7 +203,7 @@ def test_196_megapixels_says_to_downscale(capsys, tmp_path, tiny_ckpt_dir):
 
 def test_100_megapixels_reads_without_a_raw_warning(tmp_path):
     """Between Pillow's warning (89 MP) and its limit (179 MP): read quietly, at full size."""
-    from mlx_model.preprocess import load_image
+    from mlx_model.support.preprocess import load_image
 
     path = tmp_path / "big.jpg"
     Image.new("RGB", (10000, 10000), (10, 20, 30)).save(path, quality=50)
@@ -250,8 +250,8 @@ def test_hub_login_hint_is_the_installed_command(monkeypatch, tmp_path):
     import shutil
     import sys
 
-    from weights.errors import ModelNotFoundError
-    from weights.hub import resolve_model
+    from weights.core.errors import ModelNotFoundError
+    from weights.loading.hub import resolve_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

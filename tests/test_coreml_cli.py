@@ -10,10 +10,10 @@ import torch
 
 from coreml_convert import ane, cli
 from coreml_convert import convert as cv
-from coreml_convert import contract
-from coreml_convert.contract import BundleIO, TensorSpec, sequence_lengths
+from weights.bundles import contract
+from weights.bundles.contract import BundleIO, TensorSpec, sequence_lengths
 from coreml_convert.spec import ConversionResult
-from weights.torch_map import to_torch
+from weights.mapping.torch_map import to_torch
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
@@ -109,7 +109,7 @@ def test_host_inputs():
     one-hot cache blocks."""
     import torch
 
-    from weights.configs import LLMConfig
+    from weights.core.configs import LLMConfig
 
     llm = LLMConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=8,
                     vocab_size=10, num_hidden_layers=1)
@@ -333,7 +333,7 @@ def test_interrupted_save_leaves_nothing(tiny_ckpt_dir, tmp_path, capsys, monkey
 
 @pytest.mark.slow
 def test_unsupported_config_is_a_one_line_component_failure(tiny_ckpt_dir, tmp_path, capsys):
-    """A DiT / DC-AE variant the Core ML modules do not build (weights.configs' check_supported)
+    """A DiT / DC-AE variant the Core ML modules do not build (weights.core.configs' check_supported)
     fails that component with a one-line ConfigError ("failed", not "crashed", no traceback);
     the other components still convert."""
     import shutil

@@ -11,7 +11,7 @@ from coreml_convert import gates
 from coreml_convert.components import dit
 from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program, run_program
-from weights import synthetic
+from weights.loading import synthetic
 from metrics import within
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
@@ -46,7 +46,7 @@ def test_mask_is_diffusers_encoder_attention_mask(spec, tiny_ckpt):
     noisy["encoder_hidden_states"][..., valid:] = 100.0
     within(np.abs(gates.torch_outputs(spec, noisy)["velocity"] - base).max(), at_most=1e-4 * np.abs(base).max())
     ones = dict(x, encoder_attention_mask=np.ones_like(x["encoder_attention_mask"]))
-    from weights import upstream
+    from weights.references import upstream
 
     ref_model = upstream.build("dit", tiny_ckpt.config, tiny_ckpt.load("dit"))
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_timestep_features_come_from_the_host(bundle, spec):
     from coremltools.converters.mil.mil import types
     from diffusers.models.embeddings import get_timestep_embedding
 
-    from coreml_convert.contract import timestep_features
+    from weights.bundles.contract import timestep_features
 
     t = np.array([0.0, 1.5, 500.0, 999.0], np.float32)
     want = get_timestep_embedding(torch.from_numpy(t), 256, flip_sin_to_cos=True, downscale_freq_shift=0).numpy()
@@ -93,7 +93,7 @@ def test_timestep_features_come_from_the_host(bundle, spec):
 @pytest.mark.slow
 def test_full_width_two_layers_fp16(tmp_path_factory, parity):
     """Real SANA-600M widths (1152 dims, 36 + 16 heads, 2304 caption channels), 2 blocks."""
-    from weights.configs import DiTConfig
+    from weights.core.configs import DiTConfig
 
     ckpt = synthetic.write_reduced(tmp_path_factory.mktemp("full_dit") / "ckpt", dit=DiTConfig(num_layers=2))
     spec = dit.build_spec(ckpt)
@@ -107,7 +107,7 @@ def test_full_width_two_layers_fp16(tmp_path_factory, parity):
 
 
 def test_unsupported_variant_is_a_config_error(tiny_ckpt):
-    from weights.errors import ConfigError
+    from weights.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         dit.SanaDiT(tiny_ckpt.config.dit.replace(qk_norm="rms_norm_across_heads"))

@@ -13,7 +13,7 @@ broken decompression or host loop, not a quality loss (README, "Compression").
 import numpy as np
 import pytest
 
-from coreml_convert import contract
+from weights.bundles import contract
 from coreml_convert import convert as cv
 from coreml_convert import gates
 from coreml_convert.components import dit, llm
@@ -36,9 +36,9 @@ def both_programs(spec, name, tmp_path):
 
 def sample_latents(program, cfg, cond, mask, noise) -> np.ndarray:
     """The app's loop: one CFG pair (uncond, cond) per step through the DiT program."""
-    from mlx_model.pipeline import sample
-    from mlx_model.scheduler import SCHEDULERS, classifier_free_guidance
-    from weights.configs import DEFAULT_SAMPLER
+    from mlx_model.pipelines.generation import sample
+    from mlx_model.support.scheduler import SCHEDULERS, classifier_free_guidance
+    from weights.core.configs import DEFAULT_SAMPLER
 
     scheduler = SCHEDULERS[DEFAULT_SAMPLER](cfg.scheduler, STEPS)
 

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from coreml_convert import contract, gates, lint
+from weights.bundles import contract
+
+from coreml_convert import gates, lint
 from coreml_convert import convert as cv
 from coreml_convert.components import llm
-from coreml_convert.contract import place_image, sequence_lengths
+from weights.bundles.contract import place_image, sequence_lengths
 from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program, run_program
-from weights import synthetic
+from weights.loading import synthetic
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
@@ -38,7 +40,7 @@ def spec(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def reference_model(tiny_ckpt):
-    from weights import upstream
+    from weights.references import upstream
 
     return upstream.build("llm", tiny_ckpt.config, tiny_ckpt.load("llm"))
 
@@ -238,7 +240,7 @@ def test_default_recipe_plain_and_compressed_from_one_conversion(spec, tmp_path,
     merged twice (fp16 and int4); gate 2 runs on the fp16 program, the int4 one is measured
     against it (drift; random weights, so the value is indicative)."""
     from coreml_convert.mil_exec import op_types
-    from ios_bridge.hashing import bundle_bytes
+    from weights.bundles.hashing import bundle_bytes
 
     recipe = cv.RECIPES["llm"]
     plain, packed = cv.convert_both(spec, "fp16", recipe)
@@ -262,8 +264,8 @@ def test_default_recipe_plain_and_compressed_from_one_conversion(spec, tmp_path,
 def test_full_width_two_layers_fp16(tmp_path_factory, parity):
     """Qwen2-0.5B widths (896, 14 heads / 2 KV heads, 4864 MLP), 2 layers, the tiny vocab:
     the multifunction bundle through both gates."""
-    from weights.configs import LLMConfig
-    from weights.synthetic import TINY_VOCAB
+    from weights.core.configs import LLMConfig
+    from weights.loading.synthetic import TINY_VOCAB
 
     cfg = LLMConfig(hidden_size=896, num_hidden_layers=2, num_attention_heads=14, num_key_value_heads=2,
                     intermediate_size=4864, vocab_size=TINY_VOCAB)
@@ -278,7 +280,7 @@ def test_full_width_two_layers_fp16(tmp_path_factory, parity):
 
 def test_bad_head_config_is_one_line_error(tiny_ckpt):
     from coreml_convert.ane_qwen2 import Qwen2ANE
-    from weights.errors import ConfigError
+    from weights.core.errors import ConfigError
 
     bad = tiny_ckpt.config.llm.replace(num_key_value_heads=3)
     with pytest.raises(ConfigError) as e:

@@ -1,4 +1,4 @@
-"""Core ML MCP: the Neural-Engine module vs weights/mcp_reference.py (gate 1, fp32) and the
+"""Core ML MCP: the Neural-Engine module vs weights/references/mcp.py (gate 1, fp32) and the
 converted fp16 program on numpy vs the module (gate 2); masked padding reproduces the
 reference run on the unpadded sequence."""
 
@@ -69,7 +69,7 @@ def test_enumerated_length_128(spec, bundle):
 
 def test_full_width_gate_chain(tmp_path_factory, parity):
     """The 0.5B MCP widths (896 -> 512 -> 2304, channel attention 128) through both gates."""
-    from weights import synthetic
+    from weights.loading import synthetic
 
     tiny = synthetic.tiny_config()
     ckpt = synthetic.write_reduced(

@@ -9,7 +9,7 @@ from coreml_convert import convert as cv
 from coreml_convert import gates
 from coreml_convert.components import vae_decoder
 from coreml_convert.metrics import max_relative_error, psnr
-from weights import synthetic
+from weights.loading import synthetic
 from metrics import within
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
@@ -53,7 +53,7 @@ def test_gate2_fp16_program(spec, tmp_path):
 def test_full_width_one_layer_per_stage_fp16(tmp_path_factory, parity):
     """Real widths (128, 256, 512, 512, 1024, 1024), one layer per stage, 4x4 latent -> 128 px:
     linear attention over up to 1024 positions per head in fp16."""
-    from weights.configs import VAEConfig
+    from weights.core.configs import VAEConfig
 
     one = (1,) * 6
     ckpt = synthetic.write_reduced(tmp_path_factory.mktemp("full_vae") / "ckpt",
@@ -72,7 +72,7 @@ def test_full_width_one_layer_per_stage_fp16(tmp_path_factory, parity):
                                     {"decoder_norm_types": "batch_norm"}])
 def test_unsupported_variant_is_a_config_error(tiny_ckpt, change):
     """Variants VAEConfig.check_supported refuses never reach a half-built module."""
-    from weights.errors import ConfigError
+    from weights.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         vae_decoder.VAEDecoder(tiny_ckpt.config.vae.replace(**change))
@@ -80,7 +80,7 @@ def test_unsupported_variant_is_a_config_error(tiny_ckpt, change):
 
 
 def test_module_loads_only_the_decoder(spec, tiny_ckpt):
-    from weights.layout import VAE_DECODER
+    from weights.mapping.layout import VAE_DECODER
 
     names = set(spec.module.state_dict())
     assert names == {k for k in tiny_ckpt.keys("vae") if k.startswith(VAE_DECODER)}

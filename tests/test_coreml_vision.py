@@ -14,7 +14,7 @@ from coreml_convert import gates
 from coreml_convert.components import vision_encoder
 from coreml_convert.metrics import max_relative_error, psnr
 from coreml_convert.mil_exec import load_program
-from weights import synthetic
+from weights.loading import synthetic
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
@@ -48,7 +48,7 @@ def test_spec_io(spec, tiny_ckpt):
 
 def test_module_uses_checkpoint_names(spec, tiny_ckpt):
     """Every tower parameter is a checkpoint vision key (Apple's names), no table between."""
-    from weights.layout import UNUSED
+    from weights.mapping.layout import UNUSED
 
     names = set(spec.module.tower.state_dict())
     assert names == set(tiny_ckpt.keys("vision")) - UNUSED["vision"] and "head.proj" not in names
@@ -88,8 +88,8 @@ def test_program_is_neural_engine_shaped(bundle):
 def test_full_width_one_block_per_stage(tmp_path_factory, parity):
     """FastViTHD's real widths and heads (two attention stages, 3072-d conv_exp, the
     3072->896->896 projector), one block per stage, 256-px input (16 tokens)."""
-    from weights.configs import LLMConfig, VisionConfig
-    from weights.synthetic import TINY_VOCAB
+    from weights.core.configs import LLMConfig, VisionConfig
+    from weights.loading.synthetic import TINY_VOCAB
 
     llm = LLMConfig(hidden_size=896, num_hidden_layers=1, num_attention_heads=14, num_key_value_heads=2,
                     intermediate_size=128, vocab_size=TINY_VOCAB)

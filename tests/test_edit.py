@@ -13,8 +13,8 @@ from PIL import Image
 import mlx.core as mx
 
 from mlx_model import edit as edit_mod
-from mlx_model import pipeline as pipeline_mod
-from mlx_model.pipeline import GenerationPipeline
+from mlx_model.pipelines import generation as pipeline_mod
+from mlx_model.pipelines.generation import GenerationPipeline
 from metrics import rel_err, within
 
 pytestmark = pytest.mark.torch
@@ -40,7 +40,7 @@ def test_conditioning_matches_upstream_chain(pipe, tiny_ckpt, photo):
     """timm -> projector -> spliced into the editing prompt -> transformers Qwen2 hidden states
     -> (zeros, h) CFG batch -> the MCP reference, vs the pipeline's editing conditioning."""
     import torch
-    from weights import mcp_reference, upstream
+    from weights.references import mcp as mcp_reference, upstream
 
     cfg = tiny_ckpt.config
     pixels = pipe.encoder.pixels(photo)
@@ -93,7 +93,7 @@ def test_edit_is_seeded_and_depends_on_image_and_instruction(pipe, photo):
 
 
 def test_edit_with_given_latents_equals_sampling_by_hand(pipe, photo):
-    """Same initial latents -> the very loop of mlx_model.pipeline.sample with the edit context."""
+    """Same initial latents -> the very loop of mlx_model.pipelines.generation.sample with the edit context."""
     shape = (1, *pipe.config.latent_shape)
     x0 = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     out = pipe.edit(photo, INSTRUCTION, steps=3, guidance=1.5, latents=x0)
@@ -115,7 +115,7 @@ def test_cli_options_are_the_generation_options():
 
 
 def test_generation_loads_no_vision_and_edit_does(tiny_ckpt_dir):
-    from weights.checkpoint import Checkpoint
+    from weights.mapping.checkpoint import Checkpoint
 
     def loaded_by(**kw):
         ckpt = Checkpoint.open(tiny_ckpt_dir)
@@ -131,14 +131,14 @@ def test_generation_loads_no_vision_and_edit_does(tiny_ckpt_dir):
 
 
 def test_editing_needs_the_image_encoder(tiny_ckpt, photo):
-    from weights.errors import MobileOError
+    from weights.core.errors import MobileOError
 
     with pytest.raises(MobileOError, match="edit=True"):
         GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0).encode_prompt(INSTRUCTION, photo)
 
 
 def test_cli_writes_png_with_metadata(photo, tiny_ckpt_dir, tmp_path, capsys):
-    from mlx_model.image_files import read_metadata as read_png_metadata
+    from mlx_model.support.image_files import read_metadata as read_png_metadata
 
     out = tmp_path / "e.png"
     args = [str(photo), INSTRUCTION, "--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "2", "--seed", "5",
@@ -181,7 +181,7 @@ def test_module_entry_point_on_demo_model(photo, tmp_path):
 
 def test_cli_mflux_flags(photo, tiny_ckpt_dir, tmp_path, capsys):
     """mflux's --image-path and --prompt, a non-square size, and a JPEG output."""
-    from mlx_model.image_files import read_metadata
+    from mlx_model.support.image_files import read_metadata
 
     common = ["--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "2", "--seed", "3"]
     edit_mod.main([str(photo), INSTRUCTION, *common, "--output", str(tmp_path / "a.png")])

@@ -11,7 +11,7 @@ import mlx.core as mx
 import torch
 
 import test_generate_e2e as e2e  # noqa: E402  (the torch reference loop)
-from weights import mcp_reference, upstream  # noqa: E402
+from weights.references import mcp as mcp_reference, upstream  # noqa: E402
 from metrics import psnr, rel_err  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.full]
@@ -20,8 +20,8 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def prompt_ids(full_ckpt):
-    from mlx_model.tokenizer import Tokenizer
-    from weights.prompts import generation_prompt
+    from mlx_model.support.tokenizer import Tokenizer
+    from weights.core.prompts import generation_prompt
 
     return Tokenizer.from_checkpoint(full_ckpt).encode_prompt(e2e.PROMPT, generation_prompt)
 
@@ -29,7 +29,7 @@ def prompt_ids(full_ckpt):
 @pytest.fixture(scope="module")
 def hidden(full_ckpt, prompt_ids):
     """transformers' last 4 hidden states, and ours."""
-    from mlx_model.llm import LanguageModel
+    from mlx_model.components.llm import LanguageModel
 
     cfg = full_ckpt.config
     ref_llm = upstream.build("llm", cfg, full_ckpt.load("llm"))
@@ -51,7 +51,7 @@ def test_llm_hidden_states(hidden, parity):
 
 
 def test_mcp(full_ckpt, hidden, parity):
-    from mlx_model.mcp import MCP
+    from mlx_model.components.mcp import MCP
 
     ref_h, _ = hidden
     cfg = full_ckpt.config
@@ -63,7 +63,7 @@ def test_mcp(full_ckpt, hidden, parity):
 
 
 def test_dit(full_ckpt, parity):
-    from mlx_model.dit import SanaTransformer
+    from mlx_model.components.dit import SanaTransformer
 
     cfg = full_ckpt.config
     rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def test_dit(full_ckpt, parity):
 
 
 def test_vae_decoder(full_ckpt, parity):
-    from mlx_model.dcae import AutoencoderDC
+    from mlx_model.components.dcae import AutoencoderDC
 
     cfg = full_ckpt.config
     z = np.random.default_rng(1).standard_normal((1, *cfg.latent_shape)).astype(np.float32)
@@ -94,7 +94,7 @@ def test_vae_decoder(full_ckpt, parity):
 
 def test_end_to_end_and_4bit_drift(full_ckpt, prompt_ids, parity):
     """Two DPM-Solver++ steps with guidance (both solver orders run), same initial latents."""
-    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.pipelines.generation import GenerationPipeline
 
     steps, guidance = 2, 1.5
     x0 = np.random.default_rng(42).standard_normal((1, *full_ckpt.config.latent_shape)).astype(np.float32)

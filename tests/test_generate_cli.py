@@ -35,7 +35,7 @@ def test_demo_on_fresh_cache_without_torch(tmp_path):
     assert img.is_file() and (tmp_path / "image.json").is_file()
     from PIL import Image
 
-    from mlx_model.image_files import read_metadata as read_png_metadata
+    from mlx_model.support.image_files import read_metadata as read_png_metadata
 
     with Image.open(img) as im:
         assert im.size == (64, 64) and im.mode == "RGB"
@@ -64,7 +64,7 @@ def test_cli_module_never_overwrites_and_reproduces(tmp_path):
 
 
 def test_latents_file_matches_python_api(tmp_path):
-    from weights.synthetic import tiny_config
+    from weights.loading.synthetic import tiny_config
 
     from mlx_model.generate import generate
 
@@ -107,11 +107,11 @@ def test_too_long_prompt_is_clear(tmp_path):
 
 
 def test_openblas_reexec(tmp_path):
-    from mlx_model.platform import openblas_path
+    from mlx_model.support.platform import openblas_path
 
     if not sys.platform.startswith("linux") or openblas_path() is None:
         pytest.skip("no Debian OpenBLAS here")
-    code = ("import os\nfrom mlx_model.platform import use_openblas\nuse_openblas()\n"
+    code = ("import os\nfrom mlx_model.support.platform import use_openblas\nuse_openblas()\n"
             "print('PRELOAD=' + os.environ.get('LD_PRELOAD', ''))\n")
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     r = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT)),
@@ -121,7 +121,7 @@ def test_openblas_reexec(tmp_path):
 
 
 def test_unique_path(tmp_path):
-    from mlx_model.image_files import output_paths, unique_path
+    from mlx_model.support.image_files import output_paths, unique_path
 
     (tmp_path / "a.png").write_bytes(b"")
     assert unique_path(tmp_path / "a.png").name == "a_1.png"
@@ -133,7 +133,7 @@ def test_save_never_overwrites_a_file_that_appeared_meanwhile(tmp_path):
     """A name taken after the paths were chosen (another run) is skipped, not overwritten."""
     import numpy as np
 
-    from mlx_model import image_files
+    from mlx_model.support import image_files
 
     target = tmp_path / "image.png"
     target.write_bytes(b"someone else's")
@@ -171,7 +171,7 @@ def test_prompt_flag_positional_and_stdin(tmp_path, tiny_ckpt_dir, capsys):
                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
-    from mlx_model.image_files import read_metadata
+    from mlx_model.support.image_files import read_metadata
 
     assert read_metadata(tmp_path / "stdin.png")["prompt"] == "a red cup"  # the trailing newline dropped
     with pytest.raises(SystemExit):
@@ -183,7 +183,7 @@ def test_prompt_flag_positional_and_stdin(tmp_path, tiny_ckpt_dir, capsys):
 
 
 def test_several_seeds_one_image_each_named_by_seed(tmp_path, tiny_ckpt_dir):
-    from mlx_model.image_files import read_metadata
+    from mlx_model.support.image_files import read_metadata
 
     _gen(tmp_path, "a red cup", "--seed", "7", "3", "11", "--output", tmp_path / "cup.png", model=tiny_ckpt_dir)
     assert sorted(p.name for p in tmp_path.glob("cup*.png")) == ["cup_seed_11.png", "cup_seed_3.png",
@@ -194,7 +194,7 @@ def test_several_seeds_one_image_each_named_by_seed(tmp_path, tiny_ckpt_dir):
 
 
 def test_width_and_height(tmp_path, tiny_ckpt_dir):
-    from mlx_model.image_files import read_metadata
+    from mlx_model.support.image_files import read_metadata
 
     _gen(tmp_path, "a red cup", "--seed", "0", "--width", "96", "--height", "48", "--output", tmp_path / "w.png",
          model=tiny_ckpt_dir)
@@ -215,7 +215,7 @@ def test_metadata_for_other_tools(tmp_path, tiny_ckpt_dir):
     """AUTOMATIC1111's ``parameters`` text, the full JSON under our key, tool version and model hash."""
     from PIL import Image
 
-    from mlx_model.image_files import METADATA_KEY, model_hash, tool_version
+    from mlx_model.support.image_files import METADATA_KEY, model_hash, tool_version
 
     _gen(tmp_path, "a red cup, on a table", "--seed", "5", "--output", tmp_path / "m.png", model=tiny_ckpt_dir)
     with Image.open(tmp_path / "m.png") as im:
@@ -229,7 +229,7 @@ def test_metadata_for_other_tools(tmp_path, tiny_ckpt_dir):
 
 
 def test_model_revision_of_a_hub_snapshot():
-    from mlx_model.image_files import model_revision
+    from mlx_model.support.image_files import model_revision
 
     sha = "a" * 40
     assert model_revision(f"/c/hub/models--A--B/snapshots/{sha}/final_merged_model_23620") == sha
@@ -237,7 +237,7 @@ def test_model_revision_of_a_hub_snapshot():
 
 
 def test_config_from_metadata_reproduces_a_run(tmp_path, tiny_ckpt_dir):
-    from mlx_model.image_files import read_metadata
+    from mlx_model.support.image_files import read_metadata
 
     _gen(tmp_path, "a red cup", "--seed", "9", "--width", "48", "--guidance", "2.5", "--scheduler", "euler",
          "--output", tmp_path / "first.webp", model=tiny_ckpt_dir)

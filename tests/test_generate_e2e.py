@@ -9,8 +9,8 @@ import pytest
 import mlx.core as mx
 import torch
 
-from weights import mcp_reference, upstream  # noqa: E402
-from mlx_model.pipeline import GenerationPipeline, latent_shape  # noqa: E402
+from weights.references import mcp as mcp_reference, upstream  # noqa: E402
+from mlx_model.pipelines.generation import GenerationPipeline, latent_shape  # noqa: E402
 from metrics import psnr  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from ios_bridge import MANIFEST_FILE
-from ios_bridge.hashing import bundle_bytes, bundle_sha256
+from weights.bundles.hashing import bundle_bytes, bundle_sha256
 from ios_bridge.manifest import ManifestError, load_schema, write_manifest
 from ios_bridge.validate import validate
-from weights import prompts
+from weights.core import prompts
 from metrics import within
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
@@ -115,7 +115,7 @@ def test_manifest_facts_come_from_weights(export, tiny_ckpt):
 
 def test_write_manifest_takes_conversion_results(tmp_path, tiny_ckpt):
     """Contract C: ConversionResult objects (to_dict) with TensorSpec inputs, chunked components."""
-    from coreml_convert.contract import TensorSpec
+    from weights.bundles.contract import TensorSpec
     from coreml_convert.spec import ConversionResult
 
     out = tmp_path / "e"
@@ -148,11 +148,11 @@ def test_write_manifest_takes_conversion_results(tmp_path, tiny_ckpt):
 
 
 def test_manifest_writer_does_not_import_torch():
-    """The manifest writer and validator read the bundle contract (coreml_convert.contract)
+    """The manifest writer and validator read the bundle contract (weights.bundles.contract)
     without pulling torch, coremltools or MLX."""
     code = ("import sys, ios_bridge.manifest, ios_bridge.validate; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'coremltools', 'mlx', 'mlx_model'})); "
-            "print('coreml_convert.contract' in sys.modules)")
+            "print('weights.bundles.contract' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["[]", "True"], r.stdout
@@ -160,7 +160,7 @@ def test_manifest_writer_does_not_import_torch():
 
 def test_placeholder_manifest_is_the_contract(export, tiny_ckpt):
     """The placeholder bundles' I/O and compute units are the converter's contract, not a copy."""
-    from coreml_convert import contract
+    from weights.bundles import contract
 
     m = json.loads((export / MANIFEST_FILE).read_text())
     for c in m["components"]:
@@ -196,7 +196,7 @@ def test_manifest_lists_every_function_of_llm(llm_export, tiny_ckpt):
     import jsonschema
     import numpy as np
 
-    from coreml_convert import contract
+    from weights.bundles import contract
     from coreml_convert.mil_exec import load_program
 
     data = json.loads((llm_export / MANIFEST_FILE).read_text())
@@ -318,7 +318,7 @@ def test_golden_files(golden):
 
 
 def test_golden_sampler_is_diffusers(golden):
-    """The sampler goldens (mlx_model.scheduler) equal diffusers' schedulers within 1e-5."""
+    """The sampler goldens (mlx_model.support.scheduler) equal diffusers' schedulers within 1e-5."""
     import torch
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
@@ -347,7 +347,7 @@ def test_golden_sampler_is_diffusers(golden):
 
 
 def test_golden_generation_runs_the_python_pipeline(golden):
-    """The fake-runner generation goldens come from mlx_model.pipeline.GenerationPipeline;
+    """The fake-runner generation goldens come from mlx_model.pipelines.generation.GenerationPipeline;
     re-derive the final image from the recorded latents with the same fakes."""
     from golden import fake_vae
 
@@ -362,13 +362,13 @@ def test_golden_generation_runs_the_python_pipeline(golden):
         assert np.abs(np.round(unit * 255).transpose(1, 2, 0).ravel() - np.array(case["rgb"])).max() <= 1
     assert all(len(u["answer_ids"]) == g["fake_eos_after"] for u in g["understand"])
     n = json.loads((golden / "export" / "manifest.json").read_text())["pipeline"]["conditioning"]["image_tokens"]
-    for case in g["edit"] + g["understand"]:  # prompt ids as mlx_model.multimodal lays them out
+    for case in g["edit"] + g["understand"]:  # prompt ids as mlx_model.components.multimodal lays them out
         assert len(case["ids"]) > n and len(set(case["ids"])) > 10
 
 
 def test_golden_export_copies_a_validated_conversion(export, tmp_path, tiny_ckpt):
     from golden import write_export
-    from weights.errors import MobileOError
+    from weights.core.errors import MobileOError
 
     manifest = write_export(tiny_ckpt, tmp_path / "copy", export)
     assert manifest.read_text() == (export / MANIFEST_FILE).read_text()

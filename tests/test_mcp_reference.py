@@ -14,9 +14,9 @@ import pytest
 
 import torch
 
-from weights import mcp_reference  # noqa: E402
-from weights.configs import MCPConfig  # noqa: E402
-from weights.synthetic import mcp_layout, random_tensors  # noqa: E402
+from weights.references import mcp as mcp_reference  # noqa: E402
+from weights.core.configs import MCPConfig  # noqa: E402
+from weights.loading.synthetic import mcp_layout, random_tensors  # noqa: E402
 from metrics import within
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
@@ -56,7 +56,7 @@ def test_torch_reference_channel_attention_by_hand():
 
 def test_mlx_channel_attention_by_hand():
     import mlx.core as mx
-    from mlx_model.mcp import ChannelAttention
+    from mlx_model.components.mcp import ChannelAttention
 
     x, want = hand_case()
     ca = ChannelAttention(CFG)

@@ -30,7 +30,7 @@ from coreml_convert.mil_exec import (  # noqa: E402
     run_program,
     unsupported_ops,
 )
-from weights.errors import MobileOError  # noqa: E402
+from weights.core.errors import MobileOError  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml, pytest.mark.filterwarnings("ignore::UserWarning")]  # coremltools renames outputs
 

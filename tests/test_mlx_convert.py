@@ -9,8 +9,8 @@ import pytest
 import mlx.core as mx
 
 from mlx_model.convert import convert, main  # noqa: E402
-from mlx_model.mlx_folder import MLXFolder, is_mlx_folder, open_model  # noqa: E402
-from weights.errors import MobileOError, WeightsError  # noqa: E402
+from mlx_model.support.mlx_folder import MLXFolder, is_mlx_folder, open_model  # noqa: E402
+from weights.core.errors import MobileOError, WeightsError  # noqa: E402
 
 PROMPT = "a red cup"
 
@@ -36,7 +36,7 @@ def test_folder_layout(q4_dir):
 
 
 def test_round_trip_is_bit_identical(tiny_ckpt, q4_dir):
-    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.pipelines.generation import GenerationPipeline
 
     x0 = np.random.default_rng(0).standard_normal((1, *tiny_ckpt.config.latent_shape)).astype(np.float32)
     mem = GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=4, group_size=32)
@@ -54,7 +54,7 @@ def test_round_trip_is_bit_identical(tiny_ckpt, q4_dir):
 
 
 def test_understanding_loads_the_folder(q4_dir):
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.understanding import Understanding
 
     u = Understanding.from_pretrained(str(q4_dir), quantize=4)
     img = np.zeros((32, 32, 3), np.uint8)
@@ -62,7 +62,7 @@ def test_understanding_loads_the_folder(q4_dir):
 
 
 def test_other_settings_are_an_error_with_a_fix(q4_dir):
-    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.pipelines.generation import GenerationPipeline
 
     for q in (0, 8):
         with pytest.raises(WeightsError, match="4-bit, group 32") as e:

@@ -12,10 +12,10 @@ import pytest
 import mlx.core as mx
 import torch
 
-from weights import upstream  # noqa: E402
-from weights.configs import VAEConfig  # noqa: E402
-from weights.synthetic import random_tensors  # noqa: E402
-from mlx_model.dcae import AutoencoderDC  # noqa: E402
+from weights.references import upstream  # noqa: E402
+from weights.core.configs import VAEConfig  # noqa: E402
+from weights.loading.synthetic import random_tensors  # noqa: E402
+from mlx_model.components.dcae import AutoencoderDC  # noqa: E402
 from metrics import rel_err  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -8,8 +8,8 @@ import pytest
 import mlx.core as mx
 import torch
 
-from weights import upstream  # noqa: E402
-from mlx_model.dcae import AutoencoderDC  # noqa: E402
+from weights.references import upstream  # noqa: E402
+from mlx_model.components.dcae import AutoencoderDC  # noqa: E402
 from metrics import psnr, rel_err, within  # noqa: E402
 
 pytestmark = pytest.mark.torch

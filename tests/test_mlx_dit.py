@@ -9,10 +9,10 @@ import pytest
 import mlx.core as mx
 import torch
 
-from weights import upstream  # noqa: E402
-from weights.configs import DiTConfig  # noqa: E402
-from weights.synthetic import random_tensors  # noqa: E402
-from mlx_model.dit import SanaTransformer  # noqa: E402
+from weights.references import upstream  # noqa: E402
+from weights.core.configs import DiTConfig  # noqa: E402
+from weights.loading.synthetic import random_tensors  # noqa: E402
+from mlx_model.components.dit import SanaTransformer  # noqa: E402
 from metrics import rel_err, within  # noqa: E402
 
 pytestmark = pytest.mark.torch

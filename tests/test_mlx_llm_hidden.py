@@ -13,20 +13,20 @@ pytestmark = pytest.mark.torch
 
 @pytest.fixture(scope="module")
 def llm(tiny_ckpt):
-    from mlx_model.llm import LanguageModel
+    from mlx_model.components.llm import LanguageModel
 
     return LanguageModel.from_checkpoint(tiny_ckpt)
 
 
 @pytest.fixture(scope="module")
 def ref(tiny_ckpt):
-    from weights import upstream
+    from weights.references import upstream
 
     return upstream.build("llm", tiny_ckpt.config, tiny_ckpt.load("llm"))
 
 
 def test_tokenizer_ids_by_name(llm):
-    from weights import prompts
+    from weights.core import prompts
 
     tok = llm.tokenizer
     ids = tok.encode(prompts.generation_prompt("a red cup"))
@@ -36,7 +36,7 @@ def test_tokenizer_ids_by_name(llm):
 
 
 def test_hidden_states_match_transformers(llm, ref, tiny_ckpt, parity):
-    from weights import prompts
+    from weights.core import prompts
 
     ids = llm.tokenizer.encode(prompts.generation_prompt("a red cup"))
     emb = llm.embed(mx.array([ids]))
@@ -82,7 +82,7 @@ def test_quantized_llm_loads_and_dequantized_compute_matches(tiny_ckpt):
     """4-bit weights; on CPU they are dequantized for float matmuls: same values, same outputs."""
     import mlx.nn as nn
 
-    from mlx_model.llm import LanguageModel
+    from mlx_model.components.llm import LanguageModel
 
     q = LanguageModel.from_checkpoint(tiny_ckpt, quantize_bits=4, dequantize=False)
     assert isinstance(q.model.model.layers[0].mlp.gate_proj, nn.QuantizedLinear)
@@ -98,8 +98,8 @@ def test_quantized_llm_loads_and_dequantized_compute_matches(tiny_ckpt):
 def test_shape_mismatch_is_one_clear_line(tiny_ckpt):
     from mlx_lm.models.qwen2 import Model, ModelArgs
 
-    from weights.errors import WeightsError
-    from weights.mlx_map import load_component
+    from weights.core.errors import WeightsError
+    from weights.mapping.mlx_map import load_component
 
     cfg = tiny_ckpt.config.llm.replace(intermediate_size=96)
     with pytest.raises(WeightsError, match="has shape") as e:
@@ -111,11 +111,11 @@ def test_full_width_reduced_layers_match_transformers(parity):
     """Qwen2-0.5B widths (896, 14 heads / 2 KV heads, 4864 MLP), 2 layers, small vocab."""
     from mlx_lm.models.qwen2 import Model, ModelArgs
 
-    from weights import upstream
-    from weights.configs import LLMConfig
-    from weights.mlx_map import load_component
-    from weights.synthetic import random_tensors
-    from mlx_model.llm import LanguageModel
+    from weights.references import upstream
+    from weights.core.configs import LLMConfig
+    from weights.mapping.mlx_map import load_component
+    from weights.loading.synthetic import random_tensors
+    from mlx_model.components.llm import LanguageModel
 
     cfg = LLMConfig(hidden_size=896, num_hidden_layers=2, num_attention_heads=14, num_key_value_heads=2,
                     intermediate_size=4864, vocab_size=1000)

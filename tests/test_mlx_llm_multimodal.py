@@ -11,10 +11,11 @@ import pytest
 import torch
 import timm  # noqa: F401
 
-from mlx_model.multimodal import MultimodalPrompt  # noqa: E402
-from mlx_model.tokenizer import PromptError  # noqa: E402
-from mlx_model.understanding import Detokenizer, Understanding  # noqa: E402
-from weights import prompts, upstream  # noqa: E402
+from mlx_model.components.multimodal import MultimodalPrompt  # noqa: E402
+from mlx_model.support.tokenizer import PromptError  # noqa: E402
+from mlx_model.pipelines.understanding import Detokenizer, Understanding  # noqa: E402
+from weights.core import prompts
+from weights.references import upstream  # noqa: E402
 from metrics import rel_err  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -31,7 +32,7 @@ def model(tiny_ckpt):
 @pytest.fixture(scope="module")
 def pixels(tiny_ckpt):
     import skimage.data as skdata
-    from mlx_model.preprocess import preprocess
+    from mlx_model.support.preprocess import preprocess
 
     return preprocess(skdata.chelsea(), tiny_ckpt.config.preprocess)[None]
 
@@ -148,7 +149,7 @@ def test_detokenizer_holds_partial_characters(model):
 
 
 def test_loads_only_what_understanding_needs(tiny_ckpt_dir):
-    from weights.checkpoint import Checkpoint
+    from weights.mapping.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(tiny_ckpt_dir)
     ckpt.config  # reads config.json (and the MCP temperature scalar) up front
@@ -166,7 +167,7 @@ def test_quantized_model_runs(tiny_ckpt, pixels):
 
 
 def test_over_long_question_is_one_line_error(model, pixels):
-    from mlx_model.tokenizer import PromptError
+    from mlx_model.support.tokenizer import PromptError
 
     with pytest.raises(PromptError, match="limit is 512"):
         model.prompt("why " * 600)

@@ -1,4 +1,4 @@
-"""MLX MCP vs the torch MCP written from the facts formula (weights/mcp_reference.py), fp32."""
+"""MLX MCP vs the torch MCP written from the facts formula (weights/references/mcp.py), fp32."""
 
 import numpy as np
 import pytest
@@ -6,10 +6,10 @@ import pytest
 import mlx.core as mx
 import torch
 
-from weights import mcp_reference  # noqa: E402
-from weights.configs import MCPConfig  # noqa: E402
-from weights.synthetic import mcp_layout, random_tensors  # noqa: E402
-from mlx_model.mcp import MCP  # noqa: E402
+from weights.references import mcp as mcp_reference  # noqa: E402
+from weights.core.configs import MCPConfig  # noqa: E402
+from weights.loading.synthetic import mcp_layout, random_tensors  # noqa: E402
+from mlx_model.components.mcp import MCP  # noqa: E402
 from metrics import rel_err  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -4,9 +4,9 @@ dropped after it; the images are the same bit for bit as with everything residen
 import numpy as np
 import pytest
 
-from mlx_model import platform
-from mlx_model.pipeline import GenerationPipeline
-from mlx_model.understanding import Understanding
+from mlx_model.support import platform
+from mlx_model.pipelines.generation import GenerationPipeline
+from mlx_model.pipelines.understanding import Understanding
 
 HEAVY = ("llm", "dit", "vae")
 
@@ -109,7 +109,7 @@ def test_total_memory_is_known_here():
 def test_cli_flag_reaches_the_pipeline(monkeypatch, tiny_ckpt_dir, tmp_path):
     """--low-memory / --no-low-memory on the image command lines (default: auto)."""
     from mlx_model import generate as gen_mod
-    from mlx_model.pipeline import GenerationPipeline
+    from mlx_model.pipelines.generation import GenerationPipeline
 
     seen = []
     real = GenerationPipeline.from_checkpoint.__func__

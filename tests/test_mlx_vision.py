@@ -1,7 +1,7 @@
 """FastViTHD and the mlp2x_gelu projector in MLX vs the upstream torch references.
 
 Reference: timm ``fastvit_mci3`` (re-parameterized), filled from the Apple-named checkpoint
-tensors by ``weights.vision.to_timm_state``; torch ``Linear-GELU-Linear`` for the projector.
+tensors by ``weights.mapping.vision_keys.to_timm_state``; torch ``Linear-GELU-Linear`` for the projector.
 Random weights in the real key layout.  fp32 relative error = max|ours - ref| / max|ref|.
 """
 
@@ -13,13 +13,13 @@ import timm  # noqa: F401
 
 import mlx.core as mx  # noqa: E402
 
-from mlx_model.projector import Projector  # noqa: E402
-from mlx_model.vision import VisionTower  # noqa: E402
-from weights import upstream  # noqa: E402
-from weights.configs import VisionConfig  # noqa: E402
-from weights.errors import WeightsError  # noqa: E402
-from weights.synthetic import random_tensors  # noqa: E402
-from weights.vision import timm_shape_to_apple, timm_to_apple, to_timm_state  # noqa: E402
+from mlx_model.components.projector import Projector  # noqa: E402
+from mlx_model.components.vision import VisionTower  # noqa: E402
+from weights.references import upstream  # noqa: E402
+from weights.core.configs import VisionConfig  # noqa: E402
+from weights.core.errors import WeightsError  # noqa: E402
+from weights.loading.synthetic import random_tensors  # noqa: E402
+from weights.mapping.vision_keys import timm_shape_to_apple, timm_to_apple, to_timm_state  # noqa: E402
 from metrics import rel_err  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -45,8 +45,8 @@ def timm_tokens(cfg: VisionConfig, tensors: dict, pixels: np.ndarray) -> np.ndar
 
 def photo(size: int) -> np.ndarray:
     import skimage.data as skdata
-    from mlx_model.preprocess import preprocess
-    from weights.configs import ImagePreprocess
+    from mlx_model.support.preprocess import preprocess
+    from weights.core.configs import ImagePreprocess
 
     return preprocess(skdata.coffee(), ImagePreprocess(size=size))[None]
 
@@ -107,7 +107,7 @@ def test_parameter_paths_are_checkpoint_names(tiny_ckpt):
     from mlx.utils import tree_flatten
 
     names = {k for k, _ in tree_flatten(VisionTower(tiny_ckpt.config.vision).parameters())}
-    from weights.layout import UNUSED
+    from weights.mapping.layout import UNUSED
 
     assert names == set(tiny_ckpt.keys("vision")) - UNUSED["vision"]  # the CLIP head is not built
     assert "network.1.proj.0.lkb_reparam.weight" in names
@@ -115,7 +115,7 @@ def test_parameter_paths_are_checkpoint_names(tiny_ckpt):
 
 
 def test_mismatched_config_names_the_tensor(tiny_ckpt):
-    from weights.mlx_map import load_component
+    from weights.mapping.mlx_map import load_component
 
     wrong = VisionTower(tiny_ckpt.config.vision.replace(embed_dims=(8, 16, 32, 64, 128)))
     with pytest.raises(WeightsError, match=r"model\.vision_tower\.vision_tower\.model\.\S+ has shape"):

@@ -16,8 +16,8 @@ from PIL import Image
 import skimage.data as skdata
 import transformers
 
-from mlx_model.preprocess import ImageError, load_image, preprocess  # noqa: E402
-from weights.configs import ImagePreprocess  # noqa: E402
+from mlx_model.support.preprocess import ImageError, load_image, preprocess  # noqa: E402
+from weights.core.configs import ImagePreprocess  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -1,7 +1,7 @@
 """Prompt templates equal the literal texts of Mobile-O's conversation "qwen_2"
 (docs/model-facts.md section 6), written out here rather than rebuilt."""
 
-from weights import prompts
+from weights.core import prompts
 
 HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 TAIL = "<|im_end|>\n<|im_start|>assistant\n"

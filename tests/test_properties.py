@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
-from weights.errors import MobileOError, WeightsError
+from weights.core.errors import MobileOError, WeightsError
 
 
 def one_line(e: MobileOError) -> str:
@@ -58,7 +58,7 @@ def valid_headers(draw):
 
 @given(valid_headers(), st.integers(0, 16))
 def test_safetensors_valid_headers_parse_exactly(tmp_path_factory, hv, slack):
-    from weights.safetensors_io import read_header
+    from weights.mapping.safetensors_io import read_header
 
     header, data_len = hv
     path = _file(tmp_path_factory.mktemp("st"), header, data_len + slack)
@@ -72,7 +72,7 @@ def test_safetensors_valid_headers_parse_exactly(tmp_path_factory, hv, slack):
 
 @given(valid_headers(), st.integers(1, 64))
 def test_safetensors_truncated_data_is_named(tmp_path_factory, hv, cut):
-    from weights.safetensors_io import read_header
+    from weights.mapping.safetensors_io import read_header
 
     header, data_len = hv
     assume(data_len > 0)
@@ -84,7 +84,7 @@ def test_safetensors_truncated_data_is_named(tmp_path_factory, hv, cut):
 
 @given(st.binary(max_size=64))
 def test_safetensors_any_bytes_give_a_weights_error_or_a_header(tmp_path_factory, blob):
-    from weights.safetensors_io import read_header
+    from weights.mapping.safetensors_io import read_header
 
     path = tmp_path_factory.mktemp("st") / "x.safetensors"
     path.write_bytes(blob)
@@ -105,7 +105,7 @@ headers = (st.dictionaries(st.text(max_size=6), entries | json_values, max_size=
 @given(headers)
 @example([])  # a JSON array, not an object
 def test_safetensors_any_json_header_gives_a_weights_error_or_a_header(tmp_path_factory, header):
-    from weights.safetensors_io import read_header
+    from weights.mapping.safetensors_io import read_header
 
     path = _file(tmp_path_factory.mktemp("st"), header, 32)
     try:
@@ -204,16 +204,16 @@ def nfc(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_ckpt):
-    from mlx_model.tokenizer import Tokenizer
+    from mlx_model.support.tokenizer import Tokenizer
 
     return Tokenizer.from_checkpoint(tiny_ckpt)
 
 
 @given(user_text)
 def test_multimodal_prompt_splices_one_image(tokenizer, question):
-    from mlx_model.multimodal import MultimodalPrompt
-    from mlx_model.understanding import prompt_text
-    from weights.prompts import IMAGE_PLACEHOLDER, IMAGE_TOKEN
+    from mlx_model.components.multimodal import MultimodalPrompt
+    from mlx_model.pipelines.understanding import prompt_text
+    from weights.core.prompts import IMAGE_PLACEHOLDER, IMAGE_TOKEN
 
     n = 16
     prompt = MultimodalPrompt.build(tokenizer, prompt_text(question), n)  # 40 characters stay far under the limit
@@ -227,8 +227,8 @@ def test_multimodal_prompt_splices_one_image(tokenizer, question):
 
 @given(any_text, any_text)
 def test_placeholder_anywhere_is_refused_before_loading(a, b):
-    from mlx_model.tokenizer import PromptError
-    from mlx_model.understanding import check_question, prompt_text
+    from mlx_model.support.tokenizer import PromptError
+    from mlx_model.pipelines.understanding import check_question, prompt_text
 
     for refuse in (check_question, prompt_text, lambda t: prompt_text("a question", system_prompt=t)):
         with pytest.raises(PromptError) as e:
@@ -238,7 +238,7 @@ def test_placeholder_anywhere_is_refused_before_loading(a, b):
 
 @given(user_text.filter(str.strip))
 def test_generation_prompt_is_its_template(tokenizer, prompt):
-    from weights.prompts import MAX_PROMPT_TOKENS, generation_prompt
+    from weights.core.prompts import MAX_PROMPT_TOKENS, generation_prompt
 
     ids = tokenizer.encode_prompt(prompt, generation_prompt)  # 40 characters stay far under the limit
     assert len(ids) <= MAX_PROMPT_TOKENS
@@ -247,8 +247,8 @@ def test_generation_prompt_is_its_template(tokenizer, prompt):
 
 @given(blank_text)
 def test_blank_generation_prompt_is_one_error(tokenizer, prompt):
-    from mlx_model.tokenizer import PromptError
-    from weights.prompts import generation_prompt
+    from mlx_model.support.tokenizer import PromptError
+    from weights.core.prompts import generation_prompt
 
     with pytest.raises(PromptError) as e:
         tokenizer.encode_prompt(prompt, generation_prompt)
@@ -257,8 +257,8 @@ def test_blank_generation_prompt_is_one_error(tokenizer, prompt):
 
 @given(user_text, st.one_of(st.none(), user_text))
 def test_system_prompt_replaces_only_the_system_turn(question, system):
-    from mlx_model.understanding import prompt_text
-    from weights.prompts import SYSTEM, understanding_prompt
+    from mlx_model.pipelines.understanding import prompt_text
+    from weights.core.prompts import SYSTEM, understanding_prompt
 
     text = prompt_text(question, system)
     if system is None:
@@ -323,7 +323,7 @@ def test_size_checks(tiny_ckpt, height, width):
        st.sampled_from(["", ".png", ".PNG", ".jpg", ".jpeg", ".webp", ".gif", ".txt", ".tiff", "/"]))
 def test_output_names(tmp_path_factory, stem, ext):
     from mlx_model.cli_common import output_target
-    from mlx_model.image_files import IMAGE_FORMATS
+    from mlx_model.support.image_files import IMAGE_FORMATS
 
     folder = tmp_path_factory.mktemp("out")
     name = f"{folder}/{stem}{ext}"  # (a Path would drop the trailing /)
@@ -339,7 +339,7 @@ def test_output_names(tmp_path_factory, stem, ext):
 @given(st.integers(-3, 10**6), floats, floats, st.integers(-3, 300), floats,
        st.one_of(st.none(), floats), st.integers(-2, 50), st.one_of(st.none(), st.integers(-2, 100)))
 def test_decoding_checks(max_tokens, temp, top_p, top_k, min_p, rep, rep_ctx, kv):
-    from mlx_model.understanding import KV_KEEP, check_options
+    from mlx_model.pipelines.understanding import KV_KEEP, check_options
 
     fin = math.isfinite
     ok = (max_tokens >= 1 and fin(temp) and temp >= 0 and fin(top_p) and 0 < top_p <= 1 and top_k >= 0
@@ -355,7 +355,7 @@ def test_decoding_checks(max_tokens, temp, top_p, top_k, min_p, rep, rep_ctx, kv
 
 @given(st.integers(1, 5000), st.integers(1, 10**6), st.integers(1, 40000))
 def test_answer_is_bounded_by_the_context(n_prompt, max_tokens, context):
-    from mlx_model.understanding import check_length
+    from mlx_model.pipelines.understanding import check_length
 
     try:
         check_length(n_prompt, max_tokens, context)

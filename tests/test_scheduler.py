@@ -5,15 +5,15 @@ import pytest
 
 import torch
 
-from weights.configs import SchedulerConfig  # noqa: E402
-from mlx_model.scheduler import FlowDPMSolver, FlowEuler, classifier_free_guidance  # noqa: E402
+from weights.core.configs import SchedulerConfig  # noqa: E402
+from mlx_model.support.scheduler import FlowDPMSolver, FlowEuler, classifier_free_guidance  # noqa: E402
 from metrics import within
 
 pytestmark = pytest.mark.torch
 
 
 def diffusers_dpm(steps):
-    from weights import upstream
+    from weights.references import upstream
 
     s = upstream.scheduler(SchedulerConfig())
     s.set_timesteps(steps)
@@ -99,7 +99,7 @@ def test_cfg_formula():
 
 
 def test_bad_steps_is_clear():
-    from weights.errors import MobileOError
+    from weights.core.errors import MobileOError
 
     with pytest.raises(MobileOError, match="steps"):
         FlowDPMSolver(SchedulerConfig(), 0)
@@ -110,7 +110,7 @@ def test_bad_steps_is_clear():
 def test_sigma_schedules_diffusers_prefers_are_refused(flag):
     """diffusers takes these schedules before the flow branch: running flow sigmas instead
     would silently differ, so such a config is a one-line error."""
-    from weights.errors import ConfigError
+    from weights.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=flag):
         FlowDPMSolver(SchedulerConfig().replace(**{flag: True}), 20)

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from weights.checkpoint import Checkpoint
-from weights.synthetic import write_checkpoint
+from weights.mapping.checkpoint import Checkpoint
+from weights.loading.synthetic import write_checkpoint
 
 
 def _digest(folder):
@@ -36,7 +36,7 @@ def test_layout_files(tiny_ckpt_dir):
 def test_special_tokens_read_by_name(tiny_ckpt_dir):
     from tokenizers import Tokenizer
 
-    from weights.prompts import SPECIAL_TOKENS
+    from weights.core.prompts import SPECIAL_TOKENS
 
     tok = Tokenizer.from_file(str(tiny_ckpt_dir / "tokenizer.json"))
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
@@ -47,7 +47,7 @@ def test_special_tokens_read_by_name(tiny_ckpt_dir):
 
 def test_subset_independent_values(tiny_ckpt):
     """A tensor's value depends only on (seed, key): what other components exist doesn't matter."""
-    from weights.synthetic import layout_for, random_tensors
+    from weights.loading.synthetic import layout_for, random_tensors
 
     mcp = random_tensors(layout_for("tiny")["mcp"], "mcp")
     loaded = tiny_ckpt.load("mcp")
@@ -59,7 +59,7 @@ def test_written_atomically_into_new_parents(tmp_path, monkeypatch):
     """Missing parent folders are made; an interrupted write leaves nothing behind."""
     import pytest
 
-    from weights import synthetic
+    from weights.loading import synthetic
 
     target = tmp_path / "a" / "b" / "ckpt"
     synthetic.write_checkpoint(target, "tiny")

@@ -33,7 +33,7 @@ def test_streams_answer_and_mlx_lm_summary(capsys, photo, tiny_ckpt_dir, tiny_ck
     lines = out.splitlines()
     assert lines[0] == "=" * 10
     assert "=" * 10 in lines[1:]
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.understanding import Understanding
 
     n_prompt = len(Understanding.from_checkpoint(tiny_ckpt).prompt("What is this?"))
     assert re.search(rf"^Prompt: {n_prompt} tokens, [\d.]+ tokens-per-sec$", out, re.M)
@@ -43,7 +43,7 @@ def test_streams_answer_and_mlx_lm_summary(capsys, photo, tiny_ckpt_dir, tiny_ck
 
 
 def test_greedy_cli_is_deterministic_and_matches_api(capsys, photo, tiny_ckpt_dir, tiny_ckpt):
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.understanding import Understanding
 
     args = (photo, "Describe the image.", "--model", tiny_ckpt_dir, "-q", "0", "--max-tokens", "6", "--temp", "0")
     a = run_main(capsys, *args).out
@@ -110,7 +110,7 @@ def _body(out: str) -> str:
 
 def test_greedy_by_default_and_help_names_mobileo_setting(capsys, photo, tiny_ckpt_dir):
     from mlx_model.understand import CLI_DEFAULTS, parser
-    from weights.configs import GenerationDefaults
+    from weights.core.configs import GenerationDefaults
 
     assert CLI_DEFAULTS.temperature == 0 and GenerationDefaults().temperature == 0.8  # library keeps Mobile-O's
     base = (photo, "Describe the image.", "--model", tiny_ckpt_dir, "-q", "0", "--max-tokens", "6")
@@ -120,7 +120,7 @@ def test_greedy_by_default_and_help_names_mobileo_setting(capsys, photo, tiny_ck
 
 
 def test_mlx_lm_decoding_flags(capsys, photo, tiny_ckpt_dir, tiny_ckpt):
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.understanding import Understanding
 
     args = (photo, "Describe the image.", "--model", tiny_ckpt_dir, "-q", "0", "--max-tokens", "6", "--seed", "1",
             "--temp", "0.9", "--top-k", "20", "--min-p", "0.05", "--repetition-penalty", "1.3",
@@ -136,7 +136,7 @@ def test_mlx_lm_decoding_flags(capsys, photo, tiny_ckpt_dir, tiny_ckpt):
 
 def test_repetition_penalty_is_mlx_lms(tiny_ckpt, photo):
     """A huge penalty over the whole answer: greedy decoding never repeats a token."""
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.understanding import Understanding
 
     m = Understanding.from_checkpoint(tiny_ckpt, quantize=0)
     tokens = [r.token for r in m.stream(str(photo), "Describe the image.", max_tokens=12, temp=0,

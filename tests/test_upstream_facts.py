@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from weights.configs import DiTConfig, GenerationDefaults, MCPConfig, SchedulerConfig, VAEConfig
-from weights.synthetic import full_config
+from weights.core.configs import DiTConfig, GenerationDefaults, MCPConfig, SchedulerConfig, VAEConfig
+from weights.loading.synthetic import full_config
 
 pytestmark = pytest.mark.torch
 
@@ -63,7 +63,7 @@ def test_mcp_layer_norm_eps_is_torch_default():
 def test_cpu_computes_in_float32():
     """On CPU (no Metal) activations stay fp32; the upstream scripts' bf16 is used on Metal only."""
     import mlx.core as mx
-    from mlx_model.platform import default_dtype, metal_available
+    from mlx_model.support.platform import default_dtype, metal_available
 
     assert default_dtype() == (mx.bfloat16 if metal_available() else mx.float32)
 
@@ -71,9 +71,9 @@ def test_cpu_computes_in_float32():
 def test_stop_token_is_the_tokenizers_eos(tiny_ckpt_dir, tmp_path):
     """Mobile-O stops at tokenizer.eos_token_id: read from tokenizer_config.json."""
     import tokenizers  # noqa: F401
-    from mlx_model.tokenizer import Tokenizer
-    from weights import prompts
-    from weights.tokenizer import eos_token
+    from mlx_model.support.tokenizer import Tokenizer
+    from weights.core import prompts
+    from weights.mapping.tokenizer_files import eos_token
 
     folder = tmp_path / "tok"
     shutil.copytree(tiny_ckpt_dir, folder, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -89,7 +89,7 @@ def test_understanding_samples_with_top_k(tiny_ckpt):
     """top-k reaches the sampler: top_k=1 at any temperature is greedy decoding."""
     import mlx.core  # noqa: F401
     import skimage.data as skdata
-    from mlx_model.understanding import Understanding
+    from mlx_model.pipelines.understanding import Understanding
 
     m = Understanding.from_checkpoint(tiny_ckpt, quantize=0)
     greedy = [r.token for r in m.stream(skdata.coffee(), "What is it?", max_tokens=8, temp=0, stop_at_eos=False)]

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from weights.checkpoint import INDEX_FILE, Checkpoint
-from weights.errors import ConfigError, ModelNotFoundError, WeightsError
-from weights.hub import resolve_model
-from weights.safetensors_io import SafetensorsFile, write_file
+from weights.mapping.checkpoint import INDEX_FILE, Checkpoint
+from weights.core.errors import ConfigError, ModelNotFoundError, WeightsError
+from weights.loading.hub import resolve_model
+from weights.mapping.safetensors_io import SafetensorsFile, write_file
 
 
 @pytest.fixture()
@@ -165,7 +165,7 @@ def test_bf16_round_trip(tmp_path):
 
 
 def test_synthetic_cli_bad_preset(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "weights.synthetic", str(tmp_path / "x"), "--preset", "huge"],
+    r = subprocess.run([sys.executable, "-m", "weights.loading.synthetic", str(tmp_path / "x"), "--preset", "huge"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "invalid choice" in r.stderr
 
@@ -179,7 +179,7 @@ def test_float_tensors_load_as_float32(tmp_path):
 
 
 def test_cli_oserror_is_one_line(tmp_path, capsys):
-    from weights.errors import run_cli
+    from weights.core.errors import run_cli
 
     def main():
         (tmp_path / "no" / "such" / "dir" / "x.png").write_bytes(b"")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from weights.configs import MobileOConfig
-from weights.layout import IGNORE_RULES, checkpoint_key, split_keys
-from weights.synthetic import PRESETS, layout_for, stored_layout, upstream_layout
+from weights.core.configs import MobileOConfig
+from weights.mapping.layout import IGNORE_RULES, checkpoint_key, split_keys
+from weights.loading.synthetic import PRESETS, layout_for, stored_layout, upstream_layout
 
 pytestmark = pytest.mark.torch
 
@@ -60,7 +60,7 @@ def test_stored_tiny_layout_is_upstream():
 
 
 def test_unknown_key_is_named():
-    from weights.errors import WeightsError
+    from weights.core.errors import WeightsError
 
     keys = _keys(layout_for("tiny")) + ["model.mystery.weight"]
     with pytest.raises(WeightsError, match="model.mystery.weight"):

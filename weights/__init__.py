@@ -1,16 +1,17 @@
-"""The one weight-mapping module: checkpoint layout, configs, key mapping, hub resolution,
-and synthetic checkpoints in the real layout.  Imports neither torch nor MLX."""
+"""The ground floor every side imports (the MLX pipeline, the converter, the bridge, the
+tests); it imports neither torch nor MLX at module level, and none of the other packages.
 
-from .checkpoint import Checkpoint
-from .configs import (DiTConfig, GenerationDefaults, ImagePreprocess, LLMConfig, MCPConfig,
-                      MobileOConfig, SchedulerConfig, VAEConfig, VisionConfig)
-from .errors import ConfigError, MobileOError, ModelNotFoundError, WeightsError, run_cli
-from .hub import DEFAULT_MODEL, KNOWN_MODELS, open_model, resolve_model
-from .layout import COMPONENTS
+    core/        errors with their fix, process memory, prompts and templates, the model
+                 configs and generation defaults: facts with no I/O
+    mapping/     the checkpoint: safetensors reading, which key belongs to which component
+                 (layout), the Checkpoint reader, key maps to MLX, torch and timm names,
+                 tokenizer files
+    references/  the upstream torch modules (transformers, diffusers, timm) and our
+                 reference MCP, built from a checkpoint; torch is imported inside them
+    loading/     where a model comes from: the hub, local folders, the synthetic checkpoints
+                 in the released layout (`--model demo`)
+    bundles/     the Core ML bundle contract (inputs, outputs, states, host constants) and
+                 bundle hashing, read by the converter, the manifest, the goldens and Swift
 
-__all__ = [
-    "Checkpoint", "COMPONENTS", "ConfigError", "DEFAULT_MODEL", "DiTConfig", "GenerationDefaults",
-    "ImagePreprocess", "KNOWN_MODELS", "LLMConfig", "MCPConfig", "MobileOConfig", "MobileOError",
-    "ModelNotFoundError", "SchedulerConfig", "VAEConfig", "VisionConfig", "WeightsError",
-    "open_model", "resolve_model", "run_cli",
-]
+The floors run core <- mapping <- references <- loading; bundles stands on core.
+"""

@@ -1,7 +1,7 @@
 """The Core ML components in pipeline order; each module exposes ``build_spec(ckpt, seed=0)``.
 
 One recipe file per component (its torch module, example inputs, upstream reference); the
-bundle's I/O comes from ``coreml_convert.contract`` and the blocks components share from
+bundle's I/O comes from ``weights.bundles.contract`` and the blocks components share from
 ``coreml_convert.ane`` / ``coreml_convert.ane_qwen2``.  Components never import each other.
 
 ``REGISTRY[name]`` imports the module on first use, so one missing or broken component
@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Mapping
 from types import ModuleType
 
-from ..contract import COMPONENT_NAMES
+from weights.bundles.contract import COMPONENT_NAMES
 
 
 class _LazyModules(Mapping):

@@ -27,12 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights.configs import DiTConfig
-from weights.torch_map import load_torch
+from weights.core.configs import DiTConfig
+from weights.mapping.torch_map import load_torch
 
-from .. import ane
-from ..contract import CFG_BATCH, dit_io, sequence_lengths, timestep_features
-from ..spec import ComponentSpec
+from coreml_convert import ane
+from weights.bundles.contract import CFG_BATCH, dit_io, sequence_lengths, timestep_features
+from coreml_convert.spec import ComponentSpec
 
 TIME_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
 
@@ -219,7 +219,7 @@ def example_inputs(cfg: DiTConfig, length: int, seed: int = 0, timestep: float =
 
 def build_spec(ckpt, seed: int = 0, lengths: tuple[int, ...] | None = None, layers: int | None = None) -> ComponentSpec:
     """``layers``: keep only the first N transformer blocks (tests of a layer-reduced full width)."""
-    from weights import upstream
+    from weights.references import upstream
 
     cfg = ckpt.config.dit
     if layers is not None:

@@ -2,7 +2,7 @@
 
 Functions (``contract.LLM_FUNCTIONS``; each function's I/O is ``contract.llm_io`` and goes to
 the manifest as the component's ``function_io``), every input fp16 and computed on the host
-(``coreml_convert.contract``: ``embed_prompt`` from the embedding table written beside the
+(``weights.bundles.contract``: ``embed_prompt`` from the embedding table written beside the
 bundle as ``contract.EMBEDDINGS_FILE``, ``rope``, ``causal_bias``, ``cache_update_mask``):
 
   "decode"         (default) one token at cache slot p: embeds (1, C, 1, 1), cos / sin
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from coreml_convert import contract
+from weights.bundles import contract
 from coreml_convert.ane_qwen2 import Qwen2ANE
-from coreml_convert.contract import LLM_FUNCTIONS as FUNCTIONS
-from coreml_convert.contract import LLM_INPUTS, cache_shape, chunk_length, llm_io
+from weights.bundles.contract import LLM_FUNCTIONS as FUNCTIONS
+from weights.bundles.contract import LLM_INPUTS, cache_shape, chunk_length, llm_io
 from coreml_convert.spec import ComponentSpec
-from weights.configs import MobileOConfig
+from weights.core.configs import MobileOConfig
 
 
 class LLM(nn.Module):
@@ -307,7 +307,7 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     then "decode" of the prompt's last token) and "hidden_states" on a padded prompt.  The
     decode module's cache is primed by that sequence, so decoding ``example_inputs`` (the last
     call) again rewrites the same slot and gives the same logits."""
-    from weights import upstream
+    from weights.references import upstream
 
     cfg = ckpt.config
     core = Qwen2ANE.from_checkpoint(ckpt)

@@ -1,4 +1,4 @@
-"""Mobile Conditioning Projector (weights/mcp_reference.py) for the Neural Engine.
+"""Mobile Conditioning Projector (weights/references/mcp.py) for the Neural Engine.
 
 Bundle I/O (one sequence; for classifier-free guidance the app runs it a second time on
 zeros — Mobile-O's unconditional branch is MCP(zeros_like(h)) at the same length):
@@ -19,12 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights.configs import MCPConfig
-from weights.torch_map import load_torch
+from weights.core.configs import MCPConfig
+from weights.mapping.torch_map import load_torch
 
-from .. import ane
-from ..contract import mcp_io, sequence_lengths
-from ..spec import ComponentSpec
+from coreml_convert import ane
+from weights.bundles.contract import mcp_io, sequence_lengths
+from coreml_convert.spec import ComponentSpec
 
 
 class DepthwiseSeparable(nn.Module):
@@ -65,7 +65,7 @@ class Refiner(nn.Module):
 
 
 class MCP(nn.Module):
-    """Parameter names = weights.synthetic.mcp_layout keys."""
+    """Parameter names = weights.loading.synthetic.mcp_layout keys."""
 
     def __init__(self, c: MCPConfig):
         super().__init__()
@@ -91,7 +91,7 @@ class MCP(nn.Module):
 
 
 def reference_forward(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """weights.mcp_reference on the unpadded tokens, zero-padded back to S, (1, Cc, 1, S)."""
+    """weights.references.mcp on the unpadded tokens, zero-padded back to S, (1, Cc, 1, S)."""
     mask = inputs["attention_mask"][0]
     valid = int(mask.sum())
     if not np.all(mask[:valid] == 1) or np.any(mask[valid:] != 0):
@@ -115,7 +115,7 @@ def example_inputs(cfg: MCPConfig, length: int, seed: int = 0, valid: int | None
 
 
 def build_spec(ckpt, seed: int = 0, lengths: tuple[int, ...] | None = None) -> ComponentSpec:
-    from weights import mcp_reference
+    from weights.references import mcp as mcp_reference
 
     cfg = ckpt.config.mcp
     lengths = lengths or sequence_lengths(ckpt.config)

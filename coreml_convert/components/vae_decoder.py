@@ -21,13 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weights import layout
-from weights.configs import RES_BLOCK, VAEConfig, per_block
-from weights.torch_map import load_torch
+from weights.mapping import layout
+from weights.core.configs import RES_BLOCK, VAEConfig, per_block
+from weights.mapping.torch_map import load_torch
 
-from .. import ane
-from ..contract import vae_decoder_io
-from ..spec import ComponentSpec
+from coreml_convert import ane
+from weights.bundles.contract import vae_decoder_io
+from coreml_convert.spec import ComponentSpec
 
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "relu6": F.relu6, "gelu": F.gelu}
 assert tuple(ACTIVATIONS) == VAEConfig.ACTIVATIONS  # what check_supported lets through
@@ -176,7 +176,7 @@ def reference_forward(model, scaling_factor: float, inputs: dict[str, np.ndarray
 def build_spec(ckpt, seed: int = 0, latent_size: int | None = None) -> ComponentSpec:
     """``latent_size``: the latent's H = W (default: the DiT's sample_size, i.e. the real
     pipeline's; tests use smaller ones at full width)."""
-    from weights import upstream
+    from weights.references import upstream
 
     config = ckpt.config
     cfg = config.vae

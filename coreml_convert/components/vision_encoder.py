@@ -6,11 +6,11 @@ FastViTHD is convolutional up to its two attention stages; those run on (B, C, 1
 activations with 1x1 convolutions for the projections, a channel-axis LayerNorm and
 per-head attention.  Parameter names are Apple's checkpoint names (``patch_embed.0.
 reparam_conv.weight``, ``network.7.0.token_mixer.qkv.weight``) and the projector's
-(``0.weight`` ...), so ``weights.torch_map`` loads the checkpoint with no key table.
-Apple's CLIP head (``weights.layout.UNUSED``) is not part of the bundle: the tower loads
+(``0.weight`` ...), so ``weights.mapping.torch_map`` loads the checkpoint with no key table.
+Apple's CLIP head (``weights.mapping.layout.UNUSED``) is not part of the bundle: the tower loads
 ``Checkpoint.load_used``.  The I/O is ``contract.vision_encoder_io``.
 Reference (gate 1): timm ``fastvit_mci3.forward_features`` -> tokens -> the upstream
-projector (``weights.upstream``).
+projector (``weights.references.upstream``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 
 from coreml_convert import ane
-from coreml_convert.contract import vision_encoder_io
+from weights.bundles.contract import vision_encoder_io
 from coreml_convert.spec import ComponentSpec
-from weights.configs import VisionConfig
-from weights.vision import BLOCKS, DOWNSAMPLE, POS_EMB
+from weights.core.configs import VisionConfig
+from weights.mapping.vision_keys import BLOCKS, DOWNSAMPLE, POS_EMB
 
 
 class ConvAct(nn.Module):
@@ -173,7 +173,7 @@ class VisionEncoder(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "VisionEncoder":
-        from weights.torch_map import load_torch
+        from weights.mapping.torch_map import load_torch
 
         cfg = ckpt.config
         module = cls(cfg.vision, cfg.mm_hidden_size, cfg.llm.hidden_size)
@@ -191,7 +191,7 @@ class VisionEncoder(nn.Module):
 def reference(ckpt):
     """timm fastvit_mci3 forward_features -> flatten to tokens -> upstream projector, laid
     out like ``image_features``."""
-    from weights import upstream
+    from weights.references import upstream
 
     cfg = ckpt.config
     tower = upstream.build("vision", cfg, ckpt.load("vision"))

@@ -11,6 +11,6 @@ format), :mod:`.worker` (the thread that owns the model).  Needs the ``server`` 
 (``pip install 'mobileo-deploy[server]'``: FastAPI and uvicorn).
 """
 
-from .cli import main
+from mlx_model.server.cli import main
 
 __all__ = ["main"]

@@ -1,3 +1,3 @@
-from .cli import main
+from mlx_model.server.cli import main
 
 main()

@@ -1,5 +1,5 @@
 """The HTTP side of ``mobileo-server`` (FastAPI on uvicorn): OpenAI's routes over one
-:class:`~mlx_model.mobileo.MobileO` held by one :class:`~mlx_model.server.worker.Worker`.
+:class:`~mlx_model.pipelines.mobileo.MobileO` held by one :class:`~mlx_model.server.worker.Worker`.
 
     POST /v1/chat/completions   text and image_url parts, streaming (SSE) or not
     POST /v1/images/generations prompt, n, size, seed -> b64_json PNGs
@@ -24,12 +24,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from weights.configs import DEFAULT_SAMPLER
-from weights.errors import MobileOError
-from weights.memory import peak_rss_bytes, rss_bytes
+from weights.core.configs import DEFAULT_SAMPLER
+from weights.core.errors import MobileOError
+from weights.core.memory import peak_rss_bytes, rss_bytes
 
-from . import openai_api as api
-from .worker import Job, QueueFull, Worker
+from mlx_model.server import openai_api as api
+from mlx_model.server.worker import Job, QueueFull, Worker
 
 __all__ = ["Limits", "create_app"]
 
@@ -114,8 +114,8 @@ def image_job(req: api.ImageRequest, model_id: str):
     def run(state, job: Job) -> list[bytes]:
         import numpy as np
 
-        from .. import cli_common as cc
-        from ..image_files import encode_image
+        from mlx_model import cli_common as cc
+        from mlx_model.support.image_files import encode_image
 
         model = state[0]
         pipe = model.generation
@@ -274,7 +274,7 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
 
     @app.post("/v1/images/edits")
     async def edits(request: Request):
-        from ..preprocess import ImageError, decode_image, load_image
+        from mlx_model.support.preprocess import ImageError, decode_image, load_image
 
         try:
             form = await request.form()

@@ -7,9 +7,9 @@ import argparse
 import socket
 import sys
 
-from weights.errors import MobileOError
+from weights.core.errors import MobileOError
 
-from .. import cli_common as cc
+from mlx_model import cli_common as cc
 
 __all__ = ["main", "parser"]
 
@@ -66,10 +66,10 @@ def _run(a) -> None:
     except ImportError as e:
         raise MobileOError(f"the server needs FastAPI and uvicorn ({e.name} is not installed).",
                            fix="pip install 'mobileo-deploy[server]'") from None
-    from ..conversation import PromptCache
-    from ..mobileo import MobileO
-    from .app import Limits, create_app
-    from .worker import Worker
+    from mlx_model.pipelines.conversation import PromptCache
+    from mlx_model.pipelines.mobileo import MobileO
+    from mlx_model.server.app import Limits, create_app
+    from mlx_model.server.worker import Worker
 
     _check(a)
     sock = _bind(a.host, a.port)  # a taken port fails before the model loads

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from weights.errors import MobileOError
+from weights.core.errors import MobileOError
 
-from ..cli_common import SEED_LIMIT
+from mlx_model.cli_common import SEED_LIMIT
 
 __all__ = ["APIError", "ChatRequest", "ImageRequest", "StopMatcher", "error_body", "from_mobileo_error",
            "parse_chat", "parse_image_request", "parse_size", "chat_completion", "chat_chunk", "load_image_url"]
@@ -55,7 +55,7 @@ FLAG_PARAMS = {"--max-tokens": "max_tokens", "--temp": "temperature", "--top-p":
 
 def from_mobileo_error(e: MobileOError) -> APIError:
     """A library error (bad option, empty or over-long prompt, bad image) as a 400."""
-    from ..understanding import ContextLengthError
+    from mlx_model.pipelines.understanding import ContextLengthError
 
     message, param = str(e), None
     for flag, name in FLAG_PARAMS.items():
@@ -105,7 +105,7 @@ def check_model(body: dict, model_id: str) -> None:
 def load_image_url(url: str, param: str):
     """An ``image_url``: a data URL or a local file (path or file:// URL) -> PIL image.
     Remote URLs are refused: the server never fetches from the network."""
-    from ..preprocess import ImageError, decode_image, load_image
+    from mlx_model.support.preprocess import ImageError, decode_image, load_image
 
     try:
         if url.startswith("data:"):

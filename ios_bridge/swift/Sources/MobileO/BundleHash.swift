@@ -1,6 +1,6 @@
 import Foundation
 
-/// Bundle hashes exactly as ios_bridge/hashing.py computes them: a file hashes to the
+/// Bundle hashes exactly as weights/bundles/hashing.py computes them: a file hashes to the
 /// sha256 of its bytes; a folder to the sha256 of the `sha256sum`-style listing
 /// "<hex>  <relative path>\n" of its regular files, sorted by the UTF-8 bytes of the path.
 public enum BundleHash {

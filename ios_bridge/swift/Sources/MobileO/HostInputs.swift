@@ -2,7 +2,7 @@ import Foundation
 
 /// The inputs the app computes before each Core ML call, so the bundles stay pure fp16 with no
 /// integer or gather ops.  Each is the Swift twin of a numpy function in
-/// coreml_convert/contract.py (checked against it by the golden vectors, `host.json`):
+/// weights/bundles/contract.py (checked against it by the golden vectors, `host.json`):
 /// `rope`, `causalBias`, `cacheUpdateMask`, `timestepFeatures`; `EmbeddingTable` reads the
 /// token-embedding rows (`contract.EMBEDDINGS_FILE`).  Shapes follow the bundle contract
 /// ((1, C, 1, S) channels-first), values row-major.

@@ -44,7 +44,7 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var dtype: String
     }
 
-    /// Constants of the inputs the app computes (coreml_convert/contract.py, host side).
+    /// Constants of the inputs the app computes (weights/bundles/contract.py, host side).
     public struct HostInputs: Codable, Equatable, Sendable {
         public var embeddings: String
         public var ropeTheta: Double

@@ -157,7 +157,7 @@ final class PipelineCore {
 
     /// `template(text)` as token ids, with the Python pipeline's checks before anything runs:
     /// empty; with an image, exactly one placeholder; too long, counting the image's tokens
-    /// (mlx_model.multimodal.MultimodalPrompt.build: template + text + image tokens <= limit).
+    /// (mlx_model.components.multimodal.MultimodalPrompt.build: template + text + image tokens <= limit).
     func encode(_ text: String, _ template: (String) -> String, image: Bool) throws -> [Int] {
         guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
             throw MobileOError(.pipeline, "the prompt is empty.", fix: "pass a non-empty prompt, e.g. \"a red cup\".")

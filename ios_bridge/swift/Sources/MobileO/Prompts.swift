@@ -1,6 +1,6 @@
 import Foundation
 
-/// The prompt templates from the manifest (weights/prompts.py on the Python side).
+/// The prompt templates from the manifest (weights/core/prompts.py on the Python side).
 public struct PromptTemplates: Equatable, Sendable {
     public let prompts: Manifest.Prompts
 
@@ -61,7 +61,7 @@ public enum PromptSegment: Equatable, Sendable {
 
     /// The prompt as the language model sees it.  With an image, the ids must hold exactly
     /// one `imageTokenId` (the `<image>` placeholder), replaced by the image's rows; without
-    /// one, every id is a token (as mlx_model.multimodal / mlx_model.pipeline do).
+    /// one, every id is a token (as mlx_model.components.multimodal / mlx_model.pipelines.generation do).
     public static func build(ids: [Int], imageTokenId: Int, image: Tensor?) throws -> [PromptSegment] {
         guard let image else { return [.tokens(ids)] }
         let count = ids.filter { $0 == imageTokenId }.count

@@ -15,7 +15,7 @@ final class BundleTests: XCTestCase {
     func testExportedFilesMatchTheManifest() throws {
         let dir = try Golden.manifestURL()
         let m = try Manifest.load(from: dir)
-        XCTAssertEqual(m.fileProblems(in: dir), [], "Swift hashes equal ios_bridge.hashing's")
+        XCTAssertEqual(m.fileProblems(in: dir), [], "Swift hashes equal weights.bundles.hashing's")
     }
 
     func testTamperedBundleIsNamed() throws {

@@ -1,7 +1,7 @@
 import XCTest
 @testable import MobileO
 
-/// Swift's host-side inputs vs coreml_convert/contract.py (golden host.json).
+/// Swift's host-side inputs vs weights/bundles/contract.py (golden host.json).
 final class HostInputsTests: XCTestCase {
     struct Update: Decodable { let position: Int; let count: Int; let slots: Int; let mask: [Float] }
     struct Host: Decodable {

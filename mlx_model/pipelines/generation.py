@@ -1,0 +1,385 @@
+"""Mobile-O image generation and editing in MLX: prompt (and, for editing, the image through
+the vision tower and projector) -> Qwen2 hidden states -> MCP -> SANA DiT sampling -> DC-AE
+decode (docs/model-facts.md section 7).
+
+    pipe = GenerationPipeline.from_pretrained("demo", quantize=0)
+    out = pipe.generate("a red cup", steps=20, guidance=1.5, seed=0)
+    out.images          # uint8 [n, H, W, 3]
+
+    pipe = GenerationPipeline.from_pretrained("demo", quantize=0, edit=True)
+    out = pipe.generate("make it snowy", image="photo.jpg", seed=0)   # or pipe.edit(...)
+
+Editing is the same pipeline with another conditioning source: the image and the
+instruction go through the LLM with the editing template; everything after the LLM's hidden
+states (CFG batch, MCP, sampler, decoder) is shared.
+
+Phase-wise residency (``low_memory``, as Apple's ml-stable-diffusion ``reduceMemory``): each
+component is loaded just before its phase and dropped after it -- the vision tower after
+encoding the image (editing), the LLM after the conditioning, the DiT after denoising, the
+DC-AE after decoding -- so at most one of them is resident at a time; the next ``generate``
+loads them again.  Default: on when the machine has less than 16 GB of RAM, or as
+``MOBILEO_LOW_MEMORY=1``/``0`` says (:func:`mlx_model.support.platform.low_memory_default`).
+
+Sampling is a generator over steps (``sample``) driven by any ``denoise(latents, t)``, so
+numpy callers (golden vectors, Swift parity) can run the very same loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from weights.core.configs import DEFAULT_SAMPLER
+from weights.loading.hub import DEFAULT_MODEL
+from weights.core.errors import MobileOError
+from weights.core.prompts import editing_prompt, generation_prompt
+
+from mlx_model.components.dcae import AutoencoderDC
+from mlx_model.components.dit import SanaTransformer
+from mlx_model.components.llm import LanguageModel
+from mlx_model.components.mcp import MCP
+from mlx_model.support.platform import Component, part, resolve_low_memory
+from mlx_model.components.multimodal import ImageEncoder, MultimodalPrompt
+from mlx_model.support.quant import QUANT_GROUP_SIZE, check_bits
+from mlx_model.support.scheduler import SCHEDULERS, classifier_free_guidance
+from mlx_model.support.tokenizer import PromptError
+
+
+
+class LatentsError(MobileOError):
+    """A --latents file that cannot be used."""
+
+
+def sample(denoise: Callable, latents, scheduler) -> Iterator:
+    """Yield the latents after each step; ``denoise(latents, t) -> velocity`` (CFG already applied)."""
+    for i, t in enumerate(scheduler.timesteps):
+        latents = scheduler.step(denoise(latents, t), latents, i)
+        yield latents
+
+
+def cfg_batch(hidden_states: list) -> list:
+    """Mobile-O's CFG input: each hidden state h -> concat([zeros_like(h), h]) (uncond first)."""
+    return [mx.concatenate([mx.zeros_like(h), h], axis=0) for h in hidden_states]
+
+
+@dataclass
+class Generation:
+    images: np.ndarray  # uint8 [n, H, W, 3]
+    latents: np.ndarray  # final latents [n, C, h, w] (scaled, before decoding)
+    initial_latents: np.ndarray
+    seed: int | None
+    prompt_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    peak_memory: dict[str, float] = field(default_factory=dict)  # phase -> bytes (loading included)
+    load_seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds of it spent loading
+
+
+def _phase(name: str, timings: dict, peaks: dict, loads: dict | None = None, parts: dict | None = None):
+    """Time and peak memory of one phase; with ``parts`` (name -> Component), also the seconds
+    spent loading components in it (residency loads lazily, inside the phase)."""
+    def loaded():
+        return sum(p.load_seconds for p in (parts or {}).values())
+
+    class _P:
+        def __enter__(self):
+            mx.reset_peak_memory()
+            self.l0 = loaded()
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = time.perf_counter() - self.t
+            peaks[name] = float(mx.get_peak_memory())
+            if loads is not None:
+                loads[name] = loaded() - self.l0
+
+    return _P()
+
+
+PARTS = ("llm", "dit", "vae", "encoder")  # the components residency loads and drops (the MCP is tiny: kept)
+
+
+class GenerationPipeline:
+    llm = part("llm")
+    dit = part("dit")
+    vae = part("vae")
+    encoder = part("encoder")
+
+    def __init__(self, llm: LanguageModel | Component, mcp: MCP, dit: SanaTransformer | Component,
+                 vae: AutoencoderDC | Component, config, *, encoder: ImageEncoder | Component | None = None,
+                 quantize: int = 0, dtype=mx.float32, source: str = "", low_memory: bool = False,
+                 tokenizer=None):
+        """``encoder`` (vision tower + projector) is needed for editing only.  Each of ``llm``,
+        ``dit``, ``vae``, ``encoder`` is a module or a :class:`~mlx_model.support.platform.Component`
+        (loaded on first use); with ``low_memory`` the components are dropped after their phase.
+        ``tokenizer``: the prompt tokenizer (default: the LLM's)."""
+        self.parts: dict[str, Component] = {}
+        self.llm, self.dit, self.vae, self.encoder = llm, dit, vae, encoder
+        self.mcp = mcp
+        self.config = config
+        self.quantize = quantize
+        self.dtype = dtype
+        self.source = source
+        self.low_memory = low_memory
+        self._tokenizer = tokenizer
+        self.load_seconds = 0.0
+        self.load_peak_memory = 0.0
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer if self._tokenizer is not None else self.llm.tokenizer
+
+    @property
+    def can_edit(self) -> bool:
+        p = self.parts["encoder"]
+        return p.resident or p.loader is not None
+
+    def resident(self) -> list[str]:
+        """The components held in memory now."""
+        return [n for n in PARTS if self.parts[n].resident]
+
+    def release(self, *names: str) -> None:
+        """Drop ``names`` (default: all) when they can be loaded again."""
+        for n in names or PARTS:
+            self.parts[n].release()
+
+    def _done_with(self, name: str) -> None:
+        if self.low_memory:
+            self.parts[name].release()
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
+                        dequantize: bool | None = None, edit: bool = False, low_memory: bool | None = None,
+                        shared: dict[str, Component] | None = None, tokenizer=None):
+        """``quantize`` 0 (float), 4 or 8 bits for the LLM and DiT Linear layers; ``dtype`` of
+        weights and activations (default: :func:`mlx_model.support.platform.default_dtype`);
+        ``dequantize`` quantized layers for float compute (default: on CPU, see
+        :func:`mlx_model.support.quant.quantize_linears`); ``edit`` also loads the image encoder;
+        ``low_memory``: phase-wise residency (None: :func:`mlx_model.support.platform.low_memory_default`)
+        -- then nothing but the tokenizer and the MCP is loaded here, each component is loaded
+        by the phase that needs it (its time and memory counted there).  ``shared``: components
+        (``llm``, ``encoder``) another pipeline already holds, used instead of loading their own
+        (:class:`mlx_model.pipelines.mobileo.MobileO`: one LLM for understanding and generation)."""
+        from mlx_model.support.platform import default_dtype
+        from mlx_model.support.tokenizer import Tokenizer
+
+        check_bits(quantize)
+        dtype = default_dtype() if dtype is None else dtype
+        low_memory = resolve_low_memory(low_memory)
+        mx.reset_peak_memory()
+        t = time.perf_counter()
+        tokenizer = Tokenizer.from_checkpoint(ckpt) if tokenizer is None else tokenizer
+
+        def load_llm():
+            # generation only looks embedding rows up: the table stays bf16 when a folder stores it so
+            llm = LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize,
+                                                tokenizer=tokenizer, embed_as_stored=True)
+            if "lm_head" in llm.model:  # generation reads hidden states only: free the vocab projection
+                llm.model.pop("lm_head")
+            return llm
+
+        parts = {
+            "llm": Component("llm", loader=load_llm),
+            "dit": Component("dit", loader=lambda: SanaTransformer.from_checkpoint(
+                ckpt, quantize or None, group_size, dtype, dequantize=dequantize)),
+            "vae": Component("vae", loader=lambda: AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)),
+            "encoder": Component("encoder", loader=(lambda: ImageEncoder.from_checkpoint(ckpt)) if edit else None),
+        }
+        parts.update(shared or {})
+        mcp = MCP.from_checkpoint(ckpt, dtype=mx.float32)  # tiny; Mobile-O casts its output to fp32
+        pipe = cls(parts["llm"], mcp, parts["dit"], parts["vae"], ckpt.config, encoder=parts["encoder"],
+                   quantize=quantize, dtype=dtype, source=str(ckpt.folder), low_memory=low_memory,
+                   tokenizer=tokenizer)
+        if not low_memory:  # everything resident from the start, as before
+            for p in parts.values():
+                p.get()
+        pipe.load_seconds = time.perf_counter() - t
+        pipe.load_peak_memory = float(mx.get_peak_memory())
+        return pipe
+
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None,
+                        edit: bool = False, low_memory: bool | None = None):
+        """``model``: a hub id, a local folder, or ``demo`` (tiny random checkpoint)."""
+        from mlx_model.support.mlx_folder import open_model
+
+        return cls.from_checkpoint(open_model(model, revision=revision), quantize=quantize, dtype=dtype, edit=edit,
+                                   low_memory=low_memory)
+
+    # ------------------------------------------------------------------ conditioning
+    def edit_prompt(self, instruction: str) -> MultimodalPrompt:
+        """The editing template around ``instruction``, with room for the image's tokens."""
+        if not instruction or not instruction.strip():
+            raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
+        if not self.can_edit:
+            raise MobileOError("this pipeline was loaded without the image encoder, so it cannot edit.",
+                               fix="load it with edit=True.")
+        return MultimodalPrompt.build(self.tokenizer, editing_prompt(instruction), self.config.vision.num_tokens)
+
+    def prompt_ids(self, prompt: str, image=None) -> list[int]:
+        """Token ids of the templated prompt; with ``image``, the editing prompt (the image's
+        positions hold the image token id)."""
+        if image is None:
+            return self.tokenizer.encode_prompt(prompt, generation_prompt)
+        return self.edit_prompt(prompt).ids()
+
+    def prompt_embeds(self, prompt: str, image=None) -> tuple[int, mx.array]:
+        """(token count, [1, L, D] LLM input embeddings) of the generation prompt, or with
+        ``image`` (path, PIL image, uint8 array or preprocessed pixels) of the editing prompt
+        with the projected image spliced in (the image is encoded first; with ``low_memory``
+        the vision tower is dropped before the LLM is loaded)."""
+        if image is None:
+            ids = self.prompt_ids(prompt)
+            return len(ids), self.llm.embed(mx.array([ids]))
+        mm = self.edit_prompt(prompt)
+        projected = self.encoder.encode(image)
+        if self.low_memory:
+            mx.eval(projected)
+            self._done_with("encoder")
+        return len(mm), mm.embed(self.llm, projected)
+
+    def condition(self, embeds: mx.array) -> mx.array:
+        """[2, L, caption_channels]: row 0 unconditional (MCP of zeros), row 1 the prompt."""
+        hidden = self.llm.hidden_states(embeds, self.config.mcp.num_layers)
+        return self.mcp([h.astype(mx.float32) for h in cfg_batch(hidden)])
+
+    def encode_prompt(self, prompt: str, image=None) -> mx.array:
+        """The DiT's encoder_hidden_states for ``prompt`` (and ``image`` when editing)."""
+        return self.condition(self.prompt_embeds(prompt, image)[1])
+
+    def denoiser(self, context: mx.array, guidance: float, n: int) -> Callable:
+        """``denoise(latents [n,C,h,w], t) -> CFG velocity``; the DiT runs one CFG pair
+        (batch 2) per image, so an image's numbers never depend on ``n`` (BLAS kernels may
+        block a matmul differently for another row count)."""
+        ctx = context.astype(self.dtype)  # [uncond, cond]
+        ts = mx.full((2,), 0.0, dtype=mx.float32)
+
+        def denoise(latents, t):
+            out = []
+            for i in range(latents.shape[0]):
+                x = mx.concatenate([latents[i:i + 1], latents[i:i + 1]], axis=0).astype(self.dtype)
+                v = self.dit(x, ctx, ts + float(t)).astype(mx.float32)
+                out.append(classifier_free_guidance(v[:1], v[1:], guidance))
+            return out[0] if len(out) == 1 else mx.concatenate(out, axis=0)
+
+        return denoise
+
+    def initial_latents(self, n: int, seed: int | None = None, latents=None,
+                        shape: tuple[int, int, int] | None = None) -> mx.array:
+        """N(0, 1) latents [n, C, h, w] (fp32), image i seeded with ``seed + i`` (so any image of
+        a batch can be remade alone); or ``latents`` checked against that shape.  ``shape``
+        (C, h, w): see :func:`latent_shape` (default: the model's own size)."""
+        shape = (n, *(shape or self.config.latent_shape))
+        if latents is None:
+            keys = [mx.random.key(seed + i) if seed is not None else None for i in range(n)]
+            return mx.stack([mx.random.normal(shape[1:], dtype=mx.float32, key=k) for k in keys])
+        arr = np.asarray(latents)
+        if tuple(arr.shape) != shape:
+            raise LatentsError(f"the initial latents have shape {list(arr.shape)} but this model, this "
+                               f"image size and --n-images {n} need {list(shape)}.",
+                               fix=f"save an array of shape {shape} (numpy .npy), or change --n-images, "
+                               "--width or --height.")
+        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+            raise LatentsError(f"the initial latents must be finite floats (got {arr.dtype}).",
+                               fix="save float32 noise, e.g. np.random.randn(...).astype('float32').")
+        return mx.array(arr.astype(np.float32))
+
+    def decode(self, latents: mx.array) -> mx.array:
+        """Scaled latents -> uint8 images [n, H, W, 3]."""
+        x = self.vae.decode(latents / self.config.vae.scaling_factor).astype(mx.float32)
+        x = mx.clip(x / 2 + 0.5, 0, 1)
+        return mx.round(x * 255).astype(mx.uint8).transpose(0, 2, 3, 1)
+
+    def scheduler(self, name: str, steps: int):
+        if name not in SCHEDULERS:
+            raise MobileOError(f"unknown scheduler {name!r}.", fix=f"use one of {sorted(SCHEDULERS)}.")
+        return SCHEDULERS[name](self.config.scheduler, steps)
+
+    # ------------------------------------------------------------------ all together
+    def generate(self, prompt: str, *, image=None, steps: int | None = None, guidance: float | None = None,
+                 seed: int | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
+                 height: int | None = None, width: int | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 on_step: Callable[[int, mx.array], None] | None = None) -> Generation:
+        """Whole pipeline; with ``image``, ``prompt`` is an editing instruction for it.
+        ``height`` / ``width``: output size in pixels (default the model's; see :func:`latent_shape`).
+        ``progress(step, total)`` is called after every denoising step, ``on_step(step, latents)``
+        with the latents after it (for previews: :meth:`decode` them)."""
+        d = self.config.defaults
+        shape = latent_shape(self.config, height, width)
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        if seed is None and latents is None:
+            seed = int(time.time_ns() % (2**31))
+        timings, peaks, loads = {}, {}, {}
+        with _phase("text", timings, peaks, loads, self.parts):
+            if n_images < 1:
+                raise MobileOError(f"--n-images must be at least 1, got {n_images}.",
+                                   fix="pass --n-images 1 or more.")
+            sched = self.scheduler(scheduler, steps)
+            n_tokens, embeds = self.prompt_embeds(prompt, image)
+            context = self.condition(embeds)
+            x0 = self.initial_latents(n_images, seed, latents, shape)
+            mx.eval(context, x0)
+            self._done_with("encoder")
+            self._done_with("llm")
+        with _phase("denoise", timings, peaks, loads, self.parts):
+            x = x0
+            for i, x in enumerate(sample(self.denoiser(context, guidance, n_images), x0, sched)):
+                mx.eval(x)
+                if on_step is not None:
+                    on_step(i + 1, x)
+                if progress is not None:
+                    progress(i + 1, steps)
+            self._done_with("dit")
+        with _phase("decode", timings, peaks, loads, self.parts):
+            images = self.decode(x)
+            mx.eval(images)
+            self._done_with("vae")
+        return Generation(images=np.array(images), latents=np.array(x), initial_latents=np.array(x0),
+                          seed=seed if latents is None else None, prompt_tokens=n_tokens,
+                          timings=timings, peak_memory=peaks, load_seconds=loads)
+
+    def edit(self, image, instruction: str, **kw) -> Generation:
+        """Edit ``image`` (path, PIL image, uint8 array); keywords as :meth:`generate`."""
+        return self.generate(instruction, image=image, **kw)
+
+
+def size_multiple(config) -> int:
+    """Image sides must be multiples of this: the DC-AE's spatial compression times the DiT's patch."""
+    return config.vae.spatial_compression * config.dit.patch_size
+
+
+def latent_shape(config, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """(C, h, w) of one latent for a ``height`` x ``width`` image (None: the model's own size).
+
+    SANA's DiT has no positional embedding and the DC-AE is convolutional, so any side that is a
+    multiple of :func:`size_multiple` works; quality is best near the training size."""
+    c, h, w = config.latent_shape
+    f, m = config.vae.spatial_compression, size_multiple(config)
+    for name, side in (("height", height), ("width", width)):
+        if side is None:
+            continue
+        whole = isinstance(side, (int, np.integer)) and not isinstance(side, bool)
+        if not whole or side < m or side % m:
+            near = max(m, round(side / m) * m) if whole else config.image_size
+            raise MobileOError(f"--{name} {side} is not a positive multiple of {m} (this model's DC-AE "
+                               f"compresses {f}x{f} pixels into one latent).",
+                               fix=f"pass a multiple of {m}, e.g. --{name} {near}.")
+    return (c, h if height is None else int(height) // f, w if width is None else int(width) // f)
+
+
+def load_latents(path: str | Path) -> np.ndarray:
+    """A ``--latents`` file (numpy .npy) with one clear error for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentsError(f"--latents file {path} does not exist.", fix="pass an existing .npy file.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises ValueError/OSError/UnpicklingError variants
+        raise LatentsError(f"--latents file {path} is not a numpy .npy array ({type(e).__name__}).",
+                           fix="write it with numpy.save(path, array).") from None

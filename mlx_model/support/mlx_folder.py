@@ -1,0 +1,139 @@
+"""MLX-native model folders (written by :mod:`mlx_model.convert`): read and load.
+
+A folder holds ``config.json`` (the source's, with the values only tensors told resolved, and
+a ``mobileo_mlx`` entry: format version, quantization, files), the SANA sub-configs, the
+tokenizer, and one safetensors file per component with MLX parameter names and layouts --
+already quantized (packed ``weight``, ``scales``, ``biases``) where the model is.  Loading is
+``mx.load`` (lazy, memory-mapped; no float copy of a quantized layer) into a module given
+the same quantized structure, as mlx-lm's ``load``.
+
+    folder = MLXFolder.open(path)          # or open_model(path_or_id): either kind
+    folder.load_into(module, "dit", quantize=4)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+
+from weights.mapping.checkpoint import CONFIG_FILE
+from weights.core.configs import MobileOConfig
+from weights.core.errors import WeightsError
+from weights.loading.hub import FOLDER_KINDS, MLX_FOLDER_MARK
+
+from mlx_model.support.quant import QUANT_GROUP_SIZE, finish_quantized, quantizable
+
+FORMAT = "mobileo-mlx"
+FORMAT_VERSION = 1
+META_KEY = MLX_FOLDER_MARK  # in config.json
+QUANTIZED = ("llm", "dit")  # the components whose Linear layers -q quantizes
+
+
+def is_mlx_folder(path: str | Path) -> bool:
+    try:
+        return META_KEY in json.loads((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+class MLXFolder:
+    mlx_native = True
+
+    def __init__(self, folder: Path, raw: dict):
+        self.folder = folder
+        self.raw = raw
+        self.meta = raw[META_KEY]
+        if self.meta.get("format") != FORMAT or self.meta.get("version") != FORMAT_VERSION:
+            raise WeightsError(f"{folder} is an MLX folder of format {self.meta.get('format')!r} "
+                               f"version {self.meta.get('version')!r}; this code reads {FORMAT} {FORMAT_VERSION}.",
+                               fix="convert the model again: python -m mlx_model.convert --model SOURCE --out DIR.")
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "MLXFolder":
+        folder = Path(folder).expanduser()
+        return cls(folder, json.loads((folder / CONFIG_FILE).read_text()))
+
+    @cached_property
+    def config(self) -> MobileOConfig:
+        cfg = MobileOConfig.from_checkpoint_config(self.raw, str(self.folder / CONFIG_FILE), sana_folder=self.folder)
+        t = self.meta.get("mcp_temperature")
+        return cfg if t is None else replace(cfg, mcp=cfg.mcp.replace(temperature=t))
+
+    @property
+    def quantization(self) -> dict:
+        """{"bits": 0|4|8, "group_size": int} of the LLM and DiT Linear layers."""
+        return self.meta["quantization"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.folder
+
+    def has(self, component: str) -> bool:
+        return component in self.meta["files"]
+
+    def check_quantize(self, quantize: int | None, group_size: int = QUANT_GROUP_SIZE) -> None:
+        """A folder quantized otherwise than asked is an error, never a silent re-quantization."""
+        q = self.quantization
+        want = quantize or 0
+        if want != q["bits"] or (want and group_size != q["group_size"]):
+            have = f"{q['bits']}-bit, group {q['group_size']}" if q["bits"] else "float"
+            asked = f"{want}-bit, group {group_size}" if want else "float (-q 0)"
+            raise WeightsError(f"{self.folder} holds {have} weights but {asked} was asked for.",
+                               fix=f"pass -q {q['bits']}, or convert the source again with "
+                                   f"python -m mlx_model.convert --quantize {want} --out NEW_DIR.")
+
+    def load_into(self, module, component: str, quantize: int | None = None, dtype=None,
+                  dequantize: bool | None = None, keep_stored: tuple[str, ...] = ()):
+        """Fill ``module`` (float structure, as built from the config) with ``component``:
+        quantized in place first when the folder's component is, then ``mx.load`` + strict
+        ``load_weights``; float parameters cast to ``dtype``, except those named in
+        ``keep_stored`` (dotted parameter paths), which keep the folder's dtype (e.g. bf16)."""
+        import mlx.core as mx
+        import mlx.nn as nn
+        from mlx.utils import tree_map_with_path
+
+        if not self.has(component):
+            raise WeightsError(f"{self.folder} holds no {component} weights.",
+                               fix="convert the model again with python -m mlx_model.convert.")
+        q = self.quantization
+        if component in QUANTIZED:
+            self.check_quantize(quantize, q["group_size"])
+            if q["bits"]:
+                nn.quantize(module, group_size=q["group_size"], bits=q["bits"],
+                            class_predicate=quantizable(q["group_size"]))
+        path = self.folder / self.meta["files"][component]
+        try:
+            weights = mx.load(str(path))
+        except Exception as e:  # missing or corrupt file
+            raise WeightsError(f"cannot read {path} ({type(e).__name__}).",
+                               fix="convert the model again with python -m mlx_model.convert.") from None
+        try:
+            module.load_weights(list(weights.items()), strict=True)
+        except ValueError as e:
+            raise WeightsError(f"{path} does not match the {component} model: {str(e).splitlines()[0]}",
+                               fix="convert the model again with this version of mlx_model.convert.") from None
+        dtype = mx.float32 if dtype is None else dtype  # as the checkpoint path (bf16 -> fp32, exact)
+        module.update(tree_map_with_path(
+            lambda path, x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype
+            and path not in keep_stored else x, module.parameters()))
+        if component in QUANTIZED and q["bits"]:
+            finish_quantized(module, dequantize)
+        return module
+
+
+def open_model(model: str, revision: str | None = None):
+    """``--model`` (hub id, folder or ``demo``) opened as an MLX folder when it is one, else as
+    a checkpoint (:class:`weights.mapping.checkpoint.Checkpoint`)."""
+    from weights.loading.hub import open_model as _open
+
+    return _open(model, revision=revision)
+
+
+if not any(kind is is_mlx_folder for kind, _ in FOLDER_KINDS):
+    FOLDER_KINDS.append((is_mlx_folder, MLXFolder.open))
+
+
+def native(ckpt) -> bool:
+    return getattr(ckpt, "mlx_native", False)
