@@ -63,7 +63,7 @@ swift-test:
 	  mkdir -p $(dir $(GOLDEN)) && \
 	  $(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion --components mcp dit \
 	    > $(GOLDEN)-conversion.log 2>&1 || { tail -20 $(GOLDEN)-conversion.log; exit 1; }; \
-	  $(WITH_BLAS) $(PY) tests/golden.py $(GOLDEN) --export $(GOLDEN)-conversion && \
+	  $(WITH_BLAS) $(PY) tests/tools/golden.py $(GOLDEN) --export $(GOLDEN)-conversion && \
 	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test --disable-swift-testing && \
 	  ./Tools/typecheck-coreml.sh; \
 	else echo "swift-test: no Swift toolchain on this machine, skipped"; fi
@@ -87,7 +87,7 @@ convert-full: full-checkpoint
 # MLX (-q 4 folder, low memory, float) vs the torch reference, load, decode tok/s vs mlx-lm, each in
 # its own process, at full size; table + build/bench.json (not part of CI; tests/test_bench.py runs --quick)
 bench: full-checkpoint
-	$(WITH_BLAS) $(PY) tests/bench.py --model checkpoints/full $(BENCH_ARGS)
+	$(WITH_BLAS) $(PY) tests/tools/bench.py --model checkpoints/full $(BENCH_ARGS)
 
 demo:
 	$(PY) -m mlx_model.generate "a red cup" --model demo
@@ -98,4 +98,4 @@ clean:
 # batch generation throughput, 1 vs 2 processes under mlx.launch --backend ring (demo model);
 # table + build/bench-batch.json; BENCH_BATCH_ARGS="--size 256 --procs 1 2 --blas-threads 1"
 bench-batch:
-	$(WITH_BLAS) $(PY) tests/bench_batch.py $(BENCH_BATCH_ARGS)
+	$(WITH_BLAS) $(PY) tests/tools/bench_batch.py $(BENCH_BATCH_ARGS)

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from weights.core.components import recipes
 from weights.core.errors import MobileOError
 
 from weights.bundles.contract import TensorSpec
@@ -171,13 +172,8 @@ DEFAULT = "default"  # --compress default: each component's RECIPES entry
 # (norms, biases) stay fp16).  Mixed bits: the two big transformers get 4 bits, the image
 # encoder 6 and the image decoder 8 (its output is the picture).  Deterministic (no k-means):
 # the LLM's functions compress identically and share one weight set after the merge.
-RECIPES: dict[str, dict] = {
-    "vision_encoder": {"weights": "lut", "nbits": 6, "group_size": 16},
-    "llm": {"weights": "int4", "block_size": 32},
-    "mcp": {"weights": "int8"},
-    "dit": {"weights": "int4", "block_size": 32},
-    "vae_decoder": {"weights": "int8"},
-}
+# The recipes live in the component table (weights.core.components, ``Component.recipe``).
+RECIPES: dict[str, dict] = recipes()
 
 
 def recipe_for(name: str, compression) -> dict | None:

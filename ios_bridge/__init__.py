@@ -3,7 +3,7 @@ Swift package (``ios_bridge/swift``) that reads them.
 
     python -m ios_bridge.validate build/         # schema + files + sizes + hashes
 
-The golden vectors ``swift test`` checks are a test fixture: ``python tests/golden.py OUTDIR``
+The golden vectors ``swift test`` checks are a test fixture: ``python tests/tools/golden.py OUTDIR``
 (``make swift-test`` runs it).
 """
 

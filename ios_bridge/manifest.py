@@ -5,8 +5,9 @@ pipeline fact (scheduler, defaults, latent shape, preprocessing, prompts, tokens
 
 Facts are read from ``weights/`` (the checkpoint's config, ``weights.core.prompts``, the
 tokenizer's ids by name), from the conversion results (``ConversionResult.to_dict()``) and
-from the bundle contract (``weights.bundles.contract``: component names, default compute
-units and minimum OS; a torch-free module); nothing is restated here.  ``schema.json`` beside this
+from the component table (``weights.core.components``: component names, default compute
+units) and the bundle contract (``weights.bundles.contract``: minimum OS; a torch-free
+module); nothing is restated here.  ``schema.json`` beside this
 file describes the output.
 """
 
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from weights.bundles import contract
-from weights.core import prompts
+from weights.core import components, prompts
 from weights.mapping.checkpoint import TOKENIZER_FILES
-from weights.core.configs import DEFAULT_SAMPLER, SAMPLERS
+from weights.core.samplers import DEFAULT_SAMPLER, SAMPLER_INFO
 from weights.core.errors import MobileOError
 from weights.mapping.tokenizer_files import eos_token
 
@@ -32,7 +33,8 @@ from weights.bundles.hashing import bundle_bytes, bundle_sha256
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 TOKENIZER_DIR = "tokenizer"  # tokenizer files are copied here, beside the bundles
-SCHEDULER_TYPE = SAMPLERS[DEFAULT_SAMPLER]  # DPM-Solver++ on flow sigmas (docs/model-facts.md section 3)
+SCHEDULER = SAMPLER_INFO[DEFAULT_SAMPLER]  # DPM-Solver++ on flow sigmas (docs/model-facts.md section 3)
+SCHEDULER_TYPE = SCHEDULER.manifest_type
 # token roles an app needs; the names come from weights.core.prompts, the ids from the tokenizer
 TOKEN_ROLES = {
     "pad": prompts.PAD_TOKEN, "eos": prompts.EOS_TOKEN, "im_start": prompts.IM_START,
@@ -85,8 +87,8 @@ def component_entry(out_dir: Path, result: Any) -> dict[str, Any]:
     """One ``components[]`` item from a ``ConversionResult`` (or its ``to_dict()``)."""
     d = _as_dict(result)
     name = d["name"]
-    if name not in contract.COMPONENT_NAMES:
-        raise ManifestError(f"{name!r} is not a Mobile-O component ({', '.join(contract.COMPONENT_NAMES)}).",
+    if name not in components.BUNDLES:
+        raise ManifestError(f"{name!r} is not a Mobile-O component ({', '.join(components.BUNDLES)}).",
                             fix="pass the results of python -m coreml_convert.")
     entry: dict[str, Any] = {"name": name}
     if d.get("chunks"):  # a component split into ordered chunks
@@ -106,7 +108,7 @@ def component_entry(out_dir: Path, result: Any) -> dict[str, Any]:
         outputs=[_tensor(t) for t in d.get("outputs", [])],
         states=[_tensor(t) for t in d.get("states", [])],
         functions=list(d.get("functions") or ["main"]),
-        compute_units=d.get("compute_units") or contract.COMPONENT_COMPUTE_UNITS[name],
+        compute_units=d.get("compute_units") or components.COMPONENTS[name].compute_units,
         minimum_os=dict(d.get("minimum_os") or contract.MINIMUM_OS),
         compression=dict(d.get("compression") or {}),
         gates=dict(d.get("gates") or {}),
@@ -182,7 +184,7 @@ def host_facts(cfg) -> dict[str, Any]:
 def pipeline_facts(cfg) -> dict[str, Any]:
     """Everything the Swift pipeline needs besides the bundles (a ``MobileOConfig``)."""
     return {
-        "scheduler": {"type": SCHEDULER_TYPE, "class_name": "DPMSolverMultistepScheduler",
+        "scheduler": {"type": SCHEDULER_TYPE, "class_name": SCHEDULER.diffusers_class,
                       "config": cfg.scheduler.to_dict()},
         "defaults": cfg.defaults.to_dict(),
         "latent_shape": list(cfg.latent_shape),

@@ -20,10 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from weights.core.configs import DEFAULT_SAMPLER
+from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS
 from weights.core.errors import MobileOError
 
 from mlx_model import cli_common as cc
+from mlx_model.support.image_files import check_writable_folder
+from mlx_model.support.image_settings import ImageSettings, check_seed
+from mlx_model.support.platform import dtype_of
 from mlx_model.understand import CLI_DEFAULTS
 
 __all__ = ["ChatREPL", "main"]
@@ -40,13 +43,14 @@ class ChatREPL:
     """The loop, apart from the terminal: :meth:`handle` takes one input line."""
 
     def __init__(self, model, image=None, *, output_dir: str | Path = ".", system_prompt: str | None = None,
-                 seed: int | None = None, out=None, **decoding):
+                 seed: int | None = None, scheduler: str = DEFAULT_SAMPLER, out=None, **decoding):
         from mlx_model.pipelines.conversation import Conversation
 
         self.model = model  # a MobileO
         self.out = out or sys.stdout
         self.output_dir = Path(output_dir).expanduser()
         self.seed = seed
+        self.scheduler = scheduler  # /generate's sampler
         self.decoding = decoding
         self.chat = Conversation(model.understanding, image, system_prompt=system_prompt)
 
@@ -94,10 +98,10 @@ class ChatREPL:
     def generate(self, prompt: str) -> list[Path]:
         if not prompt:
             raise MobileOError("/generate needs a prompt.", fix="/generate a red cup")
-        return cc.run_and_save(self.model.generation, prompt, meta={"prompt": prompt, "model": self.model.name},
-                               steps=None, guidance=None, seed=self.seed, n_images=1, latents=None,
-                               scheduler=DEFAULT_SAMPLER, output=self.output_dir / "image.png", metadata=False,
-                               verbose=False, progress=False, log=self.say)
+        settings = ImageSettings(prompt, seed=self.seed, scheduler=self.scheduler)
+        return cc.run_and_save(self.model.generation, [settings], meta={"model": self.model.name}, latents=None,
+                               output=self.output_dir / "image.png", metadata=False, verbose=False, progress=False,
+                               log=self.say)
 
     def run(self, stdin=None) -> None:
         """Read lines until /quit or end of input; the prompt is shown on a terminal only."""
@@ -130,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=d.top_k, help=f"0 = off (default {d.top_k})")
     g.add_argument("--min-p", type=float, default=d.min_p, help=f"0 = off (default {d.min_p})")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling and /generate")
+    p.add_argument("--scheduler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER, help="/generate's sampler")
     p.add_argument("--output-dir", default=".", help="where /generate saves its images (default: here)")
     return p
 
@@ -140,15 +145,16 @@ def _run(a) -> None:
 
     check_options(a.max_tokens, a.temp, a.top_p, a.top_k, a.min_p)
     if a.seed is not None:
-        cc.check_seeds(a.seed)
-    cc.check_writable_folder(Path(a.output_dir).expanduser(), f"--output-dir {a.output_dir}")
+        check_seed(a.seed)
+    check_writable_folder(Path(a.output_dir).expanduser(), f"--output-dir {a.output_dir}")
     if a.image is not None:
         from mlx_model.support.preprocess import load_image
 
         load_image(a.image)  # a bad image fails before loading weights
-    model = MobileO.from_pretrained(a.model, quantize=a.quantize, dtype=cc.dtype_of(a.dtype), revision=a.revision,
+    model = MobileO.from_pretrained(a.model, quantize=a.quantize, dtype=dtype_of(a.dtype), revision=a.revision,
                                     low_memory=a.low_memory)
     repl = ChatREPL(model, a.image, output_dir=a.output_dir, system_prompt=a.system_prompt, seed=a.seed,
+                    scheduler=a.scheduler,
                     max_tokens=a.max_tokens, temp=a.temp, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p)
     repl.run()
 

@@ -1,32 +1,29 @@
-"""Pieces shared by the MLX command lines (``generate``, ``edit``, ``understand``): options,
-the checks every argument gets before anything is loaded, the rich progress bar, the
-closing timing line and one run of an image command (files and their settings:
-:mod:`mlx_model.support.image_files`).
-Imports neither torch nor (at module level) MLX."""
+"""The CLI kit of the MLX commands (``generate``, ``edit``, ``understand``, ``chat``,
+``convert``, the server's command line): options, output paths, the rich progress bar, the
+closing timing line and one run of an image command.  The settings themselves and their
+checks are library code (:mod:`mlx_model.support.image_settings`); nothing below the
+commands imports this module.  Imports neither torch nor (at module level) MLX."""
 
 from __future__ import annotations
 
 import argparse
-import math
-import numbers
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from weights.core.configs import DEFAULT_SAMPLER, SAMPLERS, GenerationDefaults
+from weights.core.configs import GenerationDefaults
+from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS, sampler_help
 from weights.core.errors import MobileOError
 from weights.loading.hub import DEMO
 
-from mlx_model.support.image_files import (IMAGE_FORMATS, model_hash, model_revision, output_paths, save_image, tool_version,
-                          unique_path)
-from mlx_model.support.quant import QUANTIZE_CHOICES
-from mlx_model.support import mlx_folder  # noqa: F401  (registers MLX-native folders with weights.loading.hub.open_model)
+from mlx_model.support.image_files import (IMAGE_FORMATS, check_writable_folder, output_paths, run_metadata,
+                                           save_image, unique_path)
+from mlx_model.support.image_settings import SEED_LIMIT, ImageSettings, check_several_seeds
+from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANTIZE_CHOICES
 
 DTYPES = ("float32", "bfloat16", "float16")
-SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (mx.random.key)
-MAX_STEPS = 1000  # the scheduler's training timesteps
-MAX_SIDE_FACTOR = 8  # --width/--height up to 8x the model's own image size
 
 
 # ------------------------------------------------------------------ a command's main()
@@ -52,7 +49,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local folder, or '{DEMO}' (tiny random weights). Default {DEFAULT_MODEL}")
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    g.add_argument("-q", "--quantize", type=int, choices=QUANTIZE_CHOICES, default=4,
+    g.add_argument("-q", "--quantize", type=int, choices=QUANTIZE_CHOICES, default=DEFAULT_QUANTIZE,
                    help="bits for the LLM and DiT Linear layers, group 64 (0 = float). Default 4")
     g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights/activations dtype (default: float32 on CPU, bfloat16 on Metal)")
@@ -83,9 +80,9 @@ def pick_text(positional: str | None, flag: str | None, what: str, flag_name: st
 
 def add_sampling_options(p: argparse.ArgumentParser, defaults: GenerationDefaults = GenerationDefaults()) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, default=defaults.steps, help=f"denoising steps (default {defaults.steps})")
-    g.add_argument("--guidance", type=float, default=defaults.guidance,
-                   help=f"classifier-free guidance scale (default {defaults.guidance})")
+    g.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: the model's, {defaults.steps})")
+    g.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance scale (default: the model's, {defaults.guidance})")
     g.add_argument("--seed", type=int, nargs="+", default=None, metavar="SEED",
                    help="seed(s) of the initial noise. Several seeds make one image each, the seed in its "
                    "name (image_seed_3.png); with one seed, image i of --n-images uses seed + i. "
@@ -97,8 +94,7 @@ def add_sampling_options(p: argparse.ArgumentParser, defaults: GenerationDefault
                    help="image height in pixels, a multiple of 32 for Mobile-O (default: the model's, 512)")
     g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="start from this noise, shape (n-images, C, h, w), instead of a seeded one")
-    g.add_argument("--scheduler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER,
-                   help="dpm: DPM-Solver++ 2M with flow sigmas (Mobile-O's); euler: flow Euler")
+    g.add_argument("--scheduler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER, help=sampler_help())
     g.add_argument("--config-from-metadata", default=None, metavar="IMAGE",
                    help="take every setting (prompt, seed, size, model, ...) from an image this tool wrote "
                    "(PNG, JPEG, WebP or its .json sidecar); flags given as well override it")
@@ -148,68 +144,6 @@ def check_batch_command(*, text: str | None, output: str | None, seed, latents, 
         raise MobileOError("--prompts-file needs --output-dir.", fix="pass e.g. --output-dir images/.")
 
 
-def dtype_of(name: str | None):
-    if name is None:
-        return None
-    import mlx.core as mx
-
-    return getattr(mx, name)
-
-
-def dtype_name(dtype) -> str:
-    return str(dtype).rsplit(".", 1)[-1]
-
-
-# ------------------------------------------------------------------ argument checks (before any loading)
-def check_seeds(seeds, n_images: int = 1) -> list[int] | None:
-    """``--seed`` values: whole numbers in [0, 2**64), ``seed + n_images - 1`` included, no repeats;
-    several seeds make one image each.  Returns the list (None: random)."""
-    if seeds is None:
-        return None
-    seeds = [seeds] if isinstance(seeds, numbers.Integral) or not isinstance(seeds, Sequence) else list(seeds)
-    if not seeds:
-        raise MobileOError("--seed needs at least one value.", fix="pass e.g. --seed 42, or leave it out for a random seed.")
-    top = SEED_LIMIT - max(n_images, 1)
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= top:
-            extra = f" (image {n_images} of --n-images {n_images} uses seed + {n_images - 1})" if n_images > 1 else ""
-            raise MobileOError(f"--seed {s} is out of range: seeds are whole numbers from 0 to {top}{extra}.",
-                               fix="pass a seed in that range, e.g. --seed 42.")
-    seeds = [int(s) for s in seeds]
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise MobileOError(f"--seed {repeated[0]} is given more than once.", fix="pass each seed once.")
-    if len(seeds) > 1 and n_images != 1:
-        raise MobileOError(f"several --seed values and --n-images {n_images} together: each seed already makes "
-                           "one image.", fix="pass several seeds, or one seed with --n-images.")
-    return seeds
-
-
-def check_sampling(steps: int | None, guidance: float | None, n_images: int) -> None:
-    """``--steps``, ``--guidance`` (finite: NaN would make a black image) and ``--n-images``."""
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
-        raise MobileOError(f"--steps must be from 1 to {MAX_STEPS}, got {steps}.", fix="pass e.g. --steps 20.")
-    if guidance is not None and (not isinstance(guidance, (int, float)) or not math.isfinite(guidance)):
-        raise MobileOError(f"--guidance must be a finite number, got {guidance}.", fix="pass e.g. --guidance 1.5.")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise MobileOError(f"--n-images must be at least 1, got {n_images}.", fix="pass --n-images 1 or more.")
-
-
-def check_size(config, height: int | None, width: int | None) -> tuple[int, int, int]:
-    """``--height`` / ``--width`` against the model (multiples of the DC-AE compression, at most
-    MAX_SIDE_FACTOR x its image size); returns the latent shape (C, h, w)."""
-    from mlx_model.pipelines.generation import latent_shape
-
-    shape = latent_shape(config, height, width)
-    top = MAX_SIDE_FACTOR * config.image_size
-    for name, side in (("height", height), ("width", width)):
-        if side is not None and side > top:
-            raise MobileOError(f"--{name} {side} is larger than {top} pixels ({MAX_SIDE_FACTOR}x the "
-                               f"{config.image_size} px this model was trained at).",
-                               fix=f"pass --{name} {top} or less.")
-    return shape
-
-
 def output_target(output: str | Path, flag: str = "--output") -> Path:
     """``--output`` checked before anything runs: the extension picks PNG, JPEG or WebP (none: .png),
     a folder is refused, and the nearest existing parent must be a writable folder."""
@@ -225,19 +159,6 @@ def output_target(output: str | Path, flag: str = "--output") -> Path:
                            fix=f"end the name with .png, .jpg or .webp, e.g. {flag} {path.with_suffix('.png')}.")
     check_writable_folder(path.parent, f"{flag} {text}")
     return path
-
-
-def check_writable_folder(folder: Path, what: str) -> None:
-    """``folder`` exists as a writable folder, or can be made in the nearest one that does."""
-    base = Path(folder).absolute()
-    while not base.exists() and base.parent != base:
-        base = base.parent
-    if not base.is_dir():
-        raise MobileOError(f"cannot write {what}: {base} is a file, not a folder.",
-                           fix="choose a path under a folder.")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise MobileOError(f"cannot write {what}: the folder {base} is not writable.",
-                           fix="choose a folder you can write to.")
 
 
 # ------------------------------------------------------------------ progress and timing
@@ -287,16 +208,6 @@ def closing_line(timings: dict[str, float], peaks: dict[str, float], steps: int 
 
 
 # ------------------------------------------------------------------ one run of an image command
-GENERATOR = "mobileo-deploy mlx_model"
-
-
-def run_settings(*, scheduler: str, quantize: int, dtype, source) -> dict:
-    """What every image of a run carries besides its own settings (prompt, seed, steps, ...):
-    sampler, weights, tool and model identity.  The CLIs, batch runs and the server all write it."""
-    return {"scheduler": scheduler, "quantize": quantize, "dtype": dtype_name(dtype), "generator": GENERATOR,
-            "version": tool_version(), "model_revision": model_revision(source), "model_hash": model_hash(source)}
-
-
 def latents_arg(latents):
     """``--latents``: (array or None, file name or None); a path is read now, before any loading."""
     if isinstance(latents, (str, Path)):
@@ -306,112 +217,102 @@ def latents_arg(latents):
     return latents, None
 
 
-def check_image_command(*, steps, guidance, seed, n_images: int, output, stepwise_dir=None,
-                        latents=None) -> tuple[list[int] | None, Path]:
-    """Everything ``generate`` / ``edit`` can check before loading a model: returns (seeds, output path)."""
-    check_sampling(steps, guidance, n_images)
-    seeds = check_seeds(seed, n_images)
-    if seeds and len(seeds) > 1 and latents is not None:
-        raise MobileOError("several --seed values and --latents together: the latents replace the seeds.",
-                           fix="pass one of them.")
+def image_runs(settings: ImageSettings, seeds=None, latents=None) -> list[ImageSettings]:
+    """The runs of one image command: ``settings`` once, or once per seed of several (one image
+    each, named by its seed, as mflux does).  Everything is checked before any loading."""
+    settings.check()
+    several = check_several_seeds(seeds, settings.n_images)
+    if several and len(several) > 1:
+        if latents is not None:
+            raise MobileOError("several --seed values and --latents together: the latents replace the seeds.",
+                               fix="pass one of them.")
+        return [replace(settings, seed=s, n_images=1) for s in several]
+    return [replace(settings, seed=several[0]) if several else settings]
+
+
+def check_output_options(output, stepwise_dir=None) -> Path:
+    """``--output`` and ``--stepwise-image-output-dir`` before anything runs; returns the output path."""
     path = output_target(output)
     if stepwise_dir is not None:
         d = Path(stepwise_dir).expanduser()
         if d.exists() and not d.is_dir():
             raise MobileOError(f"--stepwise-image-output-dir {stepwise_dir} is a file.", fix="pass a folder.")
         check_writable_folder(d, f"--stepwise-image-output-dir {stepwise_dir}")
-    return seeds, path
+    return path
 
 
-def open_checkpoint(model: str, revision: str | None, height: int | None, width: int | None):
-    """The checkpoint (config only, no weights yet) with ``--height``/``--width`` checked against it."""
-    from weights.loading.hub import open_model
+def open_checkpoint(model: str, revision: str | None, runs: Sequence[ImageSettings] = ()):
+    """The checkpoint or MLX folder (config only, no weights yet) with each run's size checked against it."""
+    from mlx_model.support.mlx_folder import open_model
 
     ckpt = open_model(model, revision=revision)
-    check_size(ckpt.config, height, width)
+    for s in runs:
+        s.check(ckpt.config)
     return ckpt
 
 
-def _stepwise_saver(pipeline, folder: Path, stem: str, seed: int | None, steps: int, settings: dict, log):
+def _stepwise_saver(pipeline, folder: Path, stem: str, settings: ImageSettings, meta: dict, edit: bool, log):
     """``on_step`` for the pipeline: decode the latents after each step into ``folder``."""
     import numpy as np
 
-    width = len(str(steps))
+    width = len(str(settings.steps))
+    seed = settings.seed
 
     def on_step(step: int, latents) -> None:
         images = np.array(pipeline.decode(latents))
         for i, img in enumerate(images):
             tag = f"seed_{seed + i}" if seed is not None else f"{i}"
-            path = unique_path(folder / f"{stem}_{tag}_step{step:0{width}d}of{steps}.png")
-            save_image(img, path, {**settings, "index": i, "step": step,
-                                   "seed": None if seed is None else seed + i})
-        if step == steps:
-            log(f"saved {steps} step images{'' if seed is None else f' of seed {seed}'} in {folder}")
+            path = unique_path(folder / f"{stem}_{tag}_step{step:0{width}d}of{settings.steps}.png")
+            save_image(img, path, {**meta, **settings.metadata(i, edit), "step": step})
+        if step == settings.steps:
+            log(f"saved {settings.steps} step images{'' if seed is None else f' of seed {seed}'} in {folder}")
 
     return on_step
 
 
-def run_and_save(pipeline, prompt: str, *, image=None, meta: dict, steps: int | None, guidance: float | None,
-                 seed: int | Sequence[int] | None, n_images: int, latents, scheduler: str, output: str | Path,
-                 metadata: bool, verbose: bool, progress: bool, log, height: int | None = None,
-                 width: int | None = None, stepwise_dir: str | Path | None = None) -> list[Path]:
-    """Sample with a progress bar, save each image with its settings, print the closing line.
+def run_and_save(pipeline, runs: Sequence[ImageSettings], *, image=None, meta: dict, latents, output: str | Path,
+                 metadata: bool, verbose: bool, progress: bool, log, stepwise_dir: str | Path | None = None) -> list[Path]:
+    """Sample each of ``runs`` (:func:`image_runs`) with a progress bar, save each image with its
+    settings, print the closing line.
 
-    ``prompt`` (and ``image``, when editing) go to the pipeline's ``generate``; ``meta``
-    holds the command's own settings (prompt, image, model, latents file, ...); ``latents`` is
-    an array or None (see :func:`latents_arg`); ``steps`` / ``guidance`` None take the model's
-    defaults.  ``seed``: one seed (image i of ``n_images`` uses seed + i) or several (one image
-    each, named by seed, as mflux does).  Nothing is written unless the run succeeds.
-    """
-    import numpy as np
-
-    defaults = pipeline.config.defaults
-    steps = defaults.steps if steps is None else steps
-    guidance = defaults.guidance if guidance is None else guidance
-    seeds = check_seeds(seed, n_images)
+    ``image``: the pixels to edit (``runs``' prompts are then instructions); ``meta``: the
+    command's own fields besides the settings (model, revision, latents file, input image);
+    ``latents``: an array or None (:func:`latents_arg`).  Nothing is written unless the run
+    succeeds."""
     output = output_target(output)
-    check_size(pipeline.config, height, width)
-    if seeds and len(seeds) > 1:
-        runs, by_seed = [(s, 1) for s in seeds], True
-    else:
-        runs, by_seed = [(seeds[0] if seeds else None, n_images)], False
-    common = {"steps": steps, "guidance": guidance,
-              **run_settings(scheduler=scheduler, quantize=pipeline.quantize, dtype=pipeline.dtype,
-                             source=pipeline.source)}
+    edit = image is not None
+    by_seed = len(runs) > 1
+    run_meta = run_metadata(quantize=pipeline.quantize, dtype=pipeline.dtype, source=pipeline.source)
     results, timings, peaks = [], {}, {}
-    for run_seed, n in runs:
+    for settings in runs:
+        settings = settings.resolved(pipeline.config, draw=latents is None)
         on_step = None
         if stepwise_dir is not None:
-            on_step = _stepwise_saver(pipeline, Path(stepwise_dir).expanduser(), output.stem, run_seed, steps,
-                                      {**meta, **common, "n_images": n}, log)
-        bar = StepProgress(steps, description=f"seed {run_seed}" if by_seed else "denoising", enabled=progress)
+            on_step = _stepwise_saver(pipeline, Path(stepwise_dir).expanduser(), output.stem, settings,
+                                      {**meta, **run_meta}, edit, log)
+        bar = StepProgress(settings.steps, description=f"seed {settings.seed}" if by_seed else "denoising",
+                           enabled=progress)
         with bar:
-            out = pipeline.generate(prompt, image=image, steps=steps, guidance=guidance, seed=run_seed,
-                                    n_images=n, latents=latents, scheduler=scheduler, height=height, width=width,
-                                    progress=bar.update, on_step=on_step)
-        if not np.isfinite(out.latents).all():
-            raise MobileOError(f"sampling diverged: the final latents hold NaN or infinity (guidance {guidance}).",
-                               fix="lower --guidance (Mobile-O uses 1.5).")
+            out = pipeline.generate(settings, image=image, latents=latents, progress=bar.update, on_step=on_step)
         if verbose:
-            log(f"prompt: {out.prompt_tokens} tokens; seed: {out.seed}")
-        results.append((out, n))
+            log(f"prompt: {out.prompt_tokens} tokens; seed: {out.settings.seed}")
+        results.append(out)
         for k, v in out.timings.items():
             timings[k] = timings.get(k, 0.0) + v
         for k, v in out.peak_memory.items():
             peaks[k] = max(peaks.get(k, 0.0), v)
-    paths = output_paths(output, sum(n for _, n in runs),
-                         [out.seed for out, _ in results] if by_seed else None)
+    paths = output_paths(output, sum(out.settings.n_images for out in results),
+                         [out.settings.seed for out in results] if by_seed else None)
     k = 0
-    for out, n in results:
+    for out in results:
         for i, img in enumerate(out.images):
-            settings = {**meta, **common, "n_images": n, "index": i,
-                        "seed": None if out.seed is None else out.seed + i, "size": list(img.shape[:2])}
-            path = paths[k] = save_image(img, paths[k], settings, write_json=metadata)
+            path = paths[k] = save_image(img, paths[k], {**meta, **run_meta, **out.settings.metadata(i, edit)},
+                                         write_json=metadata)
             log(f"saved {path}")
             k += 1
     timings = {"load": pipeline.load_seconds, **timings}
     peaks = {"load": pipeline.load_peak_memory, **peaks}
     if verbose:
         log("peak memory by phase: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in peaks.items()))
-    log(closing_line(timings, peaks, steps * len(runs)))
+    log(closing_line(timings, peaks, sum(out.settings.steps for out in results)))
     return paths

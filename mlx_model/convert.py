@@ -21,15 +21,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from weights.core.components import CHECKPOINT_PARTS, mlx_file
 from weights.mapping.checkpoint import CONFIG_FILE, TOKENIZER_FILES
 from weights.core.errors import MobileOError, run_cli
 from weights.loading.hub import DEFAULT_MODEL
 
 from mlx_model.support.mlx_folder import FORMAT, FORMAT_VERSION, META_KEY
-from mlx_model.support.quant import QUANT_GROUP_SIZE, QUANTIZE_CHOICES, check_bits
+from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANTIZE_CHOICES, QUANT_GROUP_SIZE, check_bits
 
 __all__ = ["convert", "main"]
-COMPONENTS = ("llm", "mcp", "dit", "vae", "vision", "projector")
+COMPONENTS = CHECKPOINT_PARTS  # one file each (weights.core.components.mlx_file)
 CARD = "README.md"
 
 
@@ -78,7 +79,7 @@ def _card(source: str, bits: int, group_size: int, files: dict) -> str:
             f"Use: `python -m mlx_model.generate \"a red cup\" --model <this folder> -q {bits}`\n")
 
 
-def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", quantize: int = 4,
+def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", quantize: int = DEFAULT_QUANTIZE,
             group_size: int = QUANT_GROUP_SIZE, revision: str | None = None, log=print) -> Path:
     """Write the MLX folder ``out`` for ``model``; returns its path."""
     import mlx.core as mx
@@ -97,11 +98,12 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
     try:
         files = {}
         for component, module in _modules(ckpt, quantize, group_size):
-            name = f"{component}.safetensors"
+            name = mlx_file(component)
             mx.save_safetensors(str(stage / name), _tensors(ckpt, component, module), metadata={"format": "mlx"})
             files[component] = name
             log(f"wrote {component}")
             del module
+        assert sorted(files) == sorted(COMPONENTS), files
         raw = json.loads((src / CONFIG_FILE).read_text())
         cfg = ckpt.config
         raw.update(vocab_size=cfg.llm.vocab_size, tie_word_embeddings=cfg.llm.tie_word_embeddings)
@@ -131,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
                                 description="Write Mobile-O as an MLX-native, pre-quantized folder.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local folder or 'demo'. Default {DEFAULT_MODEL}")
     p.add_argument("--revision", default=None, help="hub revision")
-    p.add_argument("-q", "--quantize", type=int, choices=QUANTIZE_CHOICES, default=4,
+    p.add_argument("-q", "--quantize", type=int, choices=QUANTIZE_CHOICES, default=DEFAULT_QUANTIZE,
                    help="bits for the LLM and DiT Linear layers (0 = float). Default 4")
     p.add_argument("--group-size", type=int, default=QUANT_GROUP_SIZE, help=f"default {QUANT_GROUP_SIZE}")
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")

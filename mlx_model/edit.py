@@ -9,8 +9,9 @@ work too.
 Python use:
 
     from mlx_model.pipelines.generation import GenerationPipeline
+    from mlx_model.support.image_settings import ImageSettings
     pipe = GenerationPipeline.from_pretrained("demo", quantize=0, edit=True)
-    out = pipe.edit("photo.jpg", "make it snowy", steps=20, seed=0)
+    out = pipe.edit("photo.jpg", ImageSettings("make it snowy", steps=20, seed=0))
     out.images          # uint8 [n, H, W, 3]
 """
 
@@ -19,13 +20,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from weights.core.configs import DEFAULT_SAMPLER
 from weights.core.errors import MobileOError
 from weights.loading.hub import DEFAULT_MODEL
 
 from mlx_model import cli_common as cc
+from mlx_model.generate import settings_of
 from mlx_model.support import image_files
+from mlx_model.support.image_settings import ImageSettings
+from mlx_model.support.platform import dtype_name, dtype_of
+from mlx_model.support.quant import DEFAULT_QUANTIZE
 from mlx_model.support.tokenizer import PromptError
 
 __all__ = ["edit", "main"]
@@ -45,44 +50,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def edit(image, instruction: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-         dtype: str | None = None, low_memory: bool | None = None, steps: int | None = None,
-         guidance: float | None = None,
-         seed: int | list[int] | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
-         height: int | None = None, width: int | None = None, output: str | Path = "edited.png",
-         metadata: bool = False, stepwise_dir: str | Path | None = None, verbose: bool = False,
+def edit(image, settings: ImageSettings, *, seeds: Sequence[int] | None = None, latents=None,
+         output: str | Path = "edited.png", metadata: bool = False, stepwise_dir: str | Path | None = None,
+         model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = DEFAULT_QUANTIZE,
+         dtype: str | None = None, low_memory: bool | None = None, verbose: bool = False,
          progress: bool = False, pipeline=None, log=None) -> list[Path]:
-    """Edit ``image`` ``n_images`` times (or once per seed) and save the results; returns the
-    paths written.  ``pipeline``: reuse a loaded :class:`~mlx_model.pipelines.generation.GenerationPipeline`
-    (``edit=True``).  Every argument and the image are checked before the model is loaded."""
+    """Edit ``image`` following ``settings.prompt`` (the instruction) ``settings.n_images`` times
+    (or once per seed of several ``seeds``) and save the results; returns the paths written.
+    ``pipeline``: reuse a loaded :class:`~mlx_model.pipelines.generation.GenerationPipeline`
+    (``edit=True``).  Every setting and the image are checked before the model is loaded."""
     from mlx_model.components.multimodal import check_no_placeholder
     from mlx_model.pipelines.generation import GenerationPipeline
     from mlx_model.support.preprocess import load_image
 
     log = log or (lambda msg: print(msg, flush=True))
+    instruction = settings.prompt
     if not instruction or not instruction.strip():  # fail before loading anything
         raise PromptError("the instruction is empty.", fix="say what to change, e.g. \"make it snowy\".")
     check_no_placeholder(instruction, "instruction")
-    cc.check_image_command(steps=steps, guidance=guidance, seed=seed, n_images=n_images, output=output,
-                           stepwise_dir=stepwise_dir, latents=latents)
+    runs = cc.image_runs(settings, seeds, latents)
+    cc.check_output_options(output, stepwise_dir)
     source = load_image(image)  # unreadable images fail before loading weights
     latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
-        ckpt = cc.open_checkpoint(model, revision, height, width)
-        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype), edit=True,
+        ckpt = cc.open_checkpoint(model, revision, runs)
+        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=dtype_of(dtype), edit=True,
                                                       low_memory=low_memory)
     pixels = pipeline.encoder.pixels(source)
     if verbose:
         c = pipeline.config
-        log(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; dtype: {cc.dtype_name(pipeline.dtype)}; "
+        log(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; dtype: {dtype_name(pipeline.dtype)}; "
             f"input {source.width}x{source.height} -> {c.vision.image_size}x{c.vision.image_size} "
-            f"({c.vision.num_tokens} image tokens); output {height or c.image_size}x{width or c.image_size}")
-    meta = {"task": "edit", "image": str(image) if isinstance(image, (str, Path)) else None,
-            "instruction": instruction, "model": model, "revision": revision, "latents": latents_file}
-    return cc.run_and_save(pipeline, instruction, image=pixels, meta=meta, steps=steps, guidance=guidance, seed=seed,
-                           n_images=n_images, latents=latents, scheduler=scheduler, output=output,
-                           metadata=metadata, verbose=verbose, progress=progress, log=log, height=height,
-                           width=width, stepwise_dir=stepwise_dir)
+            f"({c.vision.num_tokens} image tokens); output {settings.height or c.image_size}x{settings.width or c.image_size}")
+    meta = {"image": str(image) if isinstance(image, (str, Path)) else None, "model": model, "revision": revision,
+            "latents": latents_file}
+    return cc.run_and_save(pipeline, runs, image=pixels, meta=meta, latents=latents, output=output,
+                           metadata=metadata, verbose=verbose, progress=progress, log=log, stepwise_dir=stepwise_dir)
 
 
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
@@ -108,11 +111,9 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
     if image is None or instruction is None:
         raise MobileOError(f"no {'image' if image is None else 'instruction'} given.",
                            fix="mobileo-edit photo.jpg \"make it snowy\".")
-    return edit(image, instruction, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
-                low_memory=a.low_memory,
-                steps=a.steps, guidance=a.guidance, seed=a.seed, n_images=a.n_images, latents=a.latents,
-                scheduler=a.scheduler, height=a.height, width=a.width, output=a.output, metadata=a.metadata,
-                stepwise_dir=a.stepwise_image_output_dir, verbose=a.verbose,
+    return edit(image, settings_of(a, instruction), seeds=a.seed, latents=a.latents, output=a.output,
+                metadata=a.metadata, stepwise_dir=a.stepwise_image_output_dir, model=a.model, revision=a.revision,
+                quantize=a.quantize, dtype=a.dtype, low_memory=a.low_memory, verbose=a.verbose,
                 progress=sys.stderr.isatty() or a.verbose)
 
 

@@ -6,7 +6,8 @@ a Mobile-O image with MLX only (no torch).  The flags are mflux's where it has t
 Python use, same options:
 
     from mlx_model.generate import generate
-    paths = generate("a red cup", model="demo", steps=20, seed=0)
+    from mlx_model.support.image_settings import ImageSettings
+    paths = generate(ImageSettings("a red cup", steps=20, seed=0), model="demo")
 
 Many prompts, in one process or shared among several started by ``mlx.launch``
 (:mod:`mlx_model.pipelines.batch`, docs/batch-generation.md):
@@ -19,14 +20,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
-from weights.core.configs import DEFAULT_SAMPLER
 from weights.core.errors import MobileOError
 from weights.loading.hub import DEFAULT_MODEL
 
 from mlx_model import cli_common as cc
 from mlx_model.support import image_files
+from mlx_model.support.image_settings import ImageSettings
+from mlx_model.support.platform import dtype_name, dtype_of
+from mlx_model.support.quant import DEFAULT_QUANTIZE
 
 __all__ = ["generate", "main"]
 
@@ -45,15 +50,13 @@ def parser(batch: bool = False) -> argparse.ArgumentParser:
     return p
 
 
-def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
-             dtype: str | None = None, low_memory: bool | None = None, steps: int | None = None,
-             guidance: float | None = None,
-             seed: int | list[int] | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
-             height: int | None = None, width: int | None = None, output: str | Path = "image.png",
-             metadata: bool = False, stepwise_dir: str | Path | None = None, verbose: bool = False,
+def generate(settings: ImageSettings, *, seeds: Sequence[int] | None = None, latents=None,
+             output: str | Path = "image.png", metadata: bool = False, stepwise_dir: str | Path | None = None,
+             model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = DEFAULT_QUANTIZE,
+             dtype: str | None = None, low_memory: bool | None = None, verbose: bool = False,
              progress: bool = False, pipeline=None, log=None) -> list[Path]:
-    """Make ``n_images`` images (or one per seed when ``seed`` is a list of several) and save
-    them; returns the paths written.  Every argument is checked before the model is loaded.
+    """Make ``settings.n_images`` images (or one per seed of several ``seeds``) and save them;
+    returns the paths written.  Everything is checked before the model is loaded.
 
     ``latents``: an array or a .npy path of shape (n_images, C, h, w).  ``pipeline``: reuse a
     loaded :class:`~mlx_model.pipelines.generation.GenerationPipeline` (``model``/``quantize``/``dtype`` ignored).
@@ -61,27 +64,26 @@ def generate(prompt: str, *, model: str = DEFAULT_MODEL, revision: str | None = 
     from mlx_model.pipelines.generation import GenerationPipeline
 
     log = log or (lambda msg: print(msg, flush=True))
-
-    if not prompt or not prompt.strip():  # fail before loading anything
-        from mlx_model.support.tokenizer import PromptError
-
-        raise PromptError("the prompt is empty.", fix="pass a non-empty prompt, e.g. \"a red cup\".")
-    cc.check_image_command(steps=steps, guidance=guidance, seed=seed, n_images=n_images, output=output,
-                           stepwise_dir=stepwise_dir, latents=latents)
+    runs = cc.image_runs(settings, seeds, latents)  # fail before loading anything
+    cc.check_output_options(output, stepwise_dir)
     latents, latents_file = cc.latents_arg(latents)
     if pipeline is None:
-        ckpt = cc.open_checkpoint(model, revision, height, width)
-        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype),
+        ckpt = cc.open_checkpoint(model, revision, runs)
+        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=quantize, dtype=dtype_of(dtype),
                                                       low_memory=low_memory)
     if verbose:
         c = pipeline.config
         log(f"model: {pipeline.source} ({c.diffusion_name_or_path}); quantize: {pipeline.quantize or 'float'}; "
-            f"dtype: {cc.dtype_name(pipeline.dtype)}; image {height or c.image_size}x{width or c.image_size}")
-    meta = {"prompt": prompt, "model": model, "revision": revision, "latents": latents_file}
-    return cc.run_and_save(pipeline, prompt, meta=meta, steps=steps, guidance=guidance, seed=seed,
-                           n_images=n_images, latents=latents, scheduler=scheduler, output=output,
-                           metadata=metadata, verbose=verbose, progress=progress, log=log, height=height,
-                           width=width, stepwise_dir=stepwise_dir)
+            f"dtype: {dtype_name(pipeline.dtype)}; image {settings.height or c.image_size}x{settings.width or c.image_size}")
+    meta = {"model": model, "revision": revision, "latents": latents_file}
+    return cc.run_and_save(pipeline, runs, meta=meta, latents=latents, output=output, metadata=metadata,
+                           verbose=verbose, progress=progress, log=log, stepwise_dir=stepwise_dir)
+
+
+def settings_of(a: argparse.Namespace, text: str) -> ImageSettings:
+    """The image settings the flags ask for (the seeds: :func:`generate`'s ``seeds``)."""
+    return ImageSettings(text, steps=a.steps, guidance=a.guidance, n_images=a.n_images, height=a.height,
+                         width=a.width, scheduler=a.scheduler)
 
 
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
@@ -102,26 +104,20 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
     prompt = text if prompt is None else prompt
     if prompt is None:
         raise MobileOError("no prompt given.", fix="pass one: mobileo-generate --prompt \"a red cup\".")
-    return generate(prompt, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
-                    low_memory=a.low_memory, steps=a.steps,
-                    guidance=a.guidance, seed=a.seed, n_images=a.n_images, latents=a.latents,
-                    scheduler=a.scheduler, height=a.height, width=a.width, output=a.output or "image.png",
-                    metadata=a.metadata,
-                    stepwise_dir=a.stepwise_image_output_dir, verbose=a.verbose,
-                    progress=sys.stderr.isatty() or a.verbose)
+    return generate(settings_of(a, prompt), seeds=a.seed, latents=a.latents, output=a.output or "image.png",
+                    metadata=a.metadata, stepwise_dir=a.stepwise_image_output_dir, model=a.model,
+                    revision=a.revision, quantize=a.quantize, dtype=a.dtype, low_memory=a.low_memory,
+                    verbose=a.verbose, progress=sys.stderr.isatty() or a.verbose)
 
 
 def _run_batch(a: argparse.Namespace) -> list[Path]:
     """``--prompts-file``: this process's share of the file (:func:`mlx_model.pipelines.batch.run_batch`)."""
     from mlx_model.pipelines.batch import BatchSettings, run_batch
 
-    cc.check_sampling(a.steps, a.guidance, a.n_images)
     seed = a.seed[0] if a.seed else 0
-    cc.check_seeds(seed, 1)
-    settings = BatchSettings(model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
-                             low_memory=a.low_memory, scheduler=a.scheduler, steps=a.steps, guidance=a.guidance,
-                             seed=seed, n_images=a.n_images, width=a.width, height=a.height,
-                             metadata=a.metadata, verbose=a.verbose)
+    defaults = replace(settings_of(a, "(each prompt of the file)"), seed=seed).check()
+    settings = BatchSettings(image=defaults, model=a.model, revision=a.revision, quantize=a.quantize,
+                             dtype=a.dtype, low_memory=a.low_memory, metadata=a.metadata, verbose=a.verbose)
     return run_batch(a.prompts_file, a.output_dir, settings)["made"]
 
 

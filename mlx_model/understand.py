@@ -18,7 +18,10 @@ from weights.core.errors import MobileOError
 from weights.loading.hub import DEFAULT_MODEL
 
 from mlx_model import cli_common as cc
+from mlx_model.support.image_settings import check_seed
+from mlx_model.support.platform import dtype_name, dtype_of
 from mlx_model.pipelines.understanding import Understanding, check_length, check_options, check_question
+from mlx_model.support.quant import DEFAULT_QUANTIZE
 
 __all__ = ["understand", "main", "CLI_DEFAULTS"]
 
@@ -73,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = 4,
+def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: str | None = None, quantize: int = DEFAULT_QUANTIZE,
                dtype: str | None = None, low_memory: bool | None = None, max_tokens: int | None = None,
                temp: float | None = None,
                top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
@@ -83,8 +86,7 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
     """Stream the answer to ``out`` (stdout) and close with mlx-lm's statistics lines.
     Options left None take the command line's defaults (:data:`CLI_DEFAULTS`).  Every check
     (options, question, image, prompt + answer length) runs before the answer starts."""
-    from weights.loading.hub import open_model
-
+    from mlx_model.support.mlx_folder import open_model
     from mlx_model.support.preprocess import preprocess
 
     out = out or sys.stdout
@@ -99,14 +101,14 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
     check_options(**opts)
     check_question(question)
     if seed is not None:
-        cc.check_seeds(seed)
+        check_seed(seed)
     if pipeline is None:
         if image is None:
             raise MobileOError("no image given.", fix="pass an image file: mobileo-understand photo.jpg \"What is this?\".")
         ckpt = open_model(model, revision=revision)
         pixels = preprocess(image, ckpt.config.preprocess)[None]  # bad images fail before loading weights
         _check_prompt_fits(ckpt, question, system_prompt, opts["max_tokens"])
-        pipeline = Understanding.from_checkpoint(ckpt, quantize=quantize, dtype=cc.dtype_of(dtype),
+        pipeline = Understanding.from_checkpoint(ckpt, quantize=quantize, dtype=dtype_of(dtype),
                                                  low_memory=low_memory)
     else:
         pixels = pipeline.encoder.pixels(image)
@@ -114,7 +116,7 @@ def understand(image, question: str, *, model: str = DEFAULT_MODEL, revision: st
     if verbose:
         v = pipeline.config.vision
         print(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; "
-              f"dtype: {cc.dtype_name(pipeline.llm.dtype)}; image {v.image_size}x{v.image_size} -> "
+              f"dtype: {dtype_name(pipeline.llm.dtype)}; image {v.image_size}x{v.image_size} -> "
               f"{v.num_tokens} tokens; loaded in {pipeline.load_seconds:.2f}s", file=out)
     print("=" * 10, file=out)
     text, r = "", None

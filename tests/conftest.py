@@ -88,6 +88,39 @@ def tiny_ckpt(tiny_ckpt_dir):
     return Checkpoint.open(tiny_ckpt_dir)
 
 
+@pytest.fixture(scope="session")
+def coreml_spec(tiny_ckpt):
+    """``coreml_spec(name)``: the converter's ComponentSpec of Core ML component ``name``
+    (``coreml_convert.components.REGISTRY``) on the tiny checkpoint, built once per run and
+    shared by tests/test_coreml_components.py (the gates) and tests/test_coreml_<name>.py."""
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            from coreml_convert.components import REGISTRY
+
+            built[name] = REGISTRY[name].build_spec(tiny_ckpt)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def coreml_bundle(coreml_spec, tmp_path_factory):
+    """``coreml_bundle(name)``: that spec converted to an fp16 bundle, saved once per run."""
+    saved = {}
+
+    def get(name: str):
+        if name not in saved:
+            from coreml_convert import convert as cv
+
+            spec = coreml_spec(name)
+            saved[name] = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp(name), spec.file)
+        return saved[name]
+
+    return get
+
+
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     """A small random RGB photo (PNG, not square) for understanding and editing tests."""

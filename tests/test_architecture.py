@@ -371,3 +371,15 @@ def test_components_do_not_import_each_other():
     bad = [e for e in edges() if e.src in comps and e.dst in comps]
     assert not bad, _report("a component module of coreml_convert/components/ must not import "
                             "another; move what they share into a shared module", bad)
+
+
+COMMANDS = {"mlx_model.generate", "mlx_model.edit", "mlx_model.understand", "mlx_model.chat", "mlx_model.convert",
+            "mlx_model.server.cli"}
+
+
+def test_only_commands_import_the_cli_kit():
+    """Library code (support, components, pipelines) and the server's app take the settings
+    object and its checks from mlx_model.support.image_settings, never from the CLI kit."""
+    bad = [e for e in edges() if e.dst == "mlx_model.cli_common" and e.src not in COMMANDS]
+    assert not bad, _report("only the commands may import mlx_model.cli_common", bad)
+    assert all(c in modules() for c in COMMANDS)

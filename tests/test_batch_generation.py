@@ -1,7 +1,8 @@
 """Issue #16: ``mobileo-generate --prompts-file`` in one process and under ``mlx.launch -n 2
 --backend ring``: the prompts file and its errors, every image made exactly once, the same bytes
 whatever the number of processes, a complete index, a rerun that does no work, and a rank
-killed mid-run (test hook ``MOBILEO_BATCH_FAIL_AFTER``) costing only its unfinished images."""
+killed mid-run (tests/tools/batch_rank_stops.py: run_batch's on_saved callback) costing only its
+unfinished images."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 
 from mlx_model.pipelines import batch
 from mlx_model import generate as generate_mod
+from mlx_model.support.image_settings import ImageSettings
 from mlx_model.support.image_files import read_metadata
 from weights.core.errors import MobileOError
 
@@ -87,12 +89,13 @@ def test_plan_seeds_names_and_sizes(tmp_path):
     config = tiny_config()
     jobs = batch.read_prompts_file(write(tmp_path / "p.jsonl", '{"prompt": "a"}\n{"prompt": "b", "seed": 100}\n'
                                          '{"prompt": "c", "n_images": 3, "width": 32}\n'))
-    tasks = batch.plan(jobs, batch.BatchSettings(seed=5, steps=2), config)
-    assert [(t.prompt_index, t.image, t.seed, t.file) for t in tasks] == [
+    base = batch.BatchSettings(image=ImageSettings("(each prompt)", seed=5, steps=2))
+    tasks = batch.plan(jobs, base, config)
+    assert [(t.prompt_index, t.image, t.settings.seed, t.file) for t in tasks] == [
         (0, 0, 5, "00000_5.png"), (1, 0, 100, "00001_100.png"),
         (2, 0, 7, "00002_7.png"), (2, 1, 8, "00002_8.png"), (2, 2, 9, "00002_9.png")]
-    assert {(t.steps, t.guidance) for t in tasks} == {(2, 1.5)}  # the command's steps, the model's guidance
-    assert [(t.height, t.width) for t in tasks][-1] == (64, 32)
+    assert {(t.settings.steps, t.settings.guidance) for t in tasks} == {(2, 1.5)}  # the command's steps, the model's guidance
+    assert [(t.settings.height, t.settings.width) for t in tasks][-1] == (64, 32)
     bad = batch.read_prompts_file(write(tmp_path / "bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "height": 20}\n'))
     with pytest.raises(MobileOError, match=r"^bad.jsonl line 2: --height 20 is not a positive multiple of 8"):
         batch.plan(bad, batch.BatchSettings(), config, source="bad.jsonl")
@@ -191,12 +194,11 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
-def launch(n: int, args, cwd: Path, cache: Path, extra_env=()) -> subprocess.CompletedProcess:
+def launch(n: int, args, cwd: Path, cache: Path, program=("-m", "mlx_model.generate")) -> subprocess.CompletedProcess:
     """``mlx.launch -n n --backend ring -- python -m mlx_model.generate args`` (mlx.launch's own exit
     status is 0 even when a rank fails: callers check the files)."""
     cmd = [str(LAUNCH), "-n", str(n), "--backend", "ring", "--starting-port", str(free_port_pair()),
-           *sum((["--env", e] for e in extra_env), []), "--", sys.executable, "-m", "mlx_model.generate",
-           *map(str, args)]
+           "--", sys.executable, *program, *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=env(cache), capture_output=True, text=True, timeout=240)
 
 
@@ -265,8 +267,9 @@ def test_two_ranks_make_the_same_images_once_and_a_rerun_does_nothing(work, ring
 @pytest.mark.slow
 def test_killed_rank_costs_only_its_unfinished_images(work, ring):
     args = ["--prompts-file", "prompts.txt", "--output-dir", "crash", *ARGS]
-    r = launch(2, args, work, work / "cache", extra_env=["MOBILEO_BATCH_FAIL_AFTER=1", "MOBILEO_BATCH_FAIL_RANK=1"])
-    assert "MOBILEO_BATCH_FAIL_AFTER=1: exiting now" in r.stdout, r.stdout + r.stderr
+    stops = (str(Path(__file__).parent / "tools" / "batch_rank_stops.py"), "1", "1")  # rank 1, after 1 image
+    r = launch(2, args, work, work / "cache", program=stops)
+    assert "rank 1 stops after 1 image(s)" in r.stdout, r.stdout + r.stderr
     crash = work / "crash"
     left = pngs(crash)
     assert not (crash / "index.jsonl").exists()  # no index for an unfinished set

@@ -1,4 +1,4 @@
-"""`make bench` runs: tests/bench.py on the demo model, quick (no timing asserts: numbers are reports)."""
+"""`make bench` runs: tests/tools/bench.py on the demo model, quick (no timing asserts: numbers are reports)."""
 
 import json
 import os
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.torch
 def test_bench_quick_on_demo(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "bench.py"), "--model", "demo", "--quick",
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "tools" / "bench.py"), "--model", "demo", "--quick",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env={**os.environ, "MOBILEO_LOW_MEMORY": ""})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -1,6 +1,7 @@
 """Core ML DiT: the Neural-Engine module vs diffusers SanaTransformer2DModel (gate 1, fp32)
-and the converted fp16 program on numpy vs the module (gate 2), on the tiny checkpoint and
-on a 2-layer DiT at the real widths."""
+and the converted fp16 program on numpy vs the module (gate 2) on a 2-layer DiT at the real
+widths; the tiny checkpoint's gates are tests/test_coreml_components.py, here what only the
+DiT has (mask, enumerated lengths, host-side timestep features)."""
 
 import numpy as np
 import pytest
@@ -18,21 +19,17 @@ pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
 
 @pytest.fixture(scope="module")
-def spec(tiny_ckpt):
-    return dit.build_spec(tiny_ckpt)
+def spec(coreml_spec):
+    return coreml_spec("dit")
 
 
 @pytest.fixture(scope="module")
-def bundle(spec, tmp_path_factory):
-    return cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("dit"), spec.file)
+def bundle(coreml_bundle):
+    return coreml_bundle("dit")
 
 
-def test_gate1_matches_diffusers(spec):
-    ref = spec.reference(spec.example_inputs)["velocity"]
-    ours = gates.torch_outputs(spec)["velocity"]
-    assert ours.shape == ref.shape == (2, 8, 8, 8)
-    within(max_relative_error(ref, ours), at_most=1e-4)
-    assert psnr(ref, ours) >= gates.GATE1_MIN_DB
+def test_velocity_is_the_cfg_batch(spec):
+    assert gates.torch_outputs(spec)["velocity"].shape == (2, 8, 8, 8)
 
 
 def test_mask_is_diffusers_encoder_attention_mask(spec, tiny_ckpt):
@@ -54,11 +51,6 @@ def test_mask_is_diffusers_encoder_attention_mask(spec, tiny_ckpt):
                              torch.from_numpy(x["encoder_hidden_states"][:, :, 0]).transpose(1, 2),
                              torch.from_numpy(x["timestep"]), return_dict=False)[0].numpy()
     within(max_relative_error(unmasked, gates.torch_outputs(spec, ones)["velocity"]), at_most=1e-4)
-
-
-def test_gate2_fp16_program(spec, bundle):
-    db = gates.gate2(spec, bundle, "fp16")["velocity"]
-    assert db >= gates.GATE2_MIN_DB, db
 
 
 def test_enumerated_lengths_and_io(spec, bundle):

@@ -1,6 +1,6 @@
-"""Core ML MCP: the Neural-Engine module vs weights/references/mcp.py (gate 1, fp32) and the
-converted fp16 program on numpy vs the module (gate 2); masked padding reproduces the
-reference run on the unpadded sequence."""
+"""Core ML MCP: masked padding reproduces the reference run on the unpadded sequence, the
+enumerated lengths, and the gate chain at the 0.5B widths (the tiny checkpoint's gates 1 and 2
+are tests/test_coreml_components.py)."""
 
 import numpy as np
 import pytest
@@ -16,24 +16,20 @@ pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
 
 @pytest.fixture(scope="module")
-def spec(tiny_ckpt):
-    return mcp.build_spec(tiny_ckpt)
+def spec(coreml_spec):
+    return coreml_spec("mcp")
 
 
 @pytest.fixture(scope="module")
-def bundle(spec, tmp_path_factory):
-    return cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path_factory.mktemp("mcp"), spec.file)
+def bundle(coreml_bundle):
+    return coreml_bundle("mcp")
 
 
-def test_gate1_matches_reference(spec):
+def test_example_is_padded_and_padding_gives_zeros(spec):
     x = spec.example_inputs
     valid = int(x["attention_mask"].sum())
     assert 0 < valid < x["attention_mask"].shape[1]
-    ref = spec.reference(x)["conditioning"]
-    ours = gates.torch_outputs(spec)["conditioning"]
-    within(max_relative_error(ref, ours), at_most=1e-4)
-    assert psnr(ref, ours) >= gates.GATE1_MIN_DB
-    assert np.all(ours[..., valid:] == 0)
+    assert np.all(gates.torch_outputs(spec)["conditioning"][..., valid:] == 0)
 
 
 def test_padding_content_is_ignored(spec):
@@ -51,11 +47,6 @@ def test_unconditional_zeros(spec):
     ours = gates.torch_outputs(spec, x)["conditioning"]
     assert np.all(np.isfinite(ours))
     within(max_relative_error(spec.reference(x)["conditioning"], ours), at_most=1e-4)
-
-
-def test_gate2_fp16_program(spec, bundle):
-    db = gates.gate2(spec, bundle, "fp16")["conditioning"]
-    assert db >= gates.GATE2_MIN_DB, db
 
 
 def test_enumerated_length_128(spec, bundle):

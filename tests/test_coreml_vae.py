@@ -1,6 +1,7 @@
 """Core ML DC-AE decoder: the Neural-Engine module vs diffusers AutoencoderDC.decode (gate 1,
-fp32) and the converted fp16 program on numpy vs the module (gate 2): tiny checkpoint, and
-the real channel widths (128..1024, one layer per stage) on a small latent."""
+fp32) and the converted fp16 program on numpy vs the module (gate 2) at the real channel
+widths (128..1024, one layer per stage) on a small latent; the tiny checkpoint's gates are
+tests/test_coreml_components.py, here what only the decoder has."""
 
 import numpy as np
 import pytest
@@ -8,25 +9,21 @@ import pytest
 from coreml_convert import convert as cv
 from coreml_convert import gates
 from coreml_convert.components import vae_decoder
-from coreml_convert.metrics import max_relative_error, psnr
+from coreml_convert.metrics import max_relative_error
 from weights.loading import synthetic
-from metrics import within
 
 pytestmark = [pytest.mark.torch, pytest.mark.coreml]
 
 
 @pytest.fixture(scope="module")
-def spec(tiny_ckpt):
-    return vae_decoder.build_spec(tiny_ckpt)
+def spec(coreml_spec):
+    return coreml_spec("vae_decoder")
 
 
-def test_gate1_matches_diffusers_decode(spec, tiny_ckpt):
+def test_gate1_comparison_is_not_trivial(spec, tiny_ckpt):
     ref = spec.reference(spec.example_inputs)["image"]
-    ours = gates.torch_outputs(spec)["image"]
     cfg = tiny_ckpt.config
-    assert ours.shape == (1, 3, cfg.image_size, cfg.image_size)
-    within(max_relative_error(ref, ours), at_most=1e-4)
-    assert psnr(ref, ours) >= gates.GATE1_MIN_DB
+    assert gates.torch_outputs(spec)["image"].shape == (1, 3, cfg.image_size, cfg.image_size)
     inside = np.mean((ref > 0) & (ref < 1))
     assert inside > 0.3, f"only {inside:.0%} of the pixels are unclipped: the comparison would be trivial"
 
@@ -41,12 +38,6 @@ def test_quadratic_branch_small_latent(tiny_ckpt):
     """DC-AE switches to quadratic ReLU attention when H*W <= head_dim: 2x2 latent, 8-dim heads."""
     small = vae_decoder.build_spec(tiny_ckpt, latent_size=2)
     assert gates.gate1(small)["image"] >= gates.GATE1_MIN_DB
-
-
-def test_gate2_fp16_program(spec, tmp_path):
-    path = cv.save_atomic(cv.convert_spec(spec, "fp16"), tmp_path, spec.file)
-    db = gates.gate2(spec, path, "fp16")["image"]
-    assert db >= gates.GATE2_MIN_DB, db
 
 
 @pytest.mark.slow

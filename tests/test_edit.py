@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mlx_model.support.image_settings import ImageSettings
 from PIL import Image
 
 import mlx.core as mx
@@ -72,7 +74,7 @@ def test_edit_reuses_the_generation_sampler(pipe, photo, monkeypatch):
         yield from real(denoise, latents, scheduler)
 
     monkeypatch.setattr(pipeline_mod, "sample", spy)
-    out = pipe.edit(photo, INSTRUCTION, steps=3, seed=0)
+    out = pipe.edit(photo, ImageSettings(INSTRUCTION, steps=3, seed=0))
     assert calls == ["FlowDPMSolver"]
     size = pipe.config.image_size
     assert out.images.shape == (1, size, size, 3) and out.images.dtype == np.uint8
@@ -80,8 +82,8 @@ def test_edit_reuses_the_generation_sampler(pipe, photo, monkeypatch):
 
 
 def test_edit_is_seeded_and_depends_on_image_and_instruction(pipe, photo):
-    a = pipe.edit(photo, INSTRUCTION, steps=2, seed=1).images
-    b = pipe.edit(photo, INSTRUCTION, steps=2, seed=1).images
+    a = pipe.edit(photo, ImageSettings(INSTRUCTION, steps=2, seed=1)).images
+    b = pipe.edit(photo, ImageSettings(INSTRUCTION, steps=2, seed=1)).images
     np.testing.assert_array_equal(a, b)
     ctx = pipe.encode_prompt(INSTRUCTION, photo)
     other_image = pipe.encode_prompt(INSTRUCTION, np.zeros((40, 60, 3), np.uint8))
@@ -96,7 +98,7 @@ def test_edit_with_given_latents_equals_sampling_by_hand(pipe, photo):
     """Same initial latents -> the very loop of mlx_model.pipelines.generation.sample with the edit context."""
     shape = (1, *pipe.config.latent_shape)
     x0 = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    out = pipe.edit(photo, INSTRUCTION, steps=3, guidance=1.5, latents=x0)
+    out = pipe.edit(photo, ImageSettings(INSTRUCTION, steps=3, guidance=1.5), latents=x0)
     ctx = pipe.encode_prompt(INSTRUCTION, photo)
     x = mx.array(x0)
     for x in pipeline_mod.sample(pipe.denoiser(ctx, 1.5, 1), x, pipe.scheduler("dpm", 3)):

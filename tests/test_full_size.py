@@ -7,6 +7,8 @@ import gc
 import numpy as np
 import pytest
 
+from mlx_model.support.image_settings import ImageSettings
+
 import mlx.core as mx
 import torch
 
@@ -100,11 +102,9 @@ def test_end_to_end_and_4bit_drift(full_ckpt, prompt_ids, parity):
     x0 = np.random.default_rng(42).standard_normal((1, *full_ckpt.config.latent_shape)).astype(np.float32)
     _, ref_img = e2e.torch_reference(full_ckpt, prompt_ids, x0, steps, guidance)
     gc.collect()
-    fp32 = GenerationPipeline.from_checkpoint(full_ckpt, quantize=0).generate(
-        e2e.PROMPT, steps=steps, guidance=guidance, latents=x0).images
+    fp32 = GenerationPipeline.from_checkpoint(full_ckpt, quantize=0).generate(ImageSettings(e2e.PROMPT, steps=steps, guidance=guidance), latents=x0).images
     gc.collect()
-    q4 = GenerationPipeline.from_checkpoint(full_ckpt, quantize=4).generate(
-        e2e.PROMPT, steps=steps, guidance=guidance, latents=x0).images
+    q4 = GenerationPipeline.from_checkpoint(full_ckpt, quantize=4).generate(ImageSettings(e2e.PROMPT, steps=steps, guidance=guidance), latents=x0).images
     assert fp32.shape == ref_img.shape == (1, 512, 512, 3)
     parity("pipeline 0.5B 512px", "mlx fp32", "psnr_db", psnr(ref_img, fp32), at_least=40.0)
     parity("pipeline 0.5B 512px", "mlx 4-bit vs fp32", "psnr_db (drift)", psnr(fp32, q4), report=True)

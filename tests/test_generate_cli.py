@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlx_model.support.image_settings import ImageSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("torch", "transformers", "diffusers", "timm", "coremltools")
 
@@ -75,7 +77,7 @@ def test_latents_file_matches_python_api(tmp_path):
     assert r.returncode == 0, r.stderr
     os.environ["MOBILEO_CACHE"] = str(tmp_path / "cache")
     try:
-        (path,) = generate("a red cup", model="demo", latents=tmp_path / "noise.npy", steps=3, quantize=0,
+        (path,) = generate(ImageSettings("a red cup", steps=3), model="demo", latents=tmp_path / "noise.npy", quantize=0,
                            output=tmp_path / "api.png", log=lambda _: None)
     finally:
         del os.environ["MOBILEO_CACHE"]

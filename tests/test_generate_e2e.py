@@ -6,11 +6,14 @@ latents, fp32.  PSNR = 20 log10(max|ref| / RMSE) on the uint8 images."""
 import numpy as np
 import pytest
 
+from mlx_model.support.image_settings import ImageSettings
+
 import mlx.core as mx
 import torch
 
 from weights.references import mcp as mcp_reference, upstream  # noqa: E402
-from mlx_model.pipelines.generation import GenerationPipeline, latent_shape  # noqa: E402
+from mlx_model.pipelines.generation import GenerationPipeline  # noqa: E402
+from mlx_model.support.image_settings import latent_shape  # noqa: E402
 from metrics import psnr  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -72,7 +75,7 @@ def test_conditioning_matches_reference(pipe, tiny_ckpt, parity):
 def test_mlx_image_matches_torch_reference(pipe, tiny_ckpt, n_images, parity):
     steps, guidance = 20, 1.5
     x0 = np.random.default_rng(42).standard_normal((n_images, *tiny_ckpt.config.latent_shape)).astype(np.float32)
-    out = pipe.generate(PROMPT, steps=steps, guidance=guidance, n_images=n_images, latents=x0)
+    out = pipe.generate(ImageSettings(PROMPT, steps=steps, guidance=guidance, n_images=n_images), latents=x0)
     ref_lat, ref_img = torch_reference(tiny_ckpt, pipe.prompt_ids(PROMPT), x0, steps, guidance)
     assert out.images.shape == ref_img.shape == (n_images, 64, 64, 3) and out.images.dtype == np.uint8
     p = psnr(ref_img, out.images)
@@ -90,28 +93,28 @@ def test_non_square_size_matches_torch_reference(pipe, tiny_ckpt, parity):
     shape = latent_shape(tiny_ckpt.config, height, width)
     assert shape == (tiny_ckpt.config.dit.in_channels, 8, 12)
     x0 = np.random.default_rng(7).standard_normal((1, *shape)).astype(np.float32)
-    out = pipe.generate(PROMPT, steps=steps, guidance=guidance, latents=x0, height=height, width=width)
+    out = pipe.generate(ImageSettings(PROMPT, steps=steps, guidance=guidance, height=height, width=width), latents=x0)
     ref_lat, ref_img = torch_reference(tiny_ckpt, pipe.prompt_ids(PROMPT), x0, steps, guidance)
     assert out.images.shape == ref_img.shape == (1, height, width, 3)
     p = psnr(ref_img, out.images)
     print(f"e2e {width}x{height}: image PSNR {p:.1f} dB")
     parity("pipeline 96x64", "mlx fp32", "psnr_db", p, at_least=40.0)
-    seeded = pipe.generate(PROMPT, steps=2, seed=3, height=height, width=width)
+    seeded = pipe.generate(ImageSettings(PROMPT, steps=2, seed=3, height=height, width=width))
     assert seeded.initial_latents.shape == (1, *shape) and seeded.images.shape == (1, height, width, 3)
 
 
 def test_seeded_latents_are_reproducible(pipe):
-    a = pipe.generate(PROMPT, steps=2, seed=7)
-    b = pipe.generate(PROMPT, steps=2, seed=7)
-    c = pipe.generate(PROMPT, steps=2, seed=8)
+    a = pipe.generate(ImageSettings(PROMPT, steps=2, seed=7))
+    b = pipe.generate(ImageSettings(PROMPT, steps=2, seed=7))
+    c = pipe.generate(ImageSettings(PROMPT, steps=2, seed=8))
     np.testing.assert_array_equal(a.initial_latents, b.initial_latents)
     np.testing.assert_array_equal(a.images, b.images)
     assert not np.array_equal(a.initial_latents, c.initial_latents)
-    assert a.seed == 7
+    assert a.settings.seed == 7
 
 
 def test_euler_sampler_runs(pipe):
-    out = pipe.generate(PROMPT, steps=4, seed=0, scheduler="euler")
+    out = pipe.generate(ImageSettings(PROMPT, steps=4, seed=0, scheduler="euler"))
     assert out.images.shape[0] == 1
 
 
@@ -119,8 +122,8 @@ def test_4bit_drift_vs_fp32(tiny_ckpt, pipe, parity):
     """Reports how far the shipped 4-bit LLM+DiT drift from fp32 (random weights: loose floor)."""
     q4 = GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=4, group_size=32)
     x0 = np.random.default_rng(1).standard_normal((1, *tiny_ckpt.config.latent_shape)).astype(np.float32)
-    a = pipe.generate(PROMPT, steps=20, latents=x0).images
-    b = q4.generate(PROMPT, steps=20, latents=x0).images
+    a = pipe.generate(ImageSettings(PROMPT, steps=20), latents=x0).images
+    b = q4.generate(ImageSettings(PROMPT, steps=20), latents=x0).images
     p = psnr(a, b)
     print(f"4-bit (group 32 on the tiny widths) vs fp32 image PSNR: {p:.1f} dB")
     parity("pipeline", "mlx 4-bit vs fp32", "psnr_db", p, at_least=10.0)

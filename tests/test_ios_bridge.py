@@ -1,6 +1,6 @@
 """ios_bridge: bundle hashes, the manifest (schema, facts from weights/ and the bundle
 contract), the validator CLI, and the golden vectors the Swift package checks (written by
-tests/golden.py; `make swift-test` runs the Swift side)."""
+tests/tools/golden.py; `make swift-test` runs the Swift side)."""
 
 import hashlib
 import json
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def export(tmp_path, tiny_ckpt):
     """A manifest over placeholder bundles shaped like the tiny model's I/O."""
-    from golden import placeholder_results
+    from tools.golden import placeholder_results
 
     out = tmp_path / "export"
     out.mkdir()
@@ -299,7 +299,7 @@ def test_validate_schema_errors_and_missing_manifest(export, tmp_path):
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory, tiny_ckpt_dir):
-    from golden import write_goldens
+    from tools.golden import write_goldens
 
     return write_goldens(tmp_path_factory.mktemp("golden"), model=str(tiny_ckpt_dir))
 
@@ -349,7 +349,7 @@ def test_golden_sampler_is_diffusers(golden):
 def test_golden_generation_runs_the_python_pipeline(golden):
     """The fake-runner generation goldens come from mlx_model.pipelines.generation.GenerationPipeline;
     re-derive the final image from the recorded latents with the same fakes."""
-    from golden import fake_vae
+    from tools.golden import fake_vae
 
     g = json.loads((golden / "pipeline.json").read_text())
     cfg_shape = json.loads((golden / "export" / "manifest.json").read_text())["pipeline"]["latent_shape"]
@@ -367,7 +367,7 @@ def test_golden_generation_runs_the_python_pipeline(golden):
 
 
 def test_golden_export_copies_a_validated_conversion(export, tmp_path, tiny_ckpt):
-    from golden import write_export
+    from tools.golden import write_export
     from weights.core.errors import MobileOError
 
     manifest = write_export(tiny_ckpt, tmp_path / "copy", export)
@@ -379,6 +379,20 @@ def test_golden_export_copies_a_validated_conversion(export, tmp_path, tiny_ckpt
 
 
 def test_golden_cli_exits_cleanly_on_bad_model(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "golden.py"), str(tmp_path / "g"), "--model",
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "tools" / "golden.py"), str(tmp_path / "g"), "--model",
                         str(tmp_path / "nope")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_swift_components_are_the_component_table():
+    """Swift's MobileOComponent cases and each task's components are weights.core.components'."""
+    import re
+
+    from weights.core import components
+
+    src = (ROOT / "ios_bridge" / "swift" / "Sources" / "MobileO" / "Engine.swift").read_text()
+    enum = re.search(r"enum MobileOComponent\b[^{]*\{\s*case ([^\n]+)", src)[1]
+    assert [c.strip() for c in enum.split(",")] == [c.swift for c in components.COMPONENTS.values()]
+    for task in components.TASKS:
+        listed = re.search(rf"case \.{task}: return \[([^\]]*)\]", src)[1]
+        assert [c.strip().lstrip(".") for c in listed.split(",")] == [c.swift for c in components.for_task(task)], task

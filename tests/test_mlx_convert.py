@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from mlx_model.support.image_settings import ImageSettings
+
 import mlx.core as mx
 
 from mlx_model.convert import convert, main  # noqa: E402
@@ -48,8 +50,8 @@ def test_round_trip_is_bit_identical(tiny_ckpt, q4_dir):
         assert pa.keys() == pb.keys()
         for k in pa:
             assert pa[k].dtype == pb[k].dtype and mx.array_equal(pa[k], pb[k]).item(), k
-    ia = mem.generate(PROMPT, steps=3, latents=x0).images
-    ib = disk.generate(PROMPT, steps=3, latents=x0).images
+    ia = mem.generate(ImageSettings(PROMPT, steps=3), latents=x0).images
+    ib = disk.generate(ImageSettings(PROMPT, steps=3), latents=x0).images
     np.testing.assert_array_equal(ia, ib)
 
 

@@ -84,9 +84,9 @@ def test_quantized_dit_runs(tiny_ckpt):
     import mlx.nn as nn
 
     cfg = tiny_ckpt.config.dit
-    q = SanaTransformer.from_checkpoint(tiny_ckpt, quantize_bits=4, group_size=32, dequantize=False)
+    q = SanaTransformer.from_checkpoint(tiny_ckpt, quantize=4, group_size=32, dequantize=False)
     assert isinstance(q.transformer_blocks[0].ff.conv_inverted, nn.QuantizedLinear)
-    d = SanaTransformer.from_checkpoint(tiny_ckpt, quantize_bits=4, group_size=32, dequantize=True)
+    d = SanaTransformer.from_checkpoint(tiny_ckpt, quantize=4, group_size=32, dequantize=True)
     assert type(d.transformer_blocks[0].ff.conv_inverted) is nn.Linear
     x, ctx, t = inputs(cfg)
     assert np.isfinite(ours(q, x, ctx, t)).all()

@@ -84,9 +84,9 @@ def test_quantized_llm_loads_and_dequantized_compute_matches(tiny_ckpt):
 
     from mlx_model.components.llm import LanguageModel
 
-    q = LanguageModel.from_checkpoint(tiny_ckpt, quantize_bits=4, dequantize=False)
+    q = LanguageModel.from_checkpoint(tiny_ckpt, quantize=4, dequantize=False)
     assert isinstance(q.model.model.layers[0].mlp.gate_proj, nn.QuantizedLinear)
-    d = LanguageModel.from_checkpoint(tiny_ckpt, quantize_bits=4, dequantize=True)
+    d = LanguageModel.from_checkpoint(tiny_ckpt, quantize=4, dequantize=True)
     assert type(d.model.model.layers[0].mlp.gate_proj) is nn.Linear
     emb = q.embed(mx.array([[1, 2, 3, 50, 60]]))
     for a, b in zip(q.hidden_states(emb, 4), d.hidden_states(emb, 4)):

@@ -4,6 +4,8 @@ dropped after it; the images are the same bit for bit as with everything residen
 import numpy as np
 import pytest
 
+from mlx_model.support.image_settings import ImageSettings
+
 from mlx_model.support import platform
 from mlx_model.pipelines.generation import GenerationPipeline
 from mlx_model.pipelines.understanding import Understanding
@@ -45,10 +47,10 @@ def test_same_image_bit_for_bit_and_one_heavy_component_per_phase(tiny_ckpt, res
     pipe = GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=quantize, low_memory=True)
     assert pipe.low_memory and pipe.resident() == []  # nothing but tokenizer + MCP at load
     seen = spy(pipe)
-    want = ref.generate("a red cup", steps=3, seed=0)
+    want = ref.generate(ImageSettings("a red cup", steps=3, seed=0))
     for _ in range(2):  # a second call loads what the first dropped
         seen.clear()
-        got = pipe.generate("a red cup", steps=3, seed=0)
+        got = pipe.generate(ImageSettings("a red cup", steps=3, seed=0))
         np.testing.assert_array_equal(got.images, want.images)
         np.testing.assert_array_equal(got.latents, want.latents)
         assert pipe.resident() == []
@@ -66,8 +68,8 @@ def test_edit_drops_the_vision_tower_before_the_llm(tiny_ckpt, resident, photo):
     pipe = GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=0, low_memory=True, edit=True)
     assert pipe.can_edit and pipe.resident() == []
     order = spy(pipe)
-    want = resident.edit(photo, "make it snowy", steps=2, seed=1)
-    got = pipe.edit(photo, "make it snowy", steps=2, seed=1)
+    want = resident.edit(photo, ImageSettings("make it snowy", steps=2, seed=1))
+    got = pipe.edit(photo, ImageSettings("make it snowy", steps=2, seed=1))
     np.testing.assert_array_equal(got.images, want.images)
     first_llm = next(before for name, before, _ in order if name == "llm")
     assert "encoder" not in first_llm

@@ -122,7 +122,7 @@ def test_safetensors_any_json_header_gives_a_weights_error_or_a_header(tmp_path_
 
 @pytest.fixture(scope="module")
 def good_manifest(tmp_path_factory, tiny_ckpt):
-    from golden import placeholder_results
+    from tools.golden import placeholder_results
     from ios_bridge import MANIFEST_FILE
     from ios_bridge.manifest import write_manifest
 
@@ -275,11 +275,11 @@ floats = st.floats(allow_nan=True, allow_infinity=True)
 
 @given(st.one_of(st.none(), st.integers(-5, 2000)), st.one_of(st.none(), floats), st.integers(-3, 10))
 def test_sampling_checks(steps, guidance, n):
-    from mlx_model.cli_common import MAX_STEPS, check_sampling
+    from mlx_model.support.image_settings import MAX_STEPS, ImageSettings
 
     ok = ((steps is None or 1 <= steps <= MAX_STEPS) and (guidance is None or math.isfinite(guidance)) and n >= 1)
     try:
-        check_sampling(steps, guidance, n)
+        ImageSettings("a red cup", steps=steps, guidance=guidance, n_images=n).check()
         assert ok
     except MobileOError as e:
         assert not ok
@@ -288,12 +288,12 @@ def test_sampling_checks(steps, guidance, n):
 
 @given(st.lists(st.integers(-2**70, 2**70) | st.integers(0, 50), max_size=4), st.integers(1, 4))
 def test_seed_checks(seeds, n):
-    from mlx_model.cli_common import SEED_LIMIT, check_seeds
+    from mlx_model.support.image_settings import SEED_LIMIT, check_several_seeds
 
     ok = (bool(seeds) and all(0 <= s <= SEED_LIMIT - n for s in seeds) and len(set(seeds)) == len(seeds)
           and (len(seeds) == 1 or n == 1))
     try:
-        assert check_seeds(seeds, n) == seeds and ok
+        assert check_several_seeds(seeds, n) == seeds and ok
     except MobileOError as e:
         assert not ok
         one_line(e)
@@ -301,7 +301,7 @@ def test_seed_checks(seeds, n):
 
 @given(st.one_of(st.none(), st.integers(-100, 1000)), st.one_of(st.none(), st.integers(-100, 1000)))
 def test_size_checks(tiny_ckpt, height, width):
-    from mlx_model.cli_common import MAX_SIDE_FACTOR, check_size
+    from mlx_model.support.image_settings import MAX_SIDE_FACTOR, latent_shape
 
     cfg = tiny_ckpt.config
     m, top = cfg.vae.spatial_compression * cfg.dit.patch_size, MAX_SIDE_FACTOR * cfg.image_size
@@ -310,7 +310,7 @@ def test_size_checks(tiny_ckpt, height, width):
         return side is None or (side >= m and side % m == 0 and side <= top)
 
     try:
-        c, h, w = check_size(cfg, height, width)
+        c, h, w = latent_shape(cfg, height, width)
         assert good(height) and good(width)
         assert h * cfg.vae.spatial_compression == (height or cfg.image_size)
         assert w * cfg.vae.spatial_compression == (width or cfg.image_size)

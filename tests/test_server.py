@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mlx_model.support.image_settings import ImageSettings
 from PIL import Image
 
 import openai
@@ -144,7 +146,7 @@ def test_image_generation_is_the_cli_image(server, tmp_path):
     r = server.client.images.generate(model="demo", prompt="a red cup", n=2, size="64x64",
                                       response_format="b64_json", extra_body={"seed": 5, "steps": 2})
     assert len(r.data) == 2
-    paths = generate("a red cup", model="demo", quantize=0, steps=2, seed=5, n_images=2, output=tmp_path / "cli.png",
+    paths = generate(ImageSettings("a red cup", steps=2, seed=5, n_images=2), model="demo", quantize=0, output=tmp_path / "cli.png",
                      log=lambda m: None)
     for d, p in zip(r.data, paths):
         assert np.array_equal(pixels(base64.b64decode(d.b64_json)), np.array(Image.open(p)))
@@ -156,7 +158,7 @@ def test_image_edit_is_the_cli_edit(server, photo, tmp_path):
     with open(photo, "rb") as f:
         r = server.client.images.edit(model="demo", image=f, prompt="make it blue", response_format="b64_json",
                                       extra_body={"seed": 2, "steps": 2})
-    (path,) = edit(photo, "make it blue", model="demo", quantize=0, steps=2, seed=2, output=tmp_path / "e.png",
+    (path,) = edit(photo, ImageSettings("make it blue", steps=2, seed=2), model="demo", quantize=0, output=tmp_path / "e.png",
                    log=lambda m: None)
     assert np.array_equal(pixels(base64.b64decode(r.data[0].b64_json)), np.array(Image.open(path)))
 

@@ -1,4 +1,5 @@
-"""The Core ML components in pipeline order; each module exposes ``build_spec(ckpt, seed=0)``.
+"""The Core ML components in pipeline order (the bundles of ``weights.core.components``); each
+module ``components/<name>.py`` exposes ``build_spec(ckpt, seed=0)``.
 
 One recipe file per component (its torch module, example inputs, upstream reference); the
 bundle's I/O comes from ``weights.bundles.contract`` and the blocks components share from
@@ -14,7 +15,7 @@ import importlib
 from collections.abc import Mapping
 from types import ModuleType
 
-from weights.bundles.contract import COMPONENT_NAMES
+from weights.core.components import BUNDLES
 
 
 class _LazyModules(Mapping):
@@ -39,4 +40,4 @@ class _LazyModules(Mapping):
         return f"REGISTRY({', '.join(self._names)})"
 
 
-REGISTRY: Mapping[str, ModuleType] = _LazyModules(COMPONENT_NAMES)  # pipeline order
+REGISTRY: Mapping[str, ModuleType] = _LazyModules(BUNDLES)  # pipeline order

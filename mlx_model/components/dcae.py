@@ -26,7 +26,6 @@ import mlx.nn as nn
 from weights.core.configs import RES_BLOCK, VAEConfig, per_block
 from weights.mapping.layout import VAE_DECODER
 
-from mlx_model.support.quant import cast
 from mlx_model.components.vision import DepthwiseConv2d
 
 NORM_EPS = VAEConfig.NORM_EPS
@@ -340,26 +339,13 @@ class AutoencoderDC(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt, dtype=mx.float32, encoder: bool = True, tensors=None,
                         config: VAEConfig | None = None):
-        """``encoder=False`` loads only the decoder (generation does not need the encoder)."""
-        from weights.mapping.mlx_map import load_component
+        """``encoder=False`` loads only the decoder (generation does not need the encoder:
+        the ``vae_decoder`` component of weights.core.components)."""
+        from mlx_model.support.mlx_folder import load_part
 
-        from mlx_model.support.mlx_folder import native
-
-        model = cls(config or ckpt.config.vae, encoder=encoder)
-        if tensors is None and native(ckpt):
-            full = cls(model.config, encoder=True)  # the folder holds encoder and decoder
-            ckpt.load_into(full, "vae", dtype=dtype)
-            if not encoder:
-                full.pop("encoder")
-            model = full
-        else:
-            if tensors is None:  # only what this module holds (shapes are checked on those)
-                tensors = ckpt.load_used("vae", "" if encoder else VAE_DECODER)
-            load_component(model, ckpt, "vae", tensors=tensors)
-            cast(model, dtype)
-        model.eval()
-        mx.eval(model.parameters())
-        return model
+        # only what this module holds (shapes are checked on those)
+        return load_part(cls(config or ckpt.config.vae, encoder=encoder), ckpt, "vae", dtype=dtype,
+                         tensors=tensors, used="" if encoder else VAE_DECODER)
 
     @property
     def dtype(self):

@@ -15,7 +15,7 @@ import mlx.nn as nn
 
 from weights.core.configs import DiTConfig
 
-from mlx_model.support.quant import QUANT_GROUP_SIZE, cast, quantize_linears
+from mlx_model.support.quant import QUANT_GROUP_SIZE
 
 TIMESTEP_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
 LINEAR_ATTN_EPS = DiTConfig.LINEAR_ATTN_EPS
@@ -188,25 +188,15 @@ class SanaTransformer(nn.Module):
         self.proj_out = nn.Linear(d, c.patch_size * c.patch_size * c.out_channels)
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = QUANT_GROUP_SIZE,
+    def from_checkpoint(cls, ckpt, quantize: int = 0, group_size: int = QUANT_GROUP_SIZE,
                         dtype=mx.float32, tensors=None, config: DiTConfig | None = None,
                         dequantize: bool | None = None):
         """Build from ``ckpt`` (or from ``tensors`` with ``config`` when ``ckpt`` is None);
         ``dequantize``: see :func:`mlx_model.support.quant.quantize_linears`."""
-        from weights.mapping.mlx_map import load_component
+        from mlx_model.support.mlx_folder import load_part
 
-        from mlx_model.support.mlx_folder import native
-
-        model = cls(config or ckpt.config.dit)
-        if tensors is None and native(ckpt):  # pre-quantized MLX folder
-            ckpt.load_into(model, "dit", quantize_bits, dtype, dequantize)
-        else:
-            load_component(model, ckpt, "dit", tensors=tensors)
-            cast(model, dtype)
-            quantize_linears(model, quantize_bits, group_size, dequantize)
-        model.eval()
-        mx.eval(model.parameters())
-        return model
+        return load_part(cls(config or ckpt.config.dit), ckpt, "dit", dtype=dtype, tensors=tensors,
+                         quantize=quantize, group_size=group_size, dequantize=dequantize)
 
     def __call__(self, latents: mx.array, context: mx.array, timestep: mx.array,
                  context_mask: mx.array | None = None) -> mx.array:

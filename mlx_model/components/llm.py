@@ -48,9 +48,8 @@ _light_mlx_lm()
 from mlx_lm.models.base import create_attention_mask  # noqa: E402
 from mlx_lm.models.qwen2 import Model, ModelArgs  # noqa: E402
 
-from weights.mapping.mlx_map import load_component
 
-from mlx_model.support.quant import QUANT_GROUP_SIZE, cast, quantize_linears
+from mlx_model.support.quant import QUANT_GROUP_SIZE
 from mlx_model.support.tokenizer import Tokenizer
 
 
@@ -61,7 +60,7 @@ class LanguageModel:
         self.config = config
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize_bits: int | None = None, group_size: int = QUANT_GROUP_SIZE,
+    def from_checkpoint(cls, ckpt, quantize: int = 0, group_size: int = QUANT_GROUP_SIZE,
                         dtype=mx.float32, dequantize: bool | None = None, tokenizer: Tokenizer | None = None,
                         embed_as_stored: bool = False) -> "LanguageModel":
         """``dequantize``: see :func:`mlx_model.support.quant.quantize_linears` (default: on CPU only);
@@ -70,24 +69,19 @@ class LanguageModel:
         (an MLX folder's dtype; from a checkpoint, when bf16 holds it losslessly): half the fp32
         table's ~0.54 GB at full size; looked-up rows are cast to ``dtype`` (the same values).  For callers that only
         look rows up (generation); a tied LM head would then multiply by the bf16 table."""
-        from mlx_model.support.mlx_folder import native
+        from mlx_model.support.mlx_folder import load_part
 
         cfg = ckpt.config.llm
         model = Model(ModelArgs.from_dict(cfg.to_hf_dict()))
-        if native(ckpt):  # pre-quantized MLX folder: mx.load, no float copy
-            keep = ("model.embed_tokens.weight",) if embed_as_stored else ()
-            ckpt.load_into(model, "llm", quantize_bits, dtype, dequantize, keep_stored=keep)
-        else:
-            load_component(model, ckpt, "llm", keys=model.sanitize)
-            cast(model, dtype)
-            quantize_linears(model, quantize_bits, group_size, dequantize)
-            emb = model.model.embed_tokens
-            if embed_as_stored and emb.weight.dtype == mx.float32:  # bf16 when that is lossless (a bf16 source)
-                low = emb.weight.astype(mx.bfloat16)
-                if mx.array_equal(low.astype(mx.float32), emb.weight).item():
-                    emb.weight = low
-        model.eval()
-        mx.eval(model.parameters())
+        keep = ("model.embed_tokens.weight",) if embed_as_stored else ()  # an MLX folder's dtype
+        load_part(model, ckpt, "llm", dtype=dtype, keys=model.sanitize, quantize=quantize,
+                  group_size=group_size, dequantize=dequantize, keep_stored=keep)
+        emb = model.model.embed_tokens
+        if embed_as_stored and emb.weight.dtype == mx.float32:  # bf16 when that is lossless (a bf16 source)
+            low = emb.weight.astype(mx.bfloat16)
+            if mx.array_equal(low.astype(mx.float32), emb.weight).item():
+                emb.weight = low
+                mx.eval(emb.weight)
         return cls(model, tokenizer if tokenizer is not None else Tokenizer.from_checkpoint(ckpt), cfg)
 
     @property

@@ -12,7 +12,6 @@ import mlx.nn as nn
 
 from weights.core.configs import MCPConfig
 
-from mlx_model.support.quant import cast
 
 
 class DepthwiseSeparable(nn.Module):
@@ -72,19 +71,9 @@ class MCP(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt, dtype=mx.float32, tensors=None, config: MCPConfig | None = None):
-        from weights.mapping.mlx_map import load_component
+        from mlx_model.support.mlx_folder import load_part
 
-        from mlx_model.support.mlx_folder import native
-
-        model = cls(config or ckpt.config.mcp)
-        if tensors is None and native(ckpt):
-            ckpt.load_into(model, "mcp", dtype=dtype)
-        else:
-            load_component(model, ckpt, "mcp", tensors=tensors)
-            cast(model, dtype)
-        model.eval()
-        mx.eval(model.parameters())
-        return model
+        return load_part(cls(config or ckpt.config.mcp), ckpt, "mcp", dtype=dtype, tensors=tensors)
 
     def __call__(self, hidden_states: list[mx.array]) -> mx.array:
         """``num_layers`` tensors [B, L, in_dim] -> [B, L, out_dim]."""

@@ -105,17 +105,8 @@ class ImageEncoder:
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "ImageEncoder":
-        from mlx_model.support.mlx_folder import native
-
-        if native(ckpt):  # MLX folder: the same modules, filled by mx.load
-            cfg = ckpt.config
-            vision, projector = VisionTower(cfg.vision), Projector(cfg.mm_hidden_size, cfg.llm.hidden_size)
-            ckpt.load_into(vision, "vision")
-            ckpt.load_into(projector, "projector")
-            for m in (vision, projector):
-                m.eval()
-                mx.eval(m.parameters())
-            return cls(vision, projector, cfg)
+        """The ``vision_encoder`` component (weights.core.components): checkpoint parts
+        ``vision`` and ``projector``, from a checkpoint or an MLX folder."""
         return cls(VisionTower.from_checkpoint(ckpt), Projector.from_checkpoint(ckpt), ckpt.config)
 
     @property

@@ -31,17 +31,13 @@ class Projector(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt, tensors: dict | None = None) -> "Projector":
-        from weights.mapping.mlx_map import load_component
+        from mlx_model.support.mlx_folder import load_part
 
         cfg = ckpt.config
         if cfg.projector_type not in SUPPORTED:
             raise ConfigError(f"mm_projector_type={cfg.projector_type!r} is not supported.",
                               fix=f"use a checkpoint with mm_projector_type one of {', '.join(SUPPORTED)}.")
-        proj = cls(cfg.mm_hidden_size, cfg.llm.hidden_size)
-        load_component(proj, ckpt, "projector", tensors=tensors)
-        proj.eval()
-        mx.eval(proj.parameters())
-        return proj
+        return load_part(cls(cfg.mm_hidden_size, cfg.llm.hidden_size), ckpt, "projector", tensors=tensors)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self["2"](nn.gelu(self["0"](x)))

@@ -261,7 +261,10 @@ class VisionTower(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "VisionTower":
-        return cls.from_tensors(ckpt.config.vision, ckpt.load_used("vision"), ckpt)
+        """From a checkpoint or an MLX folder (:func:`mlx_model.support.mlx_folder.load_part`)."""
+        from mlx_model.support.mlx_folder import load_part
+
+        return load_part(cls(ckpt.config.vision), ckpt, "vision", used="")
 
     def features(self, x: mx.array) -> mx.array:
         """[B, S, S, 3] pixels -> [B, S/64, S/64, out_dim] (timm ``forward_features``)."""

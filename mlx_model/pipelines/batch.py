@@ -25,8 +25,9 @@ The pieces, in the order a run uses them:
   order.  The index exists only when the whole set is there.
 
 Without a launcher ``mx.distributed.init()`` is a group of one: the same code path.
-Test hook: ``MOBILEO_BATCH_FAIL_AFTER=N`` makes a rank exit hard (``os._exit(17)``) right
-after it saved its N-th image (only rank ``MOBILEO_BATCH_FAIL_RANK`` when that is set).
+:func:`run_batch` is those four steps: :func:`plan` -> :func:`assign` -> :func:`make` ->
+:func:`write_run_index`; its ``on_saved(rank, count)`` callback sees every saved image (the
+tests stop a rank there).
 """
 
 from __future__ import annotations
@@ -38,18 +39,19 @@ import numbers
 import os
 import secrets
 import socket
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from weights.core.errors import MobileOError
 
-from mlx_model import cli_common as cc
-from mlx_model.support.image_files import read_metadata, save_image
+from mlx_model.support.image_files import check_writable_folder, read_metadata, run_metadata, save_image
+from mlx_model.support.image_settings import MAX_STEPS, SEED_LIMIT, ImageSettings
+from mlx_model.support.platform import dtype_of
+from mlx_model.support.quant import DEFAULT_QUANTIZE
 
-__all__ = ["Job", "Task", "BatchSettings", "read_prompts_file", "plan", "run_batch", "MATCH_KEYS"]
+__all__ = ["Job", "Task", "BatchSettings", "read_prompts_file", "plan", "assign", "make", "run_batch", "MATCH_KEYS"]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 JOB_KEYS = ("prompt", "seed", "steps", "guidance", "width", "height", "n_images")
@@ -57,7 +59,6 @@ JOB_KEYS = ("prompt", "seed", "steps", "guidance", "width", "height", "n_images"
 MATCH_KEYS = ("prompt", "seed", "steps", "guidance", "scheduler", "size", "quantize", "dtype", "model_hash")
 INDEX_FILE = "index.jsonl"
 RECORDS_DIR = ".mobileo-batch"  # per-rank logs of the images made (timings, rank, host)
-FAIL_AFTER_ENV, FAIL_RANK_ENV = "MOBILEO_BATCH_FAIL_AFTER", "MOBILEO_BATCH_FAIL_RANK"  # test hook
 
 
 @dataclass(frozen=True)
@@ -77,36 +78,27 @@ class Job:
 
 @dataclass(frozen=True)
 class Task:
-    """One image to make, every setting resolved; ``file`` is its name in the output folder."""
+    """One image to make, its settings resolved (one image, its own seed); ``file`` is its name
+    in the output folder."""
 
     prompt_index: int
     image: int  # 0-based among the prompt's n_images
     line: int
-    prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    height: int
-    width: int
+    settings: ImageSettings
     file: str
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """The command's settings, the defaults of every job (``None``: the model's)."""
+    """The command's settings: ``image`` holds every job's defaults (``None``: the model's;
+    its seed is the base: prompt k without its own seed uses ``seed + k``)."""
 
+    image: ImageSettings = field(default_factory=lambda: ImageSettings("(each prompt of the file)", seed=0))
     model: str = "demo"
     revision: str | None = None
-    quantize: int = 4
+    quantize: int = DEFAULT_QUANTIZE
     dtype: str | None = None
     low_memory: bool | None = None
-    scheduler: str = "dpm"
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int = 0  # prompt k without its own seed uses seed + k
-    n_images: int = 1
-    width: int | None = None
-    height: int | None = None
     metadata: bool = False  # also a .json sidecar beside each image
     verbose: bool = False
 
@@ -131,8 +123,8 @@ def _job_from_json(obj, index: int, line: int, where: str) -> Job:
     if not isinstance(prompt, str) or not prompt.strip():
         raise _bad(where, '"prompt" is missing or empty.', fix='give each line a "prompt", e.g. "a red cup".')
     checks = {
-        "seed": (lambda v: _whole(v, 0, cc.SEED_LIMIT - 1), f"a whole number from 0 to {cc.SEED_LIMIT - 1}", "3"),
-        "steps": (lambda v: _whole(v, 1, cc.MAX_STEPS), f"a whole number from 1 to {cc.MAX_STEPS}", "20"),
+        "seed": (lambda v: _whole(v, 0, SEED_LIMIT - 1), f"a whole number from 0 to {SEED_LIMIT - 1}", "3"),
+        "steps": (lambda v: _whole(v, 1, MAX_STEPS), f"a whole number from 1 to {MAX_STEPS}", "20"),
         "guidance": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
                      "a finite number", "1.5"),
         "width": (lambda v: _whole(v, 1, 1 << 20), "a whole number of pixels", "512"),
@@ -196,42 +188,31 @@ def plan(jobs: list[Job], settings: BatchSettings, config, tokenizer=None, sourc
     Errors name the job's line."""
     from weights.core.prompts import generation_prompt
 
-    from mlx_model.pipelines.generation import latent_shape
-
-    d = config.defaults
-    f = config.vae.spatial_compression
+    base = settings.image
     tasks: list[Task] = []
     for job in jobs:
-        where = f"{source} line {job.line}"
-        seed = settings.seed + job.index if job.seed is None else job.seed
-        n = settings.n_images if job.n_images is None else job.n_images
-        steps = next(v for v in (job.steps, settings.steps, d.steps) if v is not None)
-        guidance = next(v for v in (job.guidance, settings.guidance, d.guidance) if v is not None)
-        width = settings.width if job.width is None else job.width
-        height = settings.height if job.height is None else job.height
+        given = {k: getattr(job, k) for k in ("steps", "guidance", "width", "height", "n_images")
+                 if getattr(job, k) is not None}
+        seed = base.seed + job.index if job.seed is None else job.seed
+        first = replace(base, prompt=job.prompt, seed=seed, **given)
         try:
-            cc.check_seeds(seed, n)
-            cc.check_sampling(steps, guidance, n)
-            _, h, w = latent_shape(config, height, width)
-            cc.check_size(config, height, width)
+            first = first.resolved(config)
             if tokenizer is not None:
                 tokenizer.encode_prompt(job.prompt, generation_prompt)
         except MobileOError as e:
-            raise MobileOError(f"{where}: {e}") from None
-        for j in range(n):
-            tasks.append(Task(prompt_index=job.index, image=j, line=job.line, prompt=job.prompt, seed=seed + j,
-                              steps=int(steps), guidance=float(guidance), height=h * f, width=w * f,
-                              file=image_name(job.index, seed + j)))
+            raise MobileOError(f"{source} line {job.line}: {e}") from None
+        for j in range(first.n_images):
+            one = replace(first, seed=first.seed + j, n_images=1)
+            tasks.append(Task(prompt_index=job.index, image=j, line=job.line, settings=one,
+                              file=image_name(job.index, one.seed)))
     return tasks
 
 
-def image_settings(task: Task, settings: BatchSettings, common: dict) -> dict:
+def image_metadata(task: Task, settings: BatchSettings, run: dict) -> dict:
     """The settings saved inside a task's image (the same keys as mobileo-generate writes, so
     ``--config-from-metadata`` remakes it); deterministic: no timings, host or rank in it."""
-    return {"prompt": task.prompt, "model": settings.model, "revision": settings.revision, "latents": None,
-            **common, "steps": task.steps, "guidance": task.guidance, "n_images": 1, "index": 0,
-            "seed": task.seed, "size": [task.height, task.width],
-            "batch": {"prompt_index": task.prompt_index, "image": task.image}}
+    return {"model": settings.model, "revision": settings.revision, "latents": None, **run,
+            **task.settings.metadata(), "batch": {"prompt_index": task.prompt_index, "image": task.image}}
 
 
 def mismatch(found: dict, expected: dict) -> str | None:
@@ -359,148 +340,187 @@ def _digest(tasks: list[Task]) -> str:
 
 
 # ------------------------------------------------------------------ the run
-def run_batch(prompts_file: str | Path, output_dir: str | Path, settings: BatchSettings = BatchSettings(),
-              log: Callable[[str], None] | None = None) -> dict:
-    """Make every image ``prompts_file`` asks for into ``output_dir``, sharing the work among the
-    processes of ``mx.distributed.init()``'s group; images already there (same settings) are
-    kept.  Returns this rank's summary: ``made`` (paths), ``reused``, ``seconds``, and on rank 0
-    ``index`` and ``images_per_minute`` (images made now by all ranks per minute of rank 0's
-    wall time, model loading included)."""
-    import mlx.core as mx
+@dataclass
+class Run:
+    """One rank's view of a batch run, filled step by step."""
+
+    group: object
+    folder: Path
+    settings: BatchSettings
+    log: Callable[[str], None]
+    t0: float = field(default_factory=time.perf_counter)
+    host: str = field(default_factory=socket.gethostname)
+    tasks: list[Task] = field(default_factory=list)
+    metadata: Callable[[Task], dict] | None = None  # what a task's image must carry
+    holder: dict[int, int] = field(default_factory=dict)  # task index -> the rank that has its image
+    mine: list[int] = field(default_factory=list)  # task indices this rank makes
+    records: dict[int, dict] = field(default_factory=dict)
+    made: list[Path] = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank()
+
+    @property
+    def size(self) -> int:
+        return self.group.size()
+
+    @property
+    def tag(self) -> str:
+        return f"[rank {self.rank}/{self.size}] " if self.size > 1 else ""
+
+
+def start(prompts_file, output_dir, settings: BatchSettings, log) -> tuple[Run, object]:
+    """The group, the folder checked, the checkpoint opened (rank 0 first: ``--model demo``
+    writes it on first use) and every image planned.  Returns (run, checkpoint)."""
+    from mlx_model.support.mlx_folder import open_model
 
     from mlx_model.support.platform import default_dtype
     from mlx_model.support.tokenizer import Tokenizer
 
-    t0 = time.perf_counter()
-    log = log or (lambda msg: print(msg, flush=True))
-    group = distributed_group()
-    rank, size = group.rank(), group.size()
-    tag = f"[rank {rank}/{size}] " if size > 1 else ""
-    host = socket.gethostname()
-
-    folder = Path(output_dir).expanduser()
-    if folder.exists() and not folder.is_dir():
+    run = Run(group=distributed_group(), folder=Path(output_dir).expanduser(), settings=settings,
+              log=log or (lambda msg: print(msg, flush=True)))
+    if run.folder.exists() and not run.folder.is_dir():
         raise MobileOError(f"--output-dir {output_dir} is a file.", fix="pass a folder (it is made if missing).")
-    cc.check_writable_folder(folder, f"--output-dir {output_dir}")
+    check_writable_folder(run.folder, f"--output-dir {output_dir}")
     jobs = read_prompts_file(prompts_file)
-    if rank != 0:  # `--model demo` writes its checkpoint on first use: rank 0 first, then the others
-        barrier(group)
-    ckpt = cc.open_checkpoint(settings.model, settings.revision, None, None)
-    if rank == 0:
-        barrier(group)
-    tasks = plan(jobs, settings, ckpt.config, Tokenizer.from_checkpoint(ckpt), source=Path(prompts_file).name)
-    dtype = cc.dtype_of(settings.dtype) or default_dtype()
-    common = cc.run_settings(scheduler=settings.scheduler, quantize=settings.quantize, dtype=dtype, source=ckpt.folder)
+    if run.rank != 0:
+        barrier(run.group)
+    ckpt = open_model(settings.model, revision=settings.revision)
+    if run.rank == 0:
+        barrier(run.group)
+    run.tasks = plan(jobs, settings, ckpt.config, Tokenizer.from_checkpoint(ckpt), source=Path(prompts_file).name)
+    meta = run_metadata(quantize=settings.quantize, dtype=dtype_of(settings.dtype) or default_dtype(),
+                        source=ckpt.folder)
+    run.metadata = lambda task: image_metadata(task, settings, meta)
+    return run, ckpt
 
-    def expected(task: Task) -> dict:
-        return image_settings(task, settings, common)
 
-    have, conflict = local_state(tasks, folder, expected)
-    states = gather_json(group, {"digest": _digest(tasks), "have": have, "conflict": conflict, "host": host})
+def assign(run: Run) -> None:
+    """Every rank checks every image on its own disk; one gather merges what they found; the
+    missing images are dealt round-robin (the i-th missing one to rank ``i % size``)."""
+    have, conflict = local_state(run.tasks, run.folder, run.metadata)
+    states = gather_json(run.group, {"digest": _digest(run.tasks), "have": have, "conflict": conflict,
+                                     "host": run.host})
     if len({s["digest"] for s in states}) > 1:
         raise MobileOError("the ranks read different prompts files or settings (their image lists differ).",
                            fix="give every machine the same prompts file and model at the same path.")
     for r, s in enumerate(states):
         if s["conflict"]:
-            where = "" if size == 1 else f"on rank {r} ({s['host']}): "
+            where = "" if run.size == 1 else f"on rank {r} ({s['host']}): "
             raise MobileOError(f"{where}{s['conflict']}.",
                                fix="use another --output-dir, or delete that file to make it again.")
-    holder: dict[int, int] = {}
     for r, s in enumerate(states):
         for i in s["have"]:
-            holder.setdefault(i, r)
-    pending = [i for i in range(len(tasks)) if i not in holder]
-    mine = pending[rank::size]
-    if pending and rank == 0:  # an index in the folder always describes a finished run
-        (folder / INDEX_FILE).unlink(missing_ok=True)
-    log(f"{tag}{len(mine)} of {len(tasks)} images to make here ({len(holder)} already in {folder}, "
-        f"{len(pending)} missing in all)")
+            run.holder.setdefault(i, r)
+    pending = [i for i in range(len(run.tasks)) if i not in run.holder]
+    run.mine = pending[run.rank::run.size]
+    if pending and run.rank == 0:  # an index in the folder always describes a finished run
+        (run.folder / INDEX_FILE).unlink(missing_ok=True)
+    run.log(f"{run.tag}{len(run.mine)} of {len(run.tasks)} images to make here ({len(run.holder)} already in "
+            f"{run.folder}, {len(pending)} missing in all)")
 
-    fail_env = os.environ.get(FAIL_AFTER_ENV, "").strip()
-    fail_after = int(fail_env) if fail_env.isdigit() else 0
-    fail_here = os.environ.get(FAIL_RANK_ENV) in (None, "", str(rank))
-    records: dict[int, dict] = {}
-    made: list[Path] = []
-    if mine:
-        import numpy as np
 
-        from mlx_model.pipelines.generation import GenerationPipeline
+def make(run: Run, ckpt, on_saved: Callable[[int, int], None] | None = None) -> None:
+    """Make this rank's images one at a time (one image, its own seed: the pixels never depend
+    on the number of processes), each saved atomically and logged; ``on_saved(rank, count)``
+    after each."""
+    import mlx.core as mx
 
-        folder.mkdir(parents=True, exist_ok=True)
-        pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=settings.quantize, dtype=dtype,
-                                                      low_memory=settings.low_memory)
-        log(f"{tag}model loaded in {pipeline.load_seconds:.2f}s"
-            + (f" ({pipeline.source}; quantize {settings.quantize or 'float'}; dtype {common['dtype']}; "
-               f"host {host})" if settings.verbose else ""))
-        for done, i in enumerate(mine, start=1):
-            task = tasks[i]
-            t = time.perf_counter()
-            out = pipeline.generate(task.prompt, steps=task.steps, guidance=task.guidance, seed=task.seed,
-                                    n_images=1, scheduler=settings.scheduler, height=task.height,
-                                    width=task.width)
-            if not np.isfinite(out.latents).all():
-                raise MobileOError(f"{task.file}: sampling diverged (NaN or infinity; guidance {task.guidance}).",
-                                   fix="lower the guidance (Mobile-O uses 1.5).")
-            t_save = time.perf_counter()
-            target = folder / task.file
-            target.with_suffix(".json").unlink(missing_ok=True)  # a --metadata sidecar left without its image
-            path = save_image(out.images[0], target, expected(task), write_json=settings.metadata)
-            if path != target:  # another run claimed the name meanwhile
-                path.unlink(missing_ok=True)
-                raise MobileOError(f"{target} appeared while this run was making it: another run is writing "
-                                   f"into {folder}.", fix="run one batch per output folder at a time.")
-            timings = {**{k: round(v, 4) for k, v in out.timings.items()},
-                       "save": round(time.perf_counter() - t_save, 4), "total": round(time.perf_counter() - t, 4)}
-            rec = {"file": task.file, "prompt_index": task.prompt_index, "image": task.image, "seed": task.seed,
-                   "rank": rank, "size": size, "host": host, "timings": timings}
-            _append_record(folder, rank, rec)
-            records[i] = {**rec, "reused": False}
-            made.append(path)
-            short = task.prompt if len(task.prompt) <= 50 else task.prompt[:47] + "..."
-            log(f"{tag}{done}/{len(mine)} {task.file} {timings['total']:.2f}s {short!r}")
-            if fail_after and fail_here and len(made) >= fail_after:
-                log(f"{tag}{FAIL_AFTER_ENV}={fail_after}: exiting now (test hook)")
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(17)
-        del pipeline
-        mx.clear_cache()
-    mine_s = time.perf_counter() - t0
-    log(f"{tag}done: {len(made)} made in {mine_s:.1f}s"
-        + (f" ({60 * len(made) / mine_s:.1f} images/minute)" if made else ""))
+    from mlx_model.pipelines.generation import GenerationPipeline
 
-    reused = [i for i, r in holder.items() if r == rank]
+    if not run.mine:
+        return
+    s = run.settings
+    run.folder.mkdir(parents=True, exist_ok=True)
+    pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=s.quantize, dtype=dtype_of(s.dtype),
+                                                  low_memory=s.low_memory)
+    run.log(f"{run.tag}model loaded in {pipeline.load_seconds:.2f}s"
+            + (f" ({pipeline.source}; quantize {s.quantize or 'float'}; host {run.host})" if s.verbose else ""))
+    for done, i in enumerate(run.mine, start=1):
+        task = run.tasks[i]
+        t = time.perf_counter()
+        try:
+            out = pipeline.generate(task.settings)
+        except MobileOError as e:
+            raise MobileOError(f"{task.file}: {e}") from None
+        t_save = time.perf_counter()
+        target = run.folder / task.file
+        target.with_suffix(".json").unlink(missing_ok=True)  # a --metadata sidecar left without its image
+        path = save_image(out.images[0], target, run.metadata(task), write_json=s.metadata)
+        if path != target:  # another run claimed the name meanwhile
+            path.unlink(missing_ok=True)
+            raise MobileOError(f"{target} appeared while this run was making it: another run is writing "
+                               f"into {run.folder}.", fix="run one batch per output folder at a time.")
+        timings = {**{k: round(v, 4) for k, v in out.timings.items()},
+                   "save": round(time.perf_counter() - t_save, 4), "total": round(time.perf_counter() - t, 4)}
+        rec = {"file": task.file, "prompt_index": task.prompt_index, "image": task.image, "seed": task.settings.seed,
+               "rank": run.rank, "size": run.size, "host": run.host, "timings": timings}
+        _append_record(run.folder, run.rank, rec)
+        run.records[i] = {**rec, "reused": False}
+        run.made.append(path)
+        prompt = task.settings.prompt
+        short = prompt if len(prompt) <= 50 else prompt[:47] + "..."
+        run.log(f"{run.tag}{done}/{len(run.mine)} {task.file} {timings['total']:.2f}s {short!r}")
+        if on_saved is not None:
+            on_saved(run.rank, len(run.made))
+    del pipeline
+    mx.clear_cache()
+
+
+def write_run_index(run: Run) -> dict | None:
+    """Gather every rank's records (the barrier before the index); rank 0 writes ``index.jsonl``
+    (one line per image, in file order) and returns its figures; other ranks return None."""
+    reused = [i for i, r in run.holder.items() if r == run.rank]
     if reused:
-        old = _read_records(folder)
+        old = _read_records(run.folder)
         for i in reused:
-            rec = old.get(tasks[i].file, {})
-            records[i] = {"file": tasks[i].file, "rank": rec.get("rank"), "host": rec.get("host"),
-                          "timings": rec.get("timings"), "reused": True}
-    gathered = gather_json(group, {str(i): r for i, r in records.items()})  # the barrier before the index
-    summary = {"rank": rank, "size": size, "made": made, "reused": len(holder), "seconds": mine_s}
-    if rank != 0:
-        return summary
+            rec = old.get(run.tasks[i].file, {})
+            run.records[i] = {"file": run.tasks[i].file, "rank": rec.get("rank"), "host": rec.get("host"),
+                              "timings": rec.get("timings"), "reused": True}
+    gathered = gather_json(run.group, {str(i): r for i, r in run.records.items()})
+    if run.rank != 0:
+        return None
     merged: dict[int, dict] = {}
     for part in gathered:
         merged.update({int(i): r for i, r in part.items()})
-    missing = [tasks[i].file for i in range(len(tasks)) if i not in merged]
+    missing = [run.tasks[i].file for i in range(len(run.tasks)) if i not in merged]
     if missing:
         raise MobileOError(f"{len(missing)} images are missing after the run (first: {missing[0]}).",
                            fix="rerun the same command: it makes only the missing images.")
     entries = []
-    for i, task in enumerate(tasks):
-        r = merged[i]
+    for i, task in enumerate(run.tasks):
+        r, s = merged[i], task.settings
         entries.append({"prompt_index": task.prompt_index, "image": task.image, "line": task.line,
-                        "prompt": task.prompt, "seed": task.seed, "steps": task.steps, "guidance": task.guidance,
-                        "width": task.width, "height": task.height, "file": task.file, "rank": r.get("rank"),
+                        "prompt": s.prompt, "seed": s.seed, "steps": s.steps, "guidance": s.guidance,
+                        "width": s.width, "height": s.height, "file": task.file, "rank": r.get("rank"),
                         "host": r.get("host"), "reused": r["reused"], "timings": r.get("timings")})
-    index = folder / INDEX_FILE
-    folder.mkdir(parents=True, exist_ok=True)
+    index = run.folder / INDEX_FILE
+    run.folder.mkdir(parents=True, exist_ok=True)
     write_index(index, entries)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - run.t0
     n_made = sum(not e["reused"] for e in entries)
     ipm = 60 * n_made / wall if wall > 0 else 0.0
-    log(f"batch: {len(entries)} images in {index} ({n_made} made now, {len(entries) - n_made} already there) "
-        f"by {size} process{'es' if size > 1 else ''} in {wall:.1f}s: "
-        + (f"{ipm:.1f} images/minute" if n_made else "nothing to make"))
-    return {**summary, "index": index, "images_per_minute": ipm, "made_by_all": n_made, "seconds": wall}
+    run.log(f"batch: {len(entries)} images in {index} ({n_made} made now, {len(entries) - n_made} already there) "
+            f"by {run.size} process{'es' if run.size > 1 else ''} in {wall:.1f}s: "
+            + (f"{ipm:.1f} images/minute" if n_made else "nothing to make"))
+    return {"index": index, "images_per_minute": ipm, "made_by_all": n_made, "seconds": wall}
+
+
+def run_batch(prompts_file: str | Path, output_dir: str | Path, settings: BatchSettings = BatchSettings(),
+              log: Callable[[str], None] | None = None,
+              on_saved: Callable[[int, int], None] | None = None) -> dict:
+    """Make every image ``prompts_file`` asks for into ``output_dir``, sharing the work among the
+    processes of ``mx.distributed.init()``'s group; images already there (same settings) are
+    kept.  Returns this rank's summary: ``made`` (paths), ``reused``, ``seconds``, and on rank 0
+    ``index`` and ``images_per_minute`` (images made now by all ranks per minute of rank 0's
+    wall time, model loading included)."""
+    run, ckpt = start(prompts_file, output_dir, settings, log)
+    assign(run)
+    make(run, ckpt, on_saved)
+    mine_s = time.perf_counter() - run.t0
+    run.log(f"{run.tag}done: {len(run.made)} made in {mine_s:.1f}s"
+            + (f" ({60 * len(run.made) / mine_s:.1f} images/minute)" if run.made else ""))
+    summary = {"rank": run.rank, "size": run.size, "made": run.made, "reused": len(run.holder), "seconds": mine_s}
+    index = write_run_index(run)
+    return summary if index is None else {**summary, **index}

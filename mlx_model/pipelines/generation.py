@@ -3,11 +3,11 @@ the vision tower and projector) -> Qwen2 hidden states -> MCP -> SANA DiT sampli
 decode (docs/model-facts.md section 7).
 
     pipe = GenerationPipeline.from_pretrained("demo", quantize=0)
-    out = pipe.generate("a red cup", steps=20, guidance=1.5, seed=0)
+    out = pipe.generate(ImageSettings("a red cup", steps=20, guidance=1.5, seed=0))
     out.images          # uint8 [n, H, W, 3]
 
     pipe = GenerationPipeline.from_pretrained("demo", quantize=0, edit=True)
-    out = pipe.generate("make it snowy", image="photo.jpg", seed=0)   # or pipe.edit(...)
+    out = pipe.edit("photo.jpg", ImageSettings("make it snowy", seed=0))
 
 Editing is the same pipeline with another conditioning source: the image and the
 instruction go through the LLM with the editing template; everything after the LLM's hidden
@@ -34,8 +34,8 @@ from typing import Callable, Iterator
 import mlx.core as mx
 import numpy as np
 
-from weights.core.configs import DEFAULT_SAMPLER
 from weights.loading.hub import DEFAULT_MODEL
+from weights.core.components import for_task
 from weights.core.errors import MobileOError
 from weights.core.prompts import editing_prompt, generation_prompt
 
@@ -43,9 +43,10 @@ from mlx_model.components.dcae import AutoencoderDC
 from mlx_model.components.dit import SanaTransformer
 from mlx_model.components.llm import LanguageModel
 from mlx_model.components.mcp import MCP
+from mlx_model.support.image_settings import ImageSettings, refuse_nonfinite
 from mlx_model.support.platform import Component, part, resolve_low_memory
 from mlx_model.components.multimodal import ImageEncoder, MultimodalPrompt
-from mlx_model.support.quant import QUANT_GROUP_SIZE, check_bits
+from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANT_GROUP_SIZE, check_bits
 from mlx_model.support.scheduler import SCHEDULERS, classifier_free_guidance
 from mlx_model.support.tokenizer import PromptError
 
@@ -72,7 +73,7 @@ class Generation:
     images: np.ndarray  # uint8 [n, H, W, 3]
     latents: np.ndarray  # final latents [n, C, h, w] (scaled, before decoding)
     initial_latents: np.ndarray
-    seed: int | None
+    settings: ImageSettings  # resolved: the model's defaults filled in, the seed drawn (None with given latents)
     prompt_tokens: int
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     peak_memory: dict[str, float] = field(default_factory=dict)  # phase -> bytes (loading included)
@@ -100,7 +101,10 @@ def _phase(name: str, timings: dict, peaks: dict, loads: dict | None = None, par
     return _P()
 
 
-PARTS = ("llm", "dit", "vae", "encoder")  # the components residency loads and drops (the MCP is tiny: kept)
+# the components residency loads and drops, by slot (weights.core.components; the MCP is tiny: kept):
+# ("llm", "dit", "vae", "encoder") -- the run order of generation, the image encoder (editing) last
+PARTS = tuple(c.slot for c in for_task("generation") if c.slot) + tuple(
+    c.slot for c in for_task("editing") if c.slot and c not in for_task("generation"))
 
 
 class GenerationPipeline:
@@ -152,7 +156,7 @@ class GenerationPipeline:
             self.parts[name].release()
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
+    def from_checkpoint(cls, ckpt, quantize: int = DEFAULT_QUANTIZE, dtype=None, group_size: int = QUANT_GROUP_SIZE,
                         dequantize: bool | None = None, edit: bool = False, low_memory: bool | None = None,
                         shared: dict[str, Component] | None = None, tokenizer=None):
         """``quantize`` 0 (float), 4 or 8 bits for the LLM and DiT Linear layers; ``dtype`` of
@@ -176,7 +180,7 @@ class GenerationPipeline:
 
         def load_llm():
             # generation only looks embedding rows up: the table stays bf16 when a folder stores it so
-            llm = LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype, dequantize,
+            llm = LanguageModel.from_checkpoint(ckpt, quantize, group_size, dtype, dequantize,
                                                 tokenizer=tokenizer, embed_as_stored=True)
             if "lm_head" in llm.model:  # generation reads hidden states only: free the vocab projection
                 llm.model.pop("lm_head")
@@ -185,7 +189,7 @@ class GenerationPipeline:
         parts = {
             "llm": Component("llm", loader=load_llm),
             "dit": Component("dit", loader=lambda: SanaTransformer.from_checkpoint(
-                ckpt, quantize or None, group_size, dtype, dequantize=dequantize)),
+                ckpt, quantize, group_size, dtype, dequantize=dequantize)),
             "vae": Component("vae", loader=lambda: AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)),
             "encoder": Component("encoder", loader=(lambda: ImageEncoder.from_checkpoint(ckpt)) if edit else None),
         }
@@ -202,7 +206,7 @@ class GenerationPipeline:
         return pipe
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None,
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = DEFAULT_QUANTIZE, dtype=None, revision: str | None = None,
                         edit: bool = False, low_memory: bool | None = None):
         """``model``: a hub id, a local folder, or ``demo`` (tiny random checkpoint)."""
         from mlx_model.support.mlx_folder import open_model
@@ -300,77 +304,45 @@ class GenerationPipeline:
         return SCHEDULERS[name](self.config.scheduler, steps)
 
     # ------------------------------------------------------------------ all together
-    def generate(self, prompt: str, *, image=None, steps: int | None = None, guidance: float | None = None,
-                 seed: int | None = None, n_images: int = 1, latents=None, scheduler: str = DEFAULT_SAMPLER,
-                 height: int | None = None, width: int | None = None,
+    def generate(self, settings: ImageSettings, *, image=None, latents=None,
                  progress: Callable[[int, int], None] | None = None,
                  on_step: Callable[[int, mx.array], None] | None = None) -> Generation:
-        """Whole pipeline; with ``image``, ``prompt`` is an editing instruction for it.
-        ``height`` / ``width``: output size in pixels (default the model's; see :func:`latent_shape`).
-        ``progress(step, total)`` is called after every denoising step, ``on_step(step, latents)``
-        with the latents after it (for previews: :meth:`decode` them)."""
-        d = self.config.defaults
-        shape = latent_shape(self.config, height, width)
-        steps = d.steps if steps is None else steps
-        guidance = d.guidance if guidance is None else guidance
-        if seed is None and latents is None:
-            seed = int(time.time_ns() % (2**31))
+        """Whole pipeline for ``settings``; with ``image`` (pixels), ``settings.prompt`` is an
+        editing instruction for it.  ``latents``: starting noise [n_images, C, h, w] instead of
+        the seeded one.  ``progress(step, total)`` is called after every denoising step,
+        ``on_step(step, latents)`` with the latents after it (for previews: :meth:`decode` them).
+        The result's ``settings`` are the resolved ones (defaults filled, the seed drawn)."""
+        s = settings.resolved(self.config, draw=latents is None)
         timings, peaks, loads = {}, {}, {}
         with _phase("text", timings, peaks, loads, self.parts):
-            if n_images < 1:
-                raise MobileOError(f"--n-images must be at least 1, got {n_images}.",
-                                   fix="pass --n-images 1 or more.")
-            sched = self.scheduler(scheduler, steps)
-            n_tokens, embeds = self.prompt_embeds(prompt, image)
+            sched = self.scheduler(s.scheduler, s.steps)
+            n_tokens, embeds = self.prompt_embeds(s.prompt, image)
             context = self.condition(embeds)
-            x0 = self.initial_latents(n_images, seed, latents, shape)
+            x0 = self.initial_latents(s.n_images, s.seed, latents, s.latent_shape(self.config))
             mx.eval(context, x0)
             self._done_with("encoder")
             self._done_with("llm")
         with _phase("denoise", timings, peaks, loads, self.parts):
             x = x0
-            for i, x in enumerate(sample(self.denoiser(context, guidance, n_images), x0, sched)):
+            for i, x in enumerate(sample(self.denoiser(context, s.guidance, s.n_images), x0, sched)):
                 mx.eval(x)
                 if on_step is not None:
                     on_step(i + 1, x)
                 if progress is not None:
-                    progress(i + 1, steps)
+                    progress(i + 1, s.steps)
             self._done_with("dit")
+        refuse_nonfinite(x, s.guidance)
         with _phase("decode", timings, peaks, loads, self.parts):
             images = self.decode(x)
             mx.eval(images)
             self._done_with("vae")
         return Generation(images=np.array(images), latents=np.array(x), initial_latents=np.array(x0),
-                          seed=seed if latents is None else None, prompt_tokens=n_tokens,
-                          timings=timings, peak_memory=peaks, load_seconds=loads)
+                          settings=s, prompt_tokens=n_tokens, timings=timings, peak_memory=peaks, load_seconds=loads)
 
-    def edit(self, image, instruction: str, **kw) -> Generation:
-        """Edit ``image`` (path, PIL image, uint8 array); keywords as :meth:`generate`."""
-        return self.generate(instruction, image=image, **kw)
-
-
-def size_multiple(config) -> int:
-    """Image sides must be multiples of this: the DC-AE's spatial compression times the DiT's patch."""
-    return config.vae.spatial_compression * config.dit.patch_size
-
-
-def latent_shape(config, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-    """(C, h, w) of one latent for a ``height`` x ``width`` image (None: the model's own size).
-
-    SANA's DiT has no positional embedding and the DC-AE is convolutional, so any side that is a
-    multiple of :func:`size_multiple` works; quality is best near the training size."""
-    c, h, w = config.latent_shape
-    f, m = config.vae.spatial_compression, size_multiple(config)
-    for name, side in (("height", height), ("width", width)):
-        if side is None:
-            continue
-        whole = isinstance(side, (int, np.integer)) and not isinstance(side, bool)
-        if not whole or side < m or side % m:
-            near = max(m, round(side / m) * m) if whole else config.image_size
-            raise MobileOError(f"--{name} {side} is not a positive multiple of {m} (this model's DC-AE "
-                               f"compresses {f}x{f} pixels into one latent).",
-                               fix=f"pass a multiple of {m}, e.g. --{name} {near}.")
-    return (c, h if height is None else int(height) // f, w if width is None else int(width) // f)
+    def edit(self, image, settings: ImageSettings, **kw) -> Generation:
+        """:meth:`generate` conditioned on ``image`` (a path, PIL image or array): ``settings.prompt``
+        is the instruction."""
+        return self.generate(settings, image=image, **kw)
 
 
 def load_latents(path: str | Path) -> np.ndarray:

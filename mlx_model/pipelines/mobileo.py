@@ -18,6 +18,7 @@ from weights.loading.hub import DEFAULT_MODEL
 
 from mlx_model.pipelines.generation import GenerationPipeline
 from mlx_model.pipelines.understanding import Understanding
+from mlx_model.support.quant import DEFAULT_QUANTIZE
 
 __all__ = ["MobileO"]
 
@@ -33,7 +34,7 @@ class MobileO:
         return self.understanding.config
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, low_memory: bool | None = None,
+    def from_checkpoint(cls, ckpt, quantize: int = DEFAULT_QUANTIZE, dtype=None, low_memory: bool | None = None,
                         name: str = "") -> "MobileO":
         und = Understanding.from_checkpoint(ckpt, quantize=quantize, dtype=dtype, low_memory=low_memory)
         shared = {"llm": und.parts["llm"], "encoder": und.parts["encoder"]}
@@ -44,7 +45,7 @@ class MobileO:
         return cls(und, gen, name or str(ckpt.folder))
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None, revision: str | None = None,
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = DEFAULT_QUANTIZE, dtype=None, revision: str | None = None,
                         low_memory: bool | None = None) -> "MobileO":
         from mlx_model.support.mlx_folder import open_model
 

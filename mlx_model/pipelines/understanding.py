@@ -31,20 +31,21 @@ from typing import Iterator, Sequence
 
 import mlx.core as mx
 
-from weights.core.errors import MobileOError
+from weights.core.components import for_task
+from weights.core.errors import MobileOError, SettingError
 from weights.loading.hub import DEFAULT_MODEL
 from weights.core.prompts import MAX_PROMPT_TOKENS, SYSTEM, conversation_prompt
 
 from mlx_model.components.llm import LanguageModel
 from mlx_model.components.multimodal import ImageEncoder, MultimodalPrompt, check_no_placeholder
 from mlx_model.support.platform import Component, part, resolve_low_memory
-from mlx_model.support.quant import QUANT_GROUP_SIZE, check_bits
+from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANT_GROUP_SIZE, check_bits
 from mlx_model.support.tokenizer import PromptError
 
 __all__ = ["Understanding", "Response", "ContextLengthError", "Detokenizer", "decode_steps", "check_options",
            "check_question", "check_length", "prompt_text"]
 
-COMPONENTS = ("llm", "vision", "projector")  # what understanding loads
+COMPONENTS = tuple(c.name for c in for_task("understanding"))  # what it loads: vision_encoder, llm
 
 
 @dataclass
@@ -104,24 +105,24 @@ def check_options(max_tokens: int, temp: float, top_p: float, top_k: int = 0, mi
                   max_kv_size: int | None = None) -> None:
     """The decoding options, named as mlx-lm's flags; NaN and infinities are refused."""
     if not _whole(max_tokens) or max_tokens < 1:
-        raise MobileOError(f"--max-tokens must be at least 1, got {max_tokens}.", fix="pass --max-tokens 1 or more.")
+        raise SettingError("max_tokens", f"{{name}} must be at least 1, got {max_tokens}.", fix="pass {name} 1 or more.")
     if not _number(temp) or temp < 0:
-        raise MobileOError(f"--temp must be >= 0, got {temp}.", fix="pass --temp 0 for greedy decoding.")
+        raise SettingError("temp", f"{{name}} must be >= 0, got {temp}.", fix="pass {name} 0 for greedy decoding.")
     if not _number(top_p) or not 0 < top_p <= 1:
-        raise MobileOError(f"--top-p must be in (0, 1], got {top_p}.", fix="pass --top-p 1.0 to turn it off.")
+        raise SettingError("top_p", f"{{name}} must be in (0, 1], got {top_p}.", fix="pass {name} 1.0 to turn it off.")
     if not _whole(top_k) or top_k < 0:
-        raise MobileOError(f"--top-k must be >= 0, got {top_k}.", fix="pass --top-k 0 to turn it off.")
+        raise SettingError("top_k", f"{{name}} must be >= 0, got {top_k}.", fix="pass {name} 0 to turn it off.")
     if not _number(min_p) or not 0 <= min_p < 1:
-        raise MobileOError(f"--min-p must be in [0, 1), got {min_p}.", fix="pass --min-p 0 to turn it off.")
+        raise SettingError("min_p", f"{{name}} must be in [0, 1), got {min_p}.", fix="pass {name} 0 to turn it off.")
     if repetition_penalty is not None and (not _number(repetition_penalty) or repetition_penalty <= 0):
-        raise MobileOError(f"--repetition-penalty must be > 0, got {repetition_penalty}.",
-                           fix="pass e.g. --repetition-penalty 1.1 (1.0 = off).")
+        raise SettingError("repetition_penalty", f"{{name}} must be > 0, got {repetition_penalty}.",
+                           fix="pass e.g. {name} 1.1 (1.0 = off).")
     if not _whole(repetition_context_size) or repetition_context_size < 1:
-        raise MobileOError(f"--repetition-context-size must be at least 1, got {repetition_context_size}.",
-                           fix="pass e.g. --repetition-context-size 20.")
+        raise SettingError("repetition_context_size", f"{{name}} must be at least 1, got {repetition_context_size}.",
+                           fix="pass e.g. {name} 20.")
     if max_kv_size is not None and (not _whole(max_kv_size) or max_kv_size <= KV_KEEP):
-        raise MobileOError(f"--max-kv-size must be more than {KV_KEEP} (the first {KV_KEEP} entries are always "
-                           f"kept), got {max_kv_size}.", fix="pass e.g. --max-kv-size 1024, or leave it out.")
+        raise SettingError("max_kv_size", f"{{name}} must be more than {KV_KEEP} (the first {KV_KEEP} entries are "
+                           f"always kept), got {max_kv_size}.", fix="pass e.g. {name} 1024, or leave it out.")
 
 
 def check_question(question: str) -> None:
@@ -231,7 +232,7 @@ class Understanding:
             self.parts[name].release()
 
     @classmethod
-    def from_checkpoint(cls, ckpt, quantize: int = 4, dtype=None, group_size: int = QUANT_GROUP_SIZE,
+    def from_checkpoint(cls, ckpt, quantize: int = DEFAULT_QUANTIZE, dtype=None, group_size: int = QUANT_GROUP_SIZE,
                         low_memory: bool | None = None) -> "Understanding":
         """``quantize`` 0 (float), 4 or 8 bits for the LLM's Linear layers; ``low_memory``:
         phase-wise residency (None: :func:`mlx_model.support.platform.low_memory_default`)."""
@@ -243,7 +244,7 @@ class Understanding:
         t = time.perf_counter()
         dtype = default_dtype() if dtype is None else dtype
         tokenizer = Tokenizer.from_checkpoint(ckpt)
-        llm = Component("llm", loader=lambda: LanguageModel.from_checkpoint(ckpt, quantize or None, group_size, dtype,
+        llm = Component("llm", loader=lambda: LanguageModel.from_checkpoint(ckpt, quantize, group_size, dtype,
                                                                           tokenizer=tokenizer))
         encoder = Component("encoder", loader=lambda: ImageEncoder.from_checkpoint(ckpt))
         out = cls(llm, encoder, ckpt.config, quantize=quantize, source=str(ckpt.folder), low_memory=low_memory,
@@ -255,7 +256,7 @@ class Understanding:
         return out
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = 4, dtype=None,
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, quantize: int = DEFAULT_QUANTIZE, dtype=None,
                         revision: str | None = None, low_memory: bool | None = None) -> "Understanding":
         from mlx_model.support.mlx_folder import open_model
 
@@ -332,8 +333,8 @@ class Understanding:
                       max_kv_size)
         vocab = self.config.llm.vocab_size
         if top_k >= vocab:
-            raise MobileOError(f"--top-k {top_k} is not below the vocabulary size ({vocab}).",
-                               fix="pass a smaller --top-k, or 0 to turn it off.")
+            raise SettingError("top_k", f"{{name}} {top_k} is not below the vocabulary size ({vocab}).",
+                               fix="pass a smaller {name}, or 0 to turn it off.")
         prompt = self.chat_prompt(turns, image is not None, system_prompt)
         check_length(len(prompt), max_tokens, self.context_length)
 

@@ -24,7 +24,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from weights.core.configs import DEFAULT_SAMPLER
 from weights.core.errors import MobileOError
 from weights.core.memory import peak_rss_bytes, rss_bytes
 
@@ -109,59 +108,31 @@ def chat_job(req: api.ChatRequest, stream: bool):
 
 
 def image_job(req: api.ImageRequest, model_id: str):
-    """Make (or edit) ``req.n`` images; PNG bytes with the settings inside, as the CLIs write them."""
+    """Make (or edit) ``req.settings.n_images`` images; PNG bytes with the settings inside, as the
+    CLIs write them."""
 
     def run(state, job: Job) -> list[bytes]:
-        import numpy as np
+        from mlx_model.support.image_files import encode_image, run_metadata
 
-        from mlx_model import cli_common as cc
-        from mlx_model.support.image_files import encode_image
-
-        model = state[0]
-        pipe = model.generation
-        d = pipe.config.defaults
-        steps = d.steps if req.steps is None else req.steps
-        guidance = d.guidance if req.guidance is None else req.guidance
-        cc.check_sampling(steps, guidance, req.n)
-        cc.check_seeds(req.seed, req.n)
-        cc.check_size(pipe.config, req.height, req.width)
-        seed = int(np.random.default_rng().integers(2**31)) if req.seed is None else req.seed
-        out = pipe.generate(req.prompt, image=None if req.image is None else pipe.encoder.pixels(req.image),
-                            steps=steps, guidance=guidance, seed=seed, n_images=req.n, height=req.height,
-                            width=req.width, progress=lambda step, total: job.check())
-        task = {} if req.image is None else {"task": "edit", "instruction": req.prompt}
-        common = {"prompt": req.prompt, "model": model_id, "steps": steps, "guidance": guidance, **task,
-                  **cc.run_settings(scheduler=DEFAULT_SAMPLER, quantize=pipe.quantize, dtype=pipe.dtype,
-                                    source=pipe.source)}
-        return [encode_image(img, "PNG", {**common, "n_images": req.n, "index": i, "seed": seed + i,
-                                          "size": list(img.shape[:2])}) for i, img in enumerate(out.images)]
+        pipe = state[0].generation
+        edit = req.image is not None
+        out = pipe.generate(req.settings, image=pipe.encoder.pixels(req.image) if edit else None,
+                            progress=lambda step, total: job.check())
+        meta = {"model": model_id, **run_metadata(quantize=pipe.quantize, dtype=pipe.dtype, source=pipe.source)}
+        return [encode_image(img, "PNG", {**meta, **out.settings.metadata(i, edit)}) for i, img in enumerate(out.images)]
 
     return run
 
 
 # ------------------------------------------------------------------ the app
-def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> FastAPI:
-    app = FastAPI(title="mobileo-server", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    started = int(time.time())
+class Server:
+    """The routes over one worker: each route is a method; :func:`create_app` registers them."""
 
-    @app.exception_handler(api.APIError)
-    async def api_error(request: Request, e: api.APIError):
-        return JSONResponse(api.error_body(e), status_code=e.status, headers=e.headers)
+    def __init__(self, worker: Worker, model_id: str, limits: Limits):
+        self.worker, self.model_id, self.limits = worker, model_id, limits
+        self.started = int(time.time())
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException):  # unknown route, wrong method
-        message = {404: f"no route {request.method} {request.url.path}; see GET /v1/models and the README.",
-                   405: f"{request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
-        return JSONResponse(api.error_body(api.APIError(e.status_code, message)), status_code=e.status_code)
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, e: Exception):
-        traceback.print_exception(e, file=sys.stderr)
-        err = api.APIError(500, "internal server error (see the server's log).")
-        return JSONResponse(api.error_body(err), status_code=500)
-
-    async def json_body(request: Request) -> dict:
+    async def json_body(self, request: Request) -> dict:
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -170,16 +141,16 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
             raise api.APIError(400, "the body must be a JSON object.", code="invalid_json")
         return body
 
-    def submit(fn, request: Request) -> Job:
+    def submit(self, fn, request: Request) -> Job:
         job = Job(fn, asyncio.get_running_loop())
         try:
-            worker.submit(job)
+            self.worker.submit(job)
         except QueueFull as e:
             raise api.APIError(503, f"{e}.", type="server_busy", code="queue_full",
                                headers={"Retry-After": str(e.retry_after)}) from None
         return job
 
-    async def next_event(job: Job, request: Request):
+    async def next_event(self, job: Job, request: Request):
         """The job's next event; the job is cancelled if its client goes away meanwhile."""
         while True:
             try:
@@ -192,7 +163,7 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
                 job.cancel()
                 raise
 
-    def failure(e: BaseException) -> api.APIError:
+    def failure(self, e: BaseException) -> api.APIError:
         if isinstance(e, api.APIError):
             return e
         if isinstance(e, MobileOError):
@@ -200,58 +171,55 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
         print(getattr(e, "worker_traceback", "") or "".join(traceback.format_exception(e)), file=sys.stderr, end="")
         return api.APIError(500, "internal server error (see the server's log).")
 
-    async def outcome(job: Job, request: Request):
+    async def outcome(self, job: Job, request: Request):
         """Wait for the job's result (a streaming job's "start" counts as accepted)."""
-        kind, value = await next_event(job, request)
+        kind, value = await self.next_event(job, request)
         if kind == "error":
-            raise failure(value)
+            raise self.failure(value)
         return kind, value
 
     # -------------------------------------------------------------- routes
-    @app.get("/health")
-    async def health():
+    async def health(self):
         import mlx.core as mx
 
-        return {"status": "ok", "model": model_id, "uptime_seconds": int(time.time()) - started,
-                "queue": {"waiting": worker.waiting(), "limit": worker.max_queue,
-                          "running": worker.current is not None},
-                "jobs": dict(worker.stats), "memory": {**rss(), "mlx_active_bytes": mx.get_active_memory()}}
+        return {"status": "ok", "model": self.model_id, "uptime_seconds": int(time.time()) - self.started,
+                "queue": {"waiting": self.worker.waiting(), "limit": self.worker.max_queue,
+                          "running": self.worker.current is not None},
+                "jobs": dict(self.worker.stats), "memory": {**rss(), "mlx_active_bytes": mx.get_active_memory()}}
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": started,
+    async def models(self):
+        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": self.started,
                                             "owned_by": "mobileo-deploy"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        req = api.parse_chat(await json_body(request), model_id, limits.max_tokens)
-        job = submit(chat_job(req, req.stream), request)
+    async def chat(self, request: Request):
+        req = api.parse_chat(await self.json_body(request), self.model_id, self.limits.max_tokens)
+        job = self.submit(chat_job(req, req.stream), request)
         cid = api.completion_id()
-        kind, value = await outcome(job, request)
+        kind, value = await self.outcome(job, request)
         if not req.stream:
             while kind == "start":
-                kind, value = await outcome(job, request)
-            return api.chat_completion(cid, model_id, value["text"], value["finish"], value["prompt_tokens"],
+                kind, value = await self.outcome(job, request)
+            return api.chat_completion(cid, self.model_id, value["text"], value["finish"], value["prompt_tokens"],
                                        value["completion_tokens"])
         first = (kind, value)
 
         async def events():
             finished = False
             try:
-                yield sse(api.chat_chunk(cid, model_id, {"role": "assistant", "content": ""}))
+                yield sse(api.chat_chunk(cid, self.model_id, {"role": "assistant", "content": ""}))
                 kind, value = first
                 while kind != "result":
                     if kind == "delta":
-                        yield sse(api.chat_chunk(cid, model_id, {"content": value}))
+                        yield sse(api.chat_chunk(cid, self.model_id, {"content": value}))
                     elif kind == "error":
-                        yield sse(api.error_body(failure(value)))
+                        yield sse(api.error_body(self.failure(value)))
                         finished = True
                         return
-                    kind, value = await next_event(job, request)
+                    kind, value = await self.next_event(job, request)
                 finished = True
-                yield sse(api.chat_chunk(cid, model_id, {}, value["finish"]))
+                yield sse(api.chat_chunk(cid, self.model_id, {}, value["finish"]))
                 if req.include_usage:
-                    yield sse(api.chat_chunk(cid, model_id, None, usage_=api.usage(value["prompt_tokens"],
+                    yield sse(api.chat_chunk(cid, self.model_id, None, usage_=api.usage(value["prompt_tokens"],
                                                                                    value["completion_tokens"])))
                 yield "data: [DONE]\n\n"
             finally:
@@ -261,19 +229,17 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def images(request: Request, req: api.ImageRequest) -> dict:
-        job = submit(image_job(req, model_id), request)
-        _, pngs = await outcome(job, request)
+    async def images(self, request: Request, req: api.ImageRequest) -> dict:
+        job = self.submit(image_job(req, self.model_id), request)
+        _, pngs = await self.outcome(job, request)
         return {"created": int(time.time()),
-                "data": [{"b64_json": base64.b64encode(p).decode("ascii"), "revised_prompt": req.prompt}
+                "data": [{"b64_json": base64.b64encode(p).decode("ascii"), "revised_prompt": req.settings.prompt}
                          for p in pngs]}
 
-    @app.post("/v1/images/generations")
-    async def generations(request: Request):
-        return await images(request, api.parse_image_request(await json_body(request), model_id))
+    async def generations(self, request: Request):
+        return await self.images(request, api.parse_image_request(await self.json_body(request), self.model_id))
 
-    @app.post("/v1/images/edits")
-    async def edits(request: Request):
+    async def edits(self, request: Request):
         from mlx_model.support.preprocess import ImageError, decode_image, load_image
 
         try:
@@ -290,13 +256,42 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> Fast
         if len(files) != 1:
             raise api.APIError(400, f"send exactly one 'image' file to edit (got {len(files)}).", param="image")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        req = api.parse_image_request(fields, model_id, form=True)
+        req = api.parse_image_request(fields, self.model_id, form=True)
         try:
             req.image = load_image(decode_image(await files[0].read(), f"the uploaded image {files[0].filename!r}"))
         except ImageError as e:
             raise api.APIError(400, str(e), param="image", code="invalid_image") from None
-        return await images(request, req)
+        return await self.images(request, req)
 
+
+async def api_error(request: Request, e: api.APIError):
+    return JSONResponse(api.error_body(e), status_code=e.status, headers=e.headers)
+
+
+async def http_error(request: Request, e: HTTPException):  # unknown route, wrong method
+    message = {404: f"no route {request.method} {request.url.path}; see GET /v1/models and the README.",
+               405: f"{request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
+    return JSONResponse(api.error_body(api.APIError(e.status_code, message)), status_code=e.status_code)
+
+
+async def internal(request: Request, e: Exception):
+    traceback.print_exception(e, file=sys.stderr)
+    err = api.APIError(500, "internal server error (see the server's log).")
+    return JSONResponse(api.error_body(err), status_code=500)
+
+
+def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> FastAPI:
+    server = Server(worker, model_id, limits)
+    app = FastAPI(title="mobileo-server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_exception_handler(api.APIError, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal)
+    app.add_api_route("/health", server.health, methods=["GET"])
+    app.add_api_route("/v1/models", server.models, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", server.chat, methods=["POST"])
+    app.add_api_route("/v1/images/generations", server.generations, methods=["POST"])
+    app.add_api_route("/v1/images/edits", server.edits, methods=["POST"])
     return app
 
 

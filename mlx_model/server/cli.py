@@ -10,6 +10,7 @@ import sys
 from weights.core.errors import MobileOError
 
 from mlx_model import cli_common as cc
+from mlx_model.support.platform import dtype_of
 
 __all__ = ["main", "parser"]
 
@@ -76,7 +77,7 @@ def _run(a) -> None:
     if a.host not in LOOPBACK:
         print(f"warning: listening on {a.host}: anyone who can reach it can use the model (no authentication).",
               file=sys.stderr)
-    dtype = cc.dtype_of(a.dtype)
+    dtype = dtype_of(a.dtype)
 
     def load():
         model = MobileO.from_pretrained(a.model, quantize=a.quantize, dtype=dtype, revision=a.revision,

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from weights.core.errors import MobileOError
+from weights.core.errors import MobileOError, SettingError
 
-from mlx_model.cli_common import SEED_LIMIT
+from mlx_model.support.image_settings import SEED_LIMIT, ImageSettings
 
 __all__ = ["APIError", "ChatRequest", "ImageRequest", "StopMatcher", "error_body", "from_mobileo_error",
            "parse_chat", "parse_image_request", "parse_size", "chat_completion", "chat_chunk", "load_image_url"]
@@ -46,22 +46,19 @@ def error_body(e: APIError) -> dict:
     return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
 
 
-# the command-line flag names in the library's messages, as the API's parameter names
-FLAG_PARAMS = {"--max-tokens": "max_tokens", "--temp": "temperature", "--top-p": "top_p", "--top-k": "top_k",
-               "--min-p": "min_p", "--repetition-penalty": "repetition_penalty", "--seed": "seed",
-               "--steps": "steps", "--guidance": "guidance", "--n-images": "n", "--width": "size",
-               "--height": "size"}
+# the API's name of a library setting where the two differ (SettingError.param -> parameter)
+API_NAMES = {"temp": "temperature", "n_images": "n", "width": "size", "height": "size"}
 
 
 def from_mobileo_error(e: MobileOError) -> APIError:
-    """A library error (bad option, empty or over-long prompt, bad image) as a 400."""
+    """A library error (bad setting, empty or over-long prompt, bad image) as a 400; a bad
+    setting names the API's parameter, in the message and in ``param``."""
     from mlx_model.pipelines.understanding import ContextLengthError
 
-    message, param = str(e), None
-    for flag, name in FLAG_PARAMS.items():
-        if re.search(re.escape(flag) + r"\b", message):
-            message = re.sub(re.escape(flag) + r"\b", name, message)
-            param = param or name
+    param, message = None, str(e)
+    if isinstance(e, SettingError):
+        param = API_NAMES.get(e.param, e.param)
+        message = e.named(f"'{param}'")
     code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
     return APIError(400, message, param=param, code=code)
 
@@ -279,13 +276,7 @@ def chat_chunk(cid: str, model: str, delta: dict, finish: str | None = None, usa
 # ------------------------------------------------------------------ images
 @dataclass
 class ImageRequest:
-    prompt: str
-    n: int = 1
-    height: int | None = None
-    width: int | None = None
-    seed: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
+    settings: ImageSettings
     image: object = None  # editing: the PIL image
 
 
@@ -328,6 +319,11 @@ def parse_image_request(body: dict, model_id: str, form: bool = False) -> ImageR
     n = _get(body, "n", int, 1, check=lambda v: 1 <= v <= MAX_IMAGES_PER_REQUEST,
              what=f"an integer from 1 to {MAX_IMAGES_PER_REQUEST}")
     height, width = parse_size(body.get("size"))
-    return ImageRequest(prompt, n, height, width, seed=_get(body, "seed", int, None),
-                        steps=_get(body, "steps", int, None),
-                        guidance=_get(body, "guidance", (int, float), None))
+    settings = ImageSettings(prompt, steps=_get(body, "steps", int, None),
+                             guidance=_get(body, "guidance", (int, float), None), seed=_get(body, "seed", int, None),
+                             n_images=n, height=height, width=width,
+                             scheduler=_get(body, "scheduler", str, ImageSettings.scheduler))
+    try:
+        return ImageRequest(settings.check())
+    except MobileOError as e:
+        raise from_mobileo_error(e) from None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from weights.core.errors import MobileOError
+from weights.core.samplers import SAMPLER_TABLE
 
 METADATA_KEY = "mobileo"  # PNG text chunk (JPEG/WebP: EXIF ImageDescription) holding the settings as JSON
 A1111_KEY = "parameters"  # PNG text chunk (JPEG/WebP: EXIF UserComment) in AUTOMATIC1111's text format
@@ -93,7 +94,7 @@ def model_hash(folder: str | Path, sample: int = 1 << 16) -> str | None:
     return h.hexdigest()[:10]
 
 
-SAMPLER_NAMES = {"dpm": "DPM++ 2M", "euler": "Euler"}  # AUTOMATIC1111's names for our samplers
+SAMPLER_NAMES = {s.name: s.a1111 for s in SAMPLER_TABLE}  # AUTOMATIC1111's names, from the sampler table
 
 
 def _a1111_value(v) -> str:
@@ -238,3 +239,29 @@ def metadata_defaults(path: str | Path, task: str = "generate") -> dict:
     if task == "edit" and meta.get("image"):
         out["image"] = meta["image"]
     return out
+
+
+GENERATOR = "mobileo-deploy mlx_model"
+
+
+def run_metadata(*, quantize: int, dtype, source) -> dict:
+    """What every image of a run carries besides its own settings (:meth:`ImageSettings.metadata
+    <mlx_model.support.image_settings.ImageSettings.metadata>`): weights, tool and model
+    identity.  The commands, batch runs and the server all write it."""
+    from mlx_model.support.platform import dtype_name
+
+    return {"quantize": quantize, "dtype": dtype_name(dtype), "generator": GENERATOR,
+            "version": tool_version(), "model_revision": model_revision(source), "model_hash": model_hash(source)}
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """``folder`` exists as a writable folder, or can be made in the nearest one that does."""
+    base = Path(folder).absolute()
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        raise MobileOError(f"cannot write {what}: {base} is a file, not a folder.",
+                           fix="choose a path under a folder.")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise MobileOError(f"cannot write {what}: the folder {base} is not writable.",
+                           fix="choose a folder you can write to.")

@@ -9,6 +9,11 @@ the same quantized structure, as mlx-lm's ``load``.
 
     folder = MLXFolder.open(path)          # or open_model(path_or_id): either kind
     folder.load_into(module, "dit", quantize=4)
+
+Every MLX component fills its module with :func:`load_part`, which takes either kind (an MLX
+folder or an original checkpoint): the one place that branches on the two.  Opening a
+``--model`` as either kind is :func:`open_model` (``weights.loading.hub.open_model`` knows
+checkpoints only and is told about MLX folders here, explicitly).
 """
 
 from __future__ import annotations
@@ -19,16 +24,17 @@ from functools import cached_property
 from pathlib import Path
 
 from weights.mapping.checkpoint import CONFIG_FILE
+from weights.core.components import QUANTIZED_PARTS
 from weights.core.configs import MobileOConfig
 from weights.core.errors import WeightsError
-from weights.loading.hub import FOLDER_KINDS, MLX_FOLDER_MARK
+from weights.loading.hub import MLX_FOLDER_MARK
 
-from mlx_model.support.quant import QUANT_GROUP_SIZE, finish_quantized, quantizable
+from mlx_model.support.quant import QUANT_GROUP_SIZE, cast, finish_quantized, quantizable, quantize_linears
 
 FORMAT = "mobileo-mlx"
 FORMAT_VERSION = 1
 META_KEY = MLX_FOLDER_MARK  # in config.json
-QUANTIZED = ("llm", "dit")  # the components whose Linear layers -q quantizes
+QUANTIZED = QUANTIZED_PARTS  # the parts whose Linear layers -q quantizes: ("llm", "dit")
 
 
 def is_mlx_folder(path: str | Path) -> bool:
@@ -73,23 +79,23 @@ class MLXFolder:
     def has(self, component: str) -> bool:
         return component in self.meta["files"]
 
-    def check_quantize(self, quantize: int | None, group_size: int = QUANT_GROUP_SIZE) -> None:
+    def check_quantize(self, quantize: int, group_size: int = QUANT_GROUP_SIZE) -> None:
         """A folder quantized otherwise than asked is an error, never a silent re-quantization."""
         q = self.quantization
-        want = quantize or 0
-        if want != q["bits"] or (want and group_size != q["group_size"]):
+        if quantize != q["bits"] or (quantize and group_size != q["group_size"]):
             have = f"{q['bits']}-bit, group {q['group_size']}" if q["bits"] else "float"
-            asked = f"{want}-bit, group {group_size}" if want else "float (-q 0)"
-            raise WeightsError(f"{self.folder} holds {have} weights but {asked} was asked for.",
+            wanted = f"{quantize}-bit, group {group_size}" if quantize else "float (-q 0)"
+            raise WeightsError(f"{self.folder} holds {have} weights but {wanted} was asked for.",
                                fix=f"pass -q {q['bits']}, or convert the source again with "
-                                   f"python -m mlx_model.convert --quantize {want} --out NEW_DIR.")
+                                   f"python -m mlx_model.convert --quantize {quantize} --out NEW_DIR.")
 
-    def load_into(self, module, component: str, quantize: int | None = None, dtype=None,
-                  dequantize: bool | None = None, keep_stored: tuple[str, ...] = ()):
+    def load_into(self, module, component: str, quantize: int = 0, dtype=None,
+                  dequantize: bool | None = None, keep_stored: tuple[str, ...] = (), prefix: str = ""):
         """Fill ``module`` (float structure, as built from the config) with ``component``:
         quantized in place first when the folder's component is, then ``mx.load`` + strict
-        ``load_weights``; float parameters cast to ``dtype``, except those named in
-        ``keep_stored`` (dotted parameter paths), which keep the folder's dtype (e.g. bf16)."""
+        ``load_weights`` of the tensors under ``prefix`` (e.g. the VAE's ``decoder.``); float
+        parameters cast to ``dtype``, except those named in ``keep_stored`` (dotted parameter
+        paths), which keep the folder's dtype (e.g. bf16)."""
         import mlx.core as mx
         import mlx.nn as nn
         from mlx.utils import tree_map_with_path
@@ -106,6 +112,8 @@ class MLXFolder:
         path = self.folder / self.meta["files"][component]
         try:
             weights = mx.load(str(path))
+            if prefix:
+                weights = {k: v for k, v in weights.items() if k.startswith(prefix)}
         except Exception as e:  # missing or corrupt file
             raise WeightsError(f"cannot read {path} ({type(e).__name__}).",
                                fix="convert the model again with python -m mlx_model.convert.") from None
@@ -123,17 +131,51 @@ class MLXFolder:
         return module
 
 
+FOLDER_KIND = (is_mlx_folder, MLXFolder.open)  # for weights.loading.hub.open_model(kinds=...)
+
+
 def open_model(model: str, revision: str | None = None):
     """``--model`` (hub id, folder or ``demo``) opened as an MLX folder when it is one, else as
-    a checkpoint (:class:`weights.mapping.checkpoint.Checkpoint`)."""
+    a checkpoint (:class:`weights.mapping.checkpoint.Checkpoint`).  Every MLX command and
+    pipeline opens its model here."""
     from weights.loading.hub import open_model as _open
 
-    return _open(model, revision=revision)
-
-
-if not any(kind is is_mlx_folder for kind, _ in FOLDER_KINDS):
-    FOLDER_KINDS.append((is_mlx_folder, MLXFolder.open))
+    return _open(model, revision=revision, kinds=(FOLDER_KIND,))
 
 
 def native(ckpt) -> bool:
     return getattr(ckpt, "mlx_native", False)
+
+
+def load_part(module, ckpt, part: str, *, dtype=None, tensors=None, used: str | None = None, keys=None,
+              quantize: int = 0, group_size: int = QUANT_GROUP_SIZE, dequantize: bool | None = None,
+              keep_stored: tuple[str, ...] = ()):
+    """Fill ``module`` with checkpoint part ``part`` (``weights.core.components.CHECKPOINT_PARTS``)
+    and return it evaluated, in inference mode.  The one loader of both sources:
+
+    * an MLX folder (``ckpt`` from :func:`open_model`): ``mx.load`` into the module, quantized
+      as the folder is (``quantize`` / ``group_size`` are checked against it, never re-applied),
+      floats cast to ``dtype`` except ``keep_stored``;
+    * a checkpoint, or explicit ``tensors`` (part-local, numpy; ``ckpt`` may then be None):
+      mapped to MLX names (then ``keys``, e.g. mlx-lm's ``sanitize``), shape-checked, cast to
+      ``dtype``, Linear layers quantized to ``quantize`` bits (``dequantize``: see
+      :func:`mlx_model.support.quant.quantize_linears`).
+
+    ``used``: only the part-local keys under this prefix, without those inference never
+    reads (``Checkpoint.load_used``; e.g. ``Component.prefix`` of the VAE decoder); None: all.
+    """
+    import mlx.core as mx
+
+    from weights.mapping.mlx_map import load_component
+
+    if tensors is None and native(ckpt):  # pre-converted MLX folder: mx.load, no float copy
+        ckpt.load_into(module, part, quantize, dtype, dequantize, keep_stored=keep_stored, prefix=used or "")
+    else:
+        if tensors is None and used is not None:
+            tensors = ckpt.load_used(part, used)
+        load_component(module, ckpt, part, tensors=tensors, keys=keys)
+        cast(module, dtype)
+        quantize_linears(module, quantize, group_size, dequantize)
+    module.eval()
+    mx.eval(module.parameters())
+    return module

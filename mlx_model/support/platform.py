@@ -156,3 +156,17 @@ def part(name: str) -> property:
         self.parts[name] = value if isinstance(value, Component) else Component(name, value)
 
     return property(fget, fset, doc=f"The {name} (loaded on first use when it was dropped).")
+
+
+def dtype_of(name: str | None):
+    """An MLX dtype from its name (``"bfloat16"``); None stays None (the platform's default)."""
+    if name is None:
+        return None
+    import mlx.core as mx
+
+    return getattr(mx, name)
+
+
+def dtype_name(dtype) -> str:
+    """``mlx.core.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).rsplit(".", 1)[-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from weights.core.errors import MobileOError
 
 QUANTIZE_CHOICES = (0, 4, 8)  # bits for the LLM and DiT Linear layers; 0 = float
+DEFAULT_QUANTIZE = 4  # every entry point's default (-q 4): the one place it is written
 QUANT_GROUP_SIZE = 64  # MLX / mlx-lm default; Mobile-O ships its LLM 4-bit with group 64
 QMM_MAX_ROWS = 16  # on CPU: up to this many input rows, MLX's quantized matmul; above, JIT dequantize
 
@@ -18,10 +19,10 @@ def check_bits(bits: int) -> int:
     return bits
 
 
-def quantize_linears(module, bits: int | None, group_size: int = QUANT_GROUP_SIZE,
+def quantize_linears(module, quantize: int, group_size: int = QUANT_GROUP_SIZE,
                      dequantize: bool | None = None):
     """Affine ``bits``-bit quantization of the Linear layers whose input dim is a multiple of
-    ``group_size`` (the others stay float).  ``bits`` None or 0: unchanged.
+    ``group_size`` (the others stay float).  ``quantize`` 0: unchanged.
 
     ``dequantize`` True turns the quantized layers back into float Linear layers holding the
     *dequantized* 4/8-bit values (float memory); False keeps MLX's ``QuantizedLinear``; None
@@ -32,9 +33,9 @@ def quantize_linears(module, bits: int | None, group_size: int = QUANT_GROUP_SIZ
     """
     import mlx.nn as nn
 
-    if not bits:
+    if not quantize:
         return module
-    nn.quantize(module, group_size=group_size, bits=bits, class_predicate=quantizable(group_size))
+    nn.quantize(module, group_size=group_size, bits=quantize, class_predicate=quantizable(group_size))
     return finish_quantized(module, dequantize)
 
 

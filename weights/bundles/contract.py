@@ -22,7 +22,7 @@ The graphs then hold no integer op, no dynamic gather and no dimension over
 Read by the converter (each ``components/<name>.py`` builds its torch module to match and
 puts the BundleIO in its ComponentSpec; ``convert.py`` types the Core ML inputs from it;
 ``cli.py`` records it), by the manifest writer (``ios_bridge.manifest``) and by the golden
-generator (``tests/golden.py``).  Plain Python and numpy: importing this module pulls
+generator (``tests/tools/golden.py``).  Plain Python and numpy: importing this module pulls
 neither torch nor coremltools, so ``ios_bridge`` may import it.
 """
 
@@ -35,21 +35,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from weights.core.components import BUNDLES, COMPONENTS
 from weights.core.prompts import MAX_PROMPT_TOKENS
 
 DTYPES = ("float16", "float32", "int32")
-COMPONENT_NAMES = ("vision_encoder", "llm", "mcp", "dit", "vae_decoder")  # pipeline order
+COMPONENT_NAMES = BUNDLES  # pipeline order (weights.core.components)
 COMPUTE_UNITS = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")  # Core ML's MLComputeUnits
-# the compute units each bundle is converted and meant to run with: every module is written in
-# the Neural Engine's layout (docs/deployment-notes.md section 1; Mobile-O's own app runs its
-# fp32 DiT and VAE on cpuAndGPU instead, section 8)
-COMPONENT_COMPUTE_UNITS = {
-    "vision_encoder": "cpuAndNeuralEngine",
-    "llm": "cpuAndNeuralEngine",
-    "mcp": "cpuAndNeuralEngine",
-    "dit": "cpuAndNeuralEngine",
-    "vae_decoder": "cpuAndNeuralEngine",
-}
+# the compute units each bundle is converted and meant to run with (weights.core.components):
+# every module is written in the Neural Engine's layout (docs/deployment-notes.md section 1;
+# Mobile-O's own app runs its fp32 DiT and VAE on cpuAndGPU instead, section 8)
+COMPONENT_COMPUTE_UNITS = {name: COMPONENTS[name].compute_units for name in COMPONENT_NAMES}
 MINIMUM_OS = {"iOS": "18.0", "macOS": "15.0"}  # ML program with states / multifunction: iOS 18
 
 LENGTH_STEP = 64  # enumerated sequence lengths: LENGTH_STEP * 2**i up to the prompt maximum
@@ -318,7 +313,7 @@ def bundle_io(name: str, config) -> BundleIO:
 
 # ------------------------------------------------------------------ host-side inputs (numpy)
 # What the app computes before each call, defined once here; Swift re-implements each
-# (ios_bridge/swift/Sources/MobileO/HostInputs.swift) and tests/golden.py checks it.
+# (ios_bridge/swift/Sources/MobileO/HostInputs.swift) and tests/tools/golden.py checks it.
 
 
 def rope(llm, positions) -> tuple[np.ndarray, np.ndarray]:

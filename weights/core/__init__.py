@@ -1,2 +1,2 @@
 """Facts with no I/O: errors (one line with its fix), process memory, prompt templates,
-the model configs and generation defaults."""
+the model configs and generation defaults, the sampler table (samplers.py)."""

@@ -295,10 +295,9 @@ def per_block(value, n: int = 1) -> tuple:
 # Inference scheduler (diffusers DPMSolverMultistepScheduler field names)
 
 
-# Samplers over this config: the CLI name -> the manifest's (and Swift's) type name.
-# "dpm" is Mobile-O's DPM-Solver++ on flow sigmas; "euler" is plain flow-matching Euler.
-SAMPLERS: dict[str, str] = {"dpm": "flow_dpm_solver_multistep", "euler": "flow_euler"}
-DEFAULT_SAMPLER = "dpm"
+# The samplers over this config live in one table, weights.core.samplers; these two names
+# (CLI name -> manifest type, and the default's CLI name) stay importable from here.
+from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS  # noqa: E402, F401
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,29 @@ class MobileOError(Exception):
         super().__init__(text)
 
 
+class SettingError(MobileOError):
+    """A bad value of one setting.  ``param`` is the setting's own name (``steps``,
+    ``n_images``, ``temp``); the message names it the way its reader spells it: the command
+    line's flag by default (``{name}`` in the text becomes ``--n-images``), and the server
+    asks :meth:`named` for its API parameter instead, without rewriting text."""
+
+    def __init__(self, param: str, message: str, fix: str | None = None):
+        self.param, self._message, self._fix = param, message, fix
+        super().__init__(*self._texts(flag_name(param)))
+
+    def _texts(self, name: str) -> tuple[str, str | None]:
+        return self._message.replace("{name}", name), None if self._fix is None else self._fix.replace("{name}", name)
+
+    def named(self, name: str) -> str:
+        """The one-line message with the setting called ``name``."""
+        return str(MobileOError(*self._texts(name)))
+
+
+def flag_name(param: str) -> str:
+    """The command-line flag of a setting: ``n_images`` -> ``--n-images``."""
+    return "--" + param.replace("_", "-")
+
+
 class WeightsError(MobileOError):
     """Missing, corrupt, truncated or mismatched checkpoint data."""
 

@@ -69,21 +69,21 @@ def resolve_model(model: str, *, revision: str | None = None, offline: bool | No
     return folder
 
 
-# Other folder kinds a runtime can read, registered by that runtime (weights/ imports none):
-# (is_kind(path) -> bool, open(path)).  mlx_model.support.mlx_folder registers MLX-native folders.
-FOLDER_KINDS: list = []
 MLX_FOLDER_MARK = "mobileo_mlx"  # the config.json entry of a folder written by mlx_model.convert
 
 
-def open_model(model: str, **kw):
-    """Resolve ``model`` and open it: a registered folder kind, else the checkpoint."""
+def open_model(model: str, kinds=(), **kw):
+    """Resolve ``model`` and open it: the first of ``kinds`` -- other folder kinds the caller's
+    runtime reads, as (is_kind(path) -> bool, open(path)) pairs, passed explicitly (weights/
+    imports no runtime; ``mlx_model.support.mlx_folder.open_model`` passes MLX-native
+    folders) -- that claims it, else the checkpoint."""
     import json
 
     from weights.mapping.checkpoint import CONFIG_FILE, Checkpoint
     from weights.core.errors import WeightsError
 
     path = resolve_model(model, **kw)
-    for is_kind, opener in FOLDER_KINDS:
+    for is_kind, opener in kinds:
         if is_kind(path):
             return opener(path)
     try:

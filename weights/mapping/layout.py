@@ -10,15 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from weights.core.components import CHECKPOINT_PARTS, component
 from weights.core.errors import WeightsError
 from weights.mapping.vision_keys import HEAD_PROJ
 
-COMPONENTS = ("llm", "vision", "projector", "mcp", "dit", "vae")
+# the checkpoint parts ("components" of a Split); which runtime component each belongs to is
+# weights.core.components
+COMPONENTS = CHECKPOINT_PARTS
 
 # What the inference modules of both backends load of a component (Checkpoint.load_used):
 # local keys a component stores that inference never reads, and sub-module prefixes.
 UNUSED: dict[str, frozenset[str]] = {"vision": frozenset({HEAD_PROJ})}  # Apple's CLIP head
-VAE_DECODER = "decoder."  # the VAE's decoder tensors: all that generation needs of the VAE
+VAE_DECODER = component("vae_decoder").prefix  # the VAE's decoder tensors: all that generation needs of the VAE
 
 
 def drop_unused(component: str, tensors: dict) -> dict:

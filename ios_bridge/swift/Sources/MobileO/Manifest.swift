@@ -417,11 +417,6 @@ extension Manifest.Pipeline {
 
     /// The sampler the manifest names, for `steps` steps.
     public func makeSampler(steps: Int) throws -> any Sampler {
-        switch scheduler.type {
-        case FlowDPMSolver.typeName: return try FlowDPMSolver(config: scheduler.config, steps: steps)
-        case FlowEuler.typeName: return try FlowEuler(config: scheduler.config, steps: steps)
-        default:
-            throw MobileOError(.sampler, "scheduler type '\(scheduler.type)' is unknown (known: \(FlowDPMSolver.typeName), \(FlowEuler.typeName)).")
-        }
+        try Samplers.make(type: scheduler.type, config: scheduler.config, steps: steps)
     }
 }

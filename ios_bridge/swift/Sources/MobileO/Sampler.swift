@@ -98,6 +98,27 @@ extension Sampler {
     }
 }
 
+/// The samplers this package implements, by the manifest's `pipeline.scheduler.type` (the
+/// sampler table is Python's `weights/core/samplers.py`; the manifest names its default, and
+/// `GenerateOptions.sampler` may name another).  A new one is its class below and one line
+/// here; the golden tests check every entry against Python's schedules and trajectories.
+public enum Samplers {
+    public typealias Make = @Sendable (SchedulerConfig, Int) throws -> any Sampler
+
+    public static let byType: [String: Make] = [
+        FlowDPMSolver.typeName: { try FlowDPMSolver(config: $0, steps: $1) },
+        FlowEuler.typeName: { try FlowEuler(config: $0, steps: $1) },
+    ]
+
+    /// The sampler of manifest type `type` over `steps` steps.
+    public static func make(type: String, config: SchedulerConfig, steps: Int) throws -> any Sampler {
+        guard let make = byType[type] else {
+            throw MobileOError(.sampler, "scheduler type '\(type)' is unknown (known: \(byType.keys.sorted().joined(separator: ", "))).")
+        }
+        return try make(config, steps)
+    }
+}
+
 /// `u + g * (c - u)`.
 public func classifierFreeGuidance(uncond: [Float], cond: [Float], scale: Float) -> [Float] {
     precondition(uncond.count == cond.count, "CFG needs equal sizes")

@@ -1,7 +1,7 @@
 import Foundation
 @testable import MobileO
 
-// The fake runners of tests/golden.py, re-implemented: closed forms computed in
+// The fake runners of tests/tools/golden.py, re-implemented: closed forms computed in
 // Double from Float inputs, returned as Float.  Keep in step with the Python ones.
 
 /// Position values of a prompt: a token id, or image row n.

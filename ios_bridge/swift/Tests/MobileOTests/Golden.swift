@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 @testable import MobileO
 
-/// The golden vectors written by `python tests/golden.py DIR` (`make swift-test` does
+/// The golden vectors written by `python tests/tools/golden.py DIR` (`make swift-test` does
 /// it and passes DIR in MOBILEO_GOLDEN_DIR).  Without them the golden tests are skipped
 /// (XCTSkip) with the reason and the command that writes them, so Xcode shows no failure.
 enum Golden {
@@ -10,7 +10,7 @@ enum Golden {
 
     static func dir(file: StaticString = #filePath, line: UInt = #line) throws -> URL {
         guard let path = ProcessInfo.processInfo.environment[envVar], !path.isEmpty else {
-            throw XCTSkip("\(envVar) is not set, so the golden-vector tests are skipped: run `make swift-test` from the repository root (it writes them with `python tests/golden.py build/golden` and sets \(envVar)).",
+            throw XCTSkip("\(envVar) is not set, so the golden-vector tests are skipped: run `make swift-test` from the repository root (it writes them with `python tests/tools/golden.py build/golden` and sets \(envVar)).",
                           file: file, line: line)
         }
         let url = URL(fileURLWithPath: path)

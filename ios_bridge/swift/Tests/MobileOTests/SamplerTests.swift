@@ -17,14 +17,25 @@ func fakeVelocity(_ x: [Float], _ t: Double) -> [Float] {
 
 final class SamplerTests: XCTestCase {
     func makeSampler(_ kind: String, _ config: SchedulerConfig, _ steps: Int) throws -> any Sampler {
-        kind == FlowEuler.typeName ? try FlowEuler(config: config, steps: steps)
-                                   : try FlowDPMSolver(config: config, steps: steps)
+        try Samplers.make(type: kind, config: config, steps: steps)
+    }
+
+    /// The golden kinds are the manifest types of Python's sampler table (weights/core/samplers.py).
+    /// Swift implements a subset of it -- at least the manifest's default, which ManifestTests
+    /// builds -- and each one it implements matches Python's schedules and trajectories below.
+    func testImplementsOnlySamplersOfThePythonTable() throws {
+        let g = try Golden.load(SamplerGolden.self, "sampler.json")
+        XCTAssertTrue(Set(Samplers.byType.keys).isSubset(of: g.schedules.keys),
+                      "Swift samplers \(Samplers.byType.keys.sorted()) outside the table's \(g.schedules.keys.sorted())")
+        XCTAssertEqual(Set(g.trajectories.keys), Set(g.schedules.keys))
+        XCTAssertThrowsError(try Samplers.make(type: "ddim", config: g.config, steps: 2)) { e in
+            XCTAssertTrue("\(e)".contains("scheduler type 'ddim' is unknown"), "\(e)")
+        }
     }
 
     func testSchedulesMatchPython() throws {
         let g = try Golden.load(SamplerGolden.self, "sampler.json")
-        XCTAssertEqual(Set(g.schedules.keys), [FlowDPMSolver.typeName, FlowEuler.typeName])
-        for (kind, schedules) in g.schedules {
+        for (kind, schedules) in g.schedules where Samplers.byType[kind] != nil {
             for s in schedules {
                 let sampler = try makeSampler(kind, g.config, s.steps)
                 XCTAssertEqual(sampler.timesteps.count, s.timesteps.count, "\(kind) \(s.steps)")
@@ -48,7 +59,7 @@ final class SamplerTests: XCTestCase {
 
     func testTrajectoriesMatchPythonWithin1e5() throws {
         let g = try Golden.load(SamplerGolden.self, "sampler.json")
-        for (kind, traj) in g.trajectories {
+        for (kind, traj) in g.trajectories where Samplers.byType[kind] != nil {
             let sampler = try makeSampler(kind, g.config, traj.steps)
             var x = traj.initial
             var worst: Float = 0

@@ -2,8 +2,8 @@
 several started by ``mlx.launch --backend ring`` on this machine: images per minute of the
 whole command (start, model load and index included) and as the closing line reports it.
 
-    python tests/bench_batch.py                      # demo model, 16 prompts, 4 steps, 1 and 2 processes
-    python tests/bench_batch.py --size 256 --procs 1 2 4 --prompts 32
+    python tests/tools/bench_batch.py                      # demo model, 16 prompts, 4 steps, 1 and 2 processes
+    python tests/tools/bench_batch.py --size 256 --procs 1 2 4 --prompts 32
     make bench-batch                                 # the same, table + build/bench-batch.json
 
 Each run writes into a fresh folder (nothing reused).  Not a test: nothing is asserted.
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = Path(sys.executable).parent / "mlx.launch"
 
 

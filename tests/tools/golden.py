@@ -1,4 +1,4 @@
-"""Golden vectors for the Swift package: ``python tests/golden.py OUTDIR [--export DIR]``.
+"""Golden vectors for the Swift package: ``python tests/tools/golden.py OUTDIR [--export DIR]``.
 
 A test fixture, not part of the product (it may import every package): it runs the MLX
 pipeline (``mlx_model``) over fake runners, so the Swift package is checked against the
@@ -402,6 +402,8 @@ def _image_result(cfg, res) -> dict:
 def pipeline_goldens(ckpt) -> dict:
     """generate / edit / understand run by mlx_model's own pipelines (GenerationPipeline, given
     an image encoder for editing; Understanding) over the fake runners."""
+    from mlx_model.support.image_settings import ImageSettings
+
     from mlx_model.pipelines.generation import GenerationPipeline
     from mlx_model.support.tokenizer import Tokenizer
     from mlx_model.pipelines.understanding import Understanding
@@ -416,7 +418,7 @@ def pipeline_goldens(ckpt) -> dict:
 
     for prompt, steps, guidance in (("a red cup", 20, 1.5), ("两只猫 🐱 on a sofa", 7, 3.0)):
         x0 = rng.standard_normal((1, *cfg.latent_shape)).astype(np.float32)
-        res = pipe.generate(prompt, steps=steps, guidance=guidance, latents=x0)
+        res = pipe.generate(ImageSettings(prompt, steps=steps, guidance=guidance), latents=x0)
         out["generate"].append({"prompt": prompt, "steps": steps, "guidance": guidance,
                                 "ids": pipe.prompt_ids(prompt), **_image_result(cfg, res)})
 
@@ -424,7 +426,7 @@ def pipeline_goldens(ckpt) -> dict:
     nhwc = pixels.transpose(1, 2, 0)[None]
     for instruction, steps, guidance in (("make the cup blue", 20, 1.5), ("snow 雪", 5, 2.0)):
         x0 = rng.standard_normal((1, *cfg.latent_shape)).astype(np.float32)
-        res = pipe.generate(instruction, image=nhwc, steps=steps, guidance=guidance, latents=x0)
+        res = pipe.generate(ImageSettings(instruction, steps=steps, guidance=guidance), image=nhwc, latents=x0)
         out["edit"].append({"instruction": instruction, "steps": steps, "guidance": guidance,
                             "ids": pipe.prompt_ids(instruction, image=nhwc), **_image_result(cfg, res)})
 
@@ -488,7 +490,7 @@ def write_goldens(out: str | Path, model: str = "demo", export: str | Path | Non
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python tests/golden.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tests/tools/golden.py", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="folder to write (gitignored, e.g. build/golden)")
     p.add_argument("--model", default="demo", help="checkpoint for the manifest and fakes (default: demo)")
     p.add_argument("--export", help="a real `python -m coreml_convert` output folder whose manifest to use")

@@ -10,8 +10,8 @@
 - understanding decode tokens/s: our ``decode_steps`` vs mlx-lm's own ``generate_step`` on
   the same 4-bit LLM weights (greedy; the token ids are compared).
 
-    python tests/bench.py --model checkpoints/full [--q4 DIR] [--steps 2] [--tokens 32]
-    python tests/bench.py --model demo --quick          # seconds; what CI runs
+    python tests/tools/bench.py --model checkpoints/full [--q4 DIR] [--steps 2] [--tokens 32]
+    python tests/tools/bench.py --model demo --quick          # seconds; what CI runs
 
 Peak RSS is each process's own high-water mark (VmHWM; ru_maxrss elsewhere), so a number
 holds the interpreter, the imports and everything the contender loaded.  The folder for the
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from weights.core.memory import peak_rss_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a red cup on a wooden table"
 STEPS_REPORTED = 20
 
@@ -45,6 +45,8 @@ def peak_rss_mb() -> float:
 
 # ------------------------------------------------------------------ workers (one per process)
 def work_generate(a) -> dict:
+    from mlx_model.support.image_settings import ImageSettings
+
     import mlx.core as mx
 
     from mlx_model.support.mlx_folder import open_model
@@ -54,7 +56,7 @@ def work_generate(a) -> dict:
     t = time.perf_counter()
     pipe = GenerationPipeline.from_checkpoint(open_model(a.model), quantize=a.quantize, low_memory=low)
     load = time.perf_counter() - t
-    out = pipe.generate(PROMPT, steps=a.steps, seed=0)
+    out = pipe.generate(ImageSettings(PROMPT, steps=a.steps, seed=0))
     tm = out.timings
     per_step = tm["denoise"] / a.steps
     return {"load_s": load, "text_s": tm["text"], "denoise_s": tm["denoise"], "per_step_s": per_step,

@@ -1,0 +1,129 @@
+"""The component table, defined once: every Mobile-O component, what it is made of and where
+it goes.
+
+A *checkpoint part* is a group of tensors of the merged checkpoint (:data:`CHECKPOINT_PARTS`,
+assigned by the prefix rules of ``weights.mapping.layout``); an MLX folder stores one
+safetensors file per part (``<part>.safetensors``).  A *component* is what a runtime loads,
+drops and deploys; it is made of one or more parts:
+
+=================  =====================  ==========================  =============  ===========
+component          checkpoint parts       used of them                MLX residency  Core ML
+=================  =====================  ==========================  =============  ===========
+``vision_encoder`` ``vision, projector``  all but Apple's CLIP head   ``encoder``    a bundle
+``llm``            ``llm``                all                         ``llm``        a bundle
+``mcp``            ``mcp``                all                         kept           a bundle
+``dit``            ``dit``                all                         ``dit``        a bundle
+``vae_decoder``    ``vae``                ``decoder.*`` only          ``vae``        a bundle
+=================  =====================  ==========================  =============  ===========
+
+The checkpoint's ``vae`` part holds the DC-AE encoder too; no runtime task needs it (editing
+conditions on the vision tower), so it is no component -- the MLX folder keeps the whole part,
+the generation pipeline and the Core ML bundle load only :attr:`Component.prefix`.  The Core
+ML vision bundle includes the projector: it outputs LLM-width image features.
+
+The component name is the Core ML bundle name and the manifest's ``components[].name`` (a
+published contract, read by Swift).  ``slot`` is the attribute and residency key of the MLX
+pipelines (``GenerationPipeline.parts``); ``swift`` the ``MobileOComponent`` case of the Swift
+package.  Read by ``weights.mapping.layout`` (the parts), ``weights.bundles.contract`` (names,
+compute units), ``coreml_convert`` (registry, recipes), ``ios_bridge.manifest``,
+``mlx_model.convert`` (the folder's files), ``mlx_model.support.mlx_folder`` (which files are
+quantized) and the MLX pipelines (residency slots).  Plain Python: no numpy, torch or MLX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+# the merged checkpoint's parts, in its own key order (the synthetic writer follows it)
+CHECKPOINT_PARTS = ("llm", "vision", "projector", "mcp", "dit", "vae")
+TASKS = ("generation", "editing", "understanding", "chat")  # what an app asks for
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str  # the one name: Core ML bundle, manifest entry, coreml_convert.components.<name>
+    parts: tuple[str, ...]  # the checkpoint parts it is made of (CHECKPOINT_PARTS)
+    role: str  # what it does, in a few words
+    tasks: tuple[str, ...]  # the tasks that run it (TASKS)
+    slot: str | None  # MLX pipelines' residency slot (None: tiny, always resident)
+    phase: str | None  # the phase that loads it under phase-wise residency (None: at load)
+    quantized: bool  # -q quantizes its Linear layers (MLX) / it is one of the big transformers
+    compute_units: str  # Core ML compute units it is converted for and meant to run with
+    recipe: Mapping = field(default_factory=dict)  # default Core ML weight compression
+    prefix: str = ""  # only the part-local keys under this prefix are used ("" = all)
+    swift: str = ""  # the Swift MobileOComponent case
+
+    @property
+    def bundle(self) -> str:
+        """The Core ML bundle's file stem and manifest name."""
+        return self.name
+
+    @property
+    def mlx_files(self) -> tuple[str, ...]:
+        """The MLX folder's files that hold it (one per checkpoint part)."""
+        return tuple(mlx_file(p) for p in self.parts)
+
+
+def mlx_file(part: str) -> str:
+    """The MLX folder's file of checkpoint part ``part``."""
+    return f"{part}.safetensors"
+
+
+_TABLE = (
+    Component("vision_encoder", ("vision", "projector"), "image -> LLM-width image features (FastViTHD + projector)",
+              ("editing", "understanding"), slot="encoder", phase="image", quantized=False,
+              compute_units="cpuAndNeuralEngine", recipe={"weights": "lut", "nbits": 6, "group_size": 16},
+              swift="vision"),
+    Component("llm", ("llm",), "Qwen2: prompt -> hidden states (generation), answer tokens (understanding)",
+              ("generation", "editing", "understanding", "chat"), slot="llm", phase="conditioning", quantized=True,
+              compute_units="cpuAndNeuralEngine", recipe={"weights": "int4", "block_size": 32}, swift="llm"),
+    Component("mcp", ("mcp",), "fuses the LLM's last hidden states into DiT conditioning",
+              ("generation", "editing"), slot=None, phase=None, quantized=False,
+              compute_units="cpuAndNeuralEngine", recipe={"weights": "int8"}, swift="mcp"),
+    Component("dit", ("dit",), "SANA DiT: latents + conditioning -> velocity", ("generation", "editing"),
+              slot="dit", phase="denoising", quantized=True,
+              compute_units="cpuAndNeuralEngine", recipe={"weights": "int4", "block_size": 32}, swift="dit"),
+    Component("vae_decoder", ("vae",), "DC-AE decoder: latents -> image", ("generation", "editing"),
+              slot="vae", phase="decoding", quantized=False,
+              compute_units="cpuAndNeuralEngine", recipe={"weights": "int8"}, prefix="decoder.", swift="vae"),
+)
+
+COMPONENTS: Mapping[str, Component] = MappingProxyType({c.name: c for c in _TABLE})  # pipeline order
+NAMES = tuple(COMPONENTS)  # ("vision_encoder", "llm", "mcp", "dit", "vae_decoder")
+BUNDLES = tuple(c.bundle for c in _TABLE)  # the Core ML bundles, pipeline order
+SLOTS = tuple(c.slot for c in _TABLE if c.slot)  # MLX residency slots, pipeline order
+QUANTIZED_PARTS = tuple(p for c in _TABLE if c.quantized for p in c.parts)  # ("llm", "dit")
+
+assert sorted(p for c in _TABLE for p in c.parts) == sorted(CHECKPOINT_PARTS), "every part in one component"
+assert all(set(c.tasks) <= set(TASKS) for c in _TABLE)
+
+
+def component(name: str) -> Component:
+    """The table row of ``name``; a ValueError naming the known ones otherwise."""
+    try:
+        return COMPONENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown component {name!r}; one of {NAMES}") from None
+
+
+def by_slot(slot: str) -> Component:
+    return next(c for c in _TABLE if c.slot == slot)
+
+
+def of_part(part: str) -> Component:
+    """The component a checkpoint part belongs to."""
+    return next(c for c in _TABLE if part in c.parts)
+
+
+def for_task(task: str) -> tuple[Component, ...]:
+    """The components ``task`` runs, in pipeline order."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; one of {TASKS}")
+    return tuple(c for c in _TABLE if task in c.tasks)
+
+
+def recipes() -> dict[str, dict]:
+    """Each bundle's default Core ML weight-compression recipe (fresh copies)."""
+    return {c.bundle: dict(c.recipe) for c in _TABLE}
