@@ -12,11 +12,12 @@ QUANT_GROUP_SIZE = 64  # MLX / mlx-lm default; Mobile-O ships its LLM 4-bit with
 QMM_MAX_ROWS = 16  # on CPU: up to this many input rows, MLX's quantized matmul; above, JIT dequantize
 
 
-def check_bits(bits: int) -> int:
-    if bits not in QUANTIZE_CHOICES:
-        raise MobileOError(f"quantize must be one of {QUANTIZE_CHOICES}, got {bits!r}.",
+def check_bits(quantize: int) -> int:
+    """``quantize`` (bits of the quantized Linear layers, 0 = float) is one MLX supports here."""
+    if quantize not in QUANTIZE_CHOICES:
+        raise MobileOError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}.",
                            fix="use -q 0 (float), 4 or 8.")
-    return bits
+    return quantize
 
 
 def quantize_linears(module, quantize: int, group_size: int = QUANT_GROUP_SIZE,
