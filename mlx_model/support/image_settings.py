@@ -21,7 +21,7 @@ from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS
 from weights.core.errors import MobileOError, SettingError
 
 __all__ = ["ImageSettings", "SEED_LIMIT", "MAX_STEPS", "MAX_SIDE_FACTOR", "draw_seed", "check_seed",
-           "latent_shape", "size_multiple"]
+           "check_several_seeds", "latent_shape", "size_multiple", "refuse_nonfinite"]
 
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (mx.random.key)
 DRAWN_SEEDS = 2**31  # a seed nobody gave is drawn below this (short to type back)
