@@ -27,6 +27,11 @@ system-packages:
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libopenblas0-pthread; } \
 	  || echo "setup: could not install libopenblas0-pthread (optional: MLX on Linux is ~14x slower without it)"; \
 	fi
+	@if [ "$$(uname)" = Linux ] && command -v apt-get >/dev/null && ! dpkg -s chromium-driver >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; } \
+	  || echo "setup: could not install chromium and chromium-driver (the server page's browser test is skipped without them)"; \
+	fi
 
 # the interpreter that makes the venv: `make setup PYTHON=python3.12` (Apple's python3 is 3.9)
 PYTHON_CHECK = import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else \

@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS
+from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS, sampler_help
 from weights.core.errors import MobileOError
 
 from mlx_model import cli_common as cc
@@ -134,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=d.top_k, help=f"0 = off (default {d.top_k})")
     g.add_argument("--min-p", type=float, default=d.min_p, help=f"0 = off (default {d.min_p})")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling and /generate")
-    p.add_argument("--scheduler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER, help="/generate's sampler")
+    p.add_argument("--scheduler", choices=tuple(SAMPLERS), default=DEFAULT_SAMPLER, help="/generate's sampler: " + sampler_help())
     p.add_argument("--output-dir", default=".", help="where /generate saves its images (default: here)")
     return p
 

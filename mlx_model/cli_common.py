@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +23,75 @@ from weights.loading.hub import DEMO
 from mlx_model.support.image_files import (IMAGE_FORMATS, check_writable_folder, output_paths, run_metadata,
                                            save_image, unique_path)
 from mlx_model.support.image_settings import SEED_LIMIT, ImageSettings, check_several_seeds
-from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANTIZE_CHOICES
+from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANT_GROUP_SIZE, QUANTIZE_CHOICES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 # ------------------------------------------------------------------ a command's main()
+# flags of mflux and mlx-lm these commands do not take, each with what to use instead
+FOREIGN_FLAGS = {
+    "-m": "use --model (e.g. --model demo).",
+    "--path": "use --model FOLDER.",
+    "--base-model": "use --model (Mobile-O has one base model).",
+    "--auto-seeds": "use --seed S --n-images N (seeds S, S+1, ...), or several --seed values.",
+    "--negative-prompt": "Mobile-O takes no negative prompt: say what you want in the prompt, or lower --guidance.",
+    "--low-ram": "use --low-memory.",
+    "--image-path": "give the image to mobileo-edit (mobileo-edit photo.jpg \"make it snowy\").",
+    "--init-image-path": "use mobileo-edit photo.jpg \"instruction\" (Mobile-O edits by instruction).",
+    "--image-strength": "use mobileo-edit (Mobile-O edits by instruction, not by strength).",
+    "--lora-paths": "LoRA adapters are not supported.",
+    "--mlx-cache-limit-gb": "not needed: use --low-memory to keep memory down.",
+    "--max-tokens": "this command makes images; mobileo-understand and mobileo-chat take --max-tokens.",
+    "--temp": "this command makes images; mobileo-chat takes --temperature.",
+}
+
+
+def check_foreign_flags(p: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """A flag of mflux or mlx-lm that ``p`` does not take: one error saying what to use instead."""
+    for tok in argv:
+        if tok == "--":
+            return
+        name = tok.split("=", 1)[0]
+        if name in FOREIGN_FLAGS and name not in p._option_string_actions:
+            raise MobileOError(f"{p.prog} has no {name} option.", fix=FOREIGN_FLAGS[name])
+
+
+class SeedsAction(argparse.Action):
+    """``--seed S [S ...]``: the whole numbers that follow; the first word that is not one (a
+    prompt, an image path) is kept for the positional arguments (:func:`parse`), so
+    ``--seed 1 "a red cup"`` works as mflux users type it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seeds, rest = [], []
+        for v in values:
+            if not rest and re.fullmatch(r"[+-]?\d+", v.strip()):
+                seeds.append(int(v))
+            else:
+                rest.append(v)
+        if not seeds:
+            raise MobileOError(f"--seed {values[0]!r} is not a whole number.", fix="pass e.g. --seed 3.")
+        setattr(namespace, self.dest, seeds)
+        setattr(namespace, "spilled_positionals", [*getattr(namespace, "spilled_positionals", []), *rest])
+
+
+def parse(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``p.parse_args(argv)``, with the words ``--seed`` passed on (:class:`SeedsAction`) given
+    to the positional arguments left empty, in order; a word too many is an error."""
+    check_foreign_flags(p, argv)
+    a = p.parse_args(argv)
+    spilled = list(getattr(a, "spilled_positionals", []))
+    for action in p._actions:
+        if spilled and not action.option_strings and action.nargs == "?" and getattr(a, action.dest) is None:
+            setattr(a, action.dest, spilled.pop(0))
+    if spilled:
+        raise MobileOError(f"unexpected argument {spilled[0]!r} after --seed.",
+                           fix="quote a prompt with spaces as one argument, or pass it with --prompt.")
+    if hasattr(a, "spilled_positionals"):
+        del a.spilled_positionals
+    return a
+
+
 def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) -> None:
     """Parse ``argv`` (None: the command line, with OpenBLAS preloaded first) and call
     ``run(p, args, argv)``; project errors end as one ``error: ... Fix: ...`` line, exit 2."""
@@ -37,8 +102,9 @@ def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) 
     if argv is None:
         use_openblas()
     argv = sys.argv[1:] if argv is None else list(argv)
-    a = p.parse_args(argv)
-    run_cli(lambda: run(p, a, argv))
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler and argv is not None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here run_cli says "interrupted"
+    run_cli(lambda: run(p, parse(p, argv), argv))
 
 
 # ------------------------------------------------------------------ options
@@ -50,7 +116,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help=f"hub id, local folder, or '{DEMO}' (tiny random weights). Default {DEFAULT_MODEL}")
     g.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     g.add_argument("-q", "--quantize", type=int, choices=QUANTIZE_CHOICES, default=DEFAULT_QUANTIZE,
-                   help="bits for the LLM and DiT Linear layers, group 64 (0 = float). Default 4")
+                   help=f"bits for the LLM and DiT Linear layers, group {QUANT_GROUP_SIZE} (0 = float). "
+                        f"Default {DEFAULT_QUANTIZE}")
     g.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights/activations dtype (default: float32 on CPU, bfloat16 on Metal)")
     g.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
@@ -83,7 +150,7 @@ def add_sampling_options(p: argparse.ArgumentParser, defaults: GenerationDefault
     g.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: the model's, {defaults.steps})")
     g.add_argument("--guidance", type=float, default=None,
                    help=f"classifier-free guidance scale (default: the model's, {defaults.guidance})")
-    g.add_argument("--seed", type=int, nargs="+", default=None, metavar="SEED",
+    g.add_argument("--seed", action=SeedsAction, nargs="+", default=None, metavar="SEED",
                    help="seed(s) of the initial noise. Several seeds make one image each, the seed in its "
                    "name (image_seed_3.png); with one seed, image i of --n-images uses seed + i. "
                    f"0 to {SEED_LIMIT - 1} (default: random)")
@@ -98,6 +165,13 @@ def add_sampling_options(p: argparse.ArgumentParser, defaults: GenerationDefault
     g.add_argument("--config-from-metadata", default=None, metavar="IMAGE",
                    help="take every setting (prompt, seed, size, model, ...) from an image this tool wrote "
                    "(PNG, JPEG, WebP or its .json sidecar); flags given as well override it")
+
+
+def settings_of(a: argparse.Namespace, text: str) -> ImageSettings:
+    """The image settings :func:`add_sampling_options`' flags ask for (``--seed``'s values go
+    to the command as its ``seeds``: one run per seed when there are several)."""
+    return ImageSettings(text, steps=a.steps, guidance=a.guidance, n_images=a.n_images, height=a.height,
+                         width=a.width, scheduler=a.scheduler)
 
 
 def add_output_options(p: argparse.ArgumentParser, default: str = "image.png") -> None:
@@ -121,7 +195,10 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
                    "prompt k without its own seed uses S + k")
     g.add_argument("--output-dir", default=None, metavar="DIR",
                    help="folder for --prompts-file's images ({prompt:05d}_{seed}.png) and index.jsonl; a rerun "
-                   "keeps the images already there")
+                   "keeps the images already there (whole, same settings) and remakes damaged ones")
+    g.add_argument("--peer-timeout", type=float, default=None, metavar="SECONDS",
+                   help="under mlx.launch: how long a process waits for the others (to start, or beyond the "
+                   "work it expects of them) before it names them and goes on alone (default 60)")
 
 
 def check_batch_command(*, text: str | None, output: str | None, seed, latents, stepwise_dir,
@@ -154,6 +231,12 @@ def output_target(output: str | Path, flag: str = "--output") -> Path:
                            fix=f"name a file in it, e.g. {flag} {path / 'image.png'}.")
     if path.suffix == "":
         path = path.with_suffix(".png")
+    for p in (Path(text).expanduser(), path):
+        if p.exists() and not p.is_file():  # a device (/dev/full, /dev/null), a pipe, a socket
+            raise MobileOError(f"{flag} {text}: {p} is not a regular file (a device, pipe or socket).",
+                               fix=f"name an image file, e.g. {flag} image.png.")
+    if str(path.resolve().parent) == "/dev" or str(path.parent) == "/dev":
+        raise MobileOError(f"{flag} {text}: /dev holds devices, not images.", fix=f"name an image file, e.g. {flag} image.png.")
     if path.suffix.lower() not in IMAGE_FORMATS:
         raise MobileOError(f"{flag} {text}: cannot write {path.suffix} images.",
                            fix=f"end the name with .png, .jpg or .webp, e.g. {flag} {path.with_suffix('.png')}.")
@@ -301,8 +384,10 @@ def run_and_save(pipeline, runs: Sequence[ImageSettings], *, image=None, meta: d
             timings[k] = timings.get(k, 0.0) + v
         for k, v in out.peak_memory.items():
             peaks[k] = max(peaks.get(k, 0.0), v)
-    paths = output_paths(output, sum(out.settings.n_images for out in results),
-                         [out.settings.seed for out in results] if by_seed else None)
+    seeds = [None if out.settings.seed is None else out.settings.seed + i
+             for out in results for i in range(out.settings.n_images)]
+    named = len(seeds) > 1 and None not in seeds  # several images: each named by its seed, as mflux does
+    paths = output_paths(output, len(seeds), seeds if named else None)
     k = 0
     for out in results:
         for i, img in enumerate(out.images):

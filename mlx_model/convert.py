@@ -15,9 +15,19 @@ beside ``DIR`` and renamed into place: never half a folder.
 
 from __future__ import annotations
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+if __name__ == "__main__" or _os.path.basename(_sys.argv[0]).startswith("mobileo-"):
+    # Ctrl-C while the imports below run (before run_cli takes over): one word, no traceback
+    _signal.signal(_signal.SIGINT, lambda *_: (print("interrupted", file=_sys.stderr, flush=True), _os._exit(130)))
+
 import argparse
 import json
+import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -30,11 +40,12 @@ from mlx_model.support.mlx_folder import FORMAT, FORMAT_VERSION, META_KEY
 from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANTIZE_CHOICES, QUANT_GROUP_SIZE, check_bits
 
 __all__ = ["convert", "main"]
+GROUP_SIZES = (32, 64, 128)  # the group sizes mx.quantize takes
 COMPONENTS = CHECKPOINT_PARTS  # one file each (weights.core.components.mlx_file)
 CARD = "README.md"
 
 
-def _modules(ckpt, bits: int, group_size: int):
+def _modules(ckpt, quantize: int, group_size: int):
     """(component, module) pairs built from ``ckpt`` in fp32, LLM and DiT quantized (packed)."""
     import mlx.core as mx
 
@@ -44,9 +55,9 @@ def _modules(ckpt, bits: int, group_size: int):
     from mlx_model.components.mcp import MCP
     from mlx_model.components.multimodal import ImageEncoder
 
-    yield "llm", LanguageModel.from_checkpoint(ckpt, bits or None, group_size, mx.float32, dequantize=False).model
+    yield "llm", LanguageModel.from_checkpoint(ckpt, quantize, group_size, mx.float32, dequantize=False).model
     yield "mcp", MCP.from_checkpoint(ckpt)
-    yield "dit", SanaTransformer.from_checkpoint(ckpt, bits or None, group_size, mx.float32, dequantize=False)
+    yield "dit", SanaTransformer.from_checkpoint(ckpt, quantize, group_size, mx.float32, dequantize=False)
     yield "vae", AutoencoderDC.from_checkpoint(ckpt, encoder=True)
     enc = ImageEncoder.from_checkpoint(ckpt)
     yield "vision", enc.vision
@@ -88,6 +99,9 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
     from weights.loading.hub import resolve_model
 
     check_bits(quantize)
+    if quantize and group_size not in GROUP_SIZES:
+        raise MobileOError(f"--group-size {group_size} is not one MLX quantizes with.",
+                           fix=f"use one of {', '.join(map(str, GROUP_SIZES))} (default {QUANT_GROUP_SIZE}).")
     out = Path(out).expanduser()
     if out.exists():
         raise MobileOError(f"{out} already exists.", fix="pass a new --out folder, or remove the old one first.")
@@ -120,6 +134,9 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
             if (src / name).is_file():
                 shutil.copy2(src / name, stage / name)
         (stage / CARD).write_text(_card(str(model), quantize, group_size, files))
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # mkdtemp made it 0700: the folder gets the mode of any new folder
         stage.rename(out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -129,13 +146,14 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mlx_model.convert",
+    p = argparse.ArgumentParser(prog="mobileo-convert",
                                 description="Write Mobile-O as an MLX-native, pre-quantized folder.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, local folder or 'demo'. Default {DEFAULT_MODEL}")
     p.add_argument("--revision", default=None, help="hub revision")
     p.add_argument("-q", "--quantize", type=int, choices=QUANTIZE_CHOICES, default=DEFAULT_QUANTIZE,
-                   help="bits for the LLM and DiT Linear layers (0 = float). Default 4")
-    p.add_argument("--group-size", type=int, default=QUANT_GROUP_SIZE, help=f"default {QUANT_GROUP_SIZE}")
+                   help=f"bits for the LLM and DiT Linear layers (0 = float). Default {DEFAULT_QUANTIZE}")
+    p.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=QUANT_GROUP_SIZE,
+                   help=f"weights per quantization group, one of {GROUP_SIZES} (MLX's). Default {QUANT_GROUP_SIZE}")
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")
     return p
 
@@ -145,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if argv is None:
         use_openblas()
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here run_cli says "interrupted"
     a = parser().parse_args(argv)
     run_cli(lambda: convert(a.model, a.out, a.quantize, a.group_size, a.revision))
 

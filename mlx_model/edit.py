@@ -17,6 +17,14 @@ Python use:
 
 from __future__ import annotations
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+if __name__ == "__main__" or _os.path.basename(_sys.argv[0]).startswith("mobileo-"):
+    # Ctrl-C while the imports below run (before run_cli takes over): one word, no traceback
+    _signal.signal(_signal.SIGINT, lambda *_: (print("interrupted", file=_sys.stderr, flush=True), _os._exit(130)))
+
 import argparse
 import sys
 from pathlib import Path
@@ -26,7 +34,6 @@ from weights.core.errors import MobileOError
 from weights.loading.hub import DEFAULT_MODEL
 
 from mlx_model import cli_common as cc
-from mlx_model.generate import settings_of
 from mlx_model.support import image_files
 from mlx_model.support.image_settings import ImageSettings
 from mlx_model.support.platform import dtype_name, dtype_of
@@ -82,7 +89,8 @@ def edit(image, settings: ImageSettings, *, seeds: Sequence[int] | None = None, 
         log(f"model: {pipeline.source}; quantize: {pipeline.quantize or 'float'}; dtype: {dtype_name(pipeline.dtype)}; "
             f"input {source.width}x{source.height} -> {c.vision.image_size}x{c.vision.image_size} "
             f"({c.vision.num_tokens} image tokens); output {settings.height or c.image_size}x{settings.width or c.image_size}")
-    meta = {"image": str(image) if isinstance(image, (str, Path)) else None, "model": model, "revision": revision,
+    # the image as an absolute path: --config-from-metadata finds it from any folder
+    meta = {"image": str(Path(image).expanduser().resolve()) if isinstance(image, (str, Path)) else None, "model": model, "revision": revision,
             "latents": latents_file}
     return cc.run_and_save(pipeline, runs, image=pixels, meta=meta, latents=latents, output=output,
                            metadata=metadata, verbose=verbose, progress=progress, log=log, stepwise_dir=stepwise_dir)
@@ -93,7 +101,7 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
     if a.config_from_metadata:  # its settings become the defaults; flags given now still win
         saved = image_files.metadata_defaults(a.config_from_metadata, "edit")
         p.set_defaults(**{k: v for k, v in saved.items() if k not in ("text", "image")})
-        a = p.parse_args(argv)
+        a = cc.parse(p, argv)
     image, instruction = a.image, a.instruction
     if a.image_path is not None:
         if instruction is None and image is not None:
@@ -111,7 +119,7 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
     if image is None or instruction is None:
         raise MobileOError(f"no {'image' if image is None else 'instruction'} given.",
                            fix="mobileo-edit photo.jpg \"make it snowy\".")
-    return edit(image, settings_of(a, instruction), seeds=a.seed, latents=a.latents, output=a.output,
+    return edit(image, cc.settings_of(a, instruction), seeds=a.seed, latents=a.latents, output=a.output,
                 metadata=a.metadata, stepwise_dir=a.stepwise_image_output_dir, model=a.model, revision=a.revision,
                 quantize=a.quantize, dtype=a.dtype, low_memory=a.low_memory, verbose=a.verbose,
                 progress=sys.stderr.isatty() or a.verbose)

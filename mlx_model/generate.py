@@ -18,6 +18,14 @@ Many prompts, in one process or shared among several started by ``mlx.launch``
 
 from __future__ import annotations
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+if __name__ == "__main__" or _os.path.basename(_sys.argv[0]).startswith("mobileo-"):
+    # Ctrl-C while the imports below run (before run_cli takes over): one word, no traceback
+    _signal.signal(_signal.SIGINT, lambda *_: (print("interrupted", file=_sys.stderr, flush=True), _os._exit(130)))
+
 import argparse
 import sys
 from dataclasses import replace
@@ -80,12 +88,6 @@ def generate(settings: ImageSettings, *, seeds: Sequence[int] | None = None, lat
                            verbose=verbose, progress=progress, log=log, stepwise_dir=stepwise_dir)
 
 
-def settings_of(a: argparse.Namespace, text: str) -> ImageSettings:
-    """The image settings the flags ask for (the seeds: :func:`generate`'s ``seeds``)."""
-    return ImageSettings(text, steps=a.steps, guidance=a.guidance, n_images=a.n_images, height=a.height,
-                         width=a.width, scheduler=a.scheduler)
-
-
 def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> list[Path]:
     prompts_file, output_dir = getattr(a, "prompts_file", None), getattr(a, "output_dir", None)
     if prompts_file is not None or output_dir is not None:
@@ -99,12 +101,12 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
         saved = image_files.metadata_defaults(a.config_from_metadata, "generate")
         text = saved.pop("text", None)
         p.set_defaults(**saved)
-        a = p.parse_args(argv)
+        a = cc.parse(p, argv)
     prompt = cc.pick_text(a.prompt, a.prompt_flag, "prompt")
     prompt = text if prompt is None else prompt
     if prompt is None:
         raise MobileOError("no prompt given.", fix="pass one: mobileo-generate --prompt \"a red cup\".")
-    return generate(settings_of(a, prompt), seeds=a.seed, latents=a.latents, output=a.output or "image.png",
+    return generate(cc.settings_of(a, prompt), seeds=a.seed, latents=a.latents, output=a.output or "image.png",
                     metadata=a.metadata, stepwise_dir=a.stepwise_image_output_dir, model=a.model,
                     revision=a.revision, quantize=a.quantize, dtype=a.dtype, low_memory=a.low_memory,
                     verbose=a.verbose, progress=sys.stderr.isatty() or a.verbose)
@@ -112,12 +114,16 @@ def _run(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list[str]) -> 
 
 def _run_batch(a: argparse.Namespace) -> list[Path]:
     """``--prompts-file``: this process's share of the file (:func:`mlx_model.pipelines.batch.run_batch`)."""
-    from mlx_model.pipelines.batch import BatchSettings, run_batch
+    from mlx_model.pipelines.batch import BASE_SEED, EACH_PROMPT, BatchSettings, run_batch
 
-    seed = a.seed[0] if a.seed else 0
-    defaults = replace(settings_of(a, "(each prompt of the file)"), seed=seed).check()
+    defaults = replace(cc.settings_of(a, EACH_PROMPT), seed=a.seed[0] if a.seed else BASE_SEED).check()
     settings = BatchSettings(image=defaults, model=a.model, revision=a.revision, quantize=a.quantize,
                              dtype=a.dtype, low_memory=a.low_memory, metadata=a.metadata, verbose=a.verbose)
+    if a.peer_timeout is not None:
+        if not (a.peer_timeout > 0 and a.peer_timeout < 1e6):
+            raise MobileOError(f"--peer-timeout {a.peer_timeout:g} is not a positive number of seconds.",
+                               fix="pass e.g. --peer-timeout 60.")
+        settings = replace(settings, peer_timeout=a.peer_timeout)
     return run_batch(a.prompts_file, a.output_dir, settings)["made"]
 
 

@@ -56,9 +56,10 @@ def test_jsonl_with_per_prompt_settings(tmp_path):
     ('{"prompt": "a cup", "colour": "red"}', "unknown key 'colour'"),
     ('{"seed": 3}', '"prompt" is missing'),
     ('{"prompt": "  "}', '"prompt" is missing'),
-    ('{"prompt": "a cup", "seed": -1}', '"seed" must be a whole number'),
+    ('{"prompt": "a cup", "seed": -1}', '"seed" -1 is out of range'),
+    ('{"prompt": "a cup", "seed": 18446744073709551616}', '"seed" 18446744073709551616 is out of range'),
     ('{"prompt": "a cup", "seed": true}', '"seed" must be a whole number'),
-    ('{"prompt": "a cup", "steps": 0}', '"steps" must be a whole number from 1'),
+    ('{"prompt": "a cup", "steps": 0}', '"steps" must be from 1 to 1000'),
     ('{"prompt": "a cup", "guidance": NaN}', '"guidance" must be a finite number'),
     ('{"prompt": "a cup", "width": 1.5}', '"width" must be a whole number'),
     ('{"prompt": "a cup", "n_images": 0}', '"n_images" must be'),
@@ -245,7 +246,7 @@ def test_two_ranks_make_the_same_images_once_and_a_rerun_does_nothing(work, ring
     r = launch(2, ["--prompts-file", "prompts.txt", "--output-dir", "two", *ARGS], work, work / "cache")
     assert "batch: 8 images in" in r.stdout and "(8 made now, 0 already there) by 2 processes" in r.stdout, \
         r.stdout + r.stderr
-    assert "[rank 0/2] 4 of 8 images to make here" in r.stdout and "[rank 1/2] 4 of 8" in r.stdout
+    assert "[rank 0/2] 8 of 8 images to make" in r.stdout and "[rank 1/2] 8 of 8 images to make" in r.stdout
     two = pngs(work / "two")
     assert list(two) == EXPECTED  # each prompt exactly once, nothing renamed to _1
     assert two == pngs(work / "one")  # byte-identical to the 1-process run
@@ -257,7 +258,7 @@ def test_two_ranks_make_the_same_images_once_and_a_rerun_does_nothing(work, ring
     stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (work / "two").glob("*.png")}
     again = launch(2, ["--prompts-file", "prompts.txt", "--output-dir", "two", *ARGS], work, work / "cache")
     assert "(0 made now, 8 already there)" in again.stdout and "nothing to make" in again.stdout, again.stdout
-    assert again.stdout.count("0 of 8 images to make here") == 2 and "model loaded" not in again.stdout
+    assert again.stdout.count("0 of 8 images to make (8 already") == 2 and "model loaded" not in again.stdout
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (work / "two").glob("*.png")} == stamps
     rerun_index = index_of(work / "two")
     assert all(e["reused"] for e in rerun_index)
@@ -285,3 +286,134 @@ def test_killed_rank_costs_only_its_unfinished_images(work, ring):
     index = index_of(crash)
     assert [e["file"] for e in index] == EXPECTED
     assert sorted(e["file"] for e in index if e["reused"]) == sorted(left)
+
+
+# ---------------------------------------------------------------------- issue 26: lines, healing, balance, peers
+
+
+def test_lines_end_at_newline_only(tmp_path):
+    """U+2028, U+0085 and form feed are characters of a prompt, not line ends (str.splitlines)."""
+    jobs = batch.read_prompts_file(write(tmp_path / "p.txt", "a red\u2028cup\r\na blue\x0cbird\u0085sky\n"))
+    assert [(j.line, j.prompt) for j in jobs] == [(1, "a red\u2028cup"), (2, "a blue\x0cbird\u0085sky")]
+    raw = '{"prompt": "a red\u2028cup"}\n{"prompt": "b", "seed": 2}\n'  # json.dumps(ensure_ascii=False) writes this
+    jobs = batch.read_prompts_file(write(tmp_path / "p.jsonl", raw))
+    assert [(j.line, j.prompt, j.seed) for j in jobs] == [(1, "a red\u2028cup", None), (2, "b", 2)]
+
+
+def test_folder_as_prompts_file_says_so(tmp_path):
+    with pytest.raises(MobileOError, match=r"--prompts-file .* is a folder, not a file"):
+        batch.read_prompts_file(tmp_path)
+
+
+def test_deal_gives_every_rank_its_share_of_the_costly_images():
+    costs = {i: (256 * 256 * 9.0 if i % 2 == 0 else 64 * 64 * 3.0) for i in range(12)}  # alternating 256/8, 64/2
+    pending, big_by_rank = list(costs), [0, 0]
+    while pending:
+        shares = batch.deal(pending, costs, [1.0, 1.0])
+        for r, share in enumerate(shares):
+            big_by_rank[r] += sum(costs[i] > 1e5 for i in share)
+        done = [i for share in shares for i in share]
+        assert sorted(done) == sorted(set(done)) and done  # each image once, progress every round
+        pending = [i for i in pending if i not in done]
+    assert big_by_rank == [3, 3]
+    # a rank twice as fast takes the cheap images while the slow one makes a costly one
+    assert batch.deal([0, 1, 2, 3], {0: 100.0, 1: 100.0, 2: 10.0, 3: 10.0}, [2.0, 1.0]) == [[0, 3, 2], [1]]
+
+
+@pytest.mark.slow
+def test_damaged_images_are_made_again_and_partials_removed(tmp_path, tiny_ckpt_dir, capsys):
+    p = write(tmp_path / "p.txt", "a red cup\na blue bird\na green tree\na yellow taxi\n")
+    out = tmp_path / "out"
+    args = ["--prompts-file", p, "--output-dir", out, "--model", tiny_ckpt_dir, "-q", "0", "--steps", "1"]
+    generate_mod.main([str(a) for a in args])
+    good = pngs(out)
+    names = sorted(good)
+    (out / names[0]).write_bytes(b"")  # empty
+    (out / names[1]).write_bytes(good[names[1]][: len(good[names[1]]) // 2])  # half written
+    (out / names[2]).write_bytes(good[names[2]][:-12])  # all but its IEND chunk
+    write(out / f".{names[3][:-4]}.1234abcd.png.partial", "left by a killed run")
+    capsys.readouterr()
+    generate_mod.main([str(a) for a in args])
+    log = capsys.readouterr().out
+    assert "(3 made now, 1 already there)" in log, log
+    assert f"{names[0]} is damaged (empty)" in log and f"{names[2]} is damaged (no IEND chunk" in log, log
+    assert "removed 1 temporary file(s)" in log
+    assert pngs(out) == good and not list(out.glob(".*.partial"))
+    index = index_of(out)
+    assert [e["reused"] for e in index] == [False, False, False, True]
+
+
+@pytest.mark.slow
+def test_alternating_sizes_are_shared_evenly(work, ring):
+    """Alternating costly and cheap images: both ranks make costly ones (a round-robin deal gave
+    rank 0 all of them), and the pixels are those of one process."""
+    lines = [{"prompt": p, "width": 128 if k % 2 == 0 else 32, "height": 128 if k % 2 == 0 else 32,
+              "steps": 4 if k % 2 == 0 else 1} for k, p in enumerate(PROMPTS)]
+    write(work / "mixed.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+    args = ["--prompts-file", "mixed.jsonl", "--model", "demo", "--seed", "10"]
+    r = launch(2, [*args, "--output-dir", "mixed2"], work, work / "cache")
+    assert "(8 made now, 0 already there) by 2 processes" in r.stdout, r.stdout + r.stderr
+    index = index_of(work / "mixed2")
+    big = [e["rank"] for e in index if e["width"] == 128]
+    assert sorted(big) == [0, 0, 1, 1], index
+    one = one_process([*args, "--output-dir", "mixed1"], work, work / "cache")
+    assert one.returncode == 0, one.stderr
+    assert pngs(work / "mixed2") == pngs(work / "mixed1")
+
+
+@pytest.mark.slow
+def test_stopped_rank_share_is_taken_by_the_other(work, ring):
+    """Rank 1 stops itself (SIGSTOP) after its first image: rank 0 waits --peer-timeout (plus
+    twice a round), names the stall, makes the rest, keeps rank 1's saved image, writes the index."""
+    import signal
+    import time
+
+    # a peer timeout well above a round's length on a loaded 2-core machine: only the stop counts as a stall
+    args = ["--prompts-file", "prompts.txt", "--output-dir", "stall", *ARGS, "--peer-timeout", "10"]
+    stops = (str(Path(__file__).parent / "tools" / "batch_rank_stops.py"), "1", "1")
+    cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "--starting-port", str(free_port_pair()), "--",
+           sys.executable, *stops, *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=work, env=dict(env(work / "cache"), BATCH_STOP_HOW="sigstop"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t = time.monotonic()
+    try:
+        while not (work / "stall" / "index.jsonl").exists() and time.monotonic() - t < 180:
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the stopped rank (and the launcher waiting for it)
+        out, err = proc.communicate(timeout=30)
+    assert (work / "stall" / "index.jsonl").exists(), out + err
+    assert "no answer from the other processes within" in out and "makes the" in out, out + err
+    assert pngs(work / "stall") == pngs(work / "one")
+    rank1 = (work / "stall" / ".mobileo-batch" / "rank-1.jsonl").read_text().splitlines()
+    assert len(rank1) == 1  # rank 1's one image was kept, not made again
+    index = index_of(work / "stall")
+    assert [e["rank"] for e in index].count(1) == 1 and [e["file"] for e in index] == EXPECTED
+
+
+@pytest.mark.slow
+def test_ranks_with_other_weights_stop_before_any_image(work, ring):
+    args = ["--prompts-file", "prompts.txt", "--output-dir", "mixedweights", *ARGS]
+    tool = (str(Path(__file__).parent / "tools" / "batch_rank_stops.py"), "99", "1")
+    cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "--starting-port", str(free_port_pair()), "--",
+           sys.executable, *tool, *map(str, args)]
+    r = subprocess.run(cmd, cwd=work, env=dict(env(work / "cache"), BATCH_RANK_MODEL_HASH="0123456789"),
+                       capture_output=True, text=True, timeout=240)
+    assert "the processes would make different images: model_hash differs" in r.stderr, r.stdout + r.stderr
+    assert "rank 1 (" in r.stderr and "0123456789" in r.stderr
+    assert not list((work / "mixedweights").glob("*.png")) and not (work / "mixedweights" / "index.jsonl").exists()
+
+
+def test_peer_that_never_comes_up_is_named(tmp_path):
+    """A launcher's hostfile names two ranks but only rank 0 runs: a bounded wait, one line
+    naming rank 1's address, the process ended (MLX's init holds the GIL: a watchdog ends it)."""
+    port = free_port_pair()
+    hostfile = write(tmp_path / "hosts.json", json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    write(tmp_path / "p.txt", "a red cup\n")
+    r = subprocess.run([sys.executable, "-m", "mlx_model.generate", "--prompts-file", "p.txt", "--output-dir", "o",
+                        "--model", "demo", "--peer-timeout", "1.5"], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(env(tmp_path / "cache"), MLX_RANK="0", MLX_HOSTFILE=str(hostfile)), timeout=60)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: the other processes did not answer within 1.5s"), \
+        r.stderr
+    assert f"rank 1 (127.0.0.1:{port + 1})" in r.stderr and " Fix: " in r.stderr

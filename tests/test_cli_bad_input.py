@@ -260,3 +260,100 @@ def test_hub_login_hint_is_the_installed_command(monkeypatch, tmp_path):
     assert "hf auth login" in str(e.value) and "huggingface-cli" not in str(e.value)
     hf = shutil.which("hf", path=str(Path(sys.executable).parent)) or shutil.which("hf")
     assert hf, "huggingface_hub's `hf` command is not installed"
+
+
+# ---------------------------------------------------------------------- issue 26: the last CLI slips
+
+
+def test_positional_prompt_after_seed(tiny_ckpt_dir, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    generate_mod.main(["--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "1", "--seed", "1", "a red cup",
+                       "--output", str(out)])
+    meta = image_files.read_metadata(out)
+    assert (meta["prompt"], meta["seed"]) == ("a red cup", 1)
+    out2 = tmp_path / "y.png"
+    generate_mod.main(["--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "1", "--seed", "1", "2", "a red cup",
+                       "--output", str(out2)])
+    assert sorted(p.name for p in tmp_path.glob("y_seed_*.png")) == ["y_seed_1.png", "y_seed_2.png"]
+    capsys.readouterr()
+    err = fails(capsys, generate_mod.main, "a cup", "--model", tiny_ckpt_dir, "--seed", "1", "extra words")
+    assert "unexpected argument 'extra words' after --seed" in err
+
+
+def test_edit_image_and_instruction_after_seed(photo, tiny_ckpt_dir, tmp_path, monkeypatch, capsys):
+    """--seed 1 photo.jpg blue; the metadata stores the image's absolute path, so
+    --config-from-metadata reproduces it from any folder."""
+    monkeypatch.chdir(photo.parent)
+    out = tmp_path / "sub" / "e.png"
+    out.parent.mkdir()
+    edit_mod.main(["--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "1", "--seed", "1", photo.name,
+                   "make it blue", "--output", str(out)])
+    meta = image_files.read_metadata(out)
+    assert meta["instruction"] == "make it blue" and meta["image"] == str(photo.resolve())
+    monkeypatch.chdir(tmp_path / "sub")
+    edit_mod.main(["--config-from-metadata", "e.png", "--output", "again.png"])
+    with Image.open(out) as a, Image.open(tmp_path / "sub" / "again.png") as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("flag, words", [("-m", "use --model"), ("--auto-seeds", "--n-images"),
+                                         ("--negative-prompt", "no negative prompt")])
+def test_mflux_flags_say_what_to_use(capsys, flag, words):
+    err = fails(capsys, generate_mod.main, "a cup", flag, "x")
+    assert f"has no {flag} option" in err and words in err, err
+
+
+@pytest.mark.parametrize("target", ["/dev/full", "/dev/null"])
+def test_special_files_refused_as_outputs(run_gen, target):
+    assert "not a regular file" in run_gen("--output", target) or "/dev holds devices" in run_gen("--output", target)
+    assert not Path(target + ".png").exists()
+
+
+def test_n_images_names_carry_the_seed(tiny_ckpt_dir, tmp_path):
+    out = tmp_path / "n.png"
+    paths = generate_mod.main(["a cup", "--model", str(tiny_ckpt_dir), "-q", "0", "--steps", "1", "--n-images", "3",
+                               "--seed", "5", "--output", str(out)])
+    assert paths is None
+    assert sorted(p.name for p in tmp_path.glob("n*.png")) == ["n_seed_5.png", "n_seed_6.png", "n_seed_7.png"]
+    for p in tmp_path.glob("n*.png"):
+        assert p.name == f"n_seed_{image_files.read_metadata(p)['seed']}.png"
+
+
+@pytest.mark.parametrize("group", ["7", "0"])
+def test_convert_group_size_limited_to_mlx(tmp_path, capsys, group):
+    from mlx_model import convert as convert_mod
+
+    with pytest.raises(SystemExit) as e:
+        convert_mod.main(["--model", "demo", "--group-size", group, "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and "32, 64, 128" in err, err
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(MobileOError, match="is not one MLX quantizes with"):
+        convert_mod.convert("demo", tmp_path / "m", 4, int(group))
+
+
+def test_usage_lines_name_the_installed_commands():
+    from coreml_convert import cli as coreml_cli
+    from ios_bridge import validate
+    from mlx_model import convert as convert_mod
+
+    assert convert_mod.parser().format_usage().startswith("usage: mobileo-convert ")
+    src = (Path(coreml_cli.__file__).read_text(), Path(validate.__file__).read_text())
+    assert 'prog="mobileo-coreml"' in src[0] and 'prog="mobileo-validate"' in src[1]
+
+
+def test_ctrl_c_while_starting_prints_no_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for delay in (0.05, 0.15, 0.3):  # while Python imports the command (and, later, while it runs)
+        p = subprocess.Popen([sys.executable, "-m", "mlx_model.generate", "a cup", "--model", "demo", "--steps", "500",
+                              "--width", "256", "--height", "256"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, MOBILEO_CACHE=str(tmp_path / "cache")))
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert "Traceback" not in err and p.returncode == 130 and "interrupted" in err, (delay, p.returncode, err)

@@ -54,14 +54,16 @@ def test_cli_module_never_overwrites_and_reproduces(tmp_path):
     args = ["a red cup", "--model", "demo", "--seed", "5", "--steps", "3", "-q", "0", "--n-images", "2"]
     r = run(args, tmp_path)
     assert r.returncode == 0, r.stderr
-    r2 = run(args[:-2], tmp_path)  # one more image, same seed
+    r2 = run(args, tmp_path)  # the same two again: names that still say the seed
     assert r2.returncode == 0, r2.stderr
+    r3 = run(args[:-2], tmp_path)  # one image: the plain name
+    assert r3.returncode == 0, r3.stderr
     names = sorted(p.name for p in tmp_path.glob("image*.png"))
-    assert names == ["image.png", "image_1.png", "image_2.png"]
+    assert names == ["image.png", "image_seed_5.png", "image_seed_5_1.png", "image_seed_6.png", "image_seed_6_1.png"]
     from PIL import Image
 
     a = np.array(Image.open(tmp_path / "image.png"))
-    c = np.array(Image.open(tmp_path / "image_2.png"))
+    c = np.array(Image.open(tmp_path / "image_seed_5_1.png"))
     np.testing.assert_array_equal(a, c)  # same seed, same first image
 
 

@@ -38,24 +38,32 @@ class Server:
         return httpx.post(self.url + path, timeout=60, **kw)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_server(tmp_path_factory, *args):
     log = tmp_path_factory.mktemp("server") / "stderr.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "mlx_model.server", "--model", "demo", "-q", "0", "--port", "0",
-                                 "--max-queue", str(MAX_QUEUE), "--max-body-mb", str(MAX_BODY_MB)],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+                                 *args], stdout=subprocess.PIPE, stderr=err, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], 300)
     line = proc.stdout.readline() if ready else ""
     m = re.search(r"(http://\S+/v1)", line)
     if not m:
         proc.kill()
         pytest.fail(f"the server did not start: {line!r} {log.read_text()[-2000:]}")
-    s = Server(proc, m.group(1), log)
+    return Server(proc, m.group(1), log)
+
+
+def stop_server(s: Server):
+    s.proc.terminate()
+    assert s.proc.wait(60) == 0, s.log.read_text()[-2000:]  # a clean exit after SIGTERM
+    assert "Traceback" not in s.log.read_text()  # no request ended in an unhandled error
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, photo):
+    s = start_server(tmp_path_factory, "--max-queue", str(MAX_QUEUE), "--max-body-mb", str(MAX_BODY_MB),
+                     "--allow-local-images", str(photo.parent))
     yield s
-    proc.terminate()
-    assert proc.wait(60) in (0, -signal.SIGTERM), log.read_text()[-2000:]  # uvicorn re-raises the signal
-    assert "Traceback" not in log.read_text()  # no request ended in an unhandled error
+    stop_server(s)
 
 
 def data_url(path) -> str:
@@ -177,7 +185,7 @@ def error_of(fn):
      "invalid_image"),
     (dict(messages=ask("hi", "data:image/png;base64,@@@")), 400, "messages[0].content[0]"),
     (dict(messages=ask("hi", "https://example.com/cat.png")), 400, "remote_url_refused"),
-    (dict(messages=ask("hi", "/no/such/file.png")), 400, "invalid_image"),
+    (dict(messages=ask("hi", "/no/such/file.png")), 400, "local_image_refused"),
     (dict(max_tokens=2040), 400, "context_length_exceeded"),
     (dict(max_tokens=100_000), 400, "max_tokens"),
     (dict(temperature="hot"), 400, "temperature"),
@@ -195,6 +203,8 @@ def test_chat_errors(server, photo, kw, status, code_or_param):
     got, body = error_of(lambda: server.client.chat.completions.create(**args))
     assert got == status
     assert code_or_param in (body["code"], body["param"])
+    if kw.get("max_tokens") == 2040:  # a bad setting names the API parameter, in ``param`` and in the text
+        assert body["param"] == "max_tokens" and "'max_tokens' 2040" in body["message"] and "--" not in body["message"]
     assert body["type"] == "invalid_request_error" and body["message"]
 
 
@@ -232,9 +242,10 @@ def test_edit_errors(server, photo):
 def test_raw_http_errors(server):
     r = server.post("/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-    r = server.post("/chat/completions", content=b"[1, 2]")
+    r = server.post("/chat/completions", content=b"[1, 2]", headers={"content-type": "application/json"})
     assert r.status_code == 400
-    r = server.post("/chat/completions", content=b"x" * ((MAX_BODY_MB << 20) + 1))
+    r = server.post("/chat/completions", content=b"x" * ((MAX_BODY_MB << 20) + 1),
+                    headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     r = httpx.get(server.url + "/chat/completions")
     assert r.status_code == 405 and "error" in r.json()
@@ -347,7 +358,7 @@ def test_worker_stop_cancels_waiting_and_running_jobs():
     assert started.wait(10)
     t = time.time()
     worker.stop()
-    assert time.time() - t < 5 and not worker._thread.is_alive()
+    assert time.time() - t < 5 and worker.stopped  # the model released; the thread parked
     assert running.cancelled.is_set() and waiting.cancelled.is_set()
     assert worker.stats["cancelled"] == 2 and worker.stats["done"] == 0
     loop.close()

@@ -12,17 +12,26 @@ The pieces, in the order a run uses them:
   Prompt ``k`` (0-based, in file order) without a seed gets ``--seed + k`` (``--seed``
   default 0); its image ``j`` (of ``n_images``) uses that seed ``+ j``, as mobileo-generate
   does.  Image file: ``{k:05d}_{seed}.png`` in the output folder.
-* Every rank checks every image on its own disk (:func:`local_state`): a file with the
-  image's name and matching settings (:data:`MATCH_KEYS`) is done; one with other settings
-  stops the run (every rank, same error).  The images nobody has are shared round-robin:
-  the ``i``-th missing image goes to rank ``i % size``.
-* Each rank makes its images one at a time (``n_images=1`` with the image's own seed, so
-  the pixels depend on the prompt, the seed and the settings only, never on the number of
-  processes), saves each atomically (:func:`mlx_model.support.image_files.save_image`) and appends
-  a line to ``DIR/.mobileo-batch/rank-<r>.jsonl`` (timings, rank, host).
-* Then all ranks gather their records (an ``all_gather``, which is also the barrier) and
-  rank 0 writes ``DIR/index.jsonl`` atomically: one line per image of the file, in file
-  order.  The index exists only when the whole set is there.
+* The group comes up (:mod:`mlx_model.pipelines.peers`: every wait bounded by
+  ``--peer-timeout``); stale temporary files (``.*.partial``) are removed.
+* :func:`assign`: every rank checks every image on its own disk (:func:`local_state`): a
+  whole file (it decodes completely) with the image's name and matching settings
+  (:data:`MATCH_KEYS`) is done; a damaged one (empty, cut short, unreadable) is deleted and
+  made again; a whole one with other settings stops the run (every rank, same error).  One
+  gather also compares every rank's :data:`FINGERPRINT` (model hash, dtype, quantization,
+  scheduler, the planned images, MLX version): any difference stops every rank, one line,
+  before any image is written.
+* :func:`make`: the images nobody has are made in rounds: each round :func:`deal` gives each
+  rank one of the costliest images left and then cheap ones to ranks that would otherwise
+  wait, following each rank's measured speed; one gather ends the round.  Each image is made
+  alone (``n_images=1`` with its own seed, so the pixels depend on the prompt, the seed and
+  the settings only, never on the number of processes), saved atomically
+  (:func:`mlx_model.support.image_files.save_image`) and logged to
+  ``DIR/.mobileo-batch/rank-<r>.jsonl`` (timings, rank, host).  When the others do not reach
+  a round's end in time (stopped, hung, gone) a rank makes everything left by itself.
+* :func:`write_run_index`: rank 0 (or a rank left alone) writes ``DIR/index.jsonl``
+  atomically: one line per image of the file, in file order.  The index exists only when
+  the whole set is there.
 
 Without a launcher ``mx.distributed.init()`` is a group of one: the same code path.
 :func:`run_batch` is those four steps: :func:`plan` -> :func:`assign` -> :func:`make` ->
@@ -44,16 +53,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from weights.core.errors import MobileOError
+from weights.core.errors import MobileOError, SettingError
 
-from mlx_model.support.image_files import check_writable_folder, read_metadata, run_metadata, save_image
-from mlx_model.support.image_settings import MAX_STEPS, SEED_LIMIT, ImageSettings
+from mlx_model.pipelines.peers import DEFAULT_PEER_TIMEOUT, PeerLost, Peers, open_group
+from mlx_model.support.image_files import check_writable_folder, damage, read_metadata, run_metadata, save_image
+from mlx_model.support.image_settings import ImageSettings
 from mlx_model.support.platform import dtype_of
 from mlx_model.support.quant import DEFAULT_QUANTIZE
 
 __all__ = ["Job", "Task", "BatchSettings", "read_prompts_file", "plan", "assign", "make", "run_batch", "MATCH_KEYS"]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+EACH_PROMPT = "(each prompt of the file)"  # the prompt of BatchSettings.image: every job brings its own
+BASE_SEED = 0  # prompt k without a seed of its own uses BASE_SEED + k, unless --seed gives another base
+MAX_IMAGES_PER_PROMPT = 10_000  # a prompts file line asks for at most this many (the plan is held in memory)
 JOB_KEYS = ("prompt", "seed", "steps", "guidance", "width", "height", "n_images")
 # an existing image is the one a task asks for when these settings in it are the task's
 MATCH_KEYS = ("prompt", "seed", "steps", "guidance", "scheduler", "size", "quantize", "dtype", "model_hash")
@@ -93,7 +106,7 @@ class BatchSettings:
     """The command's settings: ``image`` holds every job's defaults (``None``: the model's;
     its seed is the base: prompt k without its own seed uses ``seed + k``)."""
 
-    image: ImageSettings = field(default_factory=lambda: ImageSettings("(each prompt of the file)", seed=0))
+    image: ImageSettings = field(default_factory=lambda: ImageSettings(EACH_PROMPT, seed=BASE_SEED))
     model: str = "demo"
     revision: str | None = None
     quantize: int = DEFAULT_QUANTIZE
@@ -101,6 +114,7 @@ class BatchSettings:
     low_memory: bool | None = None
     metadata: bool = False  # also a .json sidecar beside each image
     verbose: bool = False
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT  # seconds to wait for the other processes beyond their work
 
 
 # ------------------------------------------------------------------ the prompts file
@@ -122,22 +136,23 @@ def _job_from_json(obj, index: int, line: int, where: str) -> Job:
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise _bad(where, '"prompt" is missing or empty.', fix='give each line a "prompt", e.g. "a red cup".')
-    checks = {
-        "seed": (lambda v: _whole(v, 0, SEED_LIMIT - 1), f"a whole number from 0 to {SEED_LIMIT - 1}", "3"),
-        "steps": (lambda v: _whole(v, 1, MAX_STEPS), f"a whole number from 1 to {MAX_STEPS}", "20"),
-        "guidance": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-                     "a finite number", "1.5"),
-        "width": (lambda v: _whole(v, 1, 1 << 20), "a whole number of pixels", "512"),
-        "height": (lambda v: _whole(v, 1, 1 << 20), "a whole number of pixels", "512"),
-        "n_images": (lambda v: _whole(v, 1, 10_000), "a whole number from 1 to 10000", "4"),
-    }
-    for key, (ok, what, example) in checks.items():
+    whole = (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "a whole number", "3")
+    types = {"seed": whole, "steps": whole, "width": whole, "height": whole,
+             "n_images": (lambda v: _whole(v, 1, MAX_IMAGES_PER_PROMPT), f"a whole number from 1 to {MAX_IMAGES_PER_PROMPT}", "4"),
+             "guidance": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                          "a finite number", "1.5")}
+    for key, (ok, what, example) in types.items():
         if obj.get(key) is not None and not ok(obj[key]):
             raise _bad(where, f'"{key}" must be {what}, got {json.dumps(obj[key])}.',
                        fix=f'write e.g. "{key}": {example}, or leave it out.')
     values = {k: obj.get(k) for k in JOB_KEYS if k != "prompt"}
     if values["guidance"] is not None:
         values["guidance"] = float(values["guidance"])
+    try:  # the ranges are the settings' own (sizes against the model once it is open: plan)
+        ImageSettings(prompt, **{k: v for k, v in values.items() if v is not None}).check()
+    except SettingError as e:
+        quoted = f'"{e.param}"'  # the line's JSON key
+        raise MobileOError(f"{where}: {e.named(quoted)}") from None
     return Job(index=index, line=line, prompt=prompt, **values)
 
 
@@ -148,6 +163,8 @@ def read_prompts_file(path: str | Path) -> list[Job]:
     are skipped; a bad line is one error naming its line number."""
     path = Path(path).expanduser()
     fix = "pass a text file with one prompt per line, or a .jsonl file of {\"prompt\": ...} objects."
+    if path.is_dir():
+        raise MobileOError(f"--prompts-file {path} is a folder, not a file.", fix=fix)
     if not path.is_file():
         raise MobileOError(f"--prompts-file {path} does not exist.", fix=fix)
     try:
@@ -156,7 +173,10 @@ def read_prompts_file(path: str | Path) -> list[Job]:
         raise MobileOError(f"--prompts-file {path} is not UTF-8 text.", fix=fix) from None
     is_jsonl = path.suffix.lower() in JSONL_SUFFIXES
     jobs: list[Job] = []
-    for n, raw in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" (or "\r\n") only: str.splitlines() would also split at U+2028, U+0085,
+    # form feed ..., shifting line numbers and cutting JSON strings that hold them
+    for n, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         where = f"{path.name} line {n}"
@@ -225,82 +245,31 @@ def mismatch(found: dict, expected: dict) -> str | None:
     return None
 
 
-def local_state(tasks: list[Task], folder: Path, expected: Callable[[Task], dict]) -> tuple[list[int], str | None]:
-    """(indices of the tasks whose image is in ``folder`` with matching settings, the first
-    conflict described or None).  Hidden temporary files (``.*.partial``) are never looked at."""
-    have, conflict = [], None
+def local_state(tasks: list[Task], folder: Path,
+                expected: Callable[[Task], dict]) -> tuple[list[int], dict[int, str], str | None]:
+    """(indices of the tasks whose image is in ``folder``, whole and with matching settings; the
+    damaged ones {index: why} (empty, cut short, unreadable: to make again); the first conflict
+    (a whole image with other settings) described, or None).  Hidden temporary files
+    (``.*.partial``) are never looked at."""
+    have, damaged, conflict = [], {}, None
     for i, task in enumerate(tasks):
         path = folder / task.file
         if not path.exists():
             continue
+        why = damage(path)
+        if why is not None:
+            damaged[i] = why
+            continue
         try:
             why = mismatch(read_metadata(path), expected(task))
         except MobileOError:
-            why = "settings unreadable"
+            damaged[i] = "settings unreadable"
+            continue
         if why is None:
             have.append(i)
         elif conflict is None:
             conflict = f"{path} already exists with other settings ({why})"
-    return have, conflict
-
-
-# ------------------------------------------------------------------ MLX distributed
-def _launcher_size() -> int | None:
-    """The number of processes a launcher started, from its environment (None: no launcher seen)."""
-    hostfile = os.environ.get("MLX_HOSTFILE")  # ring: a JSON list, one entry per rank
-    if hostfile:
-        try:
-            hosts = json.loads(Path(hostfile).read_text() or "[]")
-            if isinstance(hosts, list) and hosts:
-                return len(hosts)
-        except (OSError, ValueError):
-            pass
-    for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MLX_WORLD_SIZE"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return None
-
-
-def distributed_group():
-    """``mx.distributed.init()`` (a group of one without a launcher); an error when a launcher
-    started several processes but they could not connect (each would make every image)."""
-    import mlx.core as mx
-
-    group = mx.distributed.init()
-    want = _launcher_size()
-    if want and want != group.size():
-        raise MobileOError(f"this process was started for a group of {want} processes but MLX's distributed "
-                           f"init gave {group.size()}.",
-                           fix="rerun with mlx.launch --verbose to see why the processes could not connect "
-                           "(firewall, ports, hostfile IPs).")
-    return group
-
-
-def gather_json(group, obj) -> list:
-    """Every rank's ``obj`` (JSON), in rank order, on every rank: an ``all_sum`` of the lengths and
-    an ``all_gather`` of the padded bytes.  A collective, so it is also a barrier."""
-    import mlx.core as mx
-    import numpy as np
-
-    data = json.dumps(obj).encode()
-    n = group.size()
-    if n == 1:
-        return [json.loads(data)]
-    lengths = np.zeros(n, np.int32)
-    lengths[group.rank()] = len(data)
-    lengths = np.array(mx.distributed.all_sum(mx.array(lengths), group=group, stream=mx.cpu)).astype(int)
-    buf = np.zeros((1, max(int(lengths.max()), 1)), np.uint8)
-    buf[0, :len(data)] = np.frombuffer(data, np.uint8)
-    rows = np.array(mx.distributed.all_gather(mx.array(buf), group=group, stream=mx.cpu))
-    return [json.loads(rows[r, :lengths[r]].tobytes()) for r in range(n)]
-
-
-def barrier(group) -> None:
-    """Wait for every rank (an ``all_sum`` of one number)."""
-    import mlx.core as mx
-
-    if group.size() > 1:
-        mx.eval(mx.distributed.all_sum(mx.array([1.0]), group=group, stream=mx.cpu))
+    return have, damaged, conflict
 
 
 # ------------------------------------------------------------------ files
@@ -339,12 +308,47 @@ def _digest(tasks: list[Task]) -> str:
     return hashlib.sha256(json.dumps([asdict(t) for t in tasks]).encode()).hexdigest()[:16]
 
 
+def cost(task: Task) -> float:
+    """The relative work of a task: pixels x (steps + 1) (the denoiser's steps and the decoder)."""
+    s = task.settings
+    return float(s.width * s.height * (s.steps + 1))
+
+
+def deal(pending: list[int], costs: dict[int, float], speeds: list[float]) -> list[list[int]]:
+    """One round's share of each rank (``speeds``: work per second of each, measured): the
+    costliest images first, one to each rank (the fastest the costliest), then the cheapest
+    ones to whichever rank stays below the round's longest estimate.  Deterministic: every
+    rank computes the same shares from the same gathered figures."""
+    order = sorted(pending, key=lambda i: (-costs[i], i))
+    n = len(speeds)
+    shares: list[list[int]] = [[] for _ in range(n)]
+    est = [0.0] * n
+    for r in sorted(range(n), key=lambda r: (-speeds[r], r)):
+        if not order:
+            break
+        i = order.pop(0)
+        shares[r].append(i)
+        est[r] = costs[i] / speeds[r]
+    longest = max(est)
+    while order:
+        r = min(range(n), key=lambda r: (est[r], r))
+        extra = costs[order[-1]] / speeds[r]
+        if est[r] + extra > longest * (1 + 1e-9):
+            break
+        shares[r].append(order.pop())
+        est[r] += extra
+    return shares
+
+
 # ------------------------------------------------------------------ the run
+FINGERPRINT = ("images", "model_hash", "dtype", "quantize", "scheduler", "mlx")  # what decides the pixels
+
+
 @dataclass
 class Run:
     """One rank's view of a batch run, filled step by step."""
 
-    group: object
+    peers: Peers
     folder: Path
     settings: BatchSettings
     log: Callable[[str], None]
@@ -352,59 +356,105 @@ class Run:
     host: str = field(default_factory=socket.gethostname)
     tasks: list[Task] = field(default_factory=list)
     metadata: Callable[[Task], dict] | None = None  # what a task's image must carry
-    holder: dict[int, int] = field(default_factory=dict)  # task index -> the rank that has its image
-    mine: list[int] = field(default_factory=list)  # task indices this rank makes
-    records: dict[int, dict] = field(default_factory=dict)
+    fingerprint: dict = field(default_factory=dict)
+    holder: dict[int, int] = field(default_factory=dict)  # task index -> the rank that had its image at the start
+    pending: list[int] = field(default_factory=list)  # task indices nobody has made yet
+    records: dict[int, dict] = field(default_factory=dict)  # task index -> its index record (all ranks)
     made: list[Path] = field(default_factory=list)
+    work: list[list[float]] = field(default_factory=list)  # per rank: [cost made, seconds spent]
+    alone: bool = False  # the group was given up: this rank finished the rest by itself
 
     @property
     def rank(self) -> int:
-        return self.group.rank()
+        return self.peers.rank
 
     @property
     def size(self) -> int:
-        return self.group.size()
+        return self.peers.size
 
     @property
     def tag(self) -> str:
         return f"[rank {self.rank}/{self.size}] " if self.size > 1 else ""
 
 
-def start(prompts_file, output_dir, settings: BatchSettings, log) -> tuple[Run, object]:
-    """The group, the folder checked, the checkpoint opened (rank 0 first: ``--model demo``
-    writes it on first use) and every image planned.  Returns (run, checkpoint)."""
-    from mlx_model.support.mlx_folder import open_model
+def remove_partials(folder: Path) -> int:
+    """Delete the hidden temporary files (``.*.partial``) a killed run left in ``folder``."""
+    n = 0
+    for p in folder.glob(".*.partial") if folder.is_dir() else ():
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
 
+
+def start(prompts_file, output_dir, settings: BatchSettings, log) -> tuple[Run, object]:
+    """The group (bounded wait), the folder checked and cleaned of temporary files, the
+    checkpoint opened (rank 0 first: ``--model demo`` writes it on first use), every image
+    planned and the run's fingerprint.  Returns (run, checkpoint)."""
+    import mlx.core as mx
+
+    from mlx_model.support.mlx_folder import open_model
     from mlx_model.support.platform import default_dtype
     from mlx_model.support.tokenizer import Tokenizer
 
-    run = Run(group=distributed_group(), folder=Path(output_dir).expanduser(), settings=settings,
-              log=log or (lambda msg: print(msg, flush=True)))
-    if run.folder.exists() and not run.folder.is_dir():
+    folder = Path(output_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
         raise MobileOError(f"--output-dir {output_dir} is a file.", fix="pass a folder (it is made if missing).")
-    check_writable_folder(run.folder, f"--output-dir {output_dir}")
+    check_writable_folder(folder, f"--output-dir {output_dir}")
     jobs = read_prompts_file(prompts_file)
+    run = Run(peers=Peers(open_group(settings.peer_timeout)), folder=folder, settings=settings,
+              log=log or (lambda msg: print(msg, flush=True)))
+    wait = settings.peer_timeout + 600  # the first rank may be downloading or writing the model
     if run.rank != 0:
-        barrier(run.group)
+        run.peers.barrier(wait, "the model's first opening")
     ckpt = open_model(settings.model, revision=settings.revision)
     if run.rank == 0:
-        barrier(run.group)
+        run.peers.barrier(wait, "the model's first opening")
     run.tasks = plan(jobs, settings, ckpt.config, Tokenizer.from_checkpoint(ckpt), source=Path(prompts_file).name)
     meta = run_metadata(quantize=settings.quantize, dtype=dtype_of(settings.dtype) or default_dtype(),
                         source=ckpt.folder)
     run.metadata = lambda task: image_metadata(task, settings, meta)
+    run.fingerprint = {"images": _digest(run.tasks), "model_hash": meta["model_hash"], "dtype": meta["dtype"],
+                       "quantize": meta["quantize"], "scheduler": settings.image.scheduler, "mlx": mx.__version__}
+    removed = remove_partials(folder)
+    if removed:
+        run.log(f"{run.tag}removed {removed} temporary file(s) a stopped run left in {folder}")
     return run, ckpt
 
 
+def check_agreement(states: list[dict]) -> None:
+    """Every rank's fingerprint is the same, or one error naming what differs on which ranks."""
+    for key in FINGERPRINT:
+        values = [s["fingerprint"].get(key) for s in states]
+        if len(set(map(json.dumps, values))) > 1:
+            seen = "; ".join(f"rank {r} ({s['host']}): {values[r]}" for r, s in enumerate(states))
+            what = "the prompts file or image settings" if key == "images" else key
+            raise MobileOError(f"the processes would make different images: {what} differs ({seen}).",
+                               fix="give every machine the same prompts file, flags, model files (same weights "
+                               "at the --model path) and MLX version.")
+
+
+def _reuse_record(run: Run, i: int, old: dict[str, dict]) -> dict:
+    rec = old.get(run.tasks[i].file, {})
+    return {"file": run.tasks[i].file, "rank": rec.get("rank"), "host": rec.get("host"),
+            "timings": rec.get("timings"), "reused": True}
+
+
 def assign(run: Run) -> None:
-    """Every rank checks every image on its own disk; one gather merges what they found; the
-    missing images are dealt round-robin (the i-th missing one to rank ``i % size``)."""
-    have, conflict = local_state(run.tasks, run.folder, run.metadata)
-    states = gather_json(run.group, {"digest": _digest(run.tasks), "have": have, "conflict": conflict,
-                                     "host": run.host})
-    if len({s["digest"] for s in states}) > 1:
-        raise MobileOError("the ranks read different prompts files or settings (their image lists differ).",
-                           fix="give every machine the same prompts file and model at the same path.")
+    """Every rank checks every image on its own disk (damaged ones are deleted, to be made
+    again); one gather compares the ranks' fingerprints and merges what they found; what
+    nobody has is pending, handed out round by round in :func:`make`."""
+    have, damaged, conflict = local_state(run.tasks, run.folder, run.metadata)
+    for i, why in damaged.items():
+        (run.folder / run.tasks[i].file).unlink(missing_ok=True)
+        run.log(f"{run.tag}{run.tasks[i].file} is damaged ({why}): it is made again")
+    old = _read_records(run.folder) if have else {}
+    states = run.peers.gather_json({"fingerprint": run.fingerprint, "have": have, "conflict": conflict,
+                                    "host": run.host, "reused": {i: _reuse_record(run, i, old) for i in have}},
+                                   run.settings.peer_timeout + 600, "the start")
+    check_agreement(states)
     for r, s in enumerate(states):
         if s["conflict"]:
             where = "" if run.size == 1 else f"on rank {r} ({s['host']}): "
@@ -412,85 +462,166 @@ def assign(run: Run) -> None:
                                fix="use another --output-dir, or delete that file to make it again.")
     for r, s in enumerate(states):
         for i in s["have"]:
-            run.holder.setdefault(i, r)
-    pending = [i for i in range(len(run.tasks)) if i not in run.holder]
-    run.mine = pending[run.rank::run.size]
-    if pending and run.rank == 0:  # an index in the folder always describes a finished run
+            if run.holder.setdefault(i, r) == r:
+                run.records[i] = s["reused"][str(i)]
+    run.pending = [i for i in range(len(run.tasks)) if i not in run.holder]
+    run.work = [[0.0, 0.0] for _ in range(run.size)]
+    if run.pending and run.rank == 0:  # an index in the folder always describes a finished run
         (run.folder / INDEX_FILE).unlink(missing_ok=True)
-    run.log(f"{run.tag}{len(run.mine)} of {len(run.tasks)} images to make here ({len(run.holder)} already in "
-            f"{run.folder}, {len(pending)} missing in all)")
+    run.log(f"{run.tag}{len(run.pending)} of {len(run.tasks)} images to make ({len(run.holder)} already in "
+            f"{run.folder})" + (", shared as the processes finish them" if run.size > 1 and run.pending else ""))
 
 
-def make(run: Run, ckpt, on_saved: Callable[[int, int], None] | None = None) -> None:
-    """Make this rank's images one at a time (one image, its own seed: the pixels never depend
-    on the number of processes), each saved atomically and logged; ``on_saved(rank, count)``
-    after each."""
-    import mlx.core as mx
+class _Maker:
+    """This rank's pipeline (loaded on its first image) and the making and saving of one image."""
 
-    from mlx_model.pipelines.generation import GenerationPipeline
+    def __init__(self, run: Run, ckpt, on_saved):
+        self.run, self.ckpt, self.on_saved, self.pipeline = run, ckpt, on_saved, None
 
-    if not run.mine:
-        return
-    s = run.settings
-    run.folder.mkdir(parents=True, exist_ok=True)
-    pipeline = GenerationPipeline.from_checkpoint(ckpt, quantize=s.quantize, dtype=dtype_of(s.dtype),
-                                                  low_memory=s.low_memory)
-    run.log(f"{run.tag}model loaded in {pipeline.load_seconds:.2f}s"
-            + (f" ({pipeline.source}; quantize {s.quantize or 'float'}; host {run.host})" if s.verbose else ""))
-    for done, i in enumerate(run.mine, start=1):
+    def load(self):
+        from mlx_model.pipelines.generation import GenerationPipeline
+
+        run, s = self.run, self.run.settings
+        run.folder.mkdir(parents=True, exist_ok=True)
+        self.pipeline = GenerationPipeline.from_checkpoint(self.ckpt, quantize=s.quantize, dtype=dtype_of(s.dtype),
+                                                           low_memory=s.low_memory)
+        run.log(f"{run.tag}model loaded in {self.pipeline.load_seconds:.2f}s"
+                + (f" ({self.pipeline.source}; quantize {s.quantize or 'float'}; host {run.host})" if s.verbose else ""))
+
+    def make(self, i: int) -> dict:
+        """Make and save task ``i`` (one image, its own seed), log it; returns its record."""
+        run = self.run
+        if self.pipeline is None:
+            self.load()
         task = run.tasks[i]
         t = time.perf_counter()
         try:
-            out = pipeline.generate(task.settings)
+            out = self.pipeline.generate(task.settings)
         except MobileOError as e:
             raise MobileOError(f"{task.file}: {e}") from None
         t_save = time.perf_counter()
         target = run.folder / task.file
         target.with_suffix(".json").unlink(missing_ok=True)  # a --metadata sidecar left without its image
-        path = save_image(out.images[0], target, run.metadata(task), write_json=s.metadata)
-        if path != target:  # another run claimed the name meanwhile
+        path = save_image(out.images[0], target, run.metadata(task), write_json=run.settings.metadata)
+        if path != target:  # the name was claimed meanwhile
             path.unlink(missing_ok=True)
-            raise MobileOError(f"{target} appeared while this run was making it: another run is writing "
-                               f"into {run.folder}.", fix="run one batch per output folder at a time.")
+            if not (run.alone and damage(target) is None):  # alone: a stalled rank may have finished it
+                raise MobileOError(f"{target} appeared while this run was making it: another run is writing "
+                                   f"into {run.folder}.", fix="run one batch per output folder at a time.")
         timings = {**{k: round(v, 4) for k, v in out.timings.items()},
                    "save": round(time.perf_counter() - t_save, 4), "total": round(time.perf_counter() - t, 4)}
         rec = {"file": task.file, "prompt_index": task.prompt_index, "image": task.image, "seed": task.settings.seed,
                "rank": run.rank, "size": run.size, "host": run.host, "timings": timings}
         _append_record(run.folder, run.rank, rec)
-        run.records[i] = {**rec, "reused": False}
         run.made.append(path)
         prompt = task.settings.prompt
         short = prompt if len(prompt) <= 50 else prompt[:47] + "..."
-        run.log(f"{run.tag}{done}/{len(run.mine)} {task.file} {timings['total']:.2f}s {short!r}")
-        if on_saved is not None:
-            on_saved(run.rank, len(run.made))
-    del pipeline
-    mx.clear_cache()
+        run.log(f"{run.tag}{len(run.made)} {task.file} {timings['total']:.2f}s {short!r}")
+        if self.on_saved is not None:
+            self.on_saved(run.rank, len(run.made))
+        return {**rec, "reused": False}
+
+    def close(self) -> None:
+        import mlx.core as mx
+
+        if self.pipeline is not None:
+            self.pipeline = None
+            if not self.run.peers.lost:  # with a collective left blocked, clear_cache would wait for it
+                mx.clear_cache()
+
+
+def _speeds(run: Run) -> list[float]:
+    """Work per second of each rank so far (a rank not yet measured: the others' mean, or 1)."""
+    known = [c / s for c, s in run.work if s > 0 and c > 0]
+    mean = sum(known) / len(known) if known else 1.0
+    return [c / s if s > 0 and c > 0 else mean for c, s in run.work]
+
+
+def _round(run: Run, maker: _Maker, costs: dict[int, float]) -> None:
+    """One round: each rank makes its share (:func:`deal`), then one gather (bounded) shares
+    what every rank made and how fast; raises :class:`PeerLost` when the others do not answer."""
+    speeds = _speeds(run)
+    shares = deal(run.pending, costs, speeds)
+    t = time.perf_counter()
+    mine = {}
+    for i in shares[run.rank]:
+        mine[str(i)] = maker.make(i)
+    own = time.perf_counter() - t
+    slowest = max(sum(costs[i] for i in share) / speeds[r] for r, share in enumerate(shares))
+    scale = own / max(sum(costs[i] for i in shares[run.rank]) / speeds[run.rank], 1e-9) if mine else 1.0
+    wait = run.settings.peer_timeout + 2 * max(own, slowest * scale)
+    try:
+        states = run.peers.gather_json({"made": mine}, wait, "the end of a round")
+    except PeerLost:
+        run.records.update({int(i): r for i, r in mine.items()})
+        run.pending = [i for i in run.pending if str(i) not in mine]
+        raise
+    for r, s in enumerate(states):
+        for i, rec in s["made"].items():
+            run.records[int(i)] = rec
+            run.work[r][0] += costs[int(i)]
+            run.work[r][1] += rec["timings"]["total"]
+    run.pending = [i for i in run.pending if i not in run.records]
+
+
+def _is_done(run: Run, i: int) -> bool:
+    """Task ``i``'s image is in the folder, whole, with the task's settings."""
+    path = run.folder / run.tasks[i].file
+    try:
+        return path.exists() and damage(path) is None and mismatch(read_metadata(path), run.metadata(run.tasks[i])) is None
+    except MobileOError:
+        return False
+
+
+def _finish_alone(run: Run, maker: _Maker, why: str) -> None:
+    """The group was given up: make every image still pending here, keeping those a stalled
+    rank saved meanwhile (whole, matching) - only its unfinished image is made again."""
+    run.alone = True
+    run.log(f"{run.tag}{why}: this process makes the {len(run.pending)} images left by itself "
+            "(any image another process saved meanwhile is kept)")
+    old = None
+    for i in run.pending:
+        path = run.folder / run.tasks[i].file
+        if _is_done(run, i):
+            old = _read_records(run.folder) if old is None else old
+            run.records[i] = {**_reuse_record(run, i, old), "reused": False}
+            continue
+        path.unlink(missing_ok=True)
+        run.records[i] = maker.make(i)
+    run.pending = []
+
+
+def make(run: Run, ckpt, on_saved: Callable[[int, int], None] | None = None) -> None:
+    """Make the pending images in rounds (:func:`deal`: a rank that finishes early takes more
+    of the cheap ones; the shares follow each rank's measured speed), each image made alone
+    with its own seed (the pixels never depend on the number of processes), saved atomically
+    and logged; ``on_saved(rank, count)`` after each.  When the others stop answering (the
+    bounded wait of :mod:`mlx_model.pipelines.peers`) this rank finishes the rest alone."""
+    costs = {i: cost(run.tasks[i]) for i in run.pending}
+    maker = _Maker(run, ckpt, on_saved)
+    try:
+        while run.pending:
+            try:
+                _round(run, maker, costs)
+            except PeerLost as e:
+                _finish_alone(run, maker, str(e))
+    finally:
+        maker.close()
 
 
 def write_run_index(run: Run) -> dict | None:
-    """Gather every rank's records (the barrier before the index); rank 0 writes ``index.jsonl``
-    (one line per image, in file order) and returns its figures; other ranks return None."""
-    reused = [i for i, r in run.holder.items() if r == run.rank]
-    if reused:
-        old = _read_records(run.folder)
-        for i in reused:
-            rec = old.get(run.tasks[i].file, {})
-            run.records[i] = {"file": run.tasks[i].file, "rank": rec.get("rank"), "host": rec.get("host"),
-                              "timings": rec.get("timings"), "reused": True}
-    gathered = gather_json(run.group, {str(i): r for i, r in run.records.items()})
-    if run.rank != 0:
+    """Rank 0 (or a rank that finished alone) writes ``index.jsonl`` from the records every
+    round's gather shared (one line per image, in file order) and returns its figures; other
+    ranks return None."""
+    if run.rank != 0 and not run.alone:
         return None
-    merged: dict[int, dict] = {}
-    for part in gathered:
-        merged.update({int(i): r for i, r in part.items()})
-    missing = [run.tasks[i].file for i in range(len(run.tasks)) if i not in merged]
+    missing = [run.tasks[i].file for i in range(len(run.tasks)) if i not in run.records]
     if missing:
         raise MobileOError(f"{len(missing)} images are missing after the run (first: {missing[0]}).",
                            fix="rerun the same command: it makes only the missing images.")
     entries = []
     for i, task in enumerate(run.tasks):
-        r, s = merged[i], task.settings
+        r, s = run.records[i], task.settings
         entries.append({"prompt_index": task.prompt_index, "image": task.image, "line": task.line,
                         "prompt": s.prompt, "seed": s.seed, "steps": s.steps, "guidance": s.guidance,
                         "width": s.width, "height": s.height, "file": task.file, "rank": r.get("rank"),
@@ -511,10 +642,10 @@ def run_batch(prompts_file: str | Path, output_dir: str | Path, settings: BatchS
               log: Callable[[str], None] | None = None,
               on_saved: Callable[[int, int], None] | None = None) -> dict:
     """Make every image ``prompts_file`` asks for into ``output_dir``, sharing the work among the
-    processes of ``mx.distributed.init()``'s group; images already there (same settings) are
-    kept.  Returns this rank's summary: ``made`` (paths), ``reused``, ``seconds``, and on rank 0
-    ``index`` and ``images_per_minute`` (images made now by all ranks per minute of rank 0's
-    wall time, model loading included)."""
+    processes of ``mx.distributed.init()``'s group as they finish; images already there (whole,
+    same settings) are kept.  Returns this rank's summary: ``made`` (paths), ``reused``,
+    ``seconds``, and on rank 0 ``index`` and ``images_per_minute`` (images made now by all
+    ranks per minute of rank 0's wall time, model loading included)."""
     run, ckpt = start(prompts_file, output_dir, settings, log)
     assign(run)
     make(run, ckpt, on_saved)

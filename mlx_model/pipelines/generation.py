@@ -276,7 +276,7 @@ class GenerationPipeline:
                         shape: tuple[int, int, int] | None = None) -> mx.array:
         """N(0, 1) latents [n, C, h, w] (fp32), image i seeded with ``seed + i`` (so any image of
         a batch can be remade alone); or ``latents`` checked against that shape.  ``shape``
-        (C, h, w): see :func:`latent_shape` (default: the model's own size)."""
+        (C, h, w): see :func:`mlx_model.support.image_settings.latent_shape` (default: the model's own size)."""
         shape = (n, *(shape or self.config.latent_shape))
         if latents is None:
             keys = [mx.random.key(seed + i) if seed is not None else None for i in range(n)]

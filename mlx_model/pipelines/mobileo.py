@@ -4,8 +4,8 @@ Used by the chat REPL (:mod:`mlx_model.chat`) and the server (:mod:`mlx_model.se
 
     m = MobileO.from_pretrained("demo", quantize=0)
     m.understanding.answer("photo.jpg", "What is it?", temp=0)
-    m.generation.generate("a red cup", seed=0).images
-    m.generation.edit("photo.jpg", "make it snowy", seed=0)
+    m.generation.generate(ImageSettings("a red cup", seed=0)).images
+    m.generation.edit("photo.jpg", ImageSettings("make it snowy", seed=0))
 
 The DiT and the DC-AE are loaded by the first image made (a chat that only talks never
 loads them); with ``low_memory`` every component is dropped after its phase, as in

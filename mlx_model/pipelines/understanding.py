@@ -156,17 +156,17 @@ def _pixels(image) -> bool:
     return isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating)
 
 
-class ContextLengthError(MobileOError):
-    """The prompt plus the longest answer does not fit the LLM's context."""
+class ContextLengthError(SettingError):
+    """The prompt plus the longest answer does not fit the LLM's context (names ``max_tokens``)."""
 
 
 def check_length(n_prompt: int, max_tokens: int, context: int) -> None:
     """The prompt plus the longest answer must fit the LLM's context (``max_position_embeddings``)."""
     if n_prompt + max_tokens > context:
         room = context - n_prompt
-        raise ContextLengthError(f"--max-tokens {max_tokens} plus the prompt's {n_prompt} tokens is more than the "
-                                 f"model's context of {context} tokens.",
-                                 fix=f"pass --max-tokens {room} or less." if room > 0 else "shorten the question.")
+        raise ContextLengthError("max_tokens", f"{{name}} {max_tokens} plus the prompt's {n_prompt} tokens is more "
+                                 f"than the model's context of {context} tokens.",
+                                 fix=f"pass {{name}} {room} or less." if room > 0 else "shorten the question.")
 
 
 def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int, *,

@@ -4,24 +4,34 @@
     POST /v1/chat/completions   text and image_url parts, streaming (SSE) or not
     POST /v1/images/generations prompt, n, size, seed -> b64_json PNGs
     POST /v1/images/edits       multipart: image + prompt -> b64_json PNGs
-    GET  /v1/models, GET /health
+    GET  /v1/models, GET /v1/models/{id}, GET /health, GET / (the web page, static/index.html)
 
 Every error is OpenAI's error body with a 4xx status (a 503 with ``Retry-After`` when the
-queue is full); a client that goes away cancels its work (waiting or running).
+queue is full, a 503 to every waiting and running request when the server shuts down); a
+client that goes away cancels its work (waiting or running).
+
+Safe defaults (:class:`Security`, :class:`Guard`): the Host header must name this machine (a
+DNS-rebinding page cannot reach it), POST bodies must be JSON (multipart for edits: a plain
+web form cannot start work), no CORS unless asked, no local image paths unless a folder is
+allowed, and an optional bearer key.  Uploaded images are checked from their header (pixels)
+off the event loop and queued encoded; the worker decodes one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from weights.core.errors import MobileOError
@@ -30,18 +40,76 @@ from weights.core.memory import peak_rss_bytes, rss_bytes
 from mlx_model.server import openai_api as api
 from mlx_model.server.worker import Job, QueueFull, Worker
 
-__all__ = ["Limits", "create_app"]
+__all__ = ["Limits", "Security", "create_app"]
 
 POLL_SECONDS = 0.25  # how often a waiting request looks for its client
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+PAGE = Path(__file__).with_name("static") / "index.html"
+PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+               "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; form-action 'none'")
 
 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 32 << 20
     max_tokens: int = 4096  # per answer
+    max_image_pixels: int = 50_000_000  # an uploaded image's width x height, read from its header
 
 
-class BodyLimit:
+@dataclass(frozen=True)
+class Security:
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES  # Host header names accepted ("*": any)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (none: same origin only)
+    local_images: Path | None = None  # image_url may name files inside this folder (None: no paths)
+    api_key: str | None = None  # required as "Authorization: Bearer <key>" on /v1/ (None: no key)
+
+
+def host_name(host: str) -> str:
+    """A Host header without its port: ``[::1]:8080`` -> ``::1``, ``Localhost:80`` -> ``localhost``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Guard:
+    """ASGI middleware, before any route: Host allow-list, bearer key, POST content types."""
+
+    def __init__(self, app, security: Security, counted):
+        self.app, self.security, self.counted = app, security, counted
+
+    def problem(self, scope) -> api.APIError | None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        sec, path, method = self.security, scope["path"], scope["method"]
+        if "*" not in sec.allowed_hosts and host_name(headers.get("host", "")) not in sec.allowed_hosts:
+            return api.APIError(403, f"the Host header {headers.get('host', '')!r} is not one of this server's "
+                                "names; start it with --allowed-hosts NAME to accept it.", code="host_not_allowed")
+        if sec.api_key is not None and path.startswith("/v1/") and method != "OPTIONS":
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {sec.api_key}".encode()):
+                return api.APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>' "
+                                    "(the key given by --api-key or MOBILEO_API_KEY).", code="invalid_api_key",
+                                    type="authentication_error")
+        if method == "POST":
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            want = "multipart/form-data" if path.rstrip("/").endswith("/images/edits") else "application/json"
+            if kind != want:
+                return api.APIError(415, f"the body must be {want} (got {kind or 'no Content-Type'}).",
+                                    code="unsupported_media_type")
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            e = self.problem(scope)
+            if e is not None:
+                self.counted(e)
+                return await JSONResponse(api.error_body(e), status_code=e.status)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:  # FastAPI's max_body_size answers a declared length with plain text, not OpenAI's shape
     """ASGI middleware: a body over ``limit`` bytes is a 413, whether or not it declares its length."""
 
     def __init__(self, app, limit: int):
@@ -75,14 +143,21 @@ def rss() -> dict:
 
 
 # ------------------------------------------------------------------ the work, on the worker thread
+def decoded(raw: bytes | None, name: str):
+    """An upload's encoded bytes -> upright RGB (on the worker, one image at a time)."""
+    from mlx_model.support.preprocess import decode_image, load_image
+
+    return None if raw is None else load_image(decode_image(raw, name))
+
+
 def chat_job(req: api.ChatRequest, stream: bool):
     """Answer ``req``; ``stream``: emit ("delta", text) pieces.  Nothing is emitted before the
     first token, so a bad request (too long, bad option) still gets a 4xx."""
 
     def run(state, job: Job) -> dict:
         model, cache = state
-        pieces = model.understanding.stream_chat(req.turns, image=req.image, system_prompt=req.system_prompt,
-                                                 prompt_cache=cache, **req.options)
+        pieces = model.understanding.stream_chat(req.turns, image=decoded(req.image, "the image in the message"),
+                                                 system_prompt=req.system_prompt, prompt_cache=cache, **req.options)
         stopper, text, r, finish = api.StopMatcher(req.stop), "", None, "length"
         try:
             for i, r in enumerate(pieces):
@@ -108,41 +183,69 @@ def chat_job(req: api.ChatRequest, stream: bool):
 
 
 def image_job(req: api.ImageRequest, model_id: str):
-    """Make (or edit) ``req.settings.n_images`` images; PNG bytes with the settings inside, as the
-    CLIs write them."""
+    """Make (or edit) ``req.settings.n_images`` images; (PNG bytes with the settings inside, as
+    the CLIs write them, and those settings) per image.  The step reached is ``job.progress``."""
 
-    def run(state, job: Job) -> list[bytes]:
+    def run(state, job: Job) -> list[tuple[bytes, dict]]:
         from mlx_model.support.image_files import encode_image, run_metadata
+
+        def progress(step, total):
+            job.progress = {"step": step, "total": total}
+            job.check()
 
         pipe = state[0].generation
         edit = req.image is not None
-        out = pipe.generate(req.settings, image=pipe.encoder.pixels(req.image) if edit else None,
-                            progress=lambda step, total: job.check())
+        image = decoded(req.image, "the uploaded image")
+        out = pipe.generate(req.settings, image=pipe.encoder.pixels(image) if edit else None, progress=progress)
         meta = {"model": model_id, **run_metadata(quantize=pipe.quantize, dtype=pipe.dtype, source=pipe.source)}
-        return [encode_image(img, "PNG", {**meta, **out.settings.metadata(i, edit)}) for i, img in enumerate(out.images)]
+        return [(encode_image(img, "PNG", {**meta, **out.settings.metadata(i, edit)}), out.settings.metadata(i, edit))
+                for i, img in enumerate(out.images)]
 
     return run
 
 
 # ------------------------------------------------------------------ the app
+@dataclass
 class Server:
     """The routes over one worker: each route is a method; :func:`create_app` registers them."""
 
-    def __init__(self, worker: Worker, model_id: str, limits: Limits):
-        self.worker, self.model_id, self.limits = worker, model_id, limits
-        self.started = int(time.time())
+    worker: Worker
+    model_id: str
+    limits: Limits = Limits()
+    security: Security = Security()
+    started: int = field(default_factory=lambda: int(time.time()))
+    client_errors: int = 0  # answers with a 4xx status, apart from the jobs' failures
+    closing: bool = False  # shutting down: every request gets a 503
+    decoder: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "mobileo-upload"))
+
+    def counted(self, e: api.APIError) -> None:
+        if 400 <= e.status < 500:
+            self.client_errors += 1
+
+    def shutdown(self) -> None:
+        """Stop taking work; every waiting and running job is answered with a 503 (called from
+        the signal handler, on the event loop's thread)."""
+        self.closing = True
+        for job in self.worker.cancel_all():
+            job.emit("shutdown")
 
     async def json_body(self, request: Request) -> dict:
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise api.APIError(400, f"the body is not valid JSON ({e}).", code="invalid_json") from None
+        except RecursionError:
+            raise api.APIError(400, "the body is nested too deeply to read.", code="invalid_json") from None
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, an integer of over 4300 digits
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise api.APIError(400, f"the body is not valid JSON ({why}).", code="invalid_json") from None
         if not isinstance(body, dict):
             raise api.APIError(400, "the body must be a JSON object.", code="invalid_json")
+        api.check_unicode(body)
         return body
 
-    def submit(self, fn, request: Request) -> Job:
-        job = Job(fn, asyncio.get_running_loop())
+    def submit(self, fn, kind: str) -> Job:
+        if self.closing:
+            raise shutting_down()
+        job = Job(fn, asyncio.get_running_loop(), kind)
         try:
             self.worker.submit(job)
         except QueueFull as e:
@@ -154,14 +257,18 @@ class Server:
         """The job's next event; the job is cancelled if its client goes away meanwhile."""
         while True:
             try:
-                return await asyncio.wait_for(job.events.get(), POLL_SECONDS)
+                kind, value = await asyncio.wait_for(job.events.get(), POLL_SECONDS)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     job.cancel()
                     raise api.APIError(499, "the client closed the request.", code="client_closed") from None
+                continue
             except asyncio.CancelledError:  # the request itself was cancelled (server shutdown)
                 job.cancel()
                 raise
+            if kind == "shutdown":
+                raise shutting_down()
+            return kind, value
 
     def failure(self, e: BaseException) -> api.APIError:
         if isinstance(e, api.APIError):
@@ -178,22 +285,52 @@ class Server:
             raise self.failure(value)
         return kind, value
 
+    async def upload(self, raw: bytes, param: str) -> bytes:
+        """``raw`` checked from its header (format, pixels) off the event loop; still encoded."""
+        limit = self.limits.max_image_pixels
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, api.check_image_bytes, raw, param,
+                                                                limit)
+
+    async def image_of(self, ref: tuple[str, str] | None) -> bytes | None:
+        if ref is None:
+            return None
+        url, param = ref
+        raw = await asyncio.get_running_loop().run_in_executor(self.decoder, api.image_url_bytes, url, param,
+                                                               self.security.local_images)
+        return await self.upload(raw, param)
+
     # -------------------------------------------------------------- routes
+    async def page(self):
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"),
+                            headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
+                                     "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
+
     async def health(self):
         import mlx.core as mx
 
-        return {"status": "ok", "model": self.model_id, "uptime_seconds": int(time.time()) - self.started,
+        current = self.worker.current
+        return {"status": "closing" if self.closing else "ok", "model": self.model_id,
+                "uptime_seconds": int(time.time()) - self.started,
                 "queue": {"waiting": self.worker.waiting(), "limit": self.worker.max_queue,
-                          "running": self.worker.current is not None},
-                "jobs": dict(self.worker.stats), "memory": {**rss(), "mlx_active_bytes": mx.get_active_memory()}}
+                          "running": current is not None,
+                          "progress": getattr(current, "progress", None) if current is not None else None},
+                "jobs": dict(self.worker.stats), "client_errors": self.client_errors,
+                "memory": {**rss(), "mlx_active_bytes": mx.get_active_memory()}}
+
+    def model_card(self) -> dict:
+        return {"id": self.model_id, "object": "model", "created": self.started, "owned_by": "mobileo-deploy"}
 
     async def models(self):
-        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": self.started,
-                                            "owned_by": "mobileo-deploy"}]}
+        return {"object": "list", "data": [self.model_card()]}
+
+    async def model(self, model_id: str):
+        api.check_model({"model": model_id}, self.model_id)
+        return self.model_card()
 
     async def chat(self, request: Request):
         req = api.parse_chat(await self.json_body(request), self.model_id, self.limits.max_tokens)
-        job = self.submit(chat_job(req, req.stream), request)
+        req.image = await self.image_of(req.image_ref)
+        job = self.submit(chat_job(req, req.stream), "chat")
         cid = api.completion_id()
         kind, value = await self.outcome(job, request)
         if not req.stream:
@@ -201,47 +338,50 @@ class Server:
                 kind, value = await self.outcome(job, request)
             return api.chat_completion(cid, self.model_id, value["text"], value["finish"], value["prompt_tokens"],
                                        value["completion_tokens"])
-        first = (kind, value)
-
-        async def events():
-            finished = False
-            try:
-                yield sse(api.chat_chunk(cid, self.model_id, {"role": "assistant", "content": ""}))
-                kind, value = first
-                while kind != "result":
-                    if kind == "delta":
-                        yield sse(api.chat_chunk(cid, self.model_id, {"content": value}))
-                    elif kind == "error":
-                        yield sse(api.error_body(self.failure(value)))
-                        finished = True
-                        return
-                    kind, value = await self.next_event(job, request)
-                finished = True
-                yield sse(api.chat_chunk(cid, self.model_id, {}, value["finish"]))
-                if req.include_usage:
-                    yield sse(api.chat_chunk(cid, self.model_id, None, usage_=api.usage(value["prompt_tokens"],
-                                                                                   value["completion_tokens"])))
-                yield "data: [DONE]\n\n"
-            finally:
-                if not finished:  # the client went away: stop the work
-                    job.cancel()
-
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(self.chat_events(req, job, cid, (kind, value), request),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def chat_events(self, req: api.ChatRequest, job: Job, cid: str, first, request: Request):
+        finished = False
+        try:
+            yield sse(api.chat_chunk(cid, self.model_id, {"role": "assistant", "content": ""}))
+            kind, value = first
+            while kind != "result":
+                if kind == "delta":
+                    yield sse(api.chat_chunk(cid, self.model_id, {"content": value}))
+                elif kind == "error":
+                    yield sse(api.error_body(self.failure(value)))
+                    finished = True
+                    return
+                try:
+                    kind, value = await self.next_event(job, request)
+                except api.APIError as e:  # shutdown: the stream ends with OpenAI's error body
+                    finished = e.status != 499
+                    yield sse(api.error_body(e))
+                    return
+            finished = True
+            yield sse(api.chat_chunk(cid, self.model_id, {}, value["finish"]))
+            if req.include_usage:
+                yield sse(api.chat_chunk(cid, self.model_id, None, usage_=api.usage(value["prompt_tokens"],
+                                                                               value["completion_tokens"])))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not finished:  # the client went away: stop the work
+                job.cancel()
+
     async def images(self, request: Request, req: api.ImageRequest) -> dict:
-        job = self.submit(image_job(req, self.model_id), request)
-        _, pngs = await self.outcome(job, request)
+        job = self.submit(image_job(req, self.model_id), "image")
+        _, made = await self.outcome(job, request)
         return {"created": int(time.time()),
-                "data": [{"b64_json": base64.b64encode(p).decode("ascii"), "revised_prompt": req.settings.prompt}
-                         for p in pngs]}
+                "data": [{"b64_json": base64.b64encode(png).decode("ascii"), "revised_prompt": req.settings.prompt,
+                          "seed": meta["seed"]} for png, meta in made],
+                "settings": {k: made[0][1][k] for k in ("steps", "guidance", "scheduler", "size")}}
 
     async def generations(self, request: Request):
         return await self.images(request, api.parse_image_request(await self.json_body(request), self.model_id))
 
     async def edits(self, request: Request):
-        from mlx_model.support.preprocess import ImageError, decode_image, load_image
-
         try:
             form = await request.form()
         except api.APIError:
@@ -256,42 +396,59 @@ class Server:
         if len(files) != 1:
             raise api.APIError(400, f"send exactly one 'image' file to edit (got {len(files)}).", param="image")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        api.check_unicode(fields)
         req = api.parse_image_request(fields, self.model_id, form=True)
-        try:
-            req.image = load_image(decode_image(await files[0].read(), f"the uploaded image {files[0].filename!r}"))
-        except ImageError as e:
-            raise api.APIError(400, str(e), param="image", code="invalid_image") from None
+        req.image = await self.upload(await files[0].read(), "image")
         return await self.images(request, req)
 
 
-async def api_error(request: Request, e: api.APIError):
-    return JSONResponse(api.error_body(e), status_code=e.status, headers=e.headers)
+def shutting_down() -> api.APIError:
+    return api.APIError(503, "the server is shutting down; this request was not finished.", type="server_error",
+                        code="server_shutting_down")
 
 
-async def http_error(request: Request, e: HTTPException):  # unknown route, wrong method
-    message = {404: f"no route {request.method} {request.url.path}; see GET /v1/models and the README.",
-               405: f"{request.method} is not allowed on {request.url.path}."}.get(e.status_code, str(e.detail))
-    return JSONResponse(api.error_body(api.APIError(e.status_code, message)), status_code=e.status_code)
+def handlers(server: Server):
+    async def api_error(request: Request, e: api.APIError):
+        server.counted(e)
+        return JSONResponse(api.error_body(e), status_code=e.status, headers=e.headers)
+
+    async def http_error(request: Request, e: HTTPException):  # unknown route, wrong method, body too large
+        message = {404: f"no route {request.method} {request.url.path}; see GET /v1/models and the README.",
+                   405: f"{request.method} is not allowed on {request.url.path}.",
+                   413: f"the request body is over this server's limit of {server.limits.max_body_bytes >> 20} MB "
+                        "(mobileo-server --max-body-mb)."}.get(e.status_code, str(e.detail))
+        err = api.APIError(e.status_code, message, code="request_too_large" if e.status_code == 413 else None)
+        server.counted(err)
+        return JSONResponse(api.error_body(err), status_code=e.status_code)
+
+    async def internal(request: Request, e: Exception):
+        traceback.print_exception(e, file=sys.stderr)
+        err = api.APIError(500, "internal server error (see the server's log).")
+        return JSONResponse(api.error_body(err), status_code=500)
+
+    return {api.APIError: api_error, HTTPException: http_error, Exception: internal}
 
 
-async def internal(request: Request, e: Exception):
-    traceback.print_exception(e, file=sys.stderr)
-    err = api.APIError(500, "internal server error (see the server's log).")
-    return JSONResponse(api.error_body(err), status_code=500)
-
-
-def create_app(worker: Worker, model_id: str, limits: Limits = Limits()) -> FastAPI:
-    server = Server(worker, model_id, limits)
-    app = FastAPI(title="mobileo-server", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(worker: Worker, model_id: str, limits: Limits = Limits(), security: Security = Security(),
+               server: Server | None = None) -> FastAPI:
+    server = server or Server(worker, model_id, limits, security)
+    app = FastAPI(title="mobileo-server", docs_url=None, redoc_url=None, openapi_url=None,
+                  exception_handlers=handlers(server))
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    app.add_exception_handler(api.APIError, api_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, internal)
+    app.add_middleware(Guard, security=security, counted=server.counted)
+    if security.cors_origins:  # added last: outermost, so that preflights are answered before the guard
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(security.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_api_route("/", server.page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/health", server.health, methods=["GET"])
     app.add_api_route("/v1/models", server.models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id:path}", server.model, methods=["GET"])
     app.add_api_route("/v1/chat/completions", server.chat, methods=["POST"])
     app.add_api_route("/v1/images/generations", server.generations, methods=["POST"])
     app.add_api_route("/v1/images/edits", server.edits, methods=["POST"])
+    app.state.server = server
     return app
 
 

@@ -24,7 +24,8 @@ from weights.core.errors import MobileOError, SettingError
 from mlx_model.support.image_settings import SEED_LIMIT, ImageSettings
 
 __all__ = ["APIError", "ChatRequest", "ImageRequest", "StopMatcher", "error_body", "from_mobileo_error",
-           "parse_chat", "parse_image_request", "parse_size", "chat_completion", "chat_chunk", "load_image_url"]
+           "parse_chat", "parse_image_request", "parse_size", "chat_completion", "chat_chunk", "check_image_bytes",
+           "check_unicode", "image_url_bytes"]
 
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
 MAX_IMAGES_PER_REQUEST = 4
@@ -74,6 +75,10 @@ def _get(body: dict, name: str, kinds, default=None, check=None, what: str = "")
         raise APIError(400, f"'{name}' must be {what or _kind_name(kinds)}, got {json_type(value)}.", param=name)
     if isinstance(value, float) and not math.isfinite(value):
         raise APIError(400, f"'{name}' must be a finite number.", param=name)
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**53 <= value <= 2**53:
+        raise APIError(400, f"'{name}' {value} is out of range.", param=name)  # MLX casts it to a C++ number
+    if kinds == (int, float) and isinstance(value, int):
+        value = float(value)
     if check is not None and not check(value):
         raise APIError(400, f"'{name}' must be {what}, got {value!r}.", param=name)
     return value
@@ -98,38 +103,101 @@ def check_model(body: dict, model_id: str) -> None:
                        param="model", code="model_not_found")
 
 
+# ------------------------------------------------------------------ text
+def check_unicode(value, param: str = "") -> None:
+    """Every string in a parsed body (keys too) is valid Unicode: JSON may carry a lone
+    surrogate (``"\ud800"``), which no tokenizer (and no UTF-8 encoder) accepts."""
+    if isinstance(value, str):
+        from mlx_model.support.tokenizer import surrogate_at
+
+        at = surrogate_at(value)
+        if at is not None:
+            raise APIError(400, f"'{param or 'the body'}' holds a lone surrogate (\\u{ord(value[at]):04x} at "
+                           f"character {at}), which is not Unicode text; send UTF-8 text.", param=param or None,
+                           code="invalid_text")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_unicode(k, param)
+            check_unicode(v, f"{param}.{k}" if param else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_unicode(v, f"{param}[{i}]")
+
+
 # ------------------------------------------------------------------ images in requests
-def load_image_url(url: str, param: str):
-    """An ``image_url``: a data URL or a local file (path or file:// URL) -> PIL image.
-    Remote URLs are refused: the server never fetches from the network."""
-    from mlx_model.support.preprocess import ImageError, decode_image, load_image
+def check_image_bytes(raw: bytes, param: str, max_pixels: int) -> bytes:
+    """``raw`` if its header names an image format Pillow reads, of at most ``max_pixels``;
+    nothing is decoded here (the worker decodes, one image at a time).  Runs off the loop."""
+    import io
+    import warnings
+
+    from PIL import Image
 
     try:
-        if url.startswith("data:"):
-            head, sep, data = url.partition(",")
-            if not sep or not head.endswith(";base64"):
-                raise APIError(400, "an image data URL must be base64: data:image/png;base64,<data>.", param=param)
-            try:
-                raw = base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise APIError(400, "the image data URL is not valid base64.", param=param) from None
-            return load_image(decode_image(raw, "the image in the data URL"))
-        scheme = urlparse(url).scheme.lower()
-        if scheme in ("http", "https", "ftp"):
-            raise APIError(400, f"remote image URLs are not fetched ({scheme}://...); this server reads images "
-                           "sent inline or from its own disk. Send a data URL (data:image/png;base64,...) or a "
-                           "local file path.", param=param, code="remote_url_refused")
-        path = Path(unquote(urlparse(url).path)) if scheme == "file" else Path(url)
-        return load_image(path)
-    except ImageError as e:
-        raise APIError(400, str(e), param=param, code="invalid_image") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        width = height = None
+    except Exception as e:  # Pillow raises many kinds on a bad header
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise APIError(400, f"cannot read the image in '{param}' ({why}); send a PNG, JPEG, WebP, ... file.",
+                       param=param, code="invalid_image") from None
+    if width is None or width * height > max_pixels:
+        size = "over Pillow's limit" if width is None else f"{width}x{height} ({width * height / 1e6:.0f} megapixels)"
+        raise APIError(400, f"the image in '{param}' is {size}, more than the {max_pixels / 1e6:.0f} megapixels "
+                       "this server decodes (mobileo-server --max-image-megapixels); downscale it (Mobile-O sees "
+                       "it at 1024x1024 anyway).", param=param, code="image_too_large")
+    if width < 1 or height < 1:
+        raise APIError(400, f"the image in '{param}' is empty (0 pixels).", param=param, code="invalid_image")
+    return raw
+
+
+def image_url_bytes(url: str, param: str, local_images: Path | None) -> bytes:
+    """An ``image_url``'s encoded bytes: a base64 data URL, or (only with ``--allow-local-images
+    DIR``) a file inside DIR.  Remote URLs are refused: the server never fetches from the
+    network.  A path outside DIR gets the same answer whether or not it exists."""
+    if url.startswith("data:"):
+        head, sep, data = url.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise APIError(400, "an image data URL must be base64: data:image/png;base64,<data>.", param=param)
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, "the image data URL is not valid base64.", param=param) from None
+    scheme = urlparse(url).scheme.lower()
+    if scheme not in ("", "file") and not (len(scheme) == 1 and url[1:3] in (":\\", ":/")):  # C:\ is a path
+        raise APIError(400, f"remote image URLs are not fetched ({scheme}://...); this server reads images "
+                       "sent inline. Send a data URL (data:image/png;base64,...).", param=param,
+                       code="remote_url_refused")
+    if local_images is None:
+        raise APIError(400, "this server does not read image paths from its disk; send the image inline as a data "
+                       "URL (data:image/png;base64,...), or start the server with --allow-local-images DIR.",
+                       param=param, code="local_image_refused")
+    import os
+
+    root = os.path.realpath(local_images)
+    name = unquote(urlparse(url).path) if scheme == "file" else url
+    path = os.path.realpath(os.path.join(root, os.path.expanduser(name)))
+    if os.path.commonpath([root, path]) != root:
+        raise APIError(400, f"image paths must be inside the folder this server was started with "
+                       f"(--allow-local-images {local_images}); send the image inline as a data URL instead.",
+                       param=param, code="local_image_refused")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise APIError(400, f"cannot read the image {name!r} in the allowed folder ({e.strerror}).", param=param,
+                       code="invalid_image") from None
 
 
 # ------------------------------------------------------------------ chat
 @dataclass
 class ChatRequest:
     turns: list[tuple[str, str]]
-    image: object = None  # a PIL image, in the first user turn
+    image_ref: tuple[str, str] | None = None  # (image_url, its parameter), read by the server off the loop
+    image: bytes | None = None  # the image's encoded bytes, in the first user turn (decoded on the worker)
     system_prompt: str | None = None
     stream: bool = False
     include_usage: bool = False
@@ -159,6 +227,28 @@ def _text_of(content, i: int, images: list) -> str:
         else:
             raise APIError(400, f"'{param}[{j}]' must be a text or an image_url part.", param=f"{param}[{j}]")
     return "\n".join(texts)
+
+
+# OpenAI's chat parameters this server does not honour, each with the values that ask for nothing
+# (the official client and most tools send those): anything else is a 400 naming the parameter
+UNSUPPORTED = {
+    "tools": lambda v: v in (None, []), "tool_choice": lambda v: v in (None, "none"),
+    "functions": lambda v: v in (None, []), "function_call": lambda v: v in (None, "none"),
+    "parallel_tool_calls": lambda v: True,  # meaningless without tools
+    "logit_bias": lambda v: v in (None, {}), "presence_penalty": lambda v: v in (None, 0, 0.0),
+    "frequency_penalty": lambda v: v in (None, 0, 0.0), "logprobs": lambda v: v in (None, False),
+    "top_logprobs": lambda v: v in (None, 0), "response_format": lambda v: v is None or v == {"type": "text"},
+    "modalities": lambda v: v in (None, ["text"]), "audio": lambda v: v is None, "prediction": lambda v: v is None,
+    "web_search_options": lambda v: v is None,
+}
+
+
+def check_unsupported(body: dict) -> None:
+    for name, harmless in UNSUPPORTED.items():
+        if name in body and not harmless(body[name]):
+            raise APIError(400, f"'{name}' is not supported by this server (Mobile-O answers in plain text, "
+                           "one answer per request, without tools or token log-probabilities); leave it out.",
+                           param=name, code="unsupported_parameter")
 
 
 def parse_chat(body: dict, model_id: str, max_tokens_limit: int) -> ChatRequest:
@@ -192,8 +282,7 @@ def parse_chat(body: dict, model_id: str, max_tokens_limit: int) -> ChatRequest:
     if not turns[-1][1].strip():
         raise APIError(400, "the last user message has no text; ask something.", param="messages",
                        code="empty_prompt")
-    image = load_image_url(*images[0]) if images else None
-
+    check_unsupported(body)
     n = _get(body, "n", int, 1)
     if n != 1:
         raise APIError(400, "'n' must be 1: one answer per request.", param="n")
@@ -217,8 +306,9 @@ def parse_chat(body: dict, model_id: str, max_tokens_limit: int) -> ChatRequest:
         "seed": _get(body, "seed", int, None, check=lambda v: 0 <= v < SEED_LIMIT,
                      what=f"an integer from 0 to {SEED_LIMIT - 1}"),
     }
-    return ChatRequest(turns, image, "\n".join(systems) if systems else None, bool(_get(body, "stream", bool, False)),
-                       bool(stream_options.get("include_usage")), list(stop or []), options)
+    return ChatRequest(turns, images[0] if images else None, None, "\n".join(systems) if systems else None,
+                       bool(_get(body, "stream", bool, False)), bool(stream_options.get("include_usage")),
+                       list(stop or []), options)
 
 
 class StopMatcher:
@@ -277,7 +367,7 @@ def chat_chunk(cid: str, model: str, delta: dict, finish: str | None = None, usa
 @dataclass
 class ImageRequest:
     settings: ImageSettings
-    image: object = None  # editing: the PIL image
+    image: bytes | None = None  # editing: the upload's encoded bytes (decoded on the worker)
 
 
 def parse_size(size, param: str = "size") -> tuple[int | None, int | None]:

@@ -8,13 +8,19 @@ A job whose client went away is marked cancelled: it is dropped if it has not st
 running one stops at its next piece (:meth:`Job.check`).
 
 MLX arrays made on this thread are released on this thread: :meth:`Worker.stop` drops the
-model and the caches before the thread ends (an MLX array made from random numbers on one
-thread and destroyed at interpreter exit aborts the process).
+model and the caches, and then the thread *parks* (waits forever) instead of ending.  Why:
+MLX's Python module keeps thread-local C++ state whose destructor takes the GIL when its
+thread ends.  A thread that ends while the main thread finalizes the interpreter is made to
+exit inside that destructor, which is ``noexcept``: "terminate called without an active
+exception", exit 134 (26 of 42 Ctrl-C runs before this; gdb: ``__call_tls_dtors`` ->
+``PyGILState_Ensure`` -> ``pthread_exit``).  A parked daemon thread runs no destructor; the
+process ends around it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import threading
 import time
@@ -47,10 +53,12 @@ def detached(e: Exception) -> Exception:
 
 class Job:
     """``fn(state, job)`` runs on the worker; ``state`` is what the worker's loader returned.
-    Pieces go out with :meth:`emit`; the return value or the exception ends the job."""
+    Pieces go out with :meth:`emit`; the return value or the exception ends the job.
+    ``kind`` ("chat", "image"): Retry-After is estimated from the durations of each kind."""
 
-    def __init__(self, fn: Callable[[Any, "Job"], Any], loop: asyncio.AbstractEventLoop):
+    def __init__(self, fn: Callable[[Any, "Job"], Any], loop: asyncio.AbstractEventLoop, kind: str = "job"):
         self.fn = fn
+        self.kind = kind
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
@@ -81,9 +89,12 @@ class Worker:
         self.max_queue = max_queue
         self.state = None
         self.current: Job | None = None  # the job running now
-        self.stats = {"done": 0, "failed": 0, "cancelled": 0, "rejected": 0}
-        self._seconds = 0.0  # all finished jobs together, for Retry-After
+        # client_errors: jobs that ended in a bad-input error (a 4xx), not counted as failures
+        self.stats = {"done": 0, "failed": 0, "client_errors": 0, "cancelled": 0, "rejected": 0}
+        self.durations: dict[str, collections.deque] = {}  # kind -> the last seconds of finished jobs
+        self._started_at = 0.0  # when the running job began
         self._ready = threading.Event()
+        self._stopped = threading.Event()  # the model is released; the thread is parked
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="mobileo-worker", daemon=True)
 
@@ -95,10 +106,13 @@ class Worker:
         if self._error is not None:
             raise self._error
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Cancel every job (waiting or running), then end the thread after the running one."""
-        if not self._thread.is_alive():
-            return
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def cancel_all(self) -> list[Job]:
+        """Cancel every job, waiting or running; the waiting ones are taken off the queue."""
+        jobs = []
         while True:
             try:
                 job = self.queue.get_nowait()
@@ -106,11 +120,21 @@ class Worker:
                 break
             if job is not _STOP:
                 job.cancel()
+                jobs.append(job)
                 self.stats["cancelled"] += 1
         if self.current is not None:
             self.current.cancel()
+            jobs.append(self.current)
+        return jobs
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel every job (waiting or running), then release the model after the running one
+        stops (at its next check) and park the thread (see the module's docstring)."""
+        if not self._thread.is_alive() or self.stopped:
+            return
+        self.cancel_all()
         self.queue.put(_STOP)
-        self._thread.join(timeout)
+        self._stopped.wait(timeout)
 
     def _main(self) -> None:
         try:
@@ -118,7 +142,8 @@ class Worker:
         except BaseException as e:  # handed to start()
             self._error = e
             self._ready.set()
-            return
+            self._stopped.set()
+            threading.Event().wait()  # park (the loader may have made MLX state on this thread)
         self._ready.set()
         while True:
             job = self.queue.get()
@@ -132,26 +157,30 @@ class Worker:
 
         gc.collect()
         mx.clear_cache()
+        self._stopped.set()
+        threading.Event().wait()  # park: never return (see the module's docstring)
 
     def _run(self, job: Job) -> None:
         if job.cancelled.is_set():
             self.stats["cancelled"] += 1
             return
+        from weights.core.errors import MobileOError
+
         self.current = job
-        t = time.perf_counter()
+        t = self._started_at = time.perf_counter()
         try:
             result = job.fn(self.state, job)
         except Cancelled:
             self.stats["cancelled"] += 1
         except Exception as e:  # the request turns it into an error answer
-            self.stats["failed"] += 1
+            self.stats["client_errors" if isinstance(e, MobileOError) else "failed"] += 1
             job.emit("error", detached(e))
         else:
             self.stats["done"] += 1
             job.emit("result", result)
         finally:
             self.current = None
-            self._seconds += time.perf_counter() - t
+            self.durations.setdefault(job.kind, collections.deque(maxlen=20)).append(time.perf_counter() - t)
 
     # ------------------------------------------------------------------ requests
     def submit(self, job: Job) -> None:
@@ -161,11 +190,21 @@ class Worker:
             self.stats["rejected"] += 1
             raise QueueFull(self.retry_after()) from None
 
+    def expected_seconds(self, kind: str) -> float:
+        """The mean of the last durations of jobs of ``kind`` (1 s before any has run)."""
+        seen = self.durations.get(kind)
+        return sum(seen) / len(seen) if seen else 1.0
+
     def retry_after(self) -> int:
-        """Seconds until a place is likely free: the mean job time times the jobs ahead."""
-        finished = self.stats["done"] + self.stats["failed"] + self.stats["cancelled"]
-        mean = self._seconds / finished if finished else 1.0
-        return max(1, round(mean * (self.queue.qsize() + 1)))
+        """Seconds until a place in the queue is likely free: what is left of the running job
+        (from the measured durations of its kind; a place frees when it ends), or the first
+        waiting job's expected time when none runs yet."""
+        current, waiting = self.current, [j for j in list(self.queue.queue)[:1] if j is not _STOP]
+        if current is not None:
+            left = self.expected_seconds(current.kind) - (time.perf_counter() - self._started_at)
+        else:
+            left = sum(self.expected_seconds(j.kind) for j in waiting)
+        return max(1, round(left))
 
     def waiting(self) -> int:
         return self.queue.qsize()

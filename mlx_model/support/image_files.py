@@ -213,6 +213,31 @@ def read_metadata(path: str | Path) -> dict:
     return data
 
 
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
+
+
+def damage(path: str | Path) -> str | None:
+    """Why the image file ``path`` is not whole ("empty", "no IEND chunk", "truncated", ...), or
+    None when it decodes completely (a PNG must also end with its IEND chunk)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty"
+        if path.suffix.lower() == ".png":
+            with open(path, "rb") as f:
+                f.seek(max(size - len(PNG_END), 0))
+                if f.read() != PNG_END:
+                    return "no IEND chunk: cut short"
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        return f"does not decode: {type(e).__name__}"
+    return None
+
+
 def metadata_defaults(path: str | Path, task: str = "generate") -> dict:
     """``--config-from-metadata``: the settings of one image as this command's argument names."""
     meta = read_metadata(path)

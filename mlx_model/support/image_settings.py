@@ -17,6 +17,7 @@ import numbers
 import secrets
 from dataclasses import dataclass, replace
 
+from weights.core.configs import GenerationDefaults
 from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS
 from weights.core.errors import MobileOError, SettingError
 
@@ -118,14 +119,15 @@ class ImageSettings:
 
     def resolved(self, config, *, draw: bool = True) -> ImageSettings:
         """Checked, with the model's defaults filled in (steps, guidance, size) and a drawn seed
-        where none was given (``draw=False``: starting latents replace the seed)."""
+        where none was given; ``draw=False`` (starting latents given): no seed at all, since the
+        latents, not a seed, make the image."""
         self.check(config)
         d = config.defaults
         return replace(self, steps=d.steps if self.steps is None else int(self.steps),
                        guidance=float(d.guidance if self.guidance is None else self.guidance),
                        height=config.image_size if self.height is None else int(self.height),
                        width=config.image_size if self.width is None else int(self.width),
-                       seed=draw_seed() if self.seed is None and draw else self.seed)
+                       seed=(draw_seed() if self.seed is None else self.seed) if draw else None)
 
     def latent_shape(self, config) -> tuple[int, int, int]:
         return latent_shape(config, self.height, self.width)
@@ -166,4 +168,4 @@ def refuse_nonfinite(latents, guidance) -> None:
 
     if not np.isfinite(np.asarray(latents)).all():
         raise MobileOError(f"sampling diverged: the final latents hold NaN or infinity (guidance {guidance}).",
-                           fix="lower the guidance (Mobile-O uses 1.5).")
+                           fix=f"lower the guidance (Mobile-O uses {GenerationDefaults().guidance}).")

@@ -4,7 +4,7 @@ MLX is imported inside the functions, so the CLIs can read the constants without
 
 from __future__ import annotations
 
-from weights.core.errors import MobileOError
+from weights.core.errors import MobileOError, SettingError
 
 QUANTIZE_CHOICES = (0, 4, 8)  # bits for the LLM and DiT Linear layers; 0 = float
 DEFAULT_QUANTIZE = 4  # every entry point's default (-q 4): the one place it is written
@@ -15,14 +15,14 @@ QMM_MAX_ROWS = 16  # on CPU: up to this many input rows, MLX's quantized matmul;
 def check_bits(quantize: int) -> int:
     """``quantize`` (bits of the quantized Linear layers, 0 = float) is one MLX supports here."""
     if quantize not in QUANTIZE_CHOICES:
-        raise MobileOError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}.",
-                           fix="use -q 0 (float), 4 or 8.")
+        raise SettingError("quantize", f"{{name}} must be one of {QUANTIZE_CHOICES}, got {quantize!r}.",
+                           fix="use {name} 0 (float), 4 or 8.")
     return quantize
 
 
 def quantize_linears(module, quantize: int, group_size: int = QUANT_GROUP_SIZE,
                      dequantize: bool | None = None):
-    """Affine ``bits``-bit quantization of the Linear layers whose input dim is a multiple of
+    """Affine ``quantize``-bit quantization of the Linear layers whose input dim is a multiple of
     ``group_size`` (the others stay float).  ``quantize`` 0: unchanged.
 
     ``dequantize`` True turns the quantized layers back into float Linear layers holding the

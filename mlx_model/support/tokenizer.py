@@ -13,7 +13,30 @@ from weights.mapping.tokenizer_files import eos_token
 
 
 class PromptError(MobileOError):
-    """An empty or over-long prompt."""
+    """An empty or over-long prompt, or one that is not Unicode text."""
+
+
+def surrogate_at(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (None: nowhere).  Python makes one from bytes that
+    are not UTF-8 on a command line (``$'caf\\xe9'`` -> ``'caf\\udce9'``) or from JSON's
+    ``"\\ud800"``; no tokenizer (and no UTF-8 encoder) accepts it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def check_text(text: str, what: str = "the prompt") -> str:
+    """``text`` if it is Unicode text; else one-line :class:`PromptError`."""
+    at = surrogate_at(text)
+    if at is not None:
+        code = ord(text[at])
+        why = (f"the byte 0x{code - 0xDC00:02x} is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+               else f"a lone surrogate \\u{code:04x}")
+        raise PromptError(f"{what} is not valid text ({why}).",
+                          fix="pass UTF-8 text (check the terminal's or the file's encoding, e.g. LANG=C.UTF-8).")
+    return text
 
 
 class Tokenizer:
@@ -40,7 +63,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special tokens written in the text become their ids."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(check_text(text), add_special_tokens=False).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -1,8 +1,13 @@
 """A batch run whose rank STOP_RANK exits hard (``os._exit(17)``, no clean-up) right after saving
 its STOP_AFTER-th image: the crash a restart must heal.  For tests/test_batch_generation.py,
-under ``mlx.launch``:  python tests/tools/batch_rank_stops.py STOP_AFTER STOP_RANK <mobileo-generate flags>"""
+under ``mlx.launch``:  python tests/tools/batch_rank_stops.py STOP_AFTER STOP_RANK <mobileo-generate flags>
+
+With ``BATCH_STOP_HOW=sigstop`` the rank stops itself with SIGSTOP instead (a hung or sleeping
+machine: the process stays, silent); with ``BATCH_RANK_MODEL_HASH=HASH`` rank STOP_RANK
+sees other weights (its model hash is HASH) and STOP_AFTER is not used."""
 
 import os
+import signal
 import sys
 
 from mlx_model import generate
@@ -16,7 +21,16 @@ def main() -> None:
         if this_rank == rank and count >= after:
             print(f"rank {rank} stops after {count} image(s) (test)", flush=True)
             sys.stderr.flush()
-            os._exit(17)
+            if os.environ.get("BATCH_STOP_HOW") == "sigstop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                os._exit(17)
+
+    other_hash = os.environ.get("BATCH_RANK_MODEL_HASH")
+    if other_hash and os.environ.get("MLX_RANK") == str(rank):
+        from mlx_model.support import image_files
+
+        image_files.model_hash = lambda folder, sample=0: other_hash
 
     run_batch = batch.run_batch
     batch.run_batch = lambda *a, **kw: run_batch(*a, on_saved=on_saved, **kw)

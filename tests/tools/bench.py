@@ -126,7 +126,7 @@ def work_decode(a) -> dict:
 
     t = time.perf_counter()
     ckpt = open_model(a.model)
-    llm = LanguageModel.from_checkpoint(ckpt, a.quantize or None)
+    llm = LanguageModel.from_checkpoint(ckpt, a.quantize)
     load = time.perf_counter() - t
     vocab = ckpt.config.llm.vocab_size
     ids = [(i * 7919) % min(vocab, 20000) for i in range(1, 33)]  # a fixed 32-token prompt

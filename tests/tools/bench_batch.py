@@ -4,6 +4,7 @@ whole command (start, model load and index included) and as the closing line rep
 
     python tests/tools/bench_batch.py                      # demo model, 16 prompts, 4 steps, 1 and 2 processes
     python tests/tools/bench_batch.py --size 256 --procs 1 2 4 --prompts 32
+    python tests/tools/bench_batch.py --mixed --prompts 24   # issue 26: alternating 256/8 and 64/2 on 2 ranks
     make bench-batch                                 # the same, table + build/bench-batch.json
 
 Each run writes into a fresh folder (nothing reused).  Not a test: nothing is asserted.
@@ -92,6 +93,47 @@ def run_once(n: int, args: list[str], folder: Path, env: dict, direct: bool = Fa
             "images_by_rank": {str(r): sum(e["rank"] == r for e in entries) for r in range(n)}}
 
 
+MIXED = ({"width": 256, "height": 256, "steps": 8}, {"width": 64, "height": 64, "steps": 2})
+
+
+def mixed(a, env: dict) -> None:
+    """``--mixed``: the same images (half 256 px / 8 steps, half 64 px / 2 steps) on 2 ranks, in
+    two orders: alternating (big, small, big, ...: a round-robin deal gives one rank every big
+    image) and paired (big, big, small, small, ...: a round-robin deal splits it evenly, the
+    balanced reference).  Prints each run's wall time, the ranks' busy seconds (the sum of their
+    images' times, from index.jsonl) and alternating / paired."""
+    n = a.prompts - a.prompts % 4
+    kinds = {"alternating": [MIXED[i % 2] for i in range(n)],
+             "paired": [MIXED[(i // 2) % 2] for i in range(n)]}
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        folder = Path(tmp)
+        (folder / "warm.txt").write_text("warm up\n")
+        subprocess.run(command(1, ["--model", a.model, "--prompts-file", "warm.txt", "--output-dir", "warm"], 0),
+                       cwd=folder, env=env, capture_output=True, text=True, timeout=3600, check=True)
+        for name, sizes in kinds.items():
+            (folder / f"{name}.jsonl").write_text("".join(
+                json.dumps({"prompt": f"prompt {i}, a small red cup", "seed": i, **s}) + "\n" for i, s in enumerate(sizes)))
+            out = folder / name
+            t = time.perf_counter()
+            r = subprocess.run(command(2, ["--model", a.model, "-q", a.quantize, "--prompts-file", f"{name}.jsonl",
+                                           "--output-dir", str(out)], free_ports(2)),
+                               cwd=folder, env=env, capture_output=True, text=True, timeout=3600)
+            wall = time.perf_counter() - t
+            if not (out / "index.jsonl").is_file():
+                raise SystemExit(f"{name}: no index was written\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+            entries = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+            busy = {r_: round(sum(e["timings"]["total"] for e in entries if e["rank"] == r_), 2) for r_ in (0, 1)}
+            big = {r_: sum(e["rank"] == r_ and e["width"] == 256 for e in entries) for r_ in (0, 1)}
+            rows[name] = {"wall_s": round(wall, 2), "busy_s_by_rank": busy, "big_images_by_rank": big}
+            print(f"{name}: {len(entries)} images on 2 ranks in {wall:.2f}s; busy seconds by rank {busy}; "
+                  f"256 px images by rank {big}", flush=True)
+    ratio = rows["alternating"]["wall_s"] / rows["paired"]["wall_s"]
+    print(f"alternating / paired (balanced) wall time: {ratio:.2f} (goal: at most 1.25)")
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps({"mixed": rows, "ratio": round(ratio, 3), "images": n}, indent=1) + "\n")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="demo")
@@ -102,6 +144,8 @@ def main(argv=None) -> None:
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts (default 1 2)")
     p.add_argument("--blas-threads", type=int, default=None,
                    help="OPENBLAS_NUM_THREADS for every process (default: OpenBLAS's own, one per core)")
+    p.add_argument("--mixed", action="store_true",
+                   help="alternating 256 px / 8 steps and 64 px / 2 steps on 2 ranks against the same images paired")
     p.add_argument("--json", default=str(ROOT / "build" / "bench-batch.json"))
     a = p.parse_args(argv)
     if any(n > 1 for n in a.procs) and not LAUNCH.is_file():
@@ -109,6 +153,8 @@ def main(argv=None) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     if a.blas_threads:
         env["OPENBLAS_NUM_THREADS"] = str(a.blas_threads)
+    if a.mixed:
+        return mixed(a, env)
     args = ["--prompts-file", "prompts.txt", "--model", a.model, "--steps", str(a.steps), "-q", a.quantize]
     if a.size:
         args += ["--width", str(a.size), "--height", str(a.size)]

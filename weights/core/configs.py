@@ -294,10 +294,7 @@ def per_block(value, n: int = 1) -> tuple:
 # --------------------------------------------------------------------------------------
 # Inference scheduler (diffusers DPMSolverMultistepScheduler field names)
 
-
-# The samplers over this config live in one table, weights.core.samplers; these two names
-# (CLI name -> manifest type, and the default's CLI name) stay importable from here.
-from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS  # noqa: E402, F401
+# (the samplers over this config: one table, weights.core.samplers)
 
 
 @dataclass(frozen=True)
