@@ -253,8 +253,13 @@ def test_hub_login_hint_is_the_installed_command(monkeypatch, tmp_path):
     from weights.core.errors import ModelNotFoundError
     from weights.loading.hub import resolve_model
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    import huggingface_hub
+
+    def unreachable(*a, **kw):  # what a network failure looks like, without touching the network
+        raise OSError("connection refused")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(ModelNotFoundError) as e:
         resolve_model("someone/some-model")
     assert "hf auth login" in str(e.value) and "huggingface-cli" not in str(e.value)
@@ -357,3 +362,31 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path):
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
         assert "Traceback" not in err and p.returncode == 130 and "interrupted" in err, (delay, p.returncode, err)
+
+
+def test_offline_hub_says_so_instead_of_asking_for_the_internet(monkeypatch, tmp_path):
+    from weights.core.errors import ModelNotFoundError
+    from weights.loading.hub import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model("someone/some-model")
+    text = str(e.value)
+    assert "HF_HUB_OFFLINE is set" in text and "unset HF_HUB_OFFLINE" in text and "internet" not in text, text
+    assert "\n" not in text and "Fix:" in text
+
+
+def test_a_file_missing_from_an_mlx_folder_is_named(capsys, tiny_ckpt_dir, tmp_path):
+    import shutil
+
+    from mlx_model import convert as convert_mod
+
+    folder = tmp_path / "q4"
+    convert_mod.main(["--model", str(tiny_ckpt_dir), "-q", "4", "--out", str(folder)])
+    capsys.readouterr()
+    (folder / "dit.safetensors").unlink()
+    err = fails(capsys, generate_mod.main, "a red cup", "--model", folder, "-q", "4", "--steps", "1",
+                "--output", tmp_path / "x.png")
+    assert "dit.safetensors" in err and "the file is missing" in err and "RuntimeError" not in err, err
+    shutil.rmtree(folder)

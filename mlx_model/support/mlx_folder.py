@@ -102,7 +102,7 @@ class MLXFolder:
 
         if not self.has(component):
             raise WeightsError(f"{self.folder} holds no {component} weights.",
-                               fix="convert the model again with python -m mlx_model.convert.")
+                               fix="convert the model again with mobileo-convert.")
         q = self.quantization
         if component in QUANTIZED:
             self.check_quantize(quantize, q["group_size"])
@@ -110,18 +110,22 @@ class MLXFolder:
                 nn.quantize(module, group_size=q["group_size"], bits=q["bits"],
                             class_predicate=quantizable(q["group_size"]))
         path = self.folder / self.meta["files"][component]
+        if not path.is_file():
+            raise WeightsError(f"the MLX folder {self.folder} lists {path.name} for its {component} weights, but "
+                               "the file is missing.", fix="copy the whole folder again, or convert the model again "
+                               "with mobileo-convert.")
         try:
             weights = mx.load(str(path))
             if prefix:
                 weights = {k: v for k, v in weights.items() if k.startswith(prefix)}
         except Exception as e:  # missing or corrupt file
             raise WeightsError(f"cannot read {path} ({type(e).__name__}).",
-                               fix="convert the model again with python -m mlx_model.convert.") from None
+                               fix="convert the model again with mobileo-convert.") from None
         try:
             module.load_weights(list(weights.items()), strict=True)
         except ValueError as e:
             raise WeightsError(f"{path} does not match the {component} model: {str(e).splitlines()[0]}",
-                               fix="convert the model again with this version of mlx_model.convert.") from None
+                               fix="convert the model again with this version of mobileo-convert.") from None
         dtype = mx.float32 if dtype is None else dtype  # as the checkpoint path (bf16 -> fp32, exact)
         module.update(tree_map_with_path(
             lambda path, x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype

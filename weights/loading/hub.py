@@ -34,6 +34,13 @@ def _patterns(sub: str | None) -> list[str]:
         [f"{sub}/*/*.json"] if sub else ["*/*.json"])
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` set to a true value (huggingface_hub then never connects)."""
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def resolve_model(model: str, *, revision: str | None = None, offline: bool | None = None) -> Path:
     """Local folder holding config.json + safetensors for ``model``."""
     if model == DEMO:
@@ -58,6 +65,12 @@ def resolve_model(model: str, *, revision: str | None = None, offline: bool | No
                                  local_files_only=bool(offline))
     except Exception as e:  # network errors, missing repo, gated repo, offline and not cached
         kind = type(e).__name__
+        if offline or hub_offline():
+            raise ModelNotFoundError(
+                f"{model} is not in the local Hugging Face cache, and the hub is off "
+                f"({'HF_HUB_OFFLINE is set' if hub_offline() else 'offline was asked for'}).",
+                fix="unset HF_HUB_OFFLINE to download it once, pass a local folder with --model "
+                "/path/to/model, or try the pipeline with --model demo.") from None
         raise ModelNotFoundError(
             f"cannot get {model} from the Hugging Face hub ({kind}) and it is not in the local cache.",
             fix="connect to the internet or log in (hf auth login), pass a local folder "
