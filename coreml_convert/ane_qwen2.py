@@ -6,13 +6,15 @@ masks.  Parameter names are the checkpoint's llm keys (``model.layers.0.self_att
 ``lm_head.weight``), so the checkpoint loads strictly with no second key table.
 
 The graph is pure fp16 arithmetic (docs/deployment-notes.md section 2, "what falls off the
-Neural Engine"): the token embeddings, RoPE cos/sin, the causal mask and the KV-cache write
-mask are inputs computed on the host (``weights.bundles.contract``: ``embed_prompt``,
-``rope``, ``causal_bias``, ``cache_update_mask``) -- no gather, cumsum, integer compare or
-cast.  GQA groups the query heads of each KV head (heads as a batch axis, rank <= 4) instead
-of materialising repeated keys/values.  A cache write blends one block of slots
-(``cache * (1 - m) + new * m``, elementwise and exact for a 0/1 mask) instead of a one-hot
-matrix product.  The logits come out in slices of at most ``contract.MAX_DIMENSION``.
+Neural Engine"): the token embeddings, RoPE cos/sin and the causal mask are inputs computed
+on the host (``weights.bundles.contract``: ``embed_prompt``, ``rope``, ``causal_bias``) -- no
+gather, cumsum, integer compare or cast.  GQA groups the query heads of each KV head (heads
+as a batch axis, rank <= 4) instead of materialising repeated keys/values.  Keys and values
+are (1, kv_heads, S, D): the cache's layout, head dim last.  A cache write is an in-place
+``slice_update`` of this call's S slots at the ``position`` input (the caller's ``cache``
+callable, ``components/llm.py``), as Anemll's ``qwen_model.py`` writes
+``kv_cache[..., pos:pos+1, :]``: one slot per decoded token, never the whole state.  The
+logits come out in slices of at most ``contract.MAX_DIMENSION``.
 """
 
 from __future__ import annotations
@@ -37,28 +39,24 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head
 
 
 def grouped_attention(q, k, v, bias, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
-    """GQA without repeating K/V.  q (1, H*D, 1, S); k, v (1, G*D, 1, T); bias (1, T, 1, S).
-    The R = H/G query heads of KV head g (transformers' repeat_kv order: q head g*R + r) are
-    laid side by side, so each group is one (T x D) @ (D x R*S) product with G as the batch
-    axis.  Returns (1, H*D, 1, S)."""
+    """GQA without repeating K/V.  q (1, H*D, 1, S); k, v (1, G, T, D) (the cache layout);
+    bias (1, T, 1, S).  The R = H/G query heads of KV head g (transformers' repeat_kv order:
+    q head g*R + r) are laid side by side, so each group is one (T x D) @ (D x R*S) product
+    with G as the batch axis.  Returns (1, H*D, 1, S)."""
     g, r, d = kv_heads, heads // kv_heads, head_dim
     qh = (q * d ** -0.5).reshape(g, r, d, -1).permute(0, 2, 1, 3).reshape(g, d, -1)  # (G, D, R*S)
-    kh = k.reshape(g, d, -1)  # (G, D, T)
-    vh = v.reshape(g, d, -1)
-    w = torch.matmul(kh.transpose(1, 2), qh)  # (G, T, R*S)
+    kh = k.reshape(g, -1, d)  # (G, T, D)
+    vh = v.reshape(g, -1, d)
+    w = torch.matmul(kh, qh)  # (G, T, R*S)
     b = bias[:, :, 0, :]  # (1, T, S): a slice, no reshape (T and S may both be flexible)
     w = (w + torch.cat([b] * r, dim=-1)).softmax(dim=1)  # one bias per query head of the group
-    o = torch.matmul(vh, w)  # (G, D, R*S)
+    o = torch.matmul(vh.transpose(1, 2), w)  # (G, D, R*S)
     return o.reshape(g, d, r, -1).permute(0, 2, 1, 3).reshape(1, heads * d, 1, -1)
 
 
-def write_cache(cache: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """cache (1, C, 1, T) with the block of S = new.shape[-1] slots picked by ``mask``
-    (1, 1, T/S, 1) one-hot replaced by ``new`` (1, C, 1, S); every other slot kept exactly."""
-    c, t, s = int(cache.shape[1]), int(cache.shape[-1]), int(new.shape[-1])
-    blocks = cache.reshape(1, c, t // s, s)
-    out = blocks * (1.0 - mask) + new * mask  # new (1, C, 1, S) broadcasts over the T/S blocks
-    return out.reshape(1, c, 1, t)
+def heads_last(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(1, heads*D, 1, S) -> (1, heads, S, D): the cache's layout."""
+    return x.reshape(1, heads, head_dim, -1).permute(0, 1, 3, 2)
 
 
 class Attention(nn.Module):
@@ -71,19 +69,18 @@ class Attention(nn.Module):
         self.v_proj = ane.Linear(c, self.kv_heads * d, bias=True)
         self.o_proj = ane.Linear(self.heads * d, c, bias=False)
 
-    def forward(self, x, cos, sin, bias, cache=None, update=None):
+    def forward(self, x, cos, sin, bias, cache=None):
         """x (1, C, 1, S); cos/sin (1, D, 1, S); bias (1, K, 1, S).
 
-        Without a cache the keys are this call's (K = S).  With ``cache`` = (k, v), each
-        (1, kv_heads*D, 1, T), and ``update`` (1, 1, T/S, 1), the call's keys/values are
-        written into their block of slots and attention runs over all T slots (K = T).
-        Returns the output and the (new) (k, v)."""
+        Without a cache the keys are this call's (K = S).  With ``cache``, a callable
+        (k, v) -> (keys, values) that writes this call's (1, kv_heads, S, D) keys/values into
+        their S slots and returns the layer's whole cache (1, kv_heads, T, D), attention runs
+        over all T slots (K = T).  Returns the output and the (k, v) attended to."""
         q = rope(self.q_proj(x), cos, sin, self.heads, self.head_dim)
-        k = rope(self.k_proj(x), cos, sin, self.kv_heads, self.head_dim)
-        v = self.v_proj(x)
+        k = heads_last(rope(self.k_proj(x), cos, sin, self.kv_heads, self.head_dim), self.kv_heads, self.head_dim)
+        v = heads_last(self.v_proj(x), self.kv_heads, self.head_dim)
         if cache is not None:
-            k = write_cache(cache[0], k, update)
-            v = write_cache(cache[1], v, update)
+            k, v = cache(k, v)
         o = grouped_attention(q, k, v, bias, self.heads, self.kv_heads, self.head_dim)
         return self.o_proj(o), (k, v)
 
@@ -108,8 +105,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = ane.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = ane.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, bias, cache=None, update=None):
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, update)
+    def forward(self, x, cos, sin, bias, cache=None):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, bias, cache)
         x = x + a
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
@@ -156,12 +153,13 @@ class Qwen2ANE(nn.Module):
             start += width
         return out
 
-    def run(self, x, cos, sin, bias, caches=None, update=None):
+    def run(self, x, cos, sin, bias, caches=None):
         """All hidden states as transformers' ``output_hidden_states`` (embeddings, each layer's
-        output, the last one after the final norm) and the per-layer (k, v)."""
+        output, the last one after the final norm) and the per-layer (k, v).  ``caches``: one
+        writer per layer (see :meth:`Attention.forward`)."""
         states, kvs = [x], []
         for i, layer in enumerate(self.model.layers):
-            x, kv = layer(x, cos, sin, bias, None if caches is None else caches[i], update)
+            x, kv = layer(x, cos, sin, bias, None if caches is None else caches[i])
             states.append(x)
             kvs.append(kv)
         states[-1] = self.model.norm(x)

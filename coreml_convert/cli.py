@@ -1,8 +1,13 @@
 """``python -m coreml_convert --model X --out build/ [--components ...] [--precision fp16|fp32]
-[--compress default|none|RECIPE]``
+[--target ane|gpu] [--compress default|none|RECIPE] [-v]``
 
-Weights are compressed by default with each component's recipe (``convert.RECIPES``: 4-bit
-LLM and DiT, 6-bit LUTs for the vision encoder, int8 MCP and VAE decoder); gate 2 then runs
+Checks for torch and coremltools first (one ``error:`` line naming the ``convert`` extra,
+nothing written); their progress bars and tracer warnings are hidden unless ``-v``.
+Weights are compressed by default with each component's recipe for ``--target`` (the
+component table, ``weights.core.components``: for ``ane`` mixed LUT4/LUT6 + int8 LLM and DiT,
+6-bit LUTs for the vision encoder, int8 MCP and VAE decoder; for ``gpu`` per-block int4 LLM
+and DiT, the DiT and VAE computed in fp32); each bundle is stamped (user metadata) with its
+name, target, compute units, recipe and host-input constants for ``mobileo-validate``; gate 2 then runs
 on the uncompressed program and the compressed one is measured against it ("drift", in the
 table, the record and the manifest's ``compression`` object).  ``--compress none`` keeps fp16
 weights; an explicit recipe applies to every component.
@@ -20,6 +25,9 @@ components are still converted.  Bundle I/O and compute units: ``weights.bundles
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
 import gc
 import json
 import os
@@ -31,6 +39,8 @@ import time
 import traceback
 from pathlib import Path
 
+from weights.bundles import contract
+from weights.core.components import DEFAULT_TARGET, TARGETS
 from weights.core.errors import MobileOError, run_cli
 from weights.core.memory import peak_rss_bytes
 
@@ -42,6 +52,7 @@ from coreml_convert.components import REGISTRY
 from coreml_convert.spec import PRECISIONS, ConversionResult
 
 RECORDS = ".conversion"  # out/.conversion/<name>.json: result + gate verdict of each bundle
+RECORD_VERSION = 2  # 2: bundles stamped for mobileo-validate, llm cache written at a position
 EXIT_GATE_FAILED = 3
 EXIT_CRASHED = 1
 SKIPPED = "already converted"
@@ -86,13 +97,15 @@ def write_record(out: Path, name: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def finished(out: Path, name: str, precision: str, compression: dict | None) -> ConversionResult | None:
+def finished(out: Path, name: str, precision: str, compression: dict | None,
+             target: str = DEFAULT_TARGET) -> ConversionResult | None:
     """The stored result when ``name`` is already converted, passed, and matches the request."""
     from weights.bundles.hashing import bundle_bytes
 
     rec = read_record(out, name)
-    if not rec or not rec.get("passed") or rec.get("precision") != precision or rec.get("recipe") != compression:
-        return None
+    if not rec or not rec.get("passed") or rec.get("precision") != precision or rec.get("recipe") != compression \
+            or rec.get("target", DEFAULT_TARGET) != target or rec.get("record") != RECORD_VERSION:
+        return None  # RECORD_VERSION: bundles of an older converter (no stamp, old cache layout) are redone
     result = ConversionResult.from_dict(rec["result"])
     bundle = out / result.file
     if not bundle.exists() or bundle_bytes(bundle) != result.bytes:
@@ -104,7 +117,7 @@ def finished(out: Path, name: str, precision: str, compression: dict | None) -> 
 
 
 def convert_component(ckpt, name: str, out: Path, precision: str, compression: dict | None,
-                      seed: int = 0) -> tuple[ConversionResult, gates.GateReport]:
+                      seed: int = 0, target: str = DEFAULT_TARGET) -> tuple[ConversionResult, gates.GateReport]:
     from weights.bundles.hashing import bundle_bytes, bundle_sha256
 
     reset_peak_rss()
@@ -115,6 +128,7 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
         raise cv.ConversionError(f"component {name} cannot be imported ({e}).",
                                  fix="check coreml_convert/components/ is complete.") from None
     spec = module.build_spec(ckpt, seed=seed)
+    spec.io = dataclasses.replace(spec.io, target=target)  # the compute units follow the target
     reference = gates.gate1(spec)
     plain, model = cv.convert_both(spec, precision, compression)
     plain_dir = plain_path = None
@@ -124,19 +138,21 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
         else:  # gate 2 runs on the uncompressed program, saved aside (a temp folder) for the gates only
             plain_dir = Path(tempfile.mkdtemp(prefix=f".{name}.fp16.", suffix=cv.TMP_SUFFIX, dir=out))
             plain_path = cv.save_atomic(plain, plain_dir, spec.file)
+        stamp(model, spec, compression, ckpt.config)
         path = cv.save_atomic(model, out, spec.file)
         del model, plain
         gc.collect()
         files = []
         for file, array in spec.files.items():  # tables the app reads beside the bundle
             table = cv.save_table(array, out, file)
+            dtype, shape = contract.table_format(array)
             files.append({"file": file, "sha256": bundle_sha256(table), "bytes": bundle_bytes(table),
-                          "shape": [int(n) for n in np.shape(array)], "dtype": "float16"})
+                          "shape": list(shape), "dtype": dtype})
         report = gates.run_gates(spec, path, precision, reference=reference, plain_path=plain_path)
     finally:
         if plain_dir is not None:
             shutil.rmtree(plain_dir, ignore_errors=True)
-    linted = lint.lint_bundle(path, name)
+    linted = lint.lint_bundle(path, name, spec.compute_units)
     lint.write_report(linted, out)  # out/<name>.lint.json beside the bundle
     summary = lint.summary(linted)
     result = ConversionResult(
@@ -144,7 +160,7 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
         inputs=cv.io_specs(spec.inputs, precision), outputs=cv.io_specs(spec.outputs, precision),
         states=cv.io_specs(spec.states, precision), functions=tuple(spec.functions),
         compute_units=spec.compute_units, minimum_os=dict(spec.minimum_os),
-        compression=compression_record(precision, compression, report),
+        compression=compression_record(precision, compression, report, target),
         gates=report.as_gates(), seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
         function_io={fn: {k: cv.io_specs(specs, precision) for k, specs in io.items()}
                      for fn, io in spec.function_io.items()},
@@ -155,10 +171,30 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
     return result, report
 
 
-def compression_record(precision: str, recipe: dict | None, report: gates.GateReport) -> dict:
-    """The manifest's open ``compression`` object: the recipe, its CLI name, and the drift
-    of the compressed program (vs the uncompressed one, and vs the torch module)."""
-    rec = {"precision": precision, "weights": precision, **(recipe or {}), "recipe": cv.recipe_name(recipe)}
+def stamp(model, spec, recipe: dict | None, config) -> None:
+    """Facts the validator reads back from the bundle's own spec (``ios_bridge.bundle_check``):
+    the component, its target, compute units and recipe, and the host-input constants the
+    bundle was built for (RoPE theta, context and chunk lengths, masks, timestep features).
+    Stored as the model's user-defined metadata; the bundle's sha256 covers them."""
+    from ios_bridge.bundle_check import STAMP
+    from ios_bridge.manifest import host_facts
+
+    meta = getattr(model, "user_defined_metadata", None)
+    if meta is None:  # not a Core ML model object (a test double)
+        return
+    meta[STAMP + "name"] = spec.name
+    meta[STAMP + "target"] = spec.io.target
+    meta[STAMP + "compute_units"] = spec.compute_units
+    meta[STAMP + "recipe"] = cv.recipe_name(recipe)
+    meta[STAMP + "host_inputs"] = json.dumps(host_facts(config), sort_keys=True)
+
+
+def compression_record(precision: str, recipe: dict | None, report: gates.GateReport,
+                       target: str = DEFAULT_TARGET) -> dict:
+    """The manifest's open ``compression`` object: the target, the recipe, its CLI name, and
+    the drift of the compressed program (vs the uncompressed one, and vs the torch module)."""
+    rec = {"precision": precision, "weights": precision, **(recipe or {}), "recipe": cv.recipe_name(recipe),
+           "target": target}
     if report.drift is not None:
         rec["drift_psnr_db"] = _round_db(report.drift_psnr_db)
         rec["compressed_program_psnr_db"] = _round_db(report.compressed_psnr_db)
@@ -172,9 +208,9 @@ def _round_db(v: float):
 # ------------------------------------------------------------------ table
 
 
-COLUMNS = ("component", "recipe", "bundle MB", "gate1 dB", "gate2 dB", "drift dB", "ANE eligible", "seconds",
-           "peak RSS MB", "status")
-LEFT = (0, 1, 9)  # left-aligned columns
+COLUMNS = ("component", "recipe", "bundle MB", "gate1 dB", "gate2 dB", "drift dB", "max |act|", "ANE eligible",
+           "seconds", "peak RSS MB", "status")
+LEFT = (0, 1, 10)  # left-aligned columns
 
 
 def _db(v) -> str:
@@ -183,7 +219,7 @@ def _db(v) -> str:
 
 def table_row(name: str, result: ConversionResult | None, status: str) -> tuple[str, ...]:
     if result is None:
-        return (name, "-", "-", "-", "-", "-", "-", "-", "-", status)
+        return (name, "-", "-", "-", "-", "-", "-", "-", "-", "-", status)
     g = result.gates
     mb = result.bytes / 1e6
     share = result.lint.get("eligible_share")
@@ -191,6 +227,7 @@ def table_row(name: str, result: ConversionResult | None, status: str) -> tuple[
     drift = c.get("drift_psnr_db")
     return (name, c.get("recipe", c.get("weights", "-")), f"{mb:.2f}" if mb < 10 else f"{mb:.1f}",
             _db(g.get("reference_psnr_db")), _db(g.get("program_psnr_db")), _db(None if drift is None else float(drift)),
+            "-" if g.get("max_abs_activation") is None else f"{g['max_abs_activation']:.3g}",
             "-" if share is None else f"{100 * share:.1f}%", f"{result.seconds:.1f}", f"{result.peak_rss_mb:.0f}", status)
 
 
@@ -214,28 +251,88 @@ def select_components(text: list[str] | None) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m coreml_convert",
+    p = argparse.ArgumentParser(prog="mobileo-coreml",
                                 description="Convert Mobile-O to Neural-Engine Core ML bundles, checking two parity gates each.")
     p.add_argument("--model", required=True, help="hub id, local checkpoint folder, or 'demo'")
     p.add_argument("--out", required=True, help="output folder for the .mlpackage bundles and manifest.json")
     p.add_argument("--components", nargs="+", metavar="NAME",
                    help=f"subset to convert (default: all): {', '.join(REGISTRY)}")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="compute precision (default fp16)")
+    p.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
+                   help="deployment target: 'ane' (iPhone default: Neural Engine weight formats, compute units "
+                        "cpuAndNeuralEngine) or 'gpu' (Macs / GPU fallback: per-block int4, cpuAndGPU)")
     p.add_argument("--compress", default=cv.DEFAULT, metavar="RECIPE",
-                   help="weight compression: 'default' (each component's recipe: "
+                   help="weight compression: 'default' (each component's recipe for --target; ane: "
                         + ", ".join(f"{n} {cv.recipe_name(r)}" for n, r in cv.RECIPES.items())
-                        + "), 'none' (fp16 weights), or one recipe for all: int8, int4[b<block>], "
+                        + "), 'none' (fp16 weights), or one recipe for all: int8, int4[b<block>], mixed "
+                          "(LUT4/LUT6 per layer by measured drift, else int8), "
                           "lut<bits>[g<group>] (uniform LUTs), palettize<bits>[g<group>] (k-means, needs scikit-learn)")
     p.add_argument("--force", action="store_true", help="reconvert components whose bundle already exists")
     p.add_argument("--seed", type=int, default=0, help="seed of the gates' random inputs")
     p.add_argument("--revision", default=None, help="hub revision of --model")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show coremltools' progress bars and torch's tracer warnings (hidden by default)")
     return p.parse_args(argv)
 
 
+CONVERT_EXTRA = "pip install -e '.[convert]'"
+
+
+def require_convert_extra() -> None:
+    """Conversion needs torch and coremltools (the ``convert`` extra): one line naming it,
+    before anything is read or written."""
+    from importlib.util import find_spec
+
+    missing = [m for m in ("torch", "coremltools") if find_spec(m) is None]
+    if missing:
+        raise cv.ConversionError(f"mobileo-coreml needs {' and '.join(missing)}, which "
+                                 f"{'is' if len(missing) == 1 else 'are'} not installed.",
+                                 fix=f"{CONVERT_EXTRA} (the convert extra: torch, coremltools, transformers, "
+                                     "diffusers, timm).")
+
+
+@contextlib.contextmanager
+def quiet_conversion(verbose: bool = False):
+    """Hide coremltools' progress bars (tqdm, disabled for the duration), its INFO/WARNING
+    log lines, and torch's TracerWarnings; ``-v`` keeps them.  Restored on exit."""
+    import logging
+    import warnings
+
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("coremltools", "torch", "transformers", "diffusers", "timm")]
+    levels = [lg.level for lg in loggers]
+    try:
+        import tqdm
+    except ImportError:
+        tqdm = None
+    init = tqdm.tqdm.__dict__["__init__"] if tqdm else None  # the raw attribute (tqdm wraps it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        if tqdm:
+            tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
+        try:
+            yield
+        finally:
+            if tqdm:
+                tqdm.tqdm.__init__ = init
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
 def run(args: argparse.Namespace, stream=None) -> int:
+    stream = stream or sys.stdout
+    require_convert_extra()
+    with quiet_conversion(getattr(args, "verbose", False)):
+        return _run(args, stream)
+
+
+def _run(args: argparse.Namespace, stream) -> int:
     from weights.loading.hub import open_model
 
-    stream = stream or sys.stdout
     names = select_components(args.components)
     compression = cv.parse_compression(args.compress)
     ckpt = open_model(args.model, revision=args.revision)
@@ -246,15 +343,18 @@ def run(args: argparse.Namespace, stream=None) -> int:
 
     rows, code = [], 0
     for name in names:
-        recipe = cv.recipe_for(name, compression)
-        result = None if args.force else finished(out, name, args.precision, recipe)
+        target = getattr(args, "target", DEFAULT_TARGET)
+        recipe = cv.recipe_for(name, compression, target)
+        # a recipe may carry its compute precision (--target gpu: fp32 DiT and VAE, as Mobile-O's app)
+        precision = (recipe or {}).get("precision", args.precision)
+        result = None if args.force else finished(out, name, precision, recipe, target)
         if result is not None:
             rows.append(table_row(name, result, SKIPPED))
             print(f"{name}: {SKIPPED}, not redone (--force to redo)", file=stream, flush=True)
             continue
-        print(f"{name}: converting ({args.precision}, weights {cv.recipe_name(recipe)}) ...", file=stream, flush=True)
+        print(f"{name}: converting ({precision}, weights {cv.recipe_name(recipe)}) ...", file=stream, flush=True)
         try:
-            result, report = convert_component(ckpt, name, out, args.precision, recipe, args.seed)
+            result, report = convert_component(ckpt, name, out, precision, recipe, args.seed, target)
         except Exception as e:  # one component failing: report it, go on with the others
             if isinstance(e, MobileOError):  # a known failure (e.g. ct.convert refused): one line
                 print(f"error: {name}: {e}", file=sys.stderr, flush=True)
@@ -269,7 +369,8 @@ def run(args: argparse.Namespace, stream=None) -> int:
         if report.predict is None and platform.system() != "Darwin":
             status += f" (no MLModel.predict on {platform.system()})"
         write_record(out, name, {"passed": report.passed, "failures": report.failures,
-                                 "precision": args.precision, "recipe": recipe,
+                                 "precision": precision, "recipe": recipe, "target": target,
+                                 "record": RECORD_VERSION,
                                  "result": result.to_dict()})
         rows.append(table_row(name, result, status))
         if not report.passed:
@@ -278,20 +379,26 @@ def run(args: argparse.Namespace, stream=None) -> int:
         gc.collect()
 
     print(format_table(rows), file=stream, flush=True)
-    print(f"manifest: {write_manifest(out, ckpt, args)}", file=stream, flush=True)
+    print(f"manifest: {write_manifest(out, ckpt, args, names)}", file=stream, flush=True)
     return code
 
 
-def write_manifest(out: Path, ckpt, args) -> Path:
-    """ios_bridge's manifest over every passing bundle in ``out`` (pipeline order)."""
+def write_manifest(out: Path, ckpt, args, requested: list[str] | None = None) -> Path:
+    """ios_bridge's manifest over every passing bundle in ``out`` of this run's target
+    (pipeline order); ``requested``: the components this run was asked for (a subset makes
+    the export partial)."""
     from ios_bridge.manifest import write_manifest as _write
 
     results = []
     for name in REGISTRY:
         rec = read_record(out, name)
-        if rec and rec.get("passed") and (out / rec["result"]["file"]).exists():
+        target = getattr(args, "target", DEFAULT_TARGET)
+        if rec and rec.get("passed") and (out / rec["result"]["file"]).exists() \
+                and rec.get("target", DEFAULT_TARGET) == target:
             results.append(ConversionResult.from_dict(rec["result"]))
-    return _write(out, ckpt, results, model_id=args.model, revision=args.revision)
+    requested = list(REGISTRY) if requested is None else requested
+    return _write(out, ckpt, results, model_id=args.model, revision=args.revision,
+                  requested=requested, target=getattr(args, "target", DEFAULT_TARGET))
 
 
 def main(argv=None) -> None:

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from weights.core.components import recipes
+from weights.core.components import ANE_MIXED, DEFAULT_TARGET, recipes
 from weights.core.errors import MobileOError
 
 from weights.bundles.contract import TensorSpec
@@ -148,13 +148,16 @@ def convert_both(spec: ComponentSpec, precision: str = "fp16", compression: dict
 
 
 def save_table(array: np.ndarray, out_dir: str | Path, file: str) -> Path:
-    """Write ``array`` as raw little-endian fp16 ``out_dir/file`` atomically (temp + os.replace)."""
+    """Write ``array`` as ``out_dir/file`` atomically (temp + os.replace): uint8 arrays (packed
+    int8 rows, ``contract.quantize_rows``) as their bytes, anything else as little-endian fp16."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{file}.", suffix=TMP_SUFFIX, dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(np.ascontiguousarray(np.asarray(array), dtype="<f2").tobytes())
+            a = np.asarray(array)
+            f.write(np.ascontiguousarray(a).tobytes() if a.dtype == np.uint8
+                    else np.ascontiguousarray(a, dtype="<f2").tobytes())
         os.replace(tmp, out_dir / file)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -164,7 +167,7 @@ def save_table(array: np.ndarray, out_dir: str | Path, file: str) -> Path:
 
 # ------------------------------------------------------------------ compression
 
-COMPRESSIONS = ("int4", "lut", "palettize", "int8")
+COMPRESSIONS = ("int4", "lut", "palettize", "int8", "mixed")
 DEFAULT = "default"  # --compress default: each component's RECIPES entry
 
 # The default recipe per component (iOS 18 constexpr ops; ``gather`` -- none left in the
@@ -173,15 +176,98 @@ DEFAULT = "default"  # --compress default: each component's RECIPES entry
 # encoder 6 and the image decoder 8 (its output is the picture).  Deterministic (no k-means):
 # the LLM's functions compress identically and share one weight set after the merge.
 # The recipes live in the component table (weights.core.components, ``Component.recipe``).
-RECIPES: dict[str, dict] = recipes()
+RECIPES: dict[str, dict] = recipes()  # the "ane" target's (TARGETS: "ane", "gpu")
 
 
-def recipe_for(name: str, compression) -> dict | None:
-    """The recipe a component gets: ``DEFAULT`` -> its RECIPES entry, None -> uncompressed,
-    an explicit recipe (dict) -> that one for every component."""
+def recipe_for(name: str, compression, target: str = DEFAULT_TARGET) -> dict | None:
+    """The recipe a component gets: ``DEFAULT`` -> the component table's recipe for
+    ``target``, None -> uncompressed, an explicit recipe (dict) -> that one for every component."""
     if compression == DEFAULT:
-        return dict(RECIPES[name]) if name in RECIPES else None
+        return recipes(target).get(name)
     return compression
+
+
+# ------------------------------------------------------------------ mixed-bit palettization
+
+MIN_WEIGHT_ELEMENTS = 2048  # coremltools' default weight_threshold: smaller consts stay fp16
+
+
+def uniform_lut_snr_db(w: np.ndarray, nbits: int, group_size: int) -> float:
+    """The worst output channel's weight SNR (dB) under coremltools' uniform LUT palettization
+    of ``w`` with one LUT per ``group_size`` channels of axis 0 (its ``compress_uniform``: a
+    linear LUT from each group's min to max, fp16 entries, nearest index), computed exactly in
+    numpy.  Per channel, not over the tensor: one outlier that stretches a group's LUT leaves
+    the other channels of the group at a few levels, and the layer's output drifts there."""
+    w = np.asarray(w, np.float32)
+    n = w.shape[0]
+    g = group_size if group_size and n % group_size == 0 else n
+    groups = w.reshape(n // g, -1)
+    lo, hi = groups.min(axis=1, keepdims=True), groups.max(axis=1, keepdims=True)
+    levels = (1 << nbits) - 1
+    span = np.where(hi > lo, hi - lo, 1.0)
+    idx = np.round((groups - lo) / span * levels)
+    lut_step = (hi - lo) / levels
+    rebuilt = (idx * lut_step + lo).astype(np.float16).astype(np.float32)
+    rows = w.reshape(n, -1)
+    err = np.sum((rows - rebuilt.reshape(n, -1)) ** 2, axis=1)
+    sig = np.sum(rows ** 2, axis=1)
+    lost = err > 0
+    if not lost.any():
+        return float("inf")
+    return float(np.min(10 * np.log10(np.maximum(sig[lost], 1e-30) / err[lost])))
+
+
+def _weight_consts(model):
+    """(name, value) of every weight const the compressor would take (>= 2,048 elements,
+    float, not an embedding ``gather``'s)."""
+    prog = model._mil_program
+    seen = set()
+    for func in prog.functions.values():
+        for op in func.find_ops(op_type="const"):
+            val = op.outputs[0].val
+            if op.name in seen or not isinstance(val, np.ndarray) or val.dtype.kind != "f" or val.size < MIN_WEIGHT_ELEMENTS:
+                continue
+            if any(c.op_type == "gather" for c in op.outputs[0].child_ops):
+                continue
+            seen.add(op.name)
+            yield op.name, val
+
+
+def mixed_plan(model, recipe: dict) -> dict[str, tuple[str, int, float]]:
+    """Per weight: ("lut", bits, snr) for the fewest of ``recipe["bits"]`` whose measured
+    weight SNR reaches ``recipe["min_snr_db"]``, else ("int8", 8, snr of the widest palette):
+    a per-channel int8 weight where a palette drifts too far."""
+    bits = sorted(int(b) for b in recipe.get("bits", (4, 6)))
+    floor, group = float(recipe.get("min_snr_db", 14.0)), int(recipe.get("group_size", 16))
+    plan = {}
+    for name, val in _weight_consts(model):
+        snr = None
+        for b in bits:
+            snr = uniform_lut_snr_db(val, b, group)
+            if snr >= floor:
+                plan[name] = ("lut", b, snr)
+                break
+        else:
+            plan[name] = ("int8", 8, snr)
+    return plan
+
+
+def compress_mixed(model, recipe: dict):
+    """Mixed-bit per-grouped-channel palettization (:func:`mixed_plan`), then per-channel
+    int8 for the weights no palette holds -- both formats the Neural Engine runs."""
+    import coremltools.optimize.coreml as cto
+
+    plan = mixed_plan(model, recipe)
+    group = int(recipe.get("group_size", 16))
+    luts = {n: cto.OpPalettizerConfig(mode="uniform", nbits=b, granularity="per_grouped_channel", group_size=group)
+            for n, (kind, b, _) in plan.items() if kind == "lut"}
+    ints = {n: cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+            for n, (kind, _, _) in plan.items() if kind == "int8"}
+    if luts:
+        model = cto.palettize_weights(model, cto.OptimizationConfig(global_config=None, op_name_configs=luts))
+    if ints:
+        model = cto.linear_quantize_weights(model, cto.OptimizationConfig(global_config=None, op_name_configs=ints))
+    return model
 
 
 def compress(model, recipe: dict | None):
@@ -202,6 +288,8 @@ def compress(model, recipe: dict | None):
     import coremltools.optimize.coreml as cto
 
     kind = recipe["weights"]
+    if kind == "mixed":
+        return compress_mixed(model, recipe)
     if kind in ("palettize", "lut"):
         mode = "uniform" if kind == "lut" else "kmeans"
         if mode == "kmeans":
@@ -238,6 +326,8 @@ def parse_compression(text: str | None):
         return None
     if text == "int8":
         return {"weights": "int8"}
+    if text == "mixed":
+        return dict(ANE_MIXED)
     import re
 
     m = re.fullmatch(r"int4(?:b(\d+))?", text)
@@ -259,8 +349,12 @@ def recipe_name(recipe: dict | None) -> str:
     if not recipe or recipe.get("weights") in (None, "fp16", "fp32"):
         return "fp16"
     kind = recipe["weights"]
+    if recipe.get("precision") == "fp32":
+        return recipe_name({k: v for k, v in recipe.items() if k != "precision"}) + "-fp32"
     if kind == "int4":
         return f"int4b{recipe.get('block_size', 32)}"
+    if kind == "mixed":
+        return "mixed" + "/".join(str(b) for b in recipe.get("bits", (4, 6))) + f"g{recipe.get('group_size', 16)}+int8"
     if kind in ("lut", "palettize"):
         return f"{kind}{recipe.get('nbits', 6)}" + (f"g{recipe['group_size']}" if recipe.get("group_size") else "")
     return kind

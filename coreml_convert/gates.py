@@ -26,6 +26,7 @@ from coreml_convert.spec import ComponentSpec
 
 GATE1_MIN_DB = 60.0
 GATE2_MIN_DB = 35.0
+FP16_MAX = 65504.0  # the largest finite fp16 value
 DRIFT_MIN_DB = 15.0  # compressed program vs the uncompressed one (4-bit weights included)
 
 
@@ -111,6 +112,9 @@ class GateReport:
     predict_note: str = ""
     drift: dict[str, float] | None = None  # compressed program vs the uncompressed one, per output
     compressed: dict[str, float] | None = None  # compressed program vs the torch module, per output
+    # the largest |activation| the gated (uncompressed) program computed on the example inputs:
+    # next to fp16's 65,504, what a device run with real weights can be read against
+    max_abs_activation: float | None = None
 
     @property
     def drift_psnr_db(self) -> float | None:
@@ -149,6 +153,9 @@ class GateReport:
         g = {"reference_psnr_db": self.reference_psnr_db, "program_psnr_db": self.program_psnr_db}
         if self.predict is not None:
             g["predict_psnr_db"] = _min(self.predict)
+        if self.max_abs_activation is not None:
+            g["max_abs_activation"] = self.max_abs_activation
+            g["fp16_max"] = FP16_MAX
         return g
 
 
@@ -158,16 +165,20 @@ def run_gates(spec: ComponentSpec, path, precision: str = "fp16",
 
     ``plain_path``: the uncompressed program of a compressed bundle ``path``; gate 2 then runs
     on it, and the bundle's program is measured against it (drift) and against the module."""
+    from coreml_convert.mil_exec import track_activations
+
     ref = gate1(spec) if reference is None else reference
     if plain_path is None:
-        prog = gate2(spec, path, precision)
+        with track_activations() as peak:
+            prog = gate2(spec, path, precision)
         drift = compressed = squeezed = None
     else:
         torch_out = torch_outputs(spec, program_inputs(spec, precision))
-        plain = program_outputs(spec, plain_path, precision)
+        with track_activations() as peak:
+            plain = program_outputs(spec, plain_path, precision)
         prog = compare(torch_out, plain)
         squeezed = program_outputs(spec, path, precision)
         drift = compare({k: np.asarray(v, np.float32) for k, v in plain.items() if k in torch_out}, squeezed)
         compressed = compare(torch_out, squeezed)
     pred, note = predict_check(spec, path, precision, expected=squeezed)
-    return GateReport(ref, prog, pred, note, drift, compressed)
+    return GateReport(ref, prog, pred, note, drift, compressed, max_abs_activation=peak.value)

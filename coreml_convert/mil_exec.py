@@ -19,6 +19,7 @@ multifunction program.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,35 @@ def _check_inputs(func, inputs: dict) -> dict[str, np.ndarray]:
     return out
 
 
+class ActivationPeak:
+    """Inside ``with track_activations() as peak``: ``peak.value`` is the largest |x| of any
+    floating-point value an op computed (constants and inputs excluded) in the programs run,
+    ``peak.op`` the op that made it -- an fp16 program's distance to fp16's 65,504."""
+
+    def __init__(self):
+        self.value, self.op = 0.0, None
+
+    def see(self, op, value) -> None:
+        a = np.asarray(value)
+        if a.dtype.kind == "f" and a.size:
+            m = float(np.nanmax(np.abs(a)))
+            if m > self.value or not np.isfinite(m):
+                self.value, self.op = m, op.name
+
+
+_PEAK: list[ActivationPeak] = []
+
+
+@contextlib.contextmanager
+def track_activations():
+    peak = ActivationPeak()
+    _PEAK.append(peak)
+    try:
+        yield peak
+    finally:
+        _PEAK.remove(peak)
+
+
 def run_program(
     model_or_path,
     inputs: dict[str, np.ndarray],
@@ -360,5 +390,7 @@ def _run_block(block, env: dict) -> None:
             )
         for var, value in zip(op.outputs, results):
             env[var.name] = _finish(var, value, op)
+            for peak in _PEAK:
+                peak.see(op, env[var.name])
         for name in frees.get(index, ()):
             env.pop(name, None)

@@ -109,6 +109,7 @@ def component_entry(out_dir: Path, result: Any) -> dict[str, Any]:
         states=[_tensor(t) for t in d.get("states", [])],
         functions=list(d.get("functions") or ["main"]),
         compute_units=d.get("compute_units") or components.COMPONENTS[name].compute_units,
+        target=(d.get("compression") or {}).get("target", components.DEFAULT_TARGET),
         minimum_os=dict(d.get("minimum_os") or contract.MINIMUM_OS),
         compression=dict(d.get("compression") or {}),
         gates=dict(d.get("gates") or {}),
@@ -211,8 +212,20 @@ def pipeline_facts(cfg) -> dict[str, Any]:
     }
 
 
+def export_facts(entries: list[dict], requested: Iterable[str] | None, target: str | None) -> dict[str, Any]:
+    """The ``export`` object: the target and the components the run was asked for; partial
+    when that is a subset of the pipeline's (a component missing from a complete request is
+    then a failed conversion, which the validator refuses)."""
+    asked = list(requested) if requested is not None else list(components.BUNDLES)
+    targets = {e.get("target") for e in entries} - {None}
+    return {"target": target or (targets.pop() if len(targets) == 1 else components.DEFAULT_TARGET),
+            "partial": set(asked) != set(components.BUNDLES), "components": asked}
+
+
 def build_manifest(out_dir: str | Path, ckpt, results: Iterable[Any], model_id: str,
-                   revision: str | None) -> dict[str, Any]:
+                   revision: str | None, requested: Iterable[str] | None = None,
+                   target: str | None = None) -> dict[str, Any]:
+    """``requested``: the components the run was asked for (default: all of them)."""
     out_dir = Path(out_dir)
     entries = [component_entry(out_dir, r) for r in results]  # kept in the order given (pipeline order)
     names = [e["name"] for e in entries]
@@ -228,17 +241,19 @@ def build_manifest(out_dir: str | Path, ckpt, results: Iterable[Any], model_id: 
         "schema_version": SCHEMA_VERSION,
         "model": {"id": model_id, "revision": revision,
                   "diffusion_name_or_path": cfg.diffusion_name_or_path, "synthetic": synthetic},
+        "export": export_facts(entries, requested, target),
         "components": entries,
         "pipeline": facts,
     })
 
 
 def write_manifest(out_dir: str | Path, ckpt, results: list, model_id: str,
-                   revision: str | None) -> Path:
+                   revision: str | None, requested: Iterable[str] | None = None,
+                   target: str | None = None) -> Path:
     """Write ``out_dir/manifest.json`` atomically and return its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = build_manifest(out_dir, ckpt, results, model_id, revision)
+    data = build_manifest(out_dir, ckpt, results, model_id, revision, requested, target)
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=out_dir)
     try:

@@ -1,8 +1,14 @@
 """Check an export folder: ``python -m ios_bridge.validate build/``.
 
-Checks manifest.json against ``schema.json``, then that every bundle and tokenizer file
-it lists exists with the recorded size and sha256.  Prints one line per problem, naming
-the file, and exits 1; prints one ``ok:`` line and exits 0 when all is well.
+Checks manifest.json against ``schema.json``; that it lists components (0 is a failed
+export) and every one the pipeline needs unless ``export.partial`` declares a subset; that
+every bundle and tokenizer file it lists exists with the recorded size and sha256; then every
+field the Swift side consumes against each bundle's own spec -- I/O names, shapes, dtypes,
+states, functions, default function, specification version vs minimum OS, target, compute
+units, recipe, host-input constants, context/chunk length and head dim vs the shapes, the
+lint summary vs ``<name>.lint.json`` (``ios_bridge.bundle_check``; needs coremltools, no
+prediction; ``--files-only`` skips it).  Prints one line per problem, naming the file, and
+exits 1; prints one ``ok:`` line and exits 0 when all is well.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from weights.core.errors import MobileOError, run_cli
 
 from ios_bridge import MANIFEST_FILE
 from weights.bundles.hashing import bundle_bytes, bundle_sha256
+from ios_bridge.bundle_check import bundle_problems, export_problems
 from ios_bridge.manifest import load_schema
 
 
@@ -24,7 +31,7 @@ def schema_problems(data, where: str) -> list[str]:
         import jsonschema
     except ImportError:
         raise MobileOError("the jsonschema package is needed to validate a manifest.",
-                           fix="pip install jsonschema (or pip install -e '.[dev]').") from None
+                           fix="pip install -e . (jsonschema is a base dependency of mobileo-deploy).") from None
     validator = jsonschema.Draft202012Validator(load_schema())
     out = []
     for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
@@ -105,8 +112,10 @@ def check_problems(folder: Path, data) -> list[str]:
     return out
 
 
-def validate(folder: str | Path) -> list[str]:
-    """All problems found in an export folder (empty when it is valid)."""
+def validate(folder: str | Path, read_bundles: bool = True) -> list[str]:
+    """All problems found in an export folder (empty when it is valid).  ``read_bundles``:
+    also check the manifest against each bundle's own spec (``ios_bridge.bundle_check``;
+    needs coremltools); False checks the manifest, the files and their hashes only."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -118,16 +127,21 @@ def validate(folder: str | Path) -> list[str]:
     problems = schema_problems(data, str(path))
     if problems:
         return problems  # the file checks below rely on the schema's structure
-    return check_problems(folder, data) + file_problems(folder, data)
+    problems = export_problems(str(path), data) + check_problems(folder, data) + file_problems(folder, data)
+    if read_bundles and not problems:
+        problems += bundle_problems(folder, data)
+    return problems
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ios_bridge.validate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mobileo-validate", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="export folder holding manifest.json and the bundles")
+    p.add_argument("--files-only", action="store_true",
+                   help="check the manifest, files, sizes and hashes only (not the bundles' specs)")
     a = p.parse_args(argv)
 
     def run() -> int:
-        problems = validate(a.folder)
+        problems = validate(a.folder, read_bundles=not a.files_only)
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
@@ -135,7 +149,9 @@ def main(argv=None) -> int:
             return 1
         data = json.loads((Path(a.folder) / MANIFEST_FILE).read_text())
         print(f"ok: {Path(a.folder) / MANIFEST_FILE}: {len(data['components'])} component(s), "
-              f"{len(listed_files(data))} file(s) verified")
+              f"{len(listed_files(data))} file(s) verified"
+              + ("" if a.files_only else ", bundle specs match")
+              + (" (partial export)" if data["export"]["partial"] else ""))
         return 0
 
     return run_cli(run)

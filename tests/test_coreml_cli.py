@@ -89,7 +89,9 @@ def test_contract_is_defined_once(tiny_ckpt):
     for io in [contract.bundle_io(n, cfg) for n in contract.COMPONENT_NAMES]:  # pure fp16, Neural-Engine sizes
         for fn in io.function_io.values() or [{"inputs": io.inputs, "outputs": io.outputs}]:
             for t in fn["inputs"] + fn["outputs"]:
-                assert t.dtype == "float16" and max(t.shape) <= contract.MAX_DIMENSION, t
+                # the one int32 input: the llm cache's write position (slice_update begin)
+                want = ("int32", (1,)) if t.name == "position" else ("float16", t.shape)
+                assert (t.dtype, t.shape) == want and max(t.shape) <= contract.MAX_DIMENSION, t
     dit = contract.dit_io(cfg)
     assert dit.inputs[2].enumerated == {3: sequence_lengths(cfg)} and dit.inputs[0].shape[0] == contract.CFG_BATCH
     assert contract.mcp_io(cfg, lengths=(64,)).inputs[0].enumerated is None
@@ -123,9 +125,10 @@ def test_host_inputs():
     np.testing.assert_allclose(sin[0, :, 0, :].T, sin_hf[0].numpy(), atol=1e-5)
     b = contract.causal_bias([0, 1, 2], [0, 1, 2], [1, 1, 0])[0, :, 0, :]
     assert b.tolist() == [[0, 0, 0], [-1e4, 0, 0], [-1e4, -1e4, -1e4]]
-    assert contract.cache_update_mask(64, 64, 256).reshape(-1).tolist() == [0, 1, 0, 0]
+    assert contract.cache_position(64, 64, 256).tolist() == [64] and contract.cache_position(64, 64, 256).dtype == np.int32
+    assert contract.cache_position(37, 64, 256).tolist() == [37]  # a chunk may start anywhere it fits
     with pytest.raises(ValueError):
-        contract.cache_update_mask(5, 64, 256)
+        contract.cache_position(200, 64, 256)
 
 
 def test_torch_map_reshapes_only():
@@ -206,7 +209,41 @@ def test_default_recipes():
         assert recipe == cv.RECIPES[name] and recipe["weights"] != "palettize"
         assert cv.recipe_for(name, None) is None
         assert cv.recipe_for(name, {"weights": "int8"}) == {"weights": "int8"}
-    assert cv.RECIPES["llm"]["weights"] == cv.RECIPES["dit"]["weights"] == "int4"  # the two big ones: 4 bits
+    # the two big ones: mixed LUT4/LUT6 (+ int8) for the Neural Engine, per-block int4 for the GPU
+    assert cv.RECIPES["llm"]["weights"] == cv.RECIPES["dit"]["weights"] == "mixed"
+    assert cv.recipe_for("llm", cv.DEFAULT, "gpu") == {"weights": "int4", "block_size": 32}
+    # the GPU target runs the DiT and the VAE in fp32 (Mobile-O's own app): the recipe carries it
+    assert cv.recipe_for("dit", cv.DEFAULT, "gpu") == {"weights": "int4", "block_size": 32, "precision": "fp32"}
+    assert cv.recipe_name(cv.recipe_for("vae_decoder", cv.DEFAULT, "gpu")) == "int8-fp32"
+    assert cli.parse_args(["--model", "demo", "--out", "x"]).target == "ane"
+    assert cv.recipe_name(cv.RECIPES["llm"]) == "mixed4/6g16+int8" and cv.parse_compression("mixed") == cv.RECIPES["llm"]
+
+
+def test_mixed_plan_picks_bits_per_layer_by_measured_snr():
+    """The LUT SNR is coremltools' uniform palettization computed exactly; a Gaussian layer takes
+    4 bits, a heavy-tailed one 6, one no palette holds per-channel int8."""
+    rng = np.random.default_rng(0)
+    gauss = rng.standard_normal((64, 64, 1, 1)).astype(np.float16)
+    heavy = rng.standard_t(3, (64, 64, 1, 1)).astype(np.float16)
+    spike = gauss.copy()
+    spike[::16, 0] = 3e3  # one huge value per group of 16 rows: every palette's step is far too coarse
+    snr = {n: [cv.uniform_lut_snr_db(w, b, 16) for b in (4, 6)] for n, w in
+           (("gauss", gauss), ("heavy", heavy), ("spike", spike))}
+    assert snr["gauss"][0] >= 14 and snr["heavy"][0] < 14 <= snr["heavy"][1] and snr["spike"][1] < 14, snr
+    assert cv.uniform_lut_snr_db(np.zeros((16, 4)), 4, 16) == float("inf")
+
+    plan_of = lambda w: cv.mixed_plan(_model_with(w), cv.RECIPES["llm"])["w"][:2]
+    assert plan_of(gauss) == ("lut", 4) and plan_of(heavy) == ("lut", 6) and plan_of(spike) == ("int8", 8)
+
+
+def _model_with(weight):
+    """A stand-in for a converted model whose program holds one const weight named "w"."""
+    from types import SimpleNamespace
+
+    out = SimpleNamespace(val=weight, child_ops=[SimpleNamespace(op_type="conv")])
+    const = SimpleNamespace(name="w", outputs=[out])
+    func = SimpleNamespace(find_ops=lambda op_type: [const])
+    return SimpleNamespace(_mil_program=SimpleNamespace(functions={"main": func}))
 
 
 def test_kmeans_without_scikit_learn_is_one_line(monkeypatch):
@@ -292,7 +329,74 @@ def test_cli_converts_every_component(tiny_ckpt_dir, tmp_path, capsys, parity):
         parity(f"{c['name']} tiny", f"coreml program {comp['recipe']} vs fp16", "psnr_db drift", drift, at_least=gates.DRIFT_MIN_DB)
         record = cli.read_record(out, c["name"])
         assert record["recipe"] == cv.RECIPES[c["name"]] and record["result"]["compression"] == comp
+        # the largest |activation| of the fp16 program on the gates' inputs, beside fp16's max
+        parity(f"{c['name']} tiny", "coreml program fp16", "max |activation| (fp16 max 65504)",
+               g["max_abs_activation"], at_most=g["fp16_max"])
+        # --target ane: 100 % eligible, every weight format one the Neural Engine runs
+        assert c["target"] == "ane" and c["compute_units"] == "cpuAndNeuralEngine"
+        assert c["lint"]["eligible_share"] == 1.0 and "compression" not in c["lint"]["rules"], c["lint"]
+    assert manifest["export"] == {"target": "ane", "partial": False, "components": list(REGISTRY)}
     assert validate(out) == []
+
+
+@pytest.mark.slow
+def test_cli_gpu_target_dit_and_vae_fp32(tiny_ckpt_dir, tmp_path, capsys, parity):
+    """--target gpu: per-block int4 DiT computed in fp32, int8 VAE in fp32 (Mobile-O's app runs
+    both on the GPU in fp32), compute units cpuAndGPU; gated like the others; the partial export
+    validates against its bundles."""
+    from ios_bridge.validate import validate
+
+    out = tmp_path / "gpu"
+    code, _, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--target", "gpu",
+                            "--components", "dit", "vae_decoder"], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"] == {"target": "gpu", "partial": True, "components": ["dit", "vae_decoder"]}
+    for c in manifest["components"]:
+        assert (c["target"], c["compute_units"], c["compression"]["precision"]) == ("gpu", "cpuAndGPU", "fp32")
+        assert all(t["dtype"] == "float32" for t in c["inputs"] + c["outputs"]), c["name"]
+        assert "compression" not in c["lint"]["rules"]  # per-block int4 is a GPU format
+        g = c["gates"]
+        parity(f"{c['name']} tiny", "coreml program fp32", "psnr_db gate 2", g["program_psnr_db"], at_least=35)
+        parity(f"{c['name']} tiny", f"coreml program {c['compression']['recipe']} vs fp32", "psnr_db drift",
+               float(c["compression"]["drift_psnr_db"]), at_least=15)
+    assert validate(out) == []
+
+
+def test_cli_without_torch_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    """No torch: one line naming the convert extra, exit 2, nothing written (checked before
+    the model is opened or the output folder created)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torch" else real(n, *a))
+    out = tmp_path / "b"
+    code, stdout, err = run_cli(["--model", str(tmp_path / "nope"), "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and stdout == ""
+    assert err.startswith("error: mobileo-coreml needs torch") and ".[convert]" in err
+    assert not out.exists()
+
+
+def test_quiet_conversion_hides_progress_and_warnings_then_restores():
+    import logging
+    import warnings
+
+    import tqdm
+
+    init, level = tqdm.tqdm.__dict__["__init__"], logging.getLogger("coremltools").level
+    with quiet_conversion_ctx(False):
+        assert tqdm.tqdm(range(3)).disable
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn("TracerWarning-like noise")
+        assert seen == []
+        assert logging.getLogger("coremltools").level == logging.ERROR
+    assert tqdm.tqdm.__dict__["__init__"] is init and logging.getLogger("coremltools").level == level
+    with quiet_conversion_ctx(True):
+        assert not tqdm.tqdm(range(3), file=open("/dev/null", "w")).disable
+
+
+def quiet_conversion_ctx(verbose):
+    return cli.quiet_conversion(verbose)
 
 
 def test_cli_bad_input_one_line(tiny_ckpt_dir, tmp_path, capsys):

@@ -38,7 +38,7 @@ def sample_latents(program, cfg, cond, mask, noise) -> np.ndarray:
     """The app's loop: one CFG pair (uncond, cond) per step through the DiT program."""
     from mlx_model.pipelines.generation import sample
     from mlx_model.support.scheduler import SCHEDULERS, classifier_free_guidance
-    from weights.core.configs import DEFAULT_SAMPLER
+    from weights.core.samplers import DEFAULT_SAMPLER
 
     scheduler = SCHEDULERS[DEFAULT_SAMPLER](cfg.scheduler, STEPS)
 
@@ -92,7 +92,7 @@ def test_llm_decoded_tokens(tiny_ckpt, tmp_path, parity, capsys):
     cfg = tiny_ckpt.config
     spec = llm.build_spec(tiny_ckpt)
     plain, packed = both_programs(spec, "llm", tmp_path)
-    table = spec.files[contract.EMBEDDINGS_FILE]
+    table = llm.fp16_exact(contract.dequantize_rows(spec.files[contract.EMBEDDINGS_FILE]))  # the rows the app feeds
     ids = np.random.default_rng(6).integers(0, cfg.llm.vocab_size, contract.chunk_length(cfg) + 5)
     ref, ref_logits = greedy_tokens(plain, cfg, table, ids)
     ours, logits = greedy_tokens(packed, cfg, table, ids)

@@ -33,12 +33,13 @@ def export(tmp_path, tiny_ckpt):
     out = tmp_path / "export"
     out.mkdir()
     results = placeholder_results(tiny_ckpt, out)
-    write_manifest(out, tiny_ckpt, results, model_id="synthetic/tiny", revision="abc123")
+    write_manifest(out, tiny_ckpt, results, model_id="synthetic/tiny", revision="abc123",
+                   requested=[r["name"] for r in results])
     return out
 
 
-def _run_validate(folder):
-    return subprocess.run([sys.executable, "-m", "ios_bridge.validate", str(folder)], capture_output=True,
+def _run_validate(folder, *flags):
+    return subprocess.run([sys.executable, "-m", "ios_bridge.validate", str(folder), *flags], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
 
 
@@ -75,10 +76,13 @@ def test_manifest_validates_against_its_schema(export):
     data = json.loads((export / MANIFEST_FILE).read_text())
     jsonschema.Draft202012Validator.check_schema(load_schema())
     jsonschema.Draft202012Validator(load_schema()).validate(data)
-    assert validate(export) == []
-    r = _run_validate(export)
+    assert validate(export, read_bundles=False) == []
+    r = _run_validate(export, "--files-only")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("ok: ") and "4 component(s)" in r.stdout
+    assert r.stdout.startswith("ok: ") and "4 component(s)" in r.stdout and "(partial export)" in r.stdout
+    # the placeholder bundles are no Core ML models: reading their specs refuses them, one line each
+    problems = validate(export)
+    assert len(problems) == 4 and all("not a readable Core ML model" in p for p in problems), problems
 
 
 def test_manifest_facts_come_from_weights(export, tiny_ckpt):
@@ -129,12 +133,13 @@ def test_write_manifest_takes_conversion_results(tmp_path, tiny_ckpt):
                            minimum_os={"iOS": "18.0", "macOS": "15.0"}, compression={"precision": "fp16"},
                            gates={"reference_psnr_db": 80.0, "program_psnr_db": 90.0}, seconds=1.5, peak_rss_mb=300)
     chunked = dict(res.to_dict(), name="dit", chunks=["a.mlpackage", "b.mlpackage"])
-    path = write_manifest(out, tiny_ckpt, [res, chunked], "synthetic/tiny", None)
+    path = write_manifest(out, tiny_ckpt, [res, chunked], "synthetic/tiny", None, requested=["mcp", "dit"])
     m = json.loads(path.read_text())
     assert m["components"][0]["inputs"][0]["enumerated"] == {"3": [64, 128]}
     assert [c["file"] for c in m["components"][1]["chunks"]] == ["a.mlpackage", "b.mlpackage"]
     assert "file" not in m["components"][1]
-    assert validate(out) == []
+    assert m["export"] == {"target": "ane", "partial": True, "components": ["mcp", "dit"]}
+    assert validate(out, read_bundles=False) == []
 
     stale = dict(res.to_dict(), sha256="0" * 64)
     with pytest.raises(ManifestError, match="a.mlpackage: sha256 .* changed after conversion"):
@@ -220,16 +225,22 @@ def test_manifest_lists_every_function_of_llm(llm_export, tiny_ckpt):
         assert [o.name for o in func.outputs] == [t["name"] for t in io["outputs"]], fn
     (table,) = c["files"]
     assert table["file"] == data["pipeline"]["host_inputs"]["embeddings"] == contract.EMBEDDINGS_FILE
-    assert table["shape"] == [cfg.llm.vocab_size, cfg.llm.hidden_size] and table["dtype"] == "float16"
-    rows = np.fromfile(llm_export / table["file"], "<f2").reshape(table["shape"])
-    want = tiny_ckpt.load("llm")["model.embed_tokens.weight"]
-    np.testing.assert_array_equal(rows, np.asarray(want, np.float32).astype(np.float16))
+    assert table["shape"] == [cfg.llm.vocab_size, cfg.llm.hidden_size] and table["dtype"] == "int8_row_scale"
+    v, h = table["shape"]
+    packed = np.fromfile(llm_export / table["file"], np.uint8).reshape(v, h + 2)  # int8 row + fp16 scale
+    assert table["bytes"] == v * (h + 2)  # about half of fp16's v * h * 2
+    rows = contract.dequantize_rows(packed)
+    want = np.asarray(tiny_ckpt.load("llm")["model.embed_tokens.weight"], np.float32)
+    scale = np.abs(want).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(rows - want) <= 0.5 * scale * 1.01 + 1e-7)  # round to nearest, per-row scale
     assert c["lint"]["eligible_share"] >= 0.98 and c["lint"]["off"] == 0
 
 
 @pytest.mark.slow
 def test_validate_rejects_bad_function_io(llm_export, tmp_path):
     import shutil
+
+    from weights.bundles import contract
 
     out = tmp_path / "copy"
     shutil.copytree(llm_export, out)
@@ -250,7 +261,100 @@ def test_validate_rejects_bad_function_io(llm_export, tmp_path):
     p = problems(lambda c: c["function_io"]["prefill"]["inputs"].append(c["inputs"][0]))
     assert len(p) == 1 and "llm function 'prefill' input 'embeds' is listed twice" in p[0]
     p = problems(lambda c: c["files"][0].update(bytes=1))
-    assert len(p) == 1 and "llm table" in p[0] and "llm_embeddings.f16" in p[0]
+    assert len(p) == 1 and "llm table" in p[0] and contract.EMBEDDINGS_FILE in p[0]
+
+
+# ---------------------------------------------------------------------- tamper suite
+
+
+def _io(c, fn, group):
+    """The manifest's tensors of ``fn`` (both copies of the default function's)."""
+    lists = [c["function_io"][fn][group]]
+    if fn == c["functions"][0]:
+        lists.append(c[group])
+    return lists
+
+
+def _each(c, fn, group, name, change):
+    for tensors in _io(c, fn, group):
+        for t in tensors:
+            if t["name"] == name:
+                change(t)
+
+
+def _host(key, value):
+    return lambda m: m["pipeline"]["host_inputs"].update({key: value})
+
+
+def _llm(change):
+    return lambda m: change(m["components"][0])
+
+
+TAMPERS = {  # a manifest that contradicts its bundle -> (mutation, a fragment of the refusal)
+    "input shape": (_llm(lambda c: _each(c, "decode", "inputs", "embeds", lambda t: t["shape"].__setitem__(1, 65))),
+                    "input 'embeds': shape"),
+    "input dtype": (_llm(lambda c: _each(c, "decode", "inputs", "cos", lambda t: t.update(dtype="float32"))),
+                    "input 'cos': dtype"),
+    "position dtype": (_llm(lambda c: _each(c, "decode", "inputs", "position", lambda t: t.update(dtype="float16"))),
+                       "input 'position': dtype"),
+    "input name": (_llm(lambda c: _each(c, "decode", "inputs", "attention_bias", lambda t: t.update(name="mask"))),
+                   "input: the manifest lists"),
+    "output name": (_llm(lambda c: _each(c, "decode", "outputs", "logits_0", lambda t: t.update(name="logits"))),
+                    "output: the manifest lists"),
+    "prefill chunk shape": (_llm(lambda c: _each(c, "prefill", "inputs", "embeds",
+                                                 lambda t: t["shape"].__setitem__(3, 32))), "'prefill' input 'embeds'"),
+    "enumerated lengths": (_llm(lambda c: _each(c, "hidden_states", "inputs", "embeds",
+                                                lambda t: t["enumerated"]["3"].pop())), "enumerated shapes"),
+    "state shape": (_llm(lambda c: c["states"][0]["shape"].__setitem__(2, 1024)), "state 'key_cache': shape"),
+    "state dtype": (_llm(lambda c: c["states"][1].update(dtype="float32")), "state 'value_cache': dtype"),
+    "state missing": (_llm(lambda c: c["states"].pop()), "state: the manifest lists"),
+    "function order": (_llm(lambda c: c.update(functions=["decode", "hidden_states", "prefill"])), "functions"),
+    "compute units": (_llm(lambda c: c.update(compute_units="all")), "compute_units is 'all'"),
+    "target": (_llm(lambda c: c.update(target="gpu")), "target is 'gpu'"),
+    "recipe": (_llm(lambda c: c["compression"].update(recipe="int4b32")), "recipe is 'int4b32'"),
+    "minimum OS": (_llm(lambda c: c["minimum_os"].update(iOS="17.0")), "minimum_os"),
+    "context length": (_host("context_length", 1024), "context_length"),
+    "chunk length": (_host("chunk_length", 128), "chunk_length"),
+    "rope theta": (_host("rope_theta", 10000.0), "rope_theta"),
+    "head dim": (_host("head_dim", 32), "head_dim"),
+    "mask bias": (_host("mask_bias", -1e9), "mask_bias"),
+    "timestep channels": (_host("timestep_channels", 128), "timestep_channels"),
+    "lint summary": (_llm(lambda c: c["lint"].update(eligible_share=0.5)), "lint summary differs"),
+    "zero components": (lambda m: m.update(components=[]), "0 components"),
+    "missing components, not partial": (lambda m: m["export"].update(partial=False), "not declared partial"),
+    "asked-for component absent": (lambda m: m["export"].update(components=["llm", "dit"]),
+                                   "asked for dit but lists no such component"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(TAMPERS))
+def test_validator_refuses_a_manifest_that_contradicts_its_bundle(llm_export, tmp_path, case):
+    """Each field Swift consumes, changed in the manifest alone (hashes intact), is refused by
+    reading the bundle's own spec; so are empty and incomplete exports."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(llm_export, out)
+    assert validate(out) == []
+    mutate, fragment = TAMPERS[case]
+    m = json.loads((out / MANIFEST_FILE).read_text())
+    mutate(m)
+    (out / MANIFEST_FILE).write_text(json.dumps(m))
+    problems = validate(out)
+    assert problems and any(fragment in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+@pytest.mark.slow
+def test_validator_refuses_a_missing_lint_report_and_an_unstamped_bundle(llm_export, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(llm_export, out)
+    (out / "llm.lint.json").unlink()
+    assert any("llm.lint.json: missing" in p for p in validate(out))
+    assert len(TAMPERS) + 1 >= 15  # the issue's floor for the tamper suite
 
 
 # ---------------------------------------------------------------------- validator
@@ -308,7 +412,7 @@ def test_golden_files(golden):
     for name in ("sampler.json", "tokenizer_cases.json", "pipeline.json", "golden.json", "qwen/tokenizer.json",
                  "export/manifest.json"):
         assert (golden / name).is_file(), name
-    assert validate(golden / "export") == []
+    assert validate(golden / "export", read_bundles=False) == []  # placeholder bundles
     cases = json.loads((golden / "tokenizer_cases.json").read_text())
     assert cases["special_tokens"] == {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
                                        "[IMG]": 151646, "[/IMG]": 151647, "<image>": 151648}
@@ -370,12 +474,12 @@ def test_golden_export_copies_a_validated_conversion(export, tmp_path, tiny_ckpt
     from tools.golden import write_export
     from weights.core.errors import MobileOError
 
-    manifest = write_export(tiny_ckpt, tmp_path / "copy", export)
+    manifest = write_export(tiny_ckpt, tmp_path / "copy", export, read_bundles=False)  # placeholders
     assert manifest.read_text() == (export / MANIFEST_FILE).read_text()
-    assert validate(tmp_path / "copy") == []
+    assert validate(tmp_path / "copy", read_bundles=False) == []
     (export / "mcp.mlpackage" / "Manifest.json").write_text("{}")  # tampered: refused
     with pytest.raises(MobileOError, match="does not validate: .*mcp.mlpackage"):
-        write_export(tiny_ckpt, tmp_path / "copy2", export)
+        write_export(tiny_ckpt, tmp_path / "copy2", export, read_bundles=False)
 
 
 def test_golden_cli_exits_cleanly_on_bad_model(tmp_path):

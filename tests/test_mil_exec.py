@@ -711,3 +711,41 @@ def test_metrics():
     assert min_psnr({"a": ref, "b": ref}, {"a": ref, "b": ref * 1.01}) == psnr(ref, ref * 1.01)
     with pytest.raises(MobileOError):
         psnr(ref, ref[:2])
+
+
+class PositionCache(torch.nn.Module):
+    """The llm's cache write: this call's rows into slots position .. position+S-1 of a
+    (layers, heads, T, D) state, at a runtime int32 index (slice_update)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("cache", torch.zeros(2, 2, 32, 16))
+
+    def forward(self, x, position):
+        start = position[0]
+        for layer in range(2):
+            self.cache[layer:layer + 1, :, start:start + x.shape[2], :] = x * (layer + 1)
+        return self.cache[1:2].sum(dim=2)
+
+
+def test_slice_update_at_a_runtime_position(tmp_path):
+    """mil_exec runs a state write at an int32 input position: only those slots change, and
+    the largest |activation| of the run is tracked."""
+    from coreml_convert.mil_exec import track_activations
+
+    module = PositionCache().eval()
+    example = {"x": rand(1, 2, 3, 16, seed=1), "position": np.array([5], np.int32)}
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=(2, 2, 32, 16), dtype=np.float16), name="cache")]
+    path, names = convert_torch(module, example, "fp16", tmp_path, states=states)
+    assert "slice_update" in op_types(path)
+    state = make_states(path)
+    for pos in (0, 7, 29):  # 29 + 3 = 32: the last slots
+        x = rand(1, 2, 3, 16, seed=pos)
+        with track_activations() as peak:
+            run_program(path, {"x": x, "position": np.array([pos], np.int32)}, states=state)
+        changed = np.flatnonzero(np.any(state["cache"] != 0, axis=(0, 1, 3)))
+        assert set(range(pos, pos + 3)) <= set(changed.tolist())
+        np.testing.assert_allclose(state["cache"][1, :, pos:pos + 3], 2 * x[0], rtol=2e-3, atol=1e-3)
+        assert peak.value >= float(np.abs(2 * x).max()) * 0.99 and peak.op is not None
+    assert sorted(np.flatnonzero(np.any(state["cache"] != 0, axis=(0, 1, 3))).tolist()) == [0, 1, 2, 7, 8, 9, 29, 30, 31]
+

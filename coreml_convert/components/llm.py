@@ -3,20 +3,22 @@
 Functions (``contract.LLM_FUNCTIONS``; each function's I/O is ``contract.llm_io`` and goes to
 the manifest as the component's ``function_io``), every input fp16 and computed on the host
 (``weights.bundles.contract``: ``embed_prompt`` from the embedding table written beside the
-bundle as ``contract.EMBEDDINGS_FILE``, ``rope``, ``causal_bias``, ``cache_update_mask``):
+bundle as ``contract.EMBEDDINGS_FILE``, ``rope``, ``causal_bias``, ``cache_position``):
 
   "decode"         (default) one token at cache slot p: embeds (1, C, 1, 1), cos / sin
-                   (1, D, 1, 1), attention_bias (1, T, 1, 1) (slots <= p), update_mask
-                   (1, 1, T, 1) one-hot at p  ->  logits_0 .. logits_n (1, <= 16384) each
-  "prefill"        a chunk of P tokens at slots s .. s+P-1 (s a multiple of P): embeds
-                   (1, C, 1, P), cos / sin (1, D, 1, P), attention_bias (1, T, 1, P),
-                   update_mask (1, 1, T/P, 1) one-hot at block s/P  ->  hidden_states (1, C, 1, P)
+                   (1, D, 1, 1), attention_bias (1, T, 1, 1) (slots <= p), position (1,)
+                   int32 = p  ->  logits_0 .. logits_n (1, <= 16384) each
+  "prefill"        a chunk of P tokens at slots s .. s+P-1: embeds (1, C, 1, P), cos / sin
+                   (1, D, 1, P), attention_bias (1, T, 1, P), position (1,) int32 = s
+                   ->  hidden_states (1, C, 1, P)
   "hidden_states"  a whole right-padded prompt of L tokens (L enumerated), no cache: embeds,
                    cos, sin (L columns), attention_bias (1, L, 1, L) causal and padding-masked
                    ->  hidden_states (K, C, 1, L): transformers' output_hidden_states[-K:]
                    (K = vlm_num_layers; the last after the final norm) for the MCP.
 
-"decode" and "prefill" share the states key_cache / value_cache (layers, kv_heads*D, 1, T).
+"decode" and "prefill" share the states key_cache / value_cache (layers, kv_heads, T, D),
+written in place at ``position`` (one ``slice_update`` of S slots per layer and state: 12 KB
+per decoded token at full size, not the whole cache; ``lint.state_traffic`` measures it).
 Driving it (the app, Swift ``CoreMLLanguageModel``): expand ``<image>`` to N columns; run
 "prefill" over every prompt token but the last in chunks of P (the last chunk padded: its
 padding slots are overwritten before any query can see them); "decode" the last prompt token
@@ -76,15 +78,24 @@ class LLM(nn.Module):
         self.key_cache.zero_()
         self.value_cache.zero_()
 
-    def forward(self, embeds, cos, sin, attention_bias, update_mask=None):
+    def writer(self, layer: int, position):
+        """The layer's cache writer: this call's (1, G, S, D) keys/values into slots
+        position .. position+S-1 of the states (in place: a ``slice_update`` at a runtime
+        index once converted), then the layer's whole (1, G, T, D) cache to attend over."""
+        def write(k, v):
+            start = position[0]
+            end = start + k.shape[2]
+            self.key_cache[layer:layer + 1, :, start:end, :] = k
+            self.value_cache[layer:layer + 1, :, start:end, :] = v
+            return self.key_cache[layer:layer + 1], self.value_cache[layer:layer + 1]
+        return write
+
+    def forward(self, embeds, cos, sin, attention_bias, position=None):
         if self.mode == "hidden_states":
             states, _ = self.core.run(embeds, cos, sin, attention_bias)
             return torch.cat(states[-self.num_states:], dim=0)
-        n = self.key_cache.shape[0]
-        caches = [(self.key_cache[i:i + 1], self.value_cache[i:i + 1]) for i in range(n)]
-        states, kvs = self.core.run(embeds, cos, sin, attention_bias, caches, update_mask)
-        self.key_cache[:] = torch.cat([k for k, _ in kvs], dim=0)
-        self.value_cache[:] = torch.cat([v for _, v in kvs], dim=0)
+        caches = [self.writer(i, position) for i in range(self.key_cache.shape[0])]
+        states, _ = self.core.run(embeds, cos, sin, attention_bias, caches)
         if self.mode == "prefill":
             return states[-1]
         return tuple(self.core.logits(states[-1]))
@@ -93,6 +104,12 @@ class LLM(nn.Module):
 def fp16_exact(a: np.ndarray) -> np.ndarray:
     """Round to fp16-representable float32 (the bundle's inputs are fp16)."""
     return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def torch_input(a) -> torch.Tensor:
+    """A host input as torch: floats as float32, the int32 ``position`` as int32."""
+    a = np.asarray(a)
+    return torch.from_numpy(a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int32))
 
 
 def args(fn: str) -> tuple[str, ...]:
@@ -112,7 +129,7 @@ def step_inputs(cfg: MobileOConfig, embeds: np.ndarray, position: int) -> dict[s
     cos, sin = contract.rope(cfg.llm, pos)
     return {"embeds": fp16_exact(embeds), "cos": cos, "sin": sin,
             "attention_bias": contract.causal_bias(pos, np.arange(t)),
-            "update_mask": contract.cache_update_mask(position, s, t)}
+            "position": contract.cache_position(position, s, t)}
 
 
 def hidden_inputs(cfg: MobileOConfig, embeds: np.ndarray, valid: int) -> dict[str, np.ndarray]:
@@ -161,7 +178,7 @@ def run_calls(module: LLM, sequence: list[Call]) -> np.ndarray:
     out = []
     with torch.no_grad():
         for fn, inputs in sequence:
-            y = module.with_mode(fn)(*(torch.from_numpy(np.asarray(inputs[k], np.float32)) for k in args(fn)))
+            y = module.with_mode(fn)(*(torch_input(inputs[k]) for k in args(fn)))
             if fn == "decode":
                 out.append(logits_of(y))
     return np.stack(out)
@@ -311,7 +328,8 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
 
     cfg = ckpt.config
     core = Qwen2ANE.from_checkpoint(ckpt)
-    table = fp16_exact(core.embedding_table())  # the app reads the fp16 table
+    packed = contract.quantize_rows(core.embedding_table())  # the table the app reads (int8 rows + scales)
+    table = fp16_exact(contract.dequantize_rows(packed))  # what it feeds the bundle
     llm = LLM(core, cfg).eval()
     rng = np.random.default_rng(seed)
     prompt = example_prompt(cfg, rng)
@@ -323,7 +341,7 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     last = sequence[-1][1]
 
     def reference(inputs):
-        if not np.array_equal(inputs["update_mask"], last["update_mask"]):
+        if not np.array_equal(inputs["position"], last["position"]):
             raise ValueError("the llm reference continues the example prompt at its last position")
         embeds = np.concatenate([full[..., :-1], np.asarray(inputs["embeds"], np.float32)], axis=-1)
         logits = reference_logits(ref_model, embeds, 1)[0]
@@ -350,5 +368,5 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     return ComponentSpec(
         module=GateModule(llm, hidden), example_inputs=last, reference=reference, io=llm_io(cfg),
         convert=convert, program_check=program_check,
-        files={contract.EMBEDDINGS_FILE: table},
+        files={contract.EMBEDDINGS_FILE: packed},
     )

@@ -99,9 +99,10 @@ class EfficientViTBlock(nn.Module):
 
 
 def _repeat_channels(x: torch.Tensor, repeats: int) -> torch.Tensor:
-    """torch.repeat_interleave(x, repeats, dim=1) with static shapes."""
+    """torch.repeat_interleave(x, repeats, dim=1) with static shapes, every tensor rank 4 (the
+    pixels flattened onto the last axis while the copies take axis 2; the lint's rank rule)."""
     b, c, h, w = (int(d) for d in x.shape)
-    return x[:, :, None].expand(b, c, repeats, h, w).reshape(b, c * repeats, h, w)
+    return x.reshape(b, c, 1, h * w).expand(b, c, repeats, h * w).reshape(b, c * repeats, h, w)
 
 
 class UpBlock(nn.Module):

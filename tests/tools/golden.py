@@ -189,7 +189,7 @@ def sampler_goldens(cfg) -> dict:
     from ios_bridge.manifest import json_safe
     from mlx_model.pipelines.generation import sample
     from mlx_model.support.scheduler import SCHEDULERS
-    from weights.core.configs import SAMPLERS
+    from weights.core.samplers import SAMPLERS
 
     out = {"config": json_safe(cfg.scheduler.to_dict()), "schedules": {}, "trajectories": {}}
     kinds = {SAMPLERS[name]: SCHEDULERS[name] for name in SAMPLERS}  # the manifest's type names
@@ -245,7 +245,9 @@ PLACEHOLDER_COMPONENTS = ("vision_encoder", "mcp", "dit", "vae_decoder")
 
 def placeholder_results(ckpt, out: Path) -> list[dict]:
     """Conversion results for placeholder bundles with the contract's I/O for this checkpoint
-    (used until a real conversion run is passed with --export)."""
+    (used until a real conversion run is passed with --export).  Not Core ML models: an export
+    of them is partial (``requested=PLACEHOLDER_COMPONENTS``) and validates only with
+    ``validate(folder, read_bundles=False)``."""
     from weights.bundles import contract
     from weights.bundles.hashing import bundle_bytes, bundle_sha256
 
@@ -268,7 +270,9 @@ def placeholder_results(ckpt, out: Path) -> list[dict]:
     return results
 
 
-def write_export(ckpt, out: Path, export: Path | None) -> Path:
+def write_export(ckpt, out: Path, export: Path | None, read_bundles: bool = True) -> Path:
+    """The golden export: a copy of a validated conversion run (``export``; ``read_bundles``
+    checks the manifest against the bundles' specs too), or placeholder bundles."""
     from ios_bridge.manifest import write_manifest
 
     if out.exists():
@@ -276,14 +280,15 @@ def write_export(ckpt, out: Path, export: Path | None) -> Path:
     if export is not None:  # a real conversion run (small: the tiny model), bundles included
         from ios_bridge.validate import validate
 
-        problems = validate(export)
+        problems = validate(export, read_bundles=read_bundles)
         if problems:
             raise MobileOError(f"--export {export} does not validate: {problems[0]}",
                                fix=f"rerun python -m coreml_convert --out {export}.")
         shutil.copytree(export, out, ignore=shutil.ignore_patterns(".*", "*.json.tmp"))
         return out / "manifest.json"
     out.mkdir(parents=True)
-    return write_manifest(out, ckpt, placeholder_results(ckpt, out), model_id="synthetic/tiny", revision=None)
+    return write_manifest(out, ckpt, placeholder_results(ckpt, out), model_id="synthetic/tiny", revision=None,
+                          requested=PLACEHOLDER_COMPONENTS)
 
 
 # ---------------------------------------------------------------------- pipeline
@@ -458,13 +463,24 @@ def host_goldens(cfg) -> dict:
         "bias": contract.causal_bias(np.arange(5), np.arange(5), valid).reshape(-1).tolist(),
         "mask_bias": float(DiTConfig.MASK_BIAS),
         "update": [{"position": p, "count": c, "slots": t,
-                    "mask": contract.cache_update_mask(p, c, t).reshape(-1).tolist()}
+                    "value": contract.cache_position(p, c, t).astype(np.float32).tolist()}
                    for p, c in ((0, contract.chunk_length(cfg)), (contract.chunk_length(cfg), contract.chunk_length(cfg)),
-                                (5, 1), (t - 1, 1))],
+                                (5, 1), (37, contract.chunk_length(cfg)), (t - 1, 1))],
         "timesteps": timesteps, "timestep_channels": DiTConfig.TIMESTEP_CHANNELS,
         "timestep_max_period": float(DiTConfig.TIMESTEP_MAX_PERIOD),
         "timestep_features": contract.timestep_features(timesteps).reshape(-1).tolist(),
+        "embedding_rows": _embedding_rows_golden(contract),
     }
+
+
+def _embedding_rows_golden(contract) -> dict:
+    """A small table in the app's format (contract.quantize_rows: int8 rows + fp16 scales) and
+    the rows it holds (Swift EmbeddingTable must read the same values)."""
+    rng = np.random.default_rng(7)
+    table = rng.standard_normal((3, 8)).astype(np.float32) * np.array([[0.02], [1.5], [0.0]], np.float32)
+    packed = contract.quantize_rows(table)
+    return {"vocab": 3, "hidden": 8, "dtype": contract.EMBEDDINGS_DTYPE, "bytes": packed.reshape(-1).tolist(),
+            "values": contract.dequantize_rows(packed).reshape(-1).tolist()}
 
 
 # ---------------------------------------------------------------------- main

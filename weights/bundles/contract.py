@@ -11,10 +11,12 @@ checkpoint's config (``weights.core.configs.MobileOConfig``).
 The host side of the pure-fp16 graphs is defined here too, once, in numpy (Swift re-implements
 it and the goldens check it): token embeddings read from a table beside the bundles
 (:data:`EMBEDDINGS_FILE`), RoPE cos/sin (:func:`rope`), additive causal masks
-(:func:`causal_bias`), KV-cache write masks (:func:`cache_update_mask`), the DiT's timestep
+(:func:`causal_bias`), the KV-cache write position (:func:`cache_position`), the DiT's timestep
 features (:func:`timestep_features`) and the split of the logits (:func:`logits_widths`).
-The graphs then hold no integer op, no dynamic gather and no dimension over
-:data:`MAX_DIMENSION` (docs/deployment-notes.md section 2).
+The graphs then hold no dynamic gather and no dimension over :data:`MAX_DIMENSION`
+(docs/deployment-notes.md section 2); their only integer ops build the begin/end of the
+``llm`` cache's ``slice_update`` from the ``position`` input (a runtime index, as Anemll's
+``qwen_model.py`` writes ``kv_cache[..., pos:pos+1, :]``).
 
     io = dit_io(ckpt.config)          # -> BundleIO: inputs, outputs, states, functions, ...
     io = bundle_io("dit", ckpt.config)
@@ -35,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from weights.core.components import BUNDLES, COMPONENTS
+from weights.core.components import BUNDLES, COMPONENTS, DEFAULT_TARGET, TARGETS
 from weights.core.prompts import MAX_PROMPT_TOKENS
 
 DTYPES = ("float16", "float32", "int32")
@@ -56,8 +58,11 @@ CFG_BATCH = 2  # DiT batch: [unconditional, conditional] for classifier-free gui
 # (understanding); "hidden_states": a whole prompt, no cache -> the MCP's hidden states (generation)
 LLM_FUNCTIONS = ("decode", "prefill", "hidden_states")
 LLM_STATE_FUNCTIONS = ("decode", "prefill")  # the functions that read/write key_cache, value_cache
-LLM_INPUTS = ("embeds", "cos", "sin", "attention_bias", "update_mask")  # traced argument order
-EMBEDDINGS_FILE = "llm_embeddings.f16"  # the token-embedding table (V, C), raw little-endian fp16
+LLM_INPUTS = ("embeds", "cos", "sin", "attention_bias", "position")  # traced argument order
+# the token-embedding table (V, C) beside the llm bundle: int8 rows, each followed by its
+# little-endian fp16 scale (EMBEDDINGS_DTYPE; quantize_rows / dequantize_rows; Swift EmbeddingTable)
+EMBEDDINGS_FILE = "llm_embeddings.q8"
+EMBEDDINGS_DTYPE = "int8_row_scale"
 
 
 # ------------------------------------------------------------------ tensors
@@ -147,17 +152,20 @@ class BundleIO:
     functions: tuple[str, ...] = ("main",)
     function_io: FunctionIO = field(default_factory=dict)
     # multifunction bundles: every function's I/O ({} for single-function components)
+    target: str = DEFAULT_TARGET  # deployment target (TARGETS): decides the compute units
 
     def __post_init__(self):
         if self.name not in COMPONENT_NAMES:
             raise ValueError(f"unknown component {self.name!r}; one of {COMPONENT_NAMES}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; one of {TARGETS}")
         for k in ("inputs", "outputs", "states", "functions"):
             object.__setattr__(self, k, tuple(getattr(self, k)))
         check_function_io(self.name, self.functions, self.function_io, self.inputs, self.outputs)
 
     @property
     def compute_units(self) -> str:
-        return COMPONENT_COMPUTE_UNITS[self.name]
+        return COMPONENTS[self.name].compute_units_for(self.target)
 
     @property
     def minimum_os(self) -> dict[str, str]:
@@ -192,9 +200,19 @@ def context_length(config) -> int:
 
 
 def cache_shape(config) -> tuple[int, int, int, int]:
-    """(layers, kv_heads * head_dim, 1, context_length) of each llm cache state."""
+    """(layers, kv_heads, context_length, head_dim) of each llm cache state: a call writes
+    its S slots in place (``slice_update`` at the ``position`` input on axis 2) and the last
+    axis is the head dim (64: a multiple of the Neural Engine's 32-element alignment, as in
+    Anemll's (2L, kv_heads, T, D) cache), not a singleton."""
     llm = config.llm
-    return (llm.num_hidden_layers, llm.num_key_value_heads * llm.head_dim, 1, context_length(config))
+    return (llm.num_hidden_layers, llm.num_key_value_heads, context_length(config), llm.head_dim)
+
+
+def state_write_bytes(config, count: int = 1) -> int:
+    """Bytes of cache state one call of ``count`` tokens writes (keys and values, every
+    layer, fp16): 12,288 per token at full size."""
+    layers, kv_heads, _, d = cache_shape(config)
+    return 2 * layers * kv_heads * count * d * 2
 
 
 def _enumerated(axis: int, lengths: tuple[int, ...]) -> dict[int, tuple[int, ...]] | None:
@@ -222,25 +240,26 @@ def llm_io(config) -> BundleIO:
     """One multifunction bundle over one weight set (functions: LLM_FUNCTIONS).  Every input
     is fp16 and computed on the host: ``embeds`` from the embedding table (EMBEDDINGS_FILE,
     image rows placed by the app), ``cos`` / ``sin`` from :func:`rope`, ``attention_bias``
-    from :func:`causal_bias`, ``update_mask`` from :func:`cache_update_mask`."""
+    from :func:`causal_bias`, ``position`` (int32, the first cache slot the call writes)
+    from :func:`cache_position`."""
     llm = config.llm
     hidden, d, p, t = llm.hidden_size, llm.head_dim, chunk_length(config), context_length(config)
     lengths, k = sequence_lengths(config), config.mcp.num_layers
 
-    def step_inputs(s: int, blocks: int) -> list[TensorSpec]:
+    def step_inputs(s: int) -> list[TensorSpec]:
         return [TensorSpec("embeds", (1, hidden, 1, s), "float16", "B,C,1,S"),
                 TensorSpec("cos", (1, d, 1, s), "float16", "B,D,1,S"),
                 TensorSpec("sin", (1, d, 1, s), "float16", "B,D,1,S"),
                 TensorSpec("attention_bias", (1, t, 1, s), "float16", "B,T,1,S"),
-                TensorSpec("update_mask", (1, 1, blocks, 1), "float16", "B,1,N,1")]
+                TensorSpec("position", (1,), "int32", "N")]
 
     l0, seq = lengths[0], _enumerated(3, lengths)
     both = {1: lengths, 3: lengths} if len(lengths) > 1 else None  # tied axes: (1, L, 1, L)
     function_io = {
-        "decode": {"inputs": step_inputs(1, t),
+        "decode": {"inputs": step_inputs(1),
                    "outputs": [TensorSpec(f"logits_{i}", (1, w), "float16", "B,V")
                                for i, w in enumerate(logits_widths(llm.vocab_size))]},
-        "prefill": {"inputs": step_inputs(p, t // p),
+        "prefill": {"inputs": step_inputs(p),
                     "outputs": [TensorSpec("hidden_states", (1, hidden, 1, p), "float16", "B,C,1,S")]},
         "hidden_states": {
             "inputs": [TensorSpec("embeds", (1, hidden, 1, l0), "float16", "B,C,1,S", seq),
@@ -252,7 +271,7 @@ def llm_io(config) -> BundleIO:
     shape = cache_shape(config)
     default = function_io[LLM_FUNCTIONS[0]]
     return BundleIO("llm", inputs=default["inputs"], outputs=default["outputs"],
-                    states=[TensorSpec(s, shape, "float16", "L,C,1,T") for s in ("key_cache", "value_cache")],
+                    states=[TensorSpec(s, shape, "float16", "L,G,T,D") for s in ("key_cache", "value_cache")],
                     functions=LLM_FUNCTIONS, function_io=function_io)
 
 
@@ -342,15 +361,43 @@ def causal_bias(query_positions, key_positions, key_valid=None) -> np.ndarray:
     return np.where(allowed, 0.0, DiTConfig.MASK_BIAS).astype(np.float32)[None, :, None, :]
 
 
-def cache_update_mask(position: int, count: int, slots: int) -> np.ndarray:
-    """(1, 1, slots // count, 1) float32 one-hot: the block of ``count`` cache slots starting at
-    ``position`` (a multiple of ``count``) that a call writes; every other slot is kept as is."""
-    if count <= 0 or slots % count or position % count or not 0 <= position < slots:
-        raise ValueError(f"cache write of {count} slots at {position} in {slots}: position must be a "
-                         f"multiple of {count} below {slots}")
-    m = np.zeros((1, 1, slots // count, 1), np.float32)
-    m[0, 0, position // count, 0] = 1.0
-    return m
+def cache_position(position: int, count: int, slots: int) -> np.ndarray:
+    """The ``position`` input (1,) int32: a call writes cache slots position .. position+count-1
+    (and only those); every other slot is kept as is."""
+    if count <= 0 or not 0 <= position or position + count > slots:
+        raise ValueError(f"cache write of {count} slots at {position} in {slots}: the slots must lie "
+                         f"in 0 .. {slots - 1}")
+    return np.array([position], np.int32)
+
+
+def quantize_rows(table: np.ndarray) -> np.ndarray:
+    """The embedding table as stored (EMBEDDINGS_DTYPE): (V, C + 2) bytes, each row C int8
+    values (symmetric, round to nearest) then its fp16 scale max|row| / 127, little-endian.
+    Half the bytes of fp16 rows; the app reads one row per token (value = int8 * scale)."""
+    t = np.asarray(table, np.float32)
+    scale = (np.abs(t).max(axis=1) / 127).astype(np.float16)
+    safe = np.where(scale > 0, scale.astype(np.float32), 1.0)[:, None]
+    q = np.clip(np.round(t / safe), -127, 127).astype(np.int8)
+    return np.concatenate([q.view(np.uint8), scale.astype("<f2")[:, None].view(np.uint8)], axis=1)
+
+
+def dequantize_rows(packed: np.ndarray, ids=None) -> np.ndarray:
+    """(V, C) float32 rows of a :func:`quantize_rows` table (only ``ids``' rows if given)."""
+    p = np.asarray(packed, np.uint8)
+    if ids is not None:
+        p = p[np.asarray(ids, np.int64)]
+    q = p[:, :-2].view(np.int8).astype(np.float32)
+    scale = np.ascontiguousarray(p[:, -2:]).view("<f2").astype(np.float32)
+    return q * scale
+
+
+def table_format(array: np.ndarray) -> tuple[str, tuple[int, ...]]:
+    """(dtype, logical shape) of a table written beside a bundle: packed int8 rows (uint8
+    bytes, :func:`quantize_rows`) or fp16 values."""
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        return EMBEDDINGS_DTYPE, (int(a.shape[0]), int(a.shape[1]) - 2)
+    return "float16", tuple(int(n) for n in a.shape)
 
 
 def timestep_features(timesteps, channels: int | None = None, max_period: float | None = None) -> np.ndarray:

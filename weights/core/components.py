@@ -32,6 +32,7 @@ quantized) and the MLX pipelines (residency slots).  Plain Python: no numpy, tor
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
@@ -39,6 +40,22 @@ from typing import Mapping
 # the merged checkpoint's parts, in its own key order (the synthetic writer follows it)
 CHECKPOINT_PARTS = ("llm", "vision", "projector", "mcp", "dit", "vae")
 TASKS = ("generation", "editing", "understanding", "chat")  # what an app asks for
+# Core ML deployment targets (``python -m coreml_convert --target``): "ane", the iPhone default
+# (Neural Engine weight formats: palettization, per-channel int8), and "gpu" (Macs or a GPU
+# fallback: per-block int4; coremltools' opt-quantization-perf.md); the compute units each gets
+TARGETS = ("ane", "gpu")
+DEFAULT_TARGET = "ane"
+TARGET_COMPUTE_UNITS = {"ane": "cpuAndNeuralEngine", "gpu": "cpuAndGPU"}
+# "mixed": per-grouped-channel LUTs (uniform, group of 16 output channels), the fewest of
+# ``bits`` whose weight SNR measured on the layer reaches ``min_snr_db``, else per-channel int8
+# (coreml_convert.convert.mixed_plan) -- ml-stable-diffusion's mixed-bit palettization, Anemll's
+# LUT4/LUT6
+ANE_MIXED = {"weights": "mixed", "bits": [4, 6], "group_size": 16, "min_snr_db": 14.0}
+INT4_GPU = {"weights": "int4", "block_size": 32}
+# the GPU target computes the DiT and the VAE decoder in fp32, as Mobile-O's own app does
+# (docs/deployment-notes.md section 8): ``precision`` overrides the CLI's --precision
+INT4_GPU_FP32 = {**INT4_GPU, "precision": "fp32"}
+INT8_GPU_FP32 = {"weights": "int8", "precision": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -50,10 +67,17 @@ class Component:
     slot: str | None  # MLX pipelines' residency slot (None: tiny, always resident)
     phase: str | None  # the phase that loads it under phase-wise residency (None: at load)
     quantized: bool  # -q quantizes its Linear layers (MLX) / it is one of the big transformers
-    compute_units: str  # Core ML compute units it is converted for and meant to run with
-    recipe: Mapping = field(default_factory=dict)  # default Core ML weight compression
+    compute_units: str  # Core ML compute units of the "ane" target (TARGET_COMPUTE_UNITS for others)
+    recipe: Mapping = field(default_factory=dict)  # default Core ML weight compression, per target
     prefix: str = ""  # only the part-local keys under this prefix are used ("" = all)
     swift: str = ""  # the Swift MobileOComponent case
+
+    def recipe_for(self, target: str = DEFAULT_TARGET) -> dict:
+        """The default weight-compression recipe of ``target`` (a fresh copy)."""
+        return copy.deepcopy(dict(self.recipe[target]))
+
+    def compute_units_for(self, target: str = DEFAULT_TARGET) -> str:
+        return self.compute_units if target == DEFAULT_TARGET else TARGET_COMPUTE_UNITS[target]
 
     @property
     def bundle(self) -> str:
@@ -71,23 +95,29 @@ def mlx_file(part: str) -> str:
     return f"{part}.safetensors"
 
 
+def _both(recipe: dict) -> dict:
+    """One recipe for every target (a format both the Neural Engine and the GPU run)."""
+    return {t: recipe for t in TARGETS}
+
+
 _TABLE = (
     Component("vision_encoder", ("vision", "projector"), "image -> LLM-width image features (FastViTHD + projector)",
               ("editing", "understanding"), slot="encoder", phase="image", quantized=False,
-              compute_units="cpuAndNeuralEngine", recipe={"weights": "lut", "nbits": 6, "group_size": 16},
+              compute_units="cpuAndNeuralEngine", recipe=_both({"weights": "lut", "nbits": 6, "group_size": 16}),
               swift="vision"),
     Component("llm", ("llm",), "Qwen2: prompt -> hidden states (generation), answer tokens (understanding)",
               ("generation", "editing", "understanding", "chat"), slot="llm", phase="conditioning", quantized=True,
-              compute_units="cpuAndNeuralEngine", recipe={"weights": "int4", "block_size": 32}, swift="llm"),
+              compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_MIXED, "gpu": INT4_GPU}, swift="llm"),
     Component("mcp", ("mcp",), "fuses the LLM's last hidden states into DiT conditioning",
               ("generation", "editing"), slot=None, phase=None, quantized=False,
-              compute_units="cpuAndNeuralEngine", recipe={"weights": "int8"}, swift="mcp"),
+              compute_units="cpuAndNeuralEngine", recipe=_both({"weights": "int8"}), swift="mcp"),
     Component("dit", ("dit",), "SANA DiT: latents + conditioning -> velocity", ("generation", "editing"),
               slot="dit", phase="denoising", quantized=True,
-              compute_units="cpuAndNeuralEngine", recipe={"weights": "int4", "block_size": 32}, swift="dit"),
+              compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_MIXED, "gpu": INT4_GPU_FP32}, swift="dit"),
     Component("vae_decoder", ("vae",), "DC-AE decoder: latents -> image", ("generation", "editing"),
               slot="vae", phase="decoding", quantized=False,
-              compute_units="cpuAndNeuralEngine", recipe={"weights": "int8"}, prefix="decoder.", swift="vae"),
+              compute_units="cpuAndNeuralEngine", recipe={"ane": {"weights": "int8"}, "gpu": INT8_GPU_FP32},
+              prefix="decoder.", swift="vae"),
 )
 
 COMPONENTS: Mapping[str, Component] = MappingProxyType({c.name: c for c in _TABLE})  # pipeline order
@@ -98,6 +128,7 @@ QUANTIZED_PARTS = tuple(p for c in _TABLE if c.quantized for p in c.parts)  # ("
 
 assert sorted(p for c in _TABLE for p in c.parts) == sorted(CHECKPOINT_PARTS), "every part in one component"
 assert all(set(c.tasks) <= set(TASKS) for c in _TABLE)
+assert all(set(c.recipe) == set(TARGETS) for c in _TABLE), "a recipe per target"
 
 
 def component(name: str) -> Component:
@@ -124,6 +155,6 @@ def for_task(task: str) -> tuple[Component, ...]:
     return tuple(c for c in _TABLE if task in c.tasks)
 
 
-def recipes() -> dict[str, dict]:
-    """Each bundle's default Core ML weight-compression recipe (fresh copies)."""
-    return {c.bundle: dict(c.recipe) for c in _TABLE}
+def recipes(target: str = DEFAULT_TARGET) -> dict[str, dict]:
+    """Each bundle's default Core ML weight-compression recipe for ``target`` (fresh copies)."""
+    return {c.bundle: c.recipe_for(target) for c in _TABLE}

@@ -11,7 +11,9 @@ import Foundation
 //                                   -> hidden_states (K,D,1,L)            [generation, editing]
 //                   "prefill"       a chunk of P tokens into the KV cache  [understanding]
 //                   "decode"        one token -> logits_0 .. logits_n (each <= 16384 wide)
-//                   "prefill" and "decode" share the states key_cache / value_cache; each
+//                   "prefill" and "decode" share the states key_cache / value_cache
+//                   (layers, kv_heads, T, D), written in place at the int32 `position`
+//                   input (HostInputs.cachePosition): one slot per decoded token; each
 //                   function's I/O is the manifest's function_io
 //   mcp             hidden_states (K,D,1,S), attention_mask (1,S) -> conditioning (1,Cc,1,S)
 //   dit             latent (2,C,H,W), timestep_features (2,F,1,1) (HostInputs.timestepFeatures),
@@ -58,7 +60,8 @@ public enum CoreMLRunners {
                     throw MobileOError(.runner, "manifest.json lists no llm component with its embedding table.",
                                        fix: "convert it: python -m coreml_convert --components llm.")
                 }
-                let table = try EmbeddingTable(url: folder.appendingPathComponent(t.file), vocab: t.shape[0], hidden: t.shape[1])
+                let table = try EmbeddingTable(url: folder.appendingPathComponent(t.file), vocab: t.shape[0], hidden: t.shape[1],
+                                               dtype: t.dtype)
                 return CoreMLLanguageModel(hiddenStates: try await component("llm", function: "hidden_states"),
                                            chunk: try await component("llm", function: "prefill"),
                                            step: try await component("llm", function: "decode"),
@@ -353,8 +356,8 @@ final class CoreMLLanguageModel: LanguageModelRunner {
             "sin": try c.array("sin", shape: [1, host.headDim, 1, s], sin),
             "attention_bias": try c.array("attention_bias", shape: [1, slots, 1, s],
                                           HostInputs.causalBias(queries: pos, keys: Array(0..<slots), maskBias: Float(host.maskBias))),
-            "update_mask": try c.array("update_mask", shape: [1, 1, slots / s, 1],
-                                       try HostInputs.cacheUpdateMask(position: start, count: s, slots: slots)),
+            "position": try c.array("position", shape: [1],
+                                    try HostInputs.cachePosition(position: start, count: s, slots: slots)),
         ]
     }
 

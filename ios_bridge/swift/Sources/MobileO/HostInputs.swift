@@ -3,7 +3,7 @@ import Foundation
 /// The inputs the app computes before each Core ML call, so the bundles stay pure fp16 with no
 /// integer or gather ops.  Each is the Swift twin of a numpy function in
 /// weights/bundles/contract.py (checked against it by the golden vectors, `host.json`):
-/// `rope`, `causalBias`, `cacheUpdateMask`, `timestepFeatures`; `EmbeddingTable` reads the
+/// `rope`, `causalBias`, `cachePosition`, `timestepFeatures`; `EmbeddingTable` reads the
 /// token-embedding rows (`contract.EMBEDDINGS_FILE`).  Shapes follow the bundle contract
 /// ((1, C, 1, S) channels-first), values row-major.
 public enum HostInputs {
@@ -37,16 +37,14 @@ public enum HostInputs {
         return out
     }
 
-    /// (1, 1, slots / count, 1) one-hot: the block of `count` cache slots starting at `position`
-    /// (a multiple of `count`) a call writes.
-    public static func cacheUpdateMask(position: Int, count: Int, slots: Int) throws -> [Float] {
-        guard count > 0, slots % count == 0, position % count == 0, position >= 0, position < slots else {
+    /// The llm's `position` input (1,) int32: a call writes cache slots position ..< position + count
+    /// in place (one `slice_update` per layer), and only those (contract.cache_position).
+    public static func cachePosition(position: Int, count: Int, slots: Int) throws -> [Float] {
+        guard count > 0, position >= 0, position + count <= slots else {
             throw MobileOError(.runner, "a cache write of \(count) slots at \(position) does not fit the \(slots)-slot cache.",
                                fix: "keep prompts and answers within the manifest's context_length.")
         }
-        var m = [Float](repeating: 0, count: slots / count)
-        m[position / count] = 1
-        return m
+        return [Float(position)]
     }
 
     /// diffusers' Timesteps(channels, flip_sin_to_cos: true, shift 0) in fp32: per timestep
@@ -65,20 +63,31 @@ public enum HostInputs {
     }
 }
 
-/// The token-embedding table beside the llm bundle: raw little-endian fp16 [vocab, hidden],
-/// memory-mapped; `rows` gathers the embeddings of token ids.
+/// The token-embedding table beside the llm bundle, memory-mapped; `rows` reads the
+/// embeddings of token ids, row by row.  Formats (the manifest's `files[].dtype`,
+/// contract.EMBEDDINGS_FILE): "float16", raw little-endian fp16 [vocab, hidden]; or
+/// "int8_row_scale", each row `hidden` int8 values then its little-endian fp16 scale
+/// (value = int8 * scale; contract.quantize_rows) -- half the bytes.
 public final class EmbeddingTable {
-    public let vocab: Int, hidden: Int
+    public enum Format: String, Sendable { case float16, int8RowScale = "int8_row_scale" }
+    public let vocab: Int, hidden: Int, format: Format
     let data: Data
 
-    public init(url: URL, vocab: Int, hidden: Int) throws {
+    var rowBytes: Int { format == .float16 ? hidden * 2 : hidden + 2 }
+
+    public init(url: URL, vocab: Int, hidden: Int, dtype: String = "float16") throws {
+        guard let format = Format(rawValue: dtype) else {
+            throw MobileOError(.runner, "the embedding table's dtype \(dtype) is not one this package reads.",
+                               fix: "re-export with python -m coreml_convert, or update the Swift package.")
+        }
+        self.format = format
         let data: Data
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
             throw MobileOError(.runner, "cannot read the embedding table \(url.path): \(error.localizedDescription)",
                                fix: "copy every file manifest.json lists beside it (check with python -m ios_bridge.validate).")
         }
-        guard data.count == vocab * hidden * 2 else {
-            throw MobileOError(.runner, "\(url.lastPathComponent) holds \(data.count) bytes, not \(vocab) x \(hidden) fp16 values.",
+        guard data.count == vocab * (format == .float16 ? hidden * 2 : hidden + 2) else {
+            throw MobileOError(.runner, "\(url.lastPathComponent) holds \(data.count) bytes, not \(vocab) rows of \(hidden) \(dtype) values.",
                                fix: "re-export with python -m coreml_convert.")
         }
         self.data = data; self.vocab = vocab; self.hidden = hidden
@@ -92,9 +101,18 @@ public final class EmbeddingTable {
                 guard id >= 0, id < vocab else {
                     throw MobileOError(.runner, "token id \(id) is outside the vocabulary (\(vocab)).")
                 }
-                for c in 0..<hidden {
-                    let bits = raw.loadUnaligned(fromByteOffset: (id * hidden + c) * 2, as: UInt16.self)
-                    out[r * hidden + c] = Half.value(UInt16(littleEndian: bits))
+                let row = id * rowBytes
+                switch format {
+                case .float16:
+                    for c in 0..<hidden {
+                        let bits = raw.loadUnaligned(fromByteOffset: row + c * 2, as: UInt16.self)
+                        out[r * hidden + c] = Half.value(UInt16(littleEndian: bits))
+                    }
+                case .int8RowScale:
+                    let scale = Half.value(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: row + hidden, as: UInt16.self)))
+                    for c in 0..<hidden {
+                        out[r * hidden + c] = Float(raw.load(fromByteOffset: row + c, as: Int8.self)) * scale
+                    }
                 }
             }
         }

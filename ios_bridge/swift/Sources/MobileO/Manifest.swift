@@ -5,16 +5,26 @@ import Foundation
 /// validates; every fact the pipeline uses (scheduler, defaults, latent shape, prompts,
 /// token ids, tensor specs) comes from here, none is hard-coded.
 public struct Manifest: Codable, Equatable, Sendable {
-    public static let supportedSchemaVersion = 2
+    public static let supportedSchemaVersion = 3
     public static let fileName = "manifest.json"
 
     public var schemaVersion: Int
     public var model: Model
+    /// what the conversion run was asked for (target, partial); `mobileo-validate` refuses an
+    /// export missing a component unless it is declared partial
+    public var export: Export?
     public var components: [Component]
     public var pipeline: Pipeline
 
     enum CodingKeys: String, CodingKey {
-        case schemaVersion = "schema_version", model, components, pipeline
+        case schemaVersion = "schema_version", model, export, components, pipeline
+    }
+
+    public struct Export: Codable, Equatable, Sendable {
+        /// "ane" (Neural Engine weight formats, cpuAndNeuralEngine) or "gpu" (per-block int4, cpuAndGPU)
+        public var target: String
+        public var partial: Bool
+        public var components: [String]
     }
 
     public struct Model: Codable, Equatable, Sendable {
@@ -35,7 +45,8 @@ public struct Manifest: Codable, Equatable, Sendable {
 
     public enum DType: String, Codable, Sendable { case float16, float32, int32 }
 
-    /// A table beside a bundle: raw little-endian fp16, row-major, of `shape`.
+    /// A table beside a bundle, row-major, of `shape`: `dtype` "float16" (raw little-endian fp16)
+    /// or "int8_row_scale" (int8 rows, each followed by its fp16 scale; `EmbeddingTable`).
     public struct TableFile: Codable, Equatable, Sendable {
         public var file: String
         public var sha256: String
@@ -97,7 +108,11 @@ public struct Manifest: Codable, Equatable, Sendable {
         /// multifunction bundles: function name -> its I/O (`inputs`/`outputs` are the default
         /// function's, `functions[0]`); nil for single-function bundles
         public var functionIO: [String: FunctionIO]?
+        /// the compute units the bundle is meant for; they follow `target`, and the runner
+        /// loads each bundle with them (`CoreMLComponent`)
         public var computeUnits: ComputeUnits
+        /// the deployment target it was converted for: "ane" or "gpu"
+        public var target: String?
         public var minimumOS: [String: String]
         public var compression: [String: JSONValue]
         /// parity evidence from conversion: PSNR (dB) per gate
@@ -111,7 +126,7 @@ public struct Manifest: Codable, Equatable, Sendable {
 
         enum CodingKeys: String, CodingKey {
             case name, file, sha256, bytes, chunks, inputs, outputs, states, functions, functionIO = "function_io"
-            case computeUnits = "compute_units", minimumOS = "minimum_os", compression, gates, conversion, tables = "files", lint
+            case computeUnits = "compute_units", target, minimumOS = "minimum_os", compression, gates, conversion, tables = "files", lint
         }
 
         /// The table file named `file` (e.g. `Manifest.Pipeline.hostInputs.embeddings`).

@@ -3,11 +3,13 @@ import XCTest
 
 /// Swift's host-side inputs vs weights/bundles/contract.py (golden host.json).
 final class HostInputsTests: XCTestCase {
-    struct Update: Decodable { let position: Int; let count: Int; let slots: Int; let mask: [Float] }
+    struct Update: Decodable { let position: Int; let count: Int; let slots: Int; let value: [Float] }
     struct Host: Decodable {
         let head_dim: Int; let rope_theta: Double; let positions: [Int]; let cos: [Float]; let sin: [Float]
         let bias_queries: [Int]; let bias_keys: [Int]; let bias_valid: [Float]; let bias: [Float]; let mask_bias: Float
         let update: [Update]
+        struct Rows: Decodable { let vocab: Int; let hidden: Int; let dtype: String; let bytes: [UInt8]; let values: [Float] }
+        let embedding_rows: Rows
         let timesteps: [Float]; let timestep_channels: Int; let timestep_max_period: Double; let timestep_features: [Float]
     }
 
@@ -23,9 +25,10 @@ final class HostInputsTests: XCTestCase {
         XCTAssertEqual(HostInputs.causalBias(queries: g.bias_queries, keys: g.bias_keys,
                                              keyValid: g.bias_valid.map { $0 > 0 }, maskBias: g.mask_bias), g.bias)
         for u in g.update {
-            XCTAssertEqual(try HostInputs.cacheUpdateMask(position: u.position, count: u.count, slots: u.slots), u.mask)
+            XCTAssertEqual(try HostInputs.cachePosition(position: u.position, count: u.count, slots: u.slots), u.value)
         }
-        XCTAssertThrowsError(try HostInputs.cacheUpdateMask(position: 3, count: 64, slots: 768))
+        XCTAssertThrowsError(try HostInputs.cachePosition(position: 720, count: 64, slots: 768))
+        XCTAssertThrowsError(try HostInputs.cachePosition(position: -1, count: 1, slots: 768))
     }
 
     func testTimestepFeaturesMatchContract() throws {
@@ -45,5 +48,31 @@ final class HostInputsTests: XCTestCase {
         XCTAssertEqual(try t.rows([2, 0]).data, [3, -0.25, 0, 1])
         XCTAssertThrowsError(try t.rows([3]))
         XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 4, hidden: 2))
+    }
+
+    func testEmbeddingTableReadsTheContractsInt8Rows() throws {
+        let g = try Golden.load(Host.self, "host.json").embedding_rows
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("emb-\(UUID().uuidString).q8")
+        try Data(g.bytes).write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let t = try EmbeddingTable(url: url, vocab: g.vocab, hidden: g.hidden, dtype: g.dtype)
+        XCTAssertEqual(try t.rows([0, 1, 2]).data, g.values)  // int8 * fp16 scale: exact in fp32
+    }
+
+    func testEmbeddingTableReadsInt8RowsWithScales() throws {
+        // contract.quantize_rows: each row int8 values then its fp16 scale; value = int8 * scale
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("emb-\(UUID().uuidString).q8")
+        var bytes = Data()
+        for (row, scale) in [([Int8(0), 127], Float(0.5)), ([-128, 64], 0.25)] as [([Int8], Float)] {
+            bytes.append(contentsOf: row.map { UInt8(bitPattern: $0) })
+            var b = Half.bits(scale).littleEndian
+            bytes.append(Data(bytes: &b, count: 2))
+        }
+        try bytes.write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let t = try EmbeddingTable(url: url, vocab: 2, hidden: 2, dtype: "int8_row_scale")
+        XCTAssertEqual(try t.rows([1, 0]).data, [-32, 16, 0, 63.5])
+        XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 3, hidden: 2, dtype: "int8_row_scale"))  // 8 bytes: 2 rows
+        XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 2, hidden: 2, dtype: "int4"))
     }
 }
