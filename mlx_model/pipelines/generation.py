@@ -35,7 +35,7 @@ import mlx.core as mx
 import numpy as np
 
 from weights.loading.hub import DEFAULT_MODEL
-from weights.core.components import for_task
+from weights.core.components import for_task, slots_done_after
 from weights.core.errors import MobileOError
 from weights.core.prompts import editing_prompt, generation_prompt
 
@@ -320,8 +320,8 @@ class GenerationPipeline:
             context = self.condition(embeds)
             x0 = self.initial_latents(s.n_images, s.seed, latents, s.latent_shape(self.config))
             mx.eval(context, x0)
-            self._done_with("encoder")
-            self._done_with("llm")
+            for slot in slots_done_after("text"):
+                self._done_with(slot)
         with _phase("denoise", timings, peaks, loads, self.parts):
             x = x0
             for i, x in enumerate(sample(self.denoiser(context, s.guidance, s.n_images), x0, sched)):
@@ -330,12 +330,14 @@ class GenerationPipeline:
                     on_step(i + 1, x)
                 if progress is not None:
                     progress(i + 1, s.steps)
-            self._done_with("dit")
+            for slot in slots_done_after("denoise"):
+                self._done_with(slot)
         refuse_nonfinite(x, s.guidance)
         with _phase("decode", timings, peaks, loads, self.parts):
             images = self.decode(x)
             mx.eval(images)
-            self._done_with("vae")
+            for slot in slots_done_after("decode"):
+                self._done_with(slot)
         return Generation(images=np.array(images), latents=np.array(x), initial_latents=np.array(x0),
                           settings=s, prompt_tokens=n_tokens, timings=timings, peak_memory=peaks, load_seconds=loads)
 

@@ -31,7 +31,6 @@ from typing import Iterator, Sequence
 
 import mlx.core as mx
 
-from weights.core.components import for_task
 from weights.core.errors import MobileOError, SettingError
 from weights.loading.hub import DEFAULT_MODEL
 from weights.core.prompts import MAX_PROMPT_TOKENS, SYSTEM, conversation_prompt
@@ -45,7 +44,6 @@ from mlx_model.support.tokenizer import PromptError
 __all__ = ["Understanding", "Response", "ContextLengthError", "Detokenizer", "decode_steps", "check_options",
            "check_question", "check_length", "prompt_text"]
 
-COMPONENTS = tuple(c.name for c in for_task("understanding"))  # what it loads: vision_encoder, llm
 
 
 @dataclass

@@ -65,7 +65,7 @@ class Component:
     role: str  # what it does, in a few words
     tasks: tuple[str, ...]  # the tasks that run it (TASKS)
     slot: str | None  # MLX pipelines' residency slot (None: tiny, always resident)
-    phase: str | None  # the phase that loads it under phase-wise residency (None: at load)
+    phase: str | None  # the generation phase (PHASES) after which phase-wise residency drops it (None: kept)
     quantized: bool  # -q quantizes its Linear layers (MLX) / it is one of the big transformers
     compute_units: str  # Core ML compute units of the "ane" target (TARGET_COMPUTE_UNITS for others)
     recipe: Mapping = field(default_factory=dict)  # default Core ML weight compression, per target
@@ -84,11 +84,6 @@ class Component:
         """The Core ML bundle's file stem and manifest name."""
         return self.name
 
-    @property
-    def mlx_files(self) -> tuple[str, ...]:
-        """The MLX folder's files that hold it (one per checkpoint part)."""
-        return tuple(mlx_file(p) for p in self.parts)
-
 
 def mlx_file(part: str) -> str:
     """The MLX folder's file of checkpoint part ``part``."""
@@ -102,32 +97,31 @@ def _both(recipe: dict) -> dict:
 
 _TABLE = (
     Component("vision_encoder", ("vision", "projector"), "image -> LLM-width image features (FastViTHD + projector)",
-              ("editing", "understanding"), slot="encoder", phase="image", quantized=False,
+              ("editing", "understanding"), slot="encoder", phase="text", quantized=False,
               compute_units="cpuAndNeuralEngine", recipe=_both({"weights": "lut", "nbits": 6, "group_size": 16}),
               swift="vision"),
     Component("llm", ("llm",), "Qwen2: prompt -> hidden states (generation), answer tokens (understanding)",
-              ("generation", "editing", "understanding", "chat"), slot="llm", phase="conditioning", quantized=True,
+              ("generation", "editing", "understanding", "chat"), slot="llm", phase="text", quantized=True,
               compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_MIXED, "gpu": INT4_GPU}, swift="llm"),
     Component("mcp", ("mcp",), "fuses the LLM's last hidden states into DiT conditioning",
               ("generation", "editing"), slot=None, phase=None, quantized=False,
               compute_units="cpuAndNeuralEngine", recipe=_both({"weights": "int8"}), swift="mcp"),
     Component("dit", ("dit",), "SANA DiT: latents + conditioning -> velocity", ("generation", "editing"),
-              slot="dit", phase="denoising", quantized=True,
+              slot="dit", phase="denoise", quantized=True,
               compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_MIXED, "gpu": INT4_GPU_FP32}, swift="dit"),
     Component("vae_decoder", ("vae",), "DC-AE decoder: latents -> image", ("generation", "editing"),
-              slot="vae", phase="decoding", quantized=False,
+              slot="vae", phase="decode", quantized=False,
               compute_units="cpuAndNeuralEngine", recipe={"ane": {"weights": "int8"}, "gpu": INT8_GPU_FP32},
               prefix="decoder.", swift="vae"),
 )
 
 COMPONENTS: Mapping[str, Component] = MappingProxyType({c.name: c for c in _TABLE})  # pipeline order
-NAMES = tuple(COMPONENTS)  # ("vision_encoder", "llm", "mcp", "dit", "vae_decoder")
 BUNDLES = tuple(c.bundle for c in _TABLE)  # the Core ML bundles, pipeline order
-SLOTS = tuple(c.slot for c in _TABLE if c.slot)  # MLX residency slots, pipeline order
+PHASES = ("text", "denoise", "decode")  # the MLX generation pipeline's phases, in order
 QUANTIZED_PARTS = tuple(p for c in _TABLE if c.quantized for p in c.parts)  # ("llm", "dit")
 
 assert sorted(p for c in _TABLE for p in c.parts) == sorted(CHECKPOINT_PARTS), "every part in one component"
-assert all(set(c.tasks) <= set(TASKS) for c in _TABLE)
+assert all(set(c.tasks) <= set(TASKS) and c.phase in (*PHASES, None) for c in _TABLE)
 assert all(set(c.recipe) == set(TARGETS) for c in _TABLE), "a recipe per target"
 
 
@@ -136,16 +130,14 @@ def component(name: str) -> Component:
     try:
         return COMPONENTS[name]
     except KeyError:
-        raise ValueError(f"unknown component {name!r}; one of {NAMES}") from None
+        raise ValueError(f"unknown component {name!r}; one of {tuple(COMPONENTS)}") from None
 
 
-def by_slot(slot: str) -> Component:
-    return next(c for c in _TABLE if c.slot == slot)
-
-
-def of_part(part: str) -> Component:
-    """The component a checkpoint part belongs to."""
-    return next(c for c in _TABLE if part in c.parts)
+def slots_done_after(phase: str) -> tuple[str, ...]:
+    """The MLX residency slots phase-wise residency drops once ``phase`` ends, pipeline order."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; one of {PHASES}")
+    return tuple(c.slot for c in _TABLE if c.phase == phase and c.slot)
 
 
 def for_task(task: str) -> tuple[Component, ...]:
