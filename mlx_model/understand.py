@@ -23,7 +23,7 @@ from mlx_model.support.platform import dtype_name, dtype_of
 from mlx_model.pipelines.understanding import Understanding, check_length, check_options, check_question
 from mlx_model.support.quant import DEFAULT_QUANTIZE
 
-__all__ = ["understand", "main", "CLI_DEFAULTS"]
+__all__ = ["understand", "main", "CLI_DEFAULTS", "add_decoding_options", "decoding_options"]
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,12 @@ CLI_DEFAULTS = CLIDefaults()
 
 
 # ------------------------------------------------------------------ command line
-def parser() -> argparse.ArgumentParser:
+def add_decoding_options(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """The decoding flags (mlx-lm's), shared by ``mobileo-understand`` and ``mobileo-chat``;
+    returns the group so a command can add its own (``--seed``).  :func:`decoding_options`
+    reads them back."""
     d, m = CLI_DEFAULTS, GenerationDefaults()
-    p = argparse.ArgumentParser(prog="mobileo-understand", description="Ask Mobile-O about an image, with MLX.")
-    p.add_argument("image", nargs="?", default=None, help="image file (anything Pillow opens)")
-    cc.add_text_argument(p, "question", "what to ask about the image")
-    p.add_argument("--image", dest="image_flag", default=None, metavar="IMAGE",
-                   help="the image, as a flag (instead of the argument)")
-    cc.add_model_options(p)
-    g = p.add_argument_group("decoding (mlx-lm's flags)")
+    g = p.add_argument_group(title)
     g.add_argument("--system-prompt", default=None,
                    help="replaces Mobile-O's system message (\"You are a helpful assistant.\")")
     g.add_argument("--max-tokens", "-m", type=int, default=d.max_tokens,
@@ -71,6 +68,24 @@ def parser() -> argparse.ArgumentParser:
                    help=f"tokens the repetition penalty looks back over (default {d.repetition_context_size})")
     g.add_argument("--max-kv-size", type=int, default=None,
                    help="keep at most this many KV-cache entries (a rotating cache; default: all)")
+    return g
+
+
+def decoding_options(a: argparse.Namespace) -> dict:
+    """The flags of :func:`add_decoding_options` (but ``--system-prompt``) as decoding keywords."""
+    return dict(max_tokens=a.max_tokens, temp=a.temp, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p,
+                repetition_penalty=a.repetition_penalty, repetition_context_size=a.repetition_context_size,
+                max_kv_size=a.max_kv_size)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mobileo-understand", description="Ask Mobile-O about an image, with MLX.")
+    p.add_argument("image", nargs="?", default=None, help="image file (anything Pillow opens)")
+    cc.add_text_argument(p, "question", "what to ask about the image")
+    p.add_argument("--image", dest="image_flag", default=None, metavar="IMAGE",
+                   help="the image, as a flag (instead of the argument)")
+    cc.add_model_options(p)
+    g = add_decoding_options(p, "decoding (mlx-lm's flags)")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: random)")
     p.add_argument("-v", "--verbose", action="store_true", help="print model and image details")
     return p
@@ -161,10 +176,8 @@ def _run(a) -> str:
     if question is None:
         raise MobileOError("no question given.", fix="mobileo-understand photo.jpg \"What is in the picture?\".")
     return understand(image, question, model=a.model, revision=a.revision, quantize=a.quantize, dtype=a.dtype,
-                      low_memory=a.low_memory,
-                      max_tokens=a.max_tokens, temp=a.temp, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p,
-                      repetition_penalty=a.repetition_penalty, repetition_context_size=a.repetition_context_size,
-                      max_kv_size=a.max_kv_size, system_prompt=a.system_prompt, seed=a.seed, verbose=a.verbose)
+                      low_memory=a.low_memory, **decoding_options(a), system_prompt=a.system_prompt, seed=a.seed,
+                      verbose=a.verbose)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,8 @@
 tiny random checkpoint."""
 
 import io
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -206,3 +208,229 @@ def test_prompt_cache_of_a_model_without_layers_is_never_kept():
     pc.cache, pc.keys = [], [1, 2]
     pc.record([1, 2, 3], [4])
     assert pc.cache is None and pc.keys == []
+
+
+# ------------------------------------------------------------------ the REPL as mlx-lm's chat (issue 25)
+STATS = r"\[(stopped; )?(\d+) tokens, [\d.]+ tokens/s; prompt [\d.]+ tokens/s; peak [\d.]+ GB\]"
+
+
+def _answer_from_scratch(und, turns, image, **options) -> str:
+    return "".join(r.text for r in und.stream_chat(turns, image=image, **options))
+
+
+class _StopAfter(io.StringIO):
+    """An output that raises KeyboardInterrupt on its ``n``-th write once armed: Ctrl-C while
+    the REPL prints a token (the stream suspended at a yield)."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = None
+
+    def write(self, s):
+        if self.left is not None:
+            self.left -= 1
+            if self.left == 0:
+                self.left = None
+                raise KeyboardInterrupt
+        return super().write(s)
+
+
+@pytest.mark.parametrize("where", ["in the stream", "while printing"])
+def test_ctrl_c_during_an_answer_keeps_the_session(mobileo, photos, monkeypatch, where):
+    """The stopped answer stays in the history as far as it was shown; the next question
+    continues the conversation, reuses the KV cache (image and first turn not recomputed) and
+    answers exactly as a from-scratch prefill of the same history would."""
+    from mlx_model.chat import ChatREPL
+
+    und, out = mobileo.understanding, _StopAfter()
+    repl = ChatREPL(mobileo, photos[0], out=out, temp=0, max_tokens=8)
+    assert repl.handle("What is it?")
+    first = list(repl.chat.turns)
+    assert len(first) == 2
+
+    if where == "in the stream":
+        real = und.stream_chat
+
+        def stream_chat(*a, **k):  # the interrupt raised from inside the token stream
+            for i, r in enumerate(real(*a, **k)):
+                if i == 3:
+                    raise KeyboardInterrupt
+                yield r
+
+        monkeypatch.setattr(und, "stream_chat", stream_chat)
+    else:
+        out.left = 4  # print() writes a token, then its end: Ctrl-C while the second token is printed
+    before = len(out.getvalue())
+    assert repl.handle("Tell me more.")  # the chat goes on
+    monkeypatch.undo()
+    shown = out.getvalue()[before:]
+    assert re.search(STATS, shown).group(1) == "stopped; "
+    partial = shown[:shown.rindex("\n[stopped")].strip()
+    assert partial  # the tiny model says something in three tokens
+    assert repl.chat.turns == first + [("user", "Tell me more."), ("assistant", partial)]
+    pc = repl.chat.cache
+    assert pc.cache is not None and pc.cache[0].offset == len(pc.keys)  # in step: reusable
+
+    answer = repl.ask("And then?")
+    assert re.search(STATS, out.getvalue().splitlines()[-1]).group(1) is None
+    assert pc.reused > und.chat_prompt(first[:1]).image_positions().stop  # image and turn 1 reused
+    assert repl.chat.turns[-2:] == [("user", "And then?"), ("assistant", answer.strip())]
+    assert answer == _answer_from_scratch(und, repl.chat.turns[:-1], und.encoder.pixels(photos[0])[0],
+                                          temp=0, max_tokens=8)
+
+
+def test_ctrl_c_before_the_first_word_drops_the_question(mobileo, photos, monkeypatch):
+    from mlx_model.chat import ChatREPL
+
+    def stream_chat(*a, **k):
+        raise KeyboardInterrupt  # during the prefill
+        yield
+
+    repl = ChatREPL(mobileo, photos[0], out=io.StringIO(), temp=0, max_tokens=4)
+    monkeypatch.setattr(mobileo.understanding, "stream_chat", stream_chat)
+    assert repl.handle("What is it?")
+    monkeypatch.undo()
+    assert repl.chat.turns == [] and "[stopped; 0 tokens]" in repl.out.getvalue()
+    assert repl.ask("What is it?")  # and the next question is answered
+
+
+def test_ctrl_c_during_generate_keeps_the_session(mobileo, photos, monkeypatch):
+    from mlx_model.chat import ChatREPL
+
+    out = io.StringIO()
+    repl = ChatREPL(mobileo, photos[0], out=out, temp=0, max_tokens=3)
+    monkeypatch.setattr(repl, "generate", lambda prompt: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert repl.handle("/generate a cup") is True
+    assert out.getvalue().endswith("(stopped)\n")
+
+
+def test_each_answer_closes_with_mlx_lm_chats_statistics_line(mobileo, photos, monkeypatch):
+    from mlx_model.chat import ChatREPL
+
+    seen = []
+    real = mobileo.understanding.stream_chat
+    monkeypatch.setattr(mobileo.understanding, "stream_chat",
+                        lambda *a, **k: (seen.append(r) or r for r in real(*a, **k)))
+    out = io.StringIO()
+    ChatREPL(mobileo, photos[0], out=out, temp=0, max_tokens=5).handle("What is it?")
+    last = out.getvalue().splitlines()[-1]
+    m = re.fullmatch(STATS, last)
+    assert m and m.group(1) is None, last
+    assert int(m.group(2)) == sum(r.token is not None for r in seen) == seen[-1].generation_tokens > 0
+
+
+def test_chat_takes_understands_decoding_flags_and_they_reach_the_decoding(mobileo, tiny_ckpt_dir, monkeypatch,
+                                                                            capsys):
+    """One definition (``add_decoding_options``) for both commands; every flag arrives at
+    ``stream_chat``, and a bad one fails before any weights are loaded."""
+    from mlx_model import chat, understand
+    from mlx_model.pipelines.mobileo import MobileO
+
+    def decoding_flags(p):
+        group = next(g for g in p._action_groups if g.title.startswith("decoding"))
+        return sorted(s for a in group._group_actions for s in a.option_strings)
+
+    assert decoding_flags(chat.parser()) == decoding_flags(understand.parser())
+    assert {"--repetition-penalty", "--repetition-context-size", "--max-kv-size"} <= set(decoding_flags(chat.parser()))
+
+    loads, calls = [], []
+    monkeypatch.setattr(MobileO, "from_pretrained", lambda *a, **k: loads.append(1) or mobileo)
+    real = mobileo.understanding.stream_chat
+    monkeypatch.setattr(mobileo.understanding, "stream_chat", lambda *a, **k: calls.append(k) or real(*a, **k))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello?\n"))
+    flags = ["--repetition-penalty", "1.3", "--repetition-context-size", "7", "--max-kv-size", "64",
+             "--temp", "0.5", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05", "-m", "3", "--seed", "4"]
+    chat.main(["--model", str(tiny_ckpt_dir)] + flags)
+    assert len(calls) == 1
+    assert {k: calls[0][k] for k in ("repetition_penalty", "repetition_context_size", "max_kv_size", "temp",
+                                     "top_k", "top_p", "min_p", "max_tokens", "seed")} == dict(
+        repetition_penalty=1.3, repetition_context_size=7, max_kv_size=64, temp=0.5, top_k=5, top_p=0.9,
+        min_p=0.05, max_tokens=3, seed=4)
+    assert re.search(STATS, capsys.readouterr().out)
+
+    for bad, message in ((["--repetition-context-size", "0"], "--repetition-context-size must be at least 1"),
+                         (["--max-kv-size", "3"], "--max-kv-size must be more than 4"),
+                         (["--repetition-penalty", "-1"], "--repetition-penalty must be > 0")):
+        with pytest.raises(SystemExit) as e:
+            chat.main(["--model", str(tiny_ckpt_dir)] + bad)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert len(loads) == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def imports(monkeypatch):
+    """The names imported from now on, and a stand-in ``readline`` module (recording calls)."""
+    import builtins
+    import types
+
+    names, calls = [], []
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: names.append(name) or real(name, *a, **k))
+    fake = types.ModuleType("readline")
+    fake.read_history_file = lambda path: calls.append(("read", path))
+    fake.set_history_length = lambda n: calls.append(("length", n))
+
+    def write_history_file(path):
+        calls.append(("write", path))
+        with open(path, "w") as f:
+            f.write("What is it?\n")
+
+    fake.write_history_file = write_history_file
+    monkeypatch.setitem(sys.modules, "readline", fake)
+    return names, calls
+
+
+def _typed(monkeypatch, keys):
+    """``input()`` as a terminal user types: strings are lines, exception classes are keys."""
+    import builtins
+
+    keys = iter(keys)
+
+    def fake_input(prompt=""):
+        k = next(keys)
+        if isinstance(k, type):
+            raise k
+        return k
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    return keys
+
+
+def test_readline_is_imported_only_on_a_terminal(mobileo, photos, monkeypatch, imports, tmp_path):
+    from mlx_model.chat import ChatREPL
+
+    names, calls = imports
+    ChatREPL(mobileo, photos[0], out=io.StringIO(), temp=0, max_tokens=2).run(io.StringIO("hi\n"))
+    assert "readline" not in names
+
+    out = io.StringIO()
+    left = _typed(monkeypatch, [KeyboardInterrupt, "What is it?", KeyboardInterrupt, KeyboardInterrupt, "unread"])
+    repl = ChatREPL(mobileo, photos[0], out=out, temp=0, max_tokens=2)
+    repl.run(_Terminal())
+    assert "readline" in names and calls == []  # line editing on, and no history file touched
+    text = out.getvalue()
+    assert text.count("(line cleared; Ctrl-C again or Ctrl-D to leave)") == 2  # a line between resets the count
+    assert repl.chat.turns[0] == ("user", "What is it?") and list(left) == ["unread"]  # two in a row leave
+
+    _typed(monkeypatch, ["/quit"])
+    ChatREPL(mobileo, photos[0], out=io.StringIO(), history_file=tmp_path / "h").run(_Terminal())
+    assert [c[0] for c in calls] == ["length", "write"]  # asked for: written (atomically, then renamed)
+    assert (tmp_path / "h").read_text() == "What is it?\n" and sorted(p.name for p in tmp_path.iterdir()) == ["h"]
+    _typed(monkeypatch, [EOFError])  # Ctrl-D leaves; the history file is read back
+    ChatREPL(mobileo, photos[0], out=io.StringIO(), history_file=tmp_path / "h").run(_Terminal())
+    assert calls[2] == ("read", str(tmp_path / "h"))
+
+
+def test_history_file_comes_from_the_flag_or_the_environment(monkeypatch, tmp_path):
+    from mlx_model import chat
+
+    monkeypatch.delenv(chat.HISTORY_ENV, raising=False)
+    assert chat.parser().parse_args([]).history_file is None
+    monkeypatch.setenv(chat.HISTORY_ENV, str(tmp_path / "env"))
+    assert chat.parser().parse_args([]).history_file == str(tmp_path / "env")
+    assert chat.parser().parse_args(["--history-file", "x"]).history_file == "x"
