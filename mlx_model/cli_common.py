@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,8 @@ from weights.core.samplers import DEFAULT_SAMPLER, SAMPLERS, sampler_help
 from weights.core.errors import MobileOError
 from weights.loading.hub import DEMO
 
+from mlx_model.interrupt import ready
+from mlx_model.pipelines.peers import DEFAULT_PEER_TIMEOUT
 from mlx_model.support.image_files import (IMAGE_FORMATS, check_writable_folder, output_paths, run_metadata,
                                            save_image, unique_path)
 from mlx_model.support.image_settings import SEED_LIMIT, ImageSettings, check_several_seeds
@@ -102,8 +103,7 @@ def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) 
     if argv is None:
         use_openblas()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler and argv is not None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here run_cli says "interrupted"
+    ready()  # from here run_cli says "interrupted"
     run_cli(lambda: run(p, parse(p, argv), argv))
 
 
@@ -198,7 +198,7 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
                    "keeps the images already there (whole, same settings) and remakes damaged ones")
     g.add_argument("--peer-timeout", type=float, default=None, metavar="SECONDS",
                    help="under mlx.launch: how long a process waits for the others (to start, or beyond the "
-                   "work it expects of them) before it names them and goes on alone (default 60)")
+                   f"work it expects of them) before it names them and goes on alone (default {DEFAULT_PEER_TIMEOUT:g})")
 
 
 def check_batch_command(*, text: str | None, output: str | None, seed, latents, stepwise_dir,

@@ -15,19 +15,14 @@ beside ``DIR`` and renamed into place: never half a folder.
 
 from __future__ import annotations
 
-import os as _os
-import signal as _signal
-import sys as _sys
+from mlx_model.interrupt import quiet_while_importing, ready
 
-if __name__ == "__main__" or _os.path.basename(_sys.argv[0]).startswith("mobileo-"):
-    # Ctrl-C while the imports below run (before run_cli takes over): one word, no traceback
-    _signal.signal(_signal.SIGINT, lambda *_: (print("interrupted", file=_sys.stderr, flush=True), _os._exit(130)))
+quiet_while_importing(__name__)  # Ctrl-C during the imports below: one word, no traceback
 
 import argparse
 import json
 import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 
@@ -37,10 +32,9 @@ from weights.core.errors import MobileOError, run_cli
 from weights.loading.hub import DEFAULT_MODEL
 
 from mlx_model.support.mlx_folder import FORMAT, FORMAT_VERSION, META_KEY
-from mlx_model.support.quant import DEFAULT_QUANTIZE, QUANTIZE_CHOICES, QUANT_GROUP_SIZE, check_bits
+from mlx_model.support.quant import DEFAULT_QUANTIZE, GROUP_SIZES, QUANTIZE_CHOICES, QUANT_GROUP_SIZE, check_bits
 
 __all__ = ["convert", "main"]
-GROUP_SIZES = (32, 64, 128)  # the group sizes mx.quantize takes
 COMPONENTS = CHECKPOINT_PARTS  # one file each (weights.core.components.mlx_file)
 CARD = "README.md"
 
@@ -163,8 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if argv is None:
         use_openblas()
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here run_cli says "interrupted"
+    ready()  # from here run_cli says "interrupted"
     a = parser().parse_args(argv)
     run_cli(lambda: convert(a.model, a.out, a.quantize, a.group_size, a.revision))
 

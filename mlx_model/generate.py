@@ -18,13 +18,9 @@ Many prompts, in one process or shared among several started by ``mlx.launch``
 
 from __future__ import annotations
 
-import os as _os
-import signal as _signal
-import sys as _sys
+from mlx_model.interrupt import quiet_while_importing
 
-if __name__ == "__main__" or _os.path.basename(_sys.argv[0]).startswith("mobileo-"):
-    # Ctrl-C while the imports below run (before run_cli takes over): one word, no traceback
-    _signal.signal(_signal.SIGINT, lambda *_: (print("interrupted", file=_sys.stderr, flush=True), _os._exit(130)))
+quiet_while_importing(__name__)  # Ctrl-C during the imports below: one word, no traceback
 
 import argparse
 import sys

@@ -54,7 +54,13 @@ def start_server(tmp_path_factory, *args):
 
 def stop_server(s: Server):
     s.proc.terminate()
-    assert s.proc.wait(60) == 0, s.log.read_text()[-2000:]  # a clean exit after SIGTERM
+    try:
+        code = s.proc.wait(60)
+    finally:
+        if s.proc.poll() is None:  # never leave a server running, whatever the assertion says
+            s.proc.kill()
+            s.proc.wait(10)
+    assert code == 0, s.log.read_text()[-2000:]  # a clean exit after SIGTERM
     assert "Traceback" not in s.log.read_text()  # no request ended in an unhandled error
 
 

@@ -45,6 +45,20 @@ def chat_body(**kw):
 
 
 # ------------------------------------------------------------------ safe defaults
+def test_a_post_from_another_site_is_refused(guarded, photo):
+    """A web page may post a multipart form to the loopback server without a preflight: its
+    Origin is neither this server nor one of --cors-origins, so nothing starts."""
+    for origin in ("https://evil.example", "null"):
+        r = call(guarded, "POST", "/v1/images/edits", headers={"origin": origin},
+                 files={"image": ("p.png", photo.read_bytes(), "image/png")}, data={"prompt": "blue"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed", (origin, r.text)
+    ok = call(guarded, "POST", "/v1/chat/completions", headers={"origin": ORIGIN}, json=chat_body())
+    assert ok.status_code == 200, ok.text
+    same = call(guarded, "POST", "/v1/chat/completions", headers={"origin": guarded.url.removesuffix("/v1")},
+                json=chat_body())
+    assert same.status_code == 200, same.text
+
+
 def test_host_header_must_name_this_machine(guarded):
     # a DNS-rebinding page reaches 127.0.0.1 under its own name: refused
     r = call(guarded, "GET", "/v1/models", headers={"host": "evil.example:8080"})
@@ -317,7 +331,12 @@ def test_shutdown_answers_requests_in_flight_with_503(tmp_path_factory):
             break
         time.sleep(0.1)
     s.proc.send_signal(signal.SIGINT)
-    assert s.proc.wait(60) == 0
+    try:
+        code = s.proc.wait(60)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+    assert code == 0
     for t in threads:
         t.join(60)
     assert answers == [(503, "server_shutting_down")] * 3

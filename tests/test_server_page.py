@@ -14,6 +14,9 @@ from test_server import start_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
+# make setup installs them; in CI their absence is a failure, never a quiet skip
+if os.environ.get("CI") and not (CHROMIUM and DRIVER):
+    raise RuntimeError("chromium and chromium-driver are missing: make setup installs them (apt-get)")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs chromium and chromium-driver (make setup)")
 
 

@@ -19,7 +19,7 @@ The pieces, in the order a run uses them:
   (:data:`MATCH_KEYS`) is done; a damaged one (empty, cut short, unreadable) is deleted and
   made again; a whole one with other settings stops the run (every rank, same error).  One
   gather also compares every rank's :data:`FINGERPRINT` (model hash, dtype, quantization,
-  scheduler, the planned images, MLX version): any difference stops every rank, one line,
+  scheduler, the planned images, MLX and mobileo-deploy versions): any difference stops every rank, one line,
   before any image is written.
 * :func:`make`: the images nobody has are made in rounds: each round :func:`deal` gives each
   rank one of the costliest images left and then cheap ones to ranks that would otherwise
@@ -66,6 +66,7 @@ __all__ = ["Job", "Task", "BatchSettings", "read_prompts_file", "plan", "assign"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 EACH_PROMPT = "(each prompt of the file)"  # the prompt of BatchSettings.image: every job brings its own
 BASE_SEED = 0  # prompt k without a seed of its own uses BASE_SEED + k, unless --seed gives another base
+STARTUP_SECONDS = 600  # beyond --peer-timeout, before anything is measured (a rank may be downloading the model)
 MAX_IMAGES_PER_PROMPT = 10_000  # a prompts file line asks for at most this many (the plan is held in memory)
 JOB_KEYS = ("prompt", "seed", "steps", "guidance", "width", "height", "n_images")
 # an existing image is the one a task asks for when these settings in it are the task's
@@ -341,7 +342,7 @@ def deal(pending: list[int], costs: dict[int, float], speeds: list[float]) -> li
 
 
 # ------------------------------------------------------------------ the run
-FINGERPRINT = ("images", "model_hash", "dtype", "quantize", "scheduler", "mlx")  # what decides the pixels
+FINGERPRINT = ("images", "model_hash", "dtype", "quantize", "scheduler", "mlx", "version")  # what decides the pixels
 
 
 @dataclass
@@ -406,7 +407,7 @@ def start(prompts_file, output_dir, settings: BatchSettings, log) -> tuple[Run, 
     jobs = read_prompts_file(prompts_file)
     run = Run(peers=Peers(open_group(settings.peer_timeout)), folder=folder, settings=settings,
               log=log or (lambda msg: print(msg, flush=True)))
-    wait = settings.peer_timeout + 600  # the first rank may be downloading or writing the model
+    wait = settings.peer_timeout + STARTUP_SECONDS
     if run.rank != 0:
         run.peers.barrier(wait, "the model's first opening")
     ckpt = open_model(settings.model, revision=settings.revision)
@@ -417,7 +418,8 @@ def start(prompts_file, output_dir, settings: BatchSettings, log) -> tuple[Run, 
                         source=ckpt.folder)
     run.metadata = lambda task: image_metadata(task, settings, meta)
     run.fingerprint = {"images": _digest(run.tasks), "model_hash": meta["model_hash"], "dtype": meta["dtype"],
-                       "quantize": meta["quantize"], "scheduler": settings.image.scheduler, "mlx": mx.__version__}
+                       "quantize": meta["quantize"], "scheduler": settings.image.scheduler, "mlx": mx.__version__,
+                       "version": meta["version"]}
     removed = remove_partials(folder)
     if removed:
         run.log(f"{run.tag}removed {removed} temporary file(s) a stopped run left in {folder}")
@@ -453,7 +455,7 @@ def assign(run: Run) -> None:
     old = _read_records(run.folder) if have else {}
     states = run.peers.gather_json({"fingerprint": run.fingerprint, "have": have, "conflict": conflict,
                                     "host": run.host, "reused": {i: _reuse_record(run, i, old) for i in have}},
-                                   run.settings.peer_timeout + 600, "the start")
+                                   run.settings.peer_timeout + STARTUP_SECONDS, "the start")
     check_agreement(states)
     for r, s in enumerate(states):
         if s["conflict"]:
@@ -505,7 +507,10 @@ class _Maker:
         path = save_image(out.images[0], target, run.metadata(task), write_json=run.settings.metadata)
         if path != target:  # the name was claimed meanwhile
             path.unlink(missing_ok=True)
-            if not (run.alone and damage(target) is None):  # alone: a stalled rank may have finished it
+            path.with_suffix(".json").unlink(missing_ok=True)
+            # A rank this one gave up on (slow, not dead) may have saved the same image: whole and with
+            # the task's settings it is the same bytes (each image is made alone from its own seed).
+            if not _is_done(run, i):
                 raise MobileOError(f"{target} appeared while this run was making it: another run is writing "
                                    f"into {run.folder}.", fix="run one batch per output folder at a time.")
         timings = {**{k: round(v, 4) for k, v in out.timings.items()},
@@ -548,8 +553,14 @@ def _round(run: Run, maker: _Maker, costs: dict[int, float]) -> None:
         mine[str(i)] = maker.make(i)
     own = time.perf_counter() - t
     slowest = max(sum(costs[i] for i in share) / speeds[r] for r, share in enumerate(shares))
-    scale = own / max(sum(costs[i] for i in shares[run.rank]) / speeds[run.rank], 1e-9) if mine else 1.0
-    wait = run.settings.peer_timeout + 2 * max(own, slowest * scale)
+    measured = any(seconds > 0 for _, seconds in run.work)
+    if mine:  # this rank's own seconds per cost unit turn the slowest share into seconds
+        scale = own / max(sum(costs[i] for i in shares[run.rank]) / speeds[run.rank], 1e-9)
+        wait = run.settings.peer_timeout + 2 * max(own, slowest * scale)
+    elif measured:  # speeds are work per measured second: the slowest share is in seconds already
+        wait = run.settings.peer_timeout + 2 * slowest
+    else:  # nothing measured yet (a first round with no share here): the start's bound
+        wait = run.settings.peer_timeout + STARTUP_SECONDS
     try:
         states = run.peers.gather_json({"made": mine}, wait, "the end of a round")
     except PeerLost:

@@ -26,6 +26,7 @@ import json
 import sys
 import time
 import traceback
+from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsaf
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 32 << 20
+    max_body_bytes: int = api.MAX_BODY_BYTES
     max_tokens: int = 4096  # per answer
     max_image_pixels: int = 50_000_000  # an uploaded image's width x height, read from its header
 
@@ -86,9 +87,16 @@ class Guard:
         if "*" not in sec.allowed_hosts and host_name(headers.get("host", "")) not in sec.allowed_hosts:
             return api.APIError(403, f"the Host header {headers.get('host', '')!r} is not one of this server's "
                                 "names; start it with --allowed-hosts NAME to accept it.", code="host_not_allowed")
+        origin = headers.get("origin")
+        if method == "POST" and origin is not None and origin not in sec.cors_origins \
+                and host_name(urlsplit(origin).netloc) != host_name(headers.get("host", "")):
+            # a form post from another site needs no preflight (multipart is CORS-safelisted): refuse it,
+            # as Ollama checks Origin; the page at / is same-origin, API clients send no Origin
+            return api.APIError(403, f"requests from the web page at {origin!r} are not allowed; start the server "
+                                "with --cors-origins ORIGIN to allow it.", code="origin_not_allowed")
         if sec.api_key is not None and path.startswith("/v1/") and method != "OPTIONS":
-            given = headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {sec.api_key}".encode()):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {sec.api_key}".encode()):
                 return api.APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>' "
                                     "(the key given by --api-key or MOBILEO_API_KEY).", code="invalid_api_key",
                                     type="authentication_error")

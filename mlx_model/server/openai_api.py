@@ -28,6 +28,7 @@ __all__ = ["APIError", "ChatRequest", "ImageRequest", "StopMatcher", "error_body
            "check_unicode", "image_url_bytes"]
 
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
+MAX_BODY_BYTES = 32 << 20  # a request body, and a local image named by image_url (mobileo-server --max-body-mb)
 MAX_IMAGES_PER_REQUEST = 4
 
 
@@ -133,10 +134,12 @@ def check_image_bytes(raw: bytes, param: str, max_pixels: int) -> bytes:
 
     from PIL import Image
 
+    from mlx_model.support.preprocess import READ_FORMATS
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as im:
+            with Image.open(io.BytesIO(raw), formats=READ_FORMATS) as im:
                 width, height = im.size
     except Image.DecompressionBombError:
         width = height = None
@@ -158,9 +161,9 @@ def image_url_bytes(url: str, param: str, local_images: Path | None) -> bytes:
     """An ``image_url``'s encoded bytes: a base64 data URL, or (only with ``--allow-local-images
     DIR``) a file inside DIR.  Remote URLs are refused: the server never fetches from the
     network.  A path outside DIR gets the same answer whether or not it exists."""
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":
         head, sep, data = url.partition(",")
-        if not sep or not head.endswith(";base64"):
+        if not sep or not head.lower().endswith(";base64"):
             raise APIError(400, "an image data URL must be base64: data:image/png;base64,<data>.", param=param)
         try:
             return base64.b64decode(data, validate=True)
@@ -176,6 +179,7 @@ def image_url_bytes(url: str, param: str, local_images: Path | None) -> bytes:
                        "URL (data:image/png;base64,...), or start the server with --allow-local-images DIR.",
                        param=param, code="local_image_refused")
     import os
+    import stat
 
     root = os.path.realpath(local_images)
     name = unquote(urlparse(url).path) if scheme == "file" else url
@@ -185,8 +189,13 @@ def image_url_bytes(url: str, param: str, local_images: Path | None) -> bytes:
                        f"(--allow-local-images {local_images}); send the image inline as a data URL instead.",
                        param=param, code="local_image_refused")
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_BODY_BYTES:  # no FIFO, device or huge file
+            why = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"over {MAX_BODY_BYTES >> 20} MB"
+            raise APIError(400, f"cannot read the image {name!r} in the allowed folder ({why}).", param=param,
+                           code="invalid_image")
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(MAX_BODY_BYTES + 1)
     except OSError as e:
         raise APIError(400, f"cannot read the image {name!r} in the allowed folder ({e.strerror}).", param=param,
                        code="invalid_image") from None

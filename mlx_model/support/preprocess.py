@@ -33,6 +33,10 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
 WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNG/TIFF grayscale
 
 
+# the image formats read (Pillow's plug-in names); never EPS/PS (Ghostscript) or other exotic ones
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG opens MPO phone photos too
+
+
 class ImageError(MobileOError):
     """An image file that is missing or cannot be decoded."""
 
@@ -67,7 +71,7 @@ def _decode(fp, name: str, declared_size) -> Image.Image:
     try:
         with warnings.catch_warnings():  # between Pillow's warning and its limit: read, quietly
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img = Image.open(fp, formats=READ_FORMATS)
             img.load()
     except Image.DecompressionBombError:
         limit = max_pixels()
@@ -87,7 +91,7 @@ def _declared_size(path: Path) -> str:
     try:
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            with Image.open(path) as im:
+            with Image.open(path, formats=READ_FORMATS) as im:
                 w, h = im.size
         finally:
             Image.MAX_IMAGE_PIXELS = saved

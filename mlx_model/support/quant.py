@@ -9,6 +9,7 @@ from weights.core.errors import MobileOError, SettingError
 QUANTIZE_CHOICES = (0, 4, 8)  # bits for the LLM and DiT Linear layers; 0 = float
 DEFAULT_QUANTIZE = 4  # every entry point's default (-q 4): the one place it is written
 QUANT_GROUP_SIZE = 64  # MLX / mlx-lm default; Mobile-O ships its LLM 4-bit with group 64
+GROUP_SIZES = (32, 64, 128)  # the group sizes mx.quantize takes
 QMM_MAX_ROWS = 16  # on CPU: up to this many input rows, MLX's quantized matmul; above, JIT dequantize
 
 

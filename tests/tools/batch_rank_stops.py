@@ -3,12 +3,14 @@ its STOP_AFTER-th image: the crash a restart must heal.  For tests/test_batch_ge
 under ``mlx.launch``:  python tests/tools/batch_rank_stops.py STOP_AFTER STOP_RANK <mobileo-generate flags>
 
 With ``BATCH_STOP_HOW=sigstop`` the rank stops itself with SIGSTOP instead (a hung or sleeping
-machine: the process stays, silent); with ``BATCH_RANK_MODEL_HASH=HASH`` rank STOP_RANK
+machine: the process stays, silent); with ``BATCH_STOP_HOW=sleep:S`` it sleeps S seconds once and
+goes on (slow, not dead: the other rank gives up on it meanwhile); with ``BATCH_RANK_MODEL_HASH=HASH`` rank STOP_RANK
 sees other weights (its model hash is HASH) and STOP_AFTER is not used."""
 
 import os
 import signal
 import sys
+import time
 
 from mlx_model import generate
 from mlx_model.pipelines import batch
@@ -18,11 +20,14 @@ def main() -> None:
     after, rank, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 
     def on_saved(this_rank: int, count: int) -> None:
-        if this_rank == rank and count >= after:
+        how = os.environ.get("BATCH_STOP_HOW", "exit")
+        if this_rank == rank and count == after if how.startswith("sleep:") else this_rank == rank and count >= after:
             print(f"rank {rank} stops after {count} image(s) (test)", flush=True)
             sys.stderr.flush()
-            if os.environ.get("BATCH_STOP_HOW") == "sigstop":
+            if how == "sigstop":
                 os.kill(os.getpid(), signal.SIGSTOP)
+            elif how.startswith("sleep:"):
+                time.sleep(float(how.split(":", 1)[1]))
             else:
                 os._exit(17)
 

@@ -69,8 +69,8 @@ def resolve_model(model: str, *, revision: str | None = None, offline: bool | No
             raise ModelNotFoundError(
                 f"{model} is not in the local Hugging Face cache, and the hub is off "
                 f"({'HF_HUB_OFFLINE is set' if hub_offline() else 'offline was asked for'}).",
-                fix="unset HF_HUB_OFFLINE to download it once, pass a local folder with --model "
-                "/path/to/model, or try the pipeline with --model demo.") from None
+                fix=("unset HF_HUB_OFFLINE" if hub_offline() else "allow the download") + " to get it once, "
+                "pass a local folder with --model /path/to/model, or try the pipeline with --model demo.") from None
         raise ModelNotFoundError(
             f"cannot get {model} from the Hugging Face hub ({kind}) and it is not in the local cache.",
             fix="connect to the internet or log in (hf auth login), pass a local folder "
