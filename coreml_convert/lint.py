@@ -39,7 +39,7 @@ from pathlib import Path
 from weights.core.errors import MobileOError, run_cli
 
 from weights.bundles.contract import MAX_DIMENSION
-from coreml_convert.mil_cost import SLICE_OPS
+from coreml_convert.mil_cost import SLICE_OPS, dtype_name
 
 ELIGIBLE, AT_RISK, OFF = "eligible", "at_risk", "off"
 # Rule "rank": rank <= 4.  The Neural Engine layout is 4-D (B, C, 1, S) (apple/ml-ane-transformers,
@@ -116,17 +116,6 @@ def _walk(block):
             yield from _walk(b)
 
 
-def _dtype_name(var) -> str:
-    from coremltools.converters.mil.mil import types
-
-    t = var.sym_type
-    if types.is_state(t):
-        t = t.wrapped_type()
-    if types.is_tensor(t):
-        t = t.get_primitive()
-    return types.builtin_to_string(t)
-
-
 def _is_const(var) -> bool:
     return var.op is None and var.val is not None or (var.op is not None and (
         var.op.op_type == "const" or var.op.op_type.startswith("constexpr")))
@@ -163,9 +152,9 @@ def classify(op, range_inputs: set[str], allowed: str | None = None) -> tuple[st
     t = op.op_type
     if allowed == "state-index":
         pass
-    elif t in INTEGER_OPS or any(_dtype_name(o).startswith(("int", "uint", "bool")) for o in outs):
+    elif t in INTEGER_OPS or any(dtype_name(o).startswith(("int", "uint", "bool")) for o in outs):
         broken.append("integer-op")
-    elif any(_dtype_name(o) != "fp16" for o in outs):
+    elif any(dtype_name(o) != "fp16" for o in outs):
         broken.append("dtype")
     if t in GATHER_OPS and any(not _is_const(v) for k, v in op.inputs.items() if k == "indices"
                                for v in (v if isinstance(v, (list, tuple)) else [v])):

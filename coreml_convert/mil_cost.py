@@ -44,8 +44,8 @@ def _ins(op):
             yield k, x
 
 
-def _dtype_bits(var) -> int:
-    """Bits per element of ``var`` (sub-byte ints such as int4/uint6 included)."""
+def dtype_name(var) -> str:
+    """The element type of ``var`` (a state's or tensor's), e.g. ``fp16``, ``int32``, ``uint4``."""
     from coremltools.converters.mil.mil import types
 
     t = var.sym_type
@@ -53,7 +53,12 @@ def _dtype_bits(var) -> int:
         t = t.wrapped_type()
     if types.is_tensor(t):
         t = t.get_primitive()
-    name = types.builtin_to_string(t)
+    return types.builtin_to_string(t)
+
+
+def _dtype_bits(var) -> int:
+    """Bits per element of ``var`` (sub-byte ints such as int4/uint6 included)."""
+    name = dtype_name(var)
     digits = "".join(ch for ch in name if ch.isdigit())
     return int(digits) if digits else 8  # bool
 
