@@ -364,7 +364,10 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path):
     def interrupted(p):
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=120)
-        assert "Traceback" not in err and p.returncode == 130 and "interrupted" in err, (p.returncode, err[-2000:])
+        # 130, or killed by SIGINT (-2), which a shell also reports as 130: CPython ends that way when
+        # a KeyboardInterrupt passed through code run by PyRun_* even though run_cli caught it
+        assert p.returncode in (130, -signal.SIGINT), (p.returncode, err[-2000:])
+        assert "Traceback" not in err and "interrupted" in err, err[-2000:]
 
     # 1. importing: -X importtime names each module as it is imported; weights.core.errors comes
     # after quiet_while_importing and long before the command's own handler
