@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 # run; local runs the `explore` profile, new examples each run (tests/conftest.py)
 export HYPOTHESIS_PROFILE ?= $(if $(CI),ci,explore)
 
-.PHONY: setup system-packages test test-quick test-python swift-test parity parity-full convert-full \
+.PHONY: setup system-packages test test-quick test-python swift-test swift-bench swift-test-coreml parity parity-full convert-full \
         full-checkpoint bench demo clean bench-batch
 
 setup: system-packages $(VENV)/.installed
@@ -59,19 +59,40 @@ test-python:
 test-quick:
 	$(WITH_BLAS) $(PYTEST) -q -m "not slow and not full"
 
-# golden vectors (sampler, real-Qwen tokenizer ids, manifest, fake-runner pipeline) are
+# golden vectors (sampler, token sampling, real-Qwen tokenizer ids, manifest, fake-runner pipeline) are
 # written by Python into the gitignored $(GOLDEN) and checked by `swift test`; off macOS
-# the Core ML runner is type-checked against a stub (ios_bridge/swift/Tools)
+# the Core ML runner runs against a functional Core ML stand-in (ios_bridge/swift/Tools)
 GOLDEN := build/golden
+# Swift 6 language mode (Package.swift) with warnings as errors, for the library, the tests and
+# the app-shaped consumer (MobileOAppTests); the flag stays out of Package.swift so that apps
+# can depend on the package
+SWIFT_STRICT := -Xswiftc -warnings-as-errors
 swift-test:
 	@if command -v swift >/dev/null; then \
 	  mkdir -p $(dir $(GOLDEN)) && \
-	  $(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion --components mcp dit \
+	  $(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion --components mcp dit vae_decoder \
 	    > $(GOLDEN)-conversion.log 2>&1 || { tail -20 $(GOLDEN)-conversion.log; exit 1; }; \
 	  $(WITH_BLAS) $(PY) tests/tools/golden.py $(GOLDEN) --export $(GOLDEN)-conversion && \
-	  cd $(SWIFT_PKG) && swift build && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test --disable-swift-testing && \
-	  ./Tools/typecheck-coreml.sh; \
+	  $(PY) tests/tools/swift_docs.py $(SWIFT_PKG)/Sources/MobileO && \
+	  cd $(SWIFT_PKG) && swift build --build-tests $(SWIFT_STRICT) && \
+	  MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) swift test --disable-swift-testing $(SWIFT_STRICT) && \
+	  MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN) ./Tools/typecheck-coreml.sh; \
 	else echo "swift-test: no Swift toolchain on this machine, skipped"; fi
+
+# CoreMLRunner end to end on the Core ML stand-in with every demo bundle (llm and vision_encoder
+# included: ~1.5 min more conversion than swift-test, so not in `make test`): generate through
+# llm + mcp + dit + vae_decoder, understand through vision_encoder + llm (prefill, decode,
+# KV-cache state), edit through all five and a text chat must equal Python's run of the same
+# bundles on the numpy MIL executor
+swift-test-coreml:
+	$(WITH_BLAS) $(PY) -m coreml_convert --model demo --out $(GOLDEN)-conversion-all > $(GOLDEN)-conversion-all.log 2>&1 \
+	  || { tail -20 $(GOLDEN)-conversion-all.log; exit 1; }
+	$(WITH_BLAS) $(PY) tests/tools/golden.py $(GOLDEN)-all --export $(GOLDEN)-conversion-all
+	cd $(SWIFT_PKG) && MOBILEO_GOLDEN_DIR=$(CURDIR)/$(GOLDEN)-all ./Tools/typecheck-coreml.sh
+
+# token-sampling speed in release (ms/token over 151,936 logits; not a test)
+swift-bench:
+	cd $(SWIFT_PKG) && swift run -c release MobileOBench
 
 # component-by-component and end-to-end parity report (tiny + reduced full-width configs)
 parity: test-python

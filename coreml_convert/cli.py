@@ -1,19 +1,23 @@
 """``python -m coreml_convert --model X --out build/ [--components ...] [--precision fp16|fp32]
-[--target ane|gpu] [--compress default|none|RECIPE] [-v]``
+[--target ane|gpu] [--compress default|none|RECIPE] [--isolate auto|on|off] [-v]``
 
 Checks for torch and coremltools first (one ``error:`` line naming the ``convert`` extra,
 nothing written); their progress bars and tracer warnings are hidden unless ``-v``.
 Weights are compressed by default with each component's recipe for ``--target`` (the
-component table, ``weights.core.components``: for ``ane`` mixed LUT4/LUT6 + int8 LLM and DiT,
-6-bit LUTs for the vision encoder, int8 MCP and VAE decoder; for ``gpu`` per-block int4 LLM
+component table, ``weights.core.components``: for ``ane`` mixed LUT4/LUT6 + int8 LLM, DiT and
+VAE decoder, 6-bit LUTs for the vision encoder, int8 MCP; for ``gpu`` per-block int4 LLM
 and DiT, the DiT and VAE computed in fp32); each bundle is stamped (user metadata) with its
 name, target, compute units, recipe and host-input constants for ``mobileo-validate``; gate 2 then runs
 on the uncompressed program and the compressed one is measured against it ("drift", in the
 table, the record and the manifest's ``compression`` object).  ``--compress none`` keeps fp16
 weights; an explicit recipe applies to every component.
 
-Converts one component at a time (pipeline order), checks both gates, frees the torch
-modules before the next one, writes each bundle atomically, skips components whose bundle
+Converts one component at a time (pipeline order) -- each in its own process when the
+checkpoint is over 1 GiB (``--isolate``; its memory goes back to the system when it ends) --
+stage by stage, freeing each stage's memory before the next (``coreml_convert.memory``
+records every stage's seconds and peak RSS; a component's peak is its own, the run's is the
+highest of its processes), checks both gates, writes each bundle atomically (reproducible
+bytes: ``convert.reproducible_package``), skips components whose bundle
 and passing record already exist (``--force`` redoes them), prints a table, writes
 ``manifest.json`` (ios_bridge) and exits 3 when a gate fails (2: bad input, 1: a component
 could not be converted).  A known failure of one component -- a ``MobileOError`` such as
@@ -42,12 +46,11 @@ from pathlib import Path
 from weights.bundles import contract
 from weights.core.components import DEFAULT_TARGET, TARGETS
 from weights.core.errors import MobileOError, run_cli
-from weights.core.memory import peak_rss_bytes
 
 import numpy as np
 
 from coreml_convert import convert as cv
-from coreml_convert import gates, lint
+from coreml_convert import gates, lint, memory
 from coreml_convert.components import REGISTRY
 from coreml_convert.spec import PRECISIONS, ConversionResult
 
@@ -60,19 +63,7 @@ SKIPPED = "already converted"
 
 # ------------------------------------------------------------------ memory
 
-
-def reset_peak_rss() -> None:
-    """Start a new peak-RSS window (Linux: /proc/self/clear_refs; elsewhere a no-op, so the
-    peak is the process's so far)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    return peak_rss_bytes() / 2**20
+reset_peak_rss, peak_rss_mb = memory.reset_peak_rss, memory.peak_rss_mb
 
 
 # ------------------------------------------------------------------ records
@@ -118,10 +109,23 @@ def finished(out: Path, name: str, precision: str, compression: dict | None,
 
 def convert_component(ckpt, name: str, out: Path, precision: str, compression: dict | None,
                       seed: int = 0, target: str = DEFAULT_TARGET) -> tuple[ConversionResult, gates.GateReport]:
+    """One component, stage by stage, each stage's memory freed before the next: load (the
+    component's tensors, its torch module and the upstream reference), gate 1, then the
+    reference is dropped before conversion; the bundle is saved and gated from disk.  The
+    stages' seconds and peak RSS go to the result (``stages``; ``peak_rss_mb`` = their highest)."""
+    log = memory.StageLog()
+    t0 = time.perf_counter()
+    with memory.logging_stages(log):
+        result, report = _convert_stages(ckpt, name, out, precision, compression, seed, target, log)
+    stages = log.close()
+    return dataclasses.replace(result, seconds=time.perf_counter() - t0, peak_rss_mb=log.peak_mb,
+                               stages=stages), report
+
+
+def _convert_stages(ckpt, name, out, precision, compression, seed, target, log):
     from weights.bundles.hashing import bundle_bytes, bundle_sha256
 
-    reset_peak_rss()
-    t0 = time.perf_counter()
+    log.mark("load")
     try:
         module = REGISTRY[name]
     except ImportError as e:
@@ -129,8 +133,14 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
                                  fix="check coreml_convert/components/ is complete.") from None
     spec = module.build_spec(ckpt, seed=seed)
     spec.io = dataclasses.replace(spec.io, target=target)  # the compute units follow the target
+    log.mark("gate 1")
     reference = gates.gate1(spec)
+    spec.reference = None  # the upstream model is not needed again: freed before converting
+    torch_out = gates.module_outputs(spec, precision)  # gate 2's module side, while the module is here
+    log.mark("convert")
     plain, model = cv.convert_both(spec, precision, compression)
+    spec.module = spec.convert = None  # traced and converted: the torch module goes before the gates
+    log.mark("save")
     plain_dir = plain_path = None
     try:
         if model is None:  # uncompressed
@@ -148,23 +158,26 @@ def convert_component(ckpt, name: str, out: Path, precision: str, compression: d
             dtype, shape = contract.table_format(array)
             files.append({"file": file, "sha256": bundle_sha256(table), "bytes": bundle_bytes(table),
                           "shape": list(shape), "dtype": dtype})
-        report = gates.run_gates(spec, path, precision, reference=reference, plain_path=plain_path)
+        spec.files = {}
+        log.mark("gate 2")
+        report = gates.run_gates(spec, path, precision, reference=reference, plain_path=plain_path,
+                                 torch_out=torch_out)
     finally:
         if plain_dir is not None:
             shutil.rmtree(plain_dir, ignore_errors=True)
+    log.mark("lint")
     linted = lint.lint_bundle(path, name, spec.compute_units)
     lint.write_report(linted, out)  # out/<name>.lint.json beside the bundle
-    summary = lint.summary(linted)
     result = ConversionResult(
         name=name, file=spec.file, bytes=bundle_bytes(path), sha256=bundle_sha256(path),
         inputs=cv.io_specs(spec.inputs, precision), outputs=cv.io_specs(spec.outputs, precision),
         states=cv.io_specs(spec.states, precision), functions=tuple(spec.functions),
         compute_units=spec.compute_units, minimum_os=dict(spec.minimum_os),
         compression=compression_record(precision, compression, report, target),
-        gates=report.as_gates(), seconds=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(),
+        gates=report.as_gates(), seconds=0.0, peak_rss_mb=0.0,
         function_io={fn: {k: cv.io_specs(specs, precision) for k, specs in io.items()}
                      for fn, io in spec.function_io.items()},
-        files=files, lint=summary,
+        files=files, lint=lint.summary(linted),
     )
     del spec, module
     gc.collect()
@@ -270,6 +283,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="reconvert components whose bundle already exists")
     p.add_argument("--seed", type=int, default=0, help="seed of the gates' random inputs")
     p.add_argument("--revision", default=None, help="hub revision of --model")
+    p.add_argument("--isolate", choices=("auto", "on", "off"), default="auto",
+                   help="convert each component in its own process (its memory returned when it ends; "
+                        "default auto: on for checkpoints over 1 GiB)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one component for a parent run
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show coremltools' progress bars and torch's tracer warnings (hidden by default)")
     return p.parse_args(argv)
@@ -333,6 +350,7 @@ def run(args: argparse.Namespace, stream=None) -> int:
 def _run(args: argparse.Namespace, stream) -> int:
     from weights.loading.hub import open_model
 
+    t0 = time.perf_counter()
     names = select_components(args.components)
     compression = cv.parse_compression(args.compress)
     ckpt = open_model(args.model, revision=args.revision)
@@ -340,8 +358,10 @@ def _run(args: argparse.Namespace, stream) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for tmp in cv.leftover_temp_folders(out):  # left by a run that was killed mid-save
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    child = getattr(args, "child", False)
+    isolate = not child and use_processes(getattr(args, "isolate", "auto"), ckpt)
 
-    rows, code = [], 0
+    rows, code, peaks = [], 0, []
     for name in names:
         target = getattr(args, "target", DEFAULT_TARGET)
         recipe = cv.recipe_for(name, compression, target)
@@ -352,38 +372,121 @@ def _run(args: argparse.Namespace, stream) -> int:
             rows.append(table_row(name, result, SKIPPED))
             print(f"{name}: {SKIPPED}, not redone (--force to redo)", file=stream, flush=True)
             continue
-        print(f"{name}: converting ({precision}, weights {cv.recipe_name(recipe)}) ...", file=stream, flush=True)
-        try:
-            result, report = convert_component(ckpt, name, out, precision, recipe, args.seed, target)
-        except Exception as e:  # one component failing: report it, go on with the others
-            if isinstance(e, MobileOError):  # a known failure (e.g. ct.convert refused): one line
-                print(f"error: {name}: {e}", file=sys.stderr, flush=True)
-            else:
-                traceback.print_exc(file=sys.stderr)
-                print(f"error: {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            rows.append(table_row(name, None, "failed" if isinstance(e, MobileOError) else "crashed"))
-            code = code or EXIT_CRASHED
-            gc.collect()
-            continue
-        status = "ok" if report.passed else "FAILED: " + "; ".join(report.failures)
-        if report.predict is None and platform.system() != "Darwin":
-            status += f" (no MLModel.predict on {platform.system()})"
-        write_record(out, name, {"passed": report.passed, "failures": report.failures,
-                                 "precision": precision, "recipe": recipe, "target": target,
-                                 "record": RECORD_VERSION,
-                                 "result": result.to_dict()})
-        rows.append(table_row(name, result, status))
-        if not report.passed:
-            print(f"error: {name}: {'; '.join(report.failures)}", file=sys.stderr, flush=True)
-            code = EXIT_GATE_FAILED if code != EXIT_CRASHED else code
+        if not child:
+            print(f"{name}: converting ({precision}, weights {cv.recipe_name(recipe)})"
+                  f"{' in its own process' if isolate else ''} ...", file=stream, flush=True)
+        if isolate:
+            row, status, peak = convert_in_process(args, name, out, stream)
+        else:
+            row, status, peak = convert_here(ckpt, name, out, precision, recipe, args.seed, target)
+        rows.append(row)
+        peaks.append(peak)
+        code = CHILD_FAILED if child and status == "failed" else merge_code(code, status)
         gc.collect()
 
+    if child:  # the parent prints the table and writes the manifest
+        return code
+    run_record = {"seconds": round(time.perf_counter() - t0, 1),
+                  "peak_rss_mb": round(max([*peaks, peak_rss_mb()]), 1),
+                  "processes": "one per component" if isolate else "one"}
     print(format_table(rows), file=stream, flush=True)
-    print(f"manifest: {write_manifest(out, ckpt, args, names)}", file=stream, flush=True)
+    print(f"run: {run_record['seconds']:.0f} s, peak RSS {run_record['peak_rss_mb']:.0f} MB "
+          f"({run_record['processes']})", file=stream, flush=True)
+    print(f"manifest: {write_manifest(out, ckpt, args, names, run_record)}", file=stream, flush=True)
     return code
 
 
-def write_manifest(out: Path, ckpt, args, requested: list[str] | None = None) -> Path:
+ISOLATE_ABOVE_BYTES = 1 << 30  # --isolate auto: one process per component above 1 GiB of weights
+CHILD_FAILED = 4  # a child's exit status for a known (one-line) failure; the run exits EXIT_CRASHED
+
+
+def use_processes(isolate: str, ckpt) -> bool:
+    """--isolate on/off, or auto: each component in its own process when the checkpoint holds
+    over 1 GiB of weights (a full model; a tiny one converts faster in one process)."""
+    if isolate in ("on", "off"):
+        return isolate == "on"
+    return memory.checkpoint_bytes(ckpt) > ISOLATE_ABOVE_BYTES
+
+
+def merge_code(code: int, status: str) -> int:
+    """The run's exit status so far after one component's ("ok", "gate", "failed", "crashed")."""
+    if status in ("failed", "crashed"):
+        return code or EXIT_CRASHED
+    if status == "gate":
+        return EXIT_GATE_FAILED if code != EXIT_CRASHED else code
+    return code
+
+
+def convert_here(ckpt, name, out, precision, recipe, seed, target) -> tuple[tuple[str, ...], str, float]:
+    """Convert one component in this process: (table row, "ok" | "gate" | "failed" | "crashed",
+    its own peak RSS in MB)."""
+    try:
+        result, report = convert_component(ckpt, name, out, precision, recipe, seed, target)
+    except Exception as e:  # one component failing: report it, go on with the others
+        if isinstance(e, MobileOError):  # a known failure (e.g. ct.convert refused): one line
+            print(f"error: {name}: {e}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc(file=sys.stderr)
+            print(f"error: {name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        failed = "failed" if isinstance(e, MobileOError) else "crashed"
+        return table_row(name, None, failed), failed, peak_rss_mb()
+    write_record(out, name, {"passed": report.passed, "failures": report.failures,
+                             "precision": precision, "recipe": recipe, "target": target,
+                             "record": RECORD_VERSION,
+                             "result": result.to_dict()})
+    if not report.passed:
+        print(f"error: {name}: {'; '.join(report.failures)}", file=sys.stderr, flush=True)
+    row = table_row(name, result, record_status(report.passed, report.failures, result))
+    return row, "ok" if report.passed else "gate", result.peak_rss_mb
+
+
+def record_status(passed: bool, failures: list[str], result: ConversionResult) -> str:
+    status = "ok" if passed else "FAILED: " + "; ".join(failures)
+    if "predict_psnr_db" not in result.gates and platform.system() != "Darwin":
+        status += f" (no MLModel.predict on {platform.system()})"
+    return status
+
+
+def child_command(args: argparse.Namespace, name: str, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "coreml_convert", "--model", str(args.model), "--out", str(out),
+           "--components", name, "--precision", args.precision, "--compress", str(args.compress),
+           "--target", getattr(args, "target", DEFAULT_TARGET), "--seed", str(args.seed),
+           "--isolate", "off", "--force", "--child"]
+    if args.revision:
+        cmd += ["--revision", args.revision]
+    return cmd + (["-v"] if getattr(args, "verbose", False) else [])
+
+
+def convert_in_process(args: argparse.Namespace, name: str, out: Path, stream) -> tuple[tuple[str, ...], str, float]:
+    """Convert one component in a child process (the same CLI, ``--child``): its memory is
+    returned to the system when it exits, and ``wait4`` gives its own peak RSS.  Its stdout is
+    copied to ``stream``, its stderr is this process's.  -> (row, status, child's peak MB)."""
+    import subprocess
+
+    env = {**os.environ, **{k: v for k, v in memory.CHILD_ENV.items() if k not in os.environ}}
+    proc = subprocess.Popen(child_command(args, name, out), stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            print(line, end="", file=stream, flush=True)
+    finally:
+        proc.stdout.close()
+        code, peak = memory.child_peak_mb(proc.pid)
+        proc.returncode = code  # reaped by wait4
+    if code == 130:
+        raise KeyboardInterrupt
+    rec = read_record(out, name) if code in (0, EXIT_GATE_FAILED) else None
+    if rec is None:
+        failed = "failed" if code == CHILD_FAILED else "crashed"
+        return table_row(name, None, failed), failed, peak
+    result = ConversionResult.from_dict(rec["result"])
+    status = "ok" if rec["passed"] else "gate"
+    # Linux: the child's clear_refs windows lower the high-water mark wait4 reports, so its
+    # own stage peaks count too
+    peak = max(peak, result.peak_rss_mb)
+    return table_row(name, result, record_status(rec["passed"], rec["failures"], result)), status, peak
+
+
+def write_manifest(out: Path, ckpt, args, requested: list[str] | None = None, run: dict | None = None) -> Path:
     """ios_bridge's manifest over every passing bundle in ``out`` of this run's target
     (pipeline order); ``requested``: the components this run was asked for (a subset makes
     the export partial)."""
@@ -398,7 +501,7 @@ def write_manifest(out: Path, ckpt, args, requested: list[str] | None = None) ->
             results.append(ConversionResult.from_dict(rec["result"]))
     requested = list(REGISTRY) if requested is None else requested
     return _write(out, ckpt, results, model_id=args.model, revision=args.revision,
-                  requested=requested, target=getattr(args, "target", DEFAULT_TARGET))
+                  requested=requested, target=getattr(args, "target", DEFAULT_TARGET), run=run)
 
 
 def main(argv=None) -> None:

@@ -25,6 +25,7 @@ from weights.core.components import ANE_MIXED, DEFAULT_TARGET, recipes
 from weights.core.errors import MobileOError
 
 from weights.bundles.contract import TensorSpec
+from coreml_convert import memory
 from coreml_convert.spec import PRECISIONS, ComponentSpec
 
 IOS_TARGET = "iOS18"  # the contract's MINIMUM_OS (iOS 18.0 / macOS 15.0)
@@ -128,6 +129,15 @@ def convert(spec: ComponentSpec, precision: str = "fp16",
     return model
 
 
+def release_program(model) -> None:
+    """Drop a converted model's in-memory MIL program (a second copy of every weight): saving
+    copies the package coremltools wrote, and compression and the gates read the saved
+    program.  (Loading the saved program instead of keeping it would change the bundle:
+    coremltools names some ops from process-wide counters that every load advances.)"""
+    if hasattr(model, "_mil_program"):
+        model._mil_program = None
+
+
 def convert_spec(spec: ComponentSpec, precision: str = "fp16", compression: dict | None = None):
     """The spec's own conversion when it has one (it compresses per function), else
     :func:`convert` then :func:`compress`."""
@@ -144,6 +154,7 @@ def convert_both(spec: ComponentSpec, precision: str = "fp16", compression: dict
     if spec.convert is not None:
         return spec.convert(precision, compression, keep_plain=True)
     plain = convert(spec, precision)
+    memory.mark("compress")
     return plain, compress(plain, compression)
 
 
@@ -172,8 +183,8 @@ DEFAULT = "default"  # --compress default: each component's RECIPES entry
 
 # The default recipe per component (iOS 18 constexpr ops; ``gather`` -- none left in the
 # bundles, the LLM's embedding table lives outside as fp16 -- and weights under 2,048 elements
-# (norms, biases) stay fp16).  Mixed bits: the two big transformers get 4 bits, the image
-# encoder 6 and the image decoder 8 (its output is the picture).  Deterministic (no k-means):
+# (norms, biases) stay fp16).  Mixed bits: the two big transformers and the image decoder get
+# LUT4/LUT6 per layer (else int8), the image encoder LUT6, the MCP int8.  Deterministic (no k-means):
 # the LLM's functions compress identically and share one weight set after the merge.
 # The recipes live in the component table (weights.core.components, ``Component.recipe``).
 RECIPES: dict[str, dict] = recipes()  # the "ane" target's (TARGETS: "ane", "gpu")
@@ -219,8 +230,13 @@ def uniform_lut_snr_db(w: np.ndarray, nbits: int, group_size: int) -> float:
 
 def _weight_consts(model):
     """(name, value) of every weight const the compressor would take (>= 2,048 elements,
-    float, not an embedding ``gather``'s)."""
-    prog = model._mil_program
+    float, not an embedding ``gather``'s), from the saved program as the compressor reads it
+    (``_mil_program`` when a model still holds one)."""
+    prog = getattr(model, "_mil_program", None)
+    if prog is None:
+        from coreml_convert.mil_exec import load_program
+
+        prog = load_program(model)
     seen = set()
     for func in prog.functions.values():
         for op in func.find_ops(op_type="const"):
@@ -258,6 +274,7 @@ def compress_mixed(model, recipe: dict):
     import coremltools.optimize.coreml as cto
 
     plan = mixed_plan(model, recipe)
+    release_program(model)  # the plan was its last use
     group = int(recipe.get("group_size", 16))
     luts = {n: cto.OpPalettizerConfig(mode="uniform", nbits=b, granularity="per_grouped_channel", group_size=group)
             for n, (kind, b, _) in plan.items() if kind == "lut"}
@@ -290,6 +307,7 @@ def compress(model, recipe: dict | None):
     kind = recipe["weights"]
     if kind == "mixed":
         return compress_mixed(model, recipe)
+    release_program(model)
     if kind in ("palettize", "lut"):
         mode = "uniform" if kind == "lut" else "kmeans"
         if mode == "kmeans":
@@ -376,12 +394,48 @@ def save_atomic(model, out_dir: str | Path, file: str) -> Path:
         model.save(str(staged))
         if not staged.exists():
             raise ConversionError(f"coremltools wrote nothing for {file}.", fix="check free disk space in the output folder.")
+        if staged.is_dir():
+            reproducible_package(staged)
         if final.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside first
             os.replace(final, tmp / "previous")
         os.replace(staged, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+PACKAGE_MANIFEST = "Manifest.json"  # an .mlpackage's item list
+SPEC_FILE = "model.mlmodel"
+
+
+def reproducible_package(path: str | Path) -> None:
+    """Make a saved ``.mlpackage`` the same bytes for the same program, run after run: the
+    package's ``Manifest.json`` names its items by random UUIDs (coremltools' ``uuid4``) and
+    protobuf writes the spec's maps (user metadata) in an order that varies between processes.
+    Each item is renamed to a UUID derived from its path (``uuid5``) and the spec re-written
+    with deterministic serialization -- the same message, so Core ML reads the same model, and
+    the bundle's sha256 identifies its content (issue 27: hashes equal for the same recipe)."""
+    import json
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    path = Path(path)
+    manifest = path / PACKAGE_MANIFEST
+    data = json.loads(manifest.read_text())
+    names = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"mlpackage:{item.get('path', old)}"))
+             for old, item in data.get("itemInfoEntries", {}).items()}
+    data["itemInfoEntries"] = {names[k]: v for k, v in sorted(data.get("itemInfoEntries", {}).items(),
+                                                              key=lambda kv: names[kv[0]])}
+    if data.get("rootModelIdentifier") in names:
+        data["rootModelIdentifier"] = names[data["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
+    for item in data["itemInfoEntries"].values():
+        spec_path = path / "Data" / item.get("path", "")
+        if spec_path.name == SPEC_FILE and spec_path.is_file():
+            spec = Model_pb2.Model()
+            spec.ParseFromString(spec_path.read_bytes())
+            spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def leftover_temp_folders(out_dir: str | Path) -> list[Path]:

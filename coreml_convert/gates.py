@@ -80,10 +80,18 @@ def program_outputs(spec: ComponentSpec, path, precision: str = "fp16") -> dict[
     return run_program(str(path), {t.name: inputs[t.name] for t in spec.inputs}, "main")
 
 
-def gate2(spec: ComponentSpec, path, precision: str = "fp16") -> dict[str, float]:
+def module_outputs(spec: ComponentSpec, precision: str = "fp16") -> dict[str, np.ndarray]:
+    """The torch module's side of gate 2: its outputs on the program's (dtype-rounded) inputs.
+    The converter computes them before converting, so the module can be freed once traced."""
+    return torch_outputs(spec, program_inputs(spec, precision))
+
+
+def gate2(spec: ComponentSpec, path, precision: str = "fp16",
+          torch_out: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """PSNR per output of the saved program (numpy MIL execution) against the torch module,
-    both fed the same (dtype-rounded) inputs."""
-    return compare(torch_outputs(spec, program_inputs(spec, precision)), program_outputs(spec, path, precision))
+    both fed the same (dtype-rounded) inputs (``torch_out``: the module's, computed before)."""
+    torch_out = module_outputs(spec, precision) if torch_out is None else torch_out
+    return compare(torch_out, program_outputs(spec, path, precision))
 
 
 def predict_check(spec: ComponentSpec, path, precision: str = "fp16",
@@ -160,25 +168,27 @@ class GateReport:
 
 
 def run_gates(spec: ComponentSpec, path, precision: str = "fp16",
-              reference: dict[str, float] | None = None, plain_path=None) -> GateReport:
+              reference: dict[str, float] | None = None, plain_path=None,
+              torch_out: dict[str, np.ndarray] | None = None) -> GateReport:
     """Both gates (gate 1 reused when already computed) plus the macOS predict check.
 
     ``plain_path``: the uncompressed program of a compressed bundle ``path``; gate 2 then runs
-    on it, and the bundle's program is measured against it (drift) and against the module."""
+    on it, and the bundle's program is measured against it (drift) and against the module.
+    ``torch_out``: :func:`module_outputs`, computed before (the module is then not needed)."""
     from coreml_convert.mil_exec import track_activations
 
     ref = gate1(spec) if reference is None else reference
+    torch_out = module_outputs(spec, precision) if torch_out is None else torch_out
     if plain_path is None:
         with track_activations() as peak:
-            prog = gate2(spec, path, precision)
+            prog = gate2(spec, path, precision, torch_out)
         drift = compressed = squeezed = None
     else:
-        torch_out = torch_outputs(spec, program_inputs(spec, precision))
         with track_activations() as peak:
             plain = program_outputs(spec, plain_path, precision)
         prog = compare(torch_out, plain)
         squeezed = program_outputs(spec, path, precision)
         drift = compare({k: np.asarray(v, np.float32) for k, v in plain.items() if k in torch_out}, squeezed)
         compressed = compare(torch_out, squeezed)
-    pred, note = predict_check(spec, path, precision, expected=squeezed)
+    pred, note = predict_check(spec, path, precision, expected=torch_out if squeezed is None else squeezed)
     return GateReport(ref, prog, pred, note, drift, compressed, max_abs_activation=peak.value)

@@ -39,11 +39,14 @@ class ProgramError(MobileOError):
 # ---------------------------------------------------------------- loading
 
 
-def load_program(model_or_path):
+def load_program(model_or_path, functions=None):
     """The MIL ``Program`` of a saved model: a path, a ``ct.models.MLModel`` or a ``Program``.
 
     Always rebuilt from the serialized spec and weight files (``_mil_program`` is None after
     loading a package from disk, and rebuilding checks the saved form, not the in-memory one).
+    ``functions``: load only these functions of a multifunction program (each function's
+    constants are loaded on their own, so a bundle whose functions share one weight set would
+    otherwise hold one copy per function).
     """
     from coremltools.converters.mil.mil.program import Program
 
@@ -67,7 +70,32 @@ def load_program(model_or_path):
         raise ProgramError(
             f"model is a {spec.WhichOneof('Type')}, not an ML program.", "convert with convert_to='mlprogram'."
         )
+    if functions is not None:
+        spec = _only_functions(spec, functions)
     return load(spec, spec.specificationVersion, model.weights_dir or "")
+
+
+def _only_functions(spec, functions):
+    """A copy of an ML program spec keeping only ``functions`` (the first one the default)."""
+    from coremltools.proto import Model_pb2
+
+    wanted = list(functions)
+    missing = [f for f in wanted if f not in spec.mlProgram.functions]
+    if missing:
+        raise ProgramError(f"program has no function {missing[0]!r} (functions: "
+                           f"{', '.join(sorted(spec.mlProgram.functions))}).", "pass one of those.")
+    trimmed = Model_pb2.Model()
+    trimmed.CopyFrom(spec)
+    for name in list(trimmed.mlProgram.functions):
+        if name not in wanted:
+            del trimmed.mlProgram.functions[name]
+    if trimmed.description.defaultFunctionName and trimmed.description.defaultFunctionName not in wanted:
+        trimmed.description.defaultFunctionName = wanted[0]
+    keep = [f for f in trimmed.description.functions if f.name in wanted]
+    if len(trimmed.description.functions):
+        del trimmed.description.functions[:]
+        trimmed.description.functions.extend(keep)
+    return trimmed
 
 
 def op_types(model_or_path, function: str = "main") -> list[str]:

@@ -442,11 +442,11 @@ def _lut_to_dense(a: Args):
     rank = indices.ndim
     vec = lut.shape[-1]
     blocks = [indices.shape[i] // lut.shape[i] for i in range(rank)]
-    lut_full = lut
-    for axis, block in enumerate(blocks):  # one LUT per block of indices
-        lut_full = np.repeat(lut_full, block, axis=axis)
-    grid = np.ix_(*(np.arange(s) for s in indices.shape))
-    picked = lut_full[grid + (indices,)]  # [*S, VECTOR_SIZE]
+    # one LUT per block of indices: each element's LUT by its block number on every axis (open
+    # grids, broadcast by the indexing), never a LUT repeated to the weight's shape (that was
+    # weight elements x palette size: gigabytes for a 6-bit 1536 x 6144 weight)
+    grid = np.ix_(*(np.arange(s) // block for s, block in zip(indices.shape, blocks)))
+    picked = lut[grid + (indices,)]  # [*S, VECTOR_SIZE]
     if vec == 1:
         return picked[..., 0]
     axis = int(a.scalar("vector_axis")) % rank

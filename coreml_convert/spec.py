@@ -80,6 +80,9 @@ class ConversionResult:
     function_io: FunctionIO = field(default_factory=dict)  # as ComponentSpec.function_io
     files: list[dict] = field(default_factory=list)  # [{file, sha256, bytes, shape, dtype}] beside the bundle
     lint: dict = field(default_factory=dict)  # coreml_convert.lint summary of the bundle
+    stages: list[dict] = field(default_factory=list)
+    # where the memory went: [{stage, seconds, peak_rss_mb, rss_mb}] (coreml_convert.memory);
+    # peak_rss_mb is the highest of them, the component's own peak
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -96,6 +99,8 @@ class ConversionResult:
             d["files"] = [dict(f) for f in self.files]
         if self.lint:
             d["lint"] = dict(self.lint)
+        if self.stages:
+            d["stages"] = [dict(s) for s in self.stages]
         if self.function_io:
             d["function_io"] = {fn: {k: [t.to_dict() for t in io[k]] for k in ("inputs", "outputs")}
                                 for fn, io in self.function_io.items()}
@@ -115,6 +120,7 @@ class ConversionResult:
             function_io={fn: {k: [TensorSpec.from_dict(t) for t in io[k]] for k in ("inputs", "outputs")}
                          for fn, io in d.get("function_io", {}).items()},
             files=[dict(f) for f in d.get("files", [])], lint=dict(d.get("lint", {})),
+            stages=[dict(s) for s in d.get("stages", [])],
         )
 
 
@@ -123,3 +129,28 @@ def _gate_float(v: float) -> float:
     spells non-finite numbers as strings; float("inf") reads them back)."""
     v = float(v)
     return round(v, 2) if np.isfinite(v) else v
+
+
+def reference_first(build: Callable[[], Any], forward: Callable[[Any, dict], dict[str, np.ndarray]],
+                    example: dict[str, np.ndarray]) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Run the upstream reference (``build()`` -> model, ``forward(model, inputs)``) on the
+    example inputs now, then free it, so the reference and our torch module are never in
+    memory together (gate 1 compares the stored outputs).  The returned ``reference(inputs)``
+    gives those outputs for the example inputs and builds the model again for any other."""
+    import gc
+
+    from coreml_convert import memory
+
+    memory.mark("reference")
+    model = build()
+    expected = forward(model, example)
+    del model
+    gc.collect()
+    memory.mark("module")  # what the component loads next: its own torch module
+
+    def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if inputs.keys() == example.keys() and all(np.array_equal(inputs[k], example[k]) for k in example):
+            return {k: np.array(v, copy=True) for k, v in expected.items()}
+        return forward(build(), inputs)
+
+    return reference

@@ -2,7 +2,7 @@
 // wrapper over swift-transformers' `Tokenizer` (add that package to your app, then):
 //
 //     import Tokenizers
-//     final class HubTokenizer: TextTokenizer {
+//     final class HubTokenizer: TextTokenizer, @unchecked Sendable {  // Tokenizer is immutable once loaded
 //         let inner: Tokenizer
 //         init(folder: URL) async throws { inner = try await AutoTokenizer.from(modelFolder: folder) }
 //         func encode(_ text: String) throws -> [Int] { inner.encode(text: text, addSpecialTokens: false) }
@@ -11,21 +11,23 @@
 //     }
 //
 // MobileOEngine (and MobileOPipeline) check at start-up that the tokenizer gives every special token the id
-// the manifest records.  Below, the smallest possible adapter: a cache in front of the
-// built-in tokenizer.
+// the manifest records.  A tokenizer is `Sendable` (the engine uses it off the caller's
+// actor): below, the smallest possible adapter, a cache in front of the built-in tokenizer,
+// keeps its mutable state behind a lock.
 import Foundation
 import MobileO
 
-final class CachingTokenizer: TextTokenizer {
-    private let inner: TextTokenizer
+final class CachingTokenizer: TextTokenizer, @unchecked Sendable {  // `cache` is behind `lock`
+    private let inner: any TextTokenizer
+    private let lock = NSLock()
     private var cache: [String: [Int]] = [:]
 
-    init(_ inner: TextTokenizer) { self.inner = inner }
+    init(_ inner: any TextTokenizer) { self.inner = inner }
 
     func encode(_ text: String) throws -> [Int] {
-        if let ids = cache[text] { return ids }
+        if let ids = lock.withLock({ cache[text] }) { return ids }
         let ids = try inner.encode(text)
-        cache[text] = ids
+        lock.withLock { cache[text] = ids }
         return ids
     }
 

@@ -16,17 +16,18 @@ enum GenerateExample {
         let problems = manifest.fileProblems(in: export, hashes: false)
         guard problems.isEmpty else { throw MobileOError(.manifest, problems.joined(separator: " ")) }
         let tokenizer = try BPETokenizer(tokenizerJSON: export.appendingPathComponent(manifest.pipeline.tokenizer.tokenizerJSON!))
-        // reduceMemory: each model is unloaded after its stage (at most one of LLM / DiT / VAE in memory)
+        // .reduceMemory: each model is freed after its stage (at most one of LLM / DiT / VAE in
+        // memory); the policy can change later with `engine.setMemoryPolicy(_:)`
         return try MobileOEngine(manifest: manifest, tokenizer: tokenizer,
                                  loaders: CoreMLRunners.loaders(manifest: manifest, folder: export),
-                                 reduceMemory: reduceMemory)
+                                 memoryPolicy: reduceMemory ? .reduceMemory : .keepLoaded)
     }
 
     static func run(export: URL) async throws -> CGImage? {
         let engine = try makeEngine(export: export)
         try await engine.prewarm([.generation])  // optional: compile / specialise ahead of the first use
         // steps / guidance default to the manifest's (20, 1.5); `seed` picks the initial noise.
-        // Cancelling the surrounding Task stops after the current step (MobileOError.cancelled).
+        // Cancelling the surrounding Task stops during the current step (MobileOError.cancelled).
         let result = try await engine.generate(prompt: "a red cup on a wooden table",
                                                options: .init(steps: 20, guidance: 1.5, seed: 42)) { event in
             if case .step(let i, let n, _) = event { print("step \(i + 1)/\(n)") }
@@ -78,6 +79,7 @@ final class GenerationModel {
 
     func cancel() { task?.cancel() }
 
-    /// On a memory warning: drop every model (the next task reloads what it needs).
+    /// On a memory warning: free every model no running stage uses at once, the running
+    /// stage's when it ends (the next task reloads what it needs).
     func didReceiveMemoryWarning() { Task { await engine.unloadResources() } }
 }

@@ -224,8 +224,10 @@ def export_facts(entries: list[dict], requested: Iterable[str] | None, target: s
 
 def build_manifest(out_dir: str | Path, ckpt, results: Iterable[Any], model_id: str,
                    revision: str | None, requested: Iterable[str] | None = None,
-                   target: str | None = None) -> dict[str, Any]:
-    """``requested``: the components the run was asked for (default: all of them)."""
+                   target: str | None = None, run: Mapping | None = None) -> dict[str, Any]:
+    """``requested``: the components the run was asked for (default: all of them); ``run``:
+    the conversion run's own figures (seconds, peak RSS in MB, processes), recorded as
+    ``export.conversion``."""
     out_dir = Path(out_dir)
     entries = [component_entry(out_dir, r) for r in results]  # kept in the order given (pipeline order)
     names = [e["name"] for e in entries]
@@ -241,7 +243,7 @@ def build_manifest(out_dir: str | Path, ckpt, results: Iterable[Any], model_id: 
         "schema_version": SCHEMA_VERSION,
         "model": {"id": model_id, "revision": revision,
                   "diffusion_name_or_path": cfg.diffusion_name_or_path, "synthetic": synthetic},
-        "export": export_facts(entries, requested, target),
+        "export": {**export_facts(entries, requested, target), **({"conversion": dict(run)} if run else {})},
         "components": entries,
         "pipeline": facts,
     })
@@ -249,11 +251,11 @@ def build_manifest(out_dir: str | Path, ckpt, results: Iterable[Any], model_id: 
 
 def write_manifest(out_dir: str | Path, ckpt, results: list, model_id: str,
                    revision: str | None, requested: Iterable[str] | None = None,
-                   target: str | None = None) -> Path:
+                   target: str | None = None, run: Mapping | None = None) -> Path:
     """Write ``out_dir/manifest.json`` atomically and return its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = build_manifest(out_dir, ckpt, results, model_id, revision, requested, target)
+    data = build_manifest(out_dir, ckpt, results, model_id, revision, requested, target, run)
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=out_dir)
     try:

@@ -1,16 +1,22 @@
 """``python -m mlx_model.convert --model X --quantize 4 --out DIR``: an MLX-native folder.
 
-As ``mlx_lm.convert`` / mflux's saved models: the weights are written in MLX's own layout and
-names, already quantized (packed ``weight``, ``scales``, ``biases`` for the LLM and DiT
-Linear layers, group :data:`mlx_model.support.quant.QUANT_GROUP_SIZE`), one safetensors file per
-component, with the configs, the tokenizer and a short model card.  Every MLX CLI and
-pipeline takes the folder with ``--model DIR`` and loads it with ``mx.load`` (lazy, no float
-copy); asking it for other quantization settings is an error, not a re-quantization.
+As ``mlx_lm.convert`` (the mlx-community conversions) / mflux's saved models: the weights are
+written in MLX's own layout and names, already quantized (packed ``weight``, ``scales``,
+``biases`` for the LLM and DiT Linear layers and the LLM's token embedding -- a tied LM head
+reuses it through ``QuantizedEmbedding.as_linear`` -- group
+:data:`mlx_model.support.quant.QUANT_GROUP_SIZE`), one safetensors file per component, with
+the configs, the tokenizer and a README model card (what is quantized, bytes per component,
+how it was made).  Every MLX CLI and pipeline takes the folder with ``--model DIR`` and
+loads it with ``mx.load`` (lazy, no float copy); asking it for other quantization settings
+is an error, not a re-quantization.  ``--upload-repo`` then pushes it to the Hugging Face
+hub as ``mlx_lm.convert --upload-repo`` does.
 
-Quantization runs on the fp32 upcast of the checkpoint (exact for bf16) and scales/biases
-are stored in fp32, so a folder loads bit-identical to quantizing in memory on CPU; other
-float tensors are stored as bf16 when the source was bf16 (lossless).  The folder is written
-beside ``DIR`` and renamed into place: never half a folder.
+Quantization runs on the fp32 upcast of the checkpoint (exact for bf16); scales/biases are
+stored in bf16 as mlx-community's, and every other float tensor (vision tower, projector,
+MCP, VAE decoder, norms) in bf16 -- lossless for Mobile-O's bf16 checkpoint; whether it was
+is written in the card.  A folder loads bit-identical to quantizing in memory on CPU.  The
+VAE encoder is left out: no Mobile-O inference path runs it (docs/upstream.md).  The folder
+is written beside ``DIR`` and renamed into place: never half a folder.
 """
 
 from __future__ import annotations
@@ -52,41 +58,89 @@ def _modules(ckpt, quantize: int, group_size: int):
     yield "llm", LanguageModel.from_checkpoint(ckpt, quantize, group_size, mx.float32, dequantize=False).model
     yield "mcp", MCP.from_checkpoint(ckpt)
     yield "dit", SanaTransformer.from_checkpoint(ckpt, quantize, group_size, mx.float32, dequantize=False)
-    yield "vae", AutoencoderDC.from_checkpoint(ckpt, encoder=True)
+    yield "vae", AutoencoderDC.from_checkpoint(ckpt, encoder=False)  # no inference path encodes (docs/upstream.md)
     enc = ImageEncoder.from_checkpoint(ckpt)
     yield "vision", enc.vision
     yield "projector", enc.projector
 
 
-def _tensors(ckpt, component: str, module) -> dict:
-    """The module's parameters to save: quantized parts as they are, other floats as bf16
-    when every source tensor of the component is bf16."""
+def _tensors(module) -> tuple[dict, bool]:
+    """The module's parameters to save: quantized layers as they are (packed weight, bf16
+    scales/biases), every other float as bf16; and whether that rounding was lossless."""
     import mlx.core as mx
-    import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    bf16 = all(ckpt.info(k).dtype == "BF16" for k in ckpt.split.components[component].values())
-    quant = {name for name, m in module.named_modules() if isinstance(m, nn.QuantizedLinear)}
-    out = {}
+    from mlx_model.support.quant import quantized_modules
+
+    quant = set(quantized_modules(module))
+    out, lossless = {}, True
     for k, v in tree_flatten(module.parameters()):
         owner, _, leaf = k.rpartition(".")
-        keep = owner in quant and leaf in ("weight", "scales", "biases")
-        out[k] = v.astype(mx.bfloat16) if bf16 and not keep and mx.issubdtype(v.dtype, mx.floating) else v
-    return out
+        if owner in quant or not mx.issubdtype(v.dtype, mx.floating) or v.dtype == mx.bfloat16:
+            out[k] = v
+            continue
+        out[k] = v.astype(mx.bfloat16)
+        lossless = lossless and mx.array_equal(out[k].astype(v.dtype), v).item()
+    return out, lossless
 
 
-def _card(source: str, bits: int, group_size: int, files: dict) -> str:
-    q = f"{bits}-bit affine, group {group_size} (LLM and DiT Linear layers)" if bits else "none (float)"
-    rows = "\n".join(f"| {c} | `{f}` |" for c, f in files.items())
-    return (f"# Mobile-O, MLX-native\n\nConverted from `{source}` by `python -m mlx_model.convert`.\n\n"
-            f"- quantization: {q}\n- format: {FORMAT} v{FORMAT_VERSION} (MLX parameter names and layouts)\n\n"
-            f"| component | file |\n| --- | --- |\n{rows}\n\n"
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _card(source: str, bits: int, group_size: int, files: dict, sizes: dict, lossless: dict,
+          tied: bool) -> str:
+    """README.md with the hub's YAML header (library_name mlx, as mlx_lm.convert's card)."""
+    from mlx_model.support.quant import SCALES_DTYPE
+
+    what = {"llm": "Linear layers + token embedding" + (" (the tied LM head reuses it)" if tied else
+                                                        "; the untied LM head as a Linear layer"),
+            "dit": "Linear layers (and the 1x1 convolutions run as Linear)"}
+    rows = []
+    for c, f in files.items():
+        q = f"{bits}-bit, group {group_size}: {what[c]}" if bits and c in what else "bf16"
+        rows.append(f"| {c} | `{f}` | {q} | {_mb(sizes[c])} | {'yes' if lossless[c] else 'no (rounded)'} |")
+    base = f"base_model: {source}\n" if "/" in source and not Path(source).exists() else ""
+    return (f"---\nlibrary_name: mlx\n{base}tags:\n- mlx\n- mobileo\n---\n\n"
+            f"# Mobile-O, MLX-native ({f'{bits}-bit' if bits else 'float'})\n\n"
+            f"Converted from `{source}` by `python -m mlx_model.convert --model {source} -q {bits}"
+            f"{f' --group-size {group_size}' if bits else ''}` (format {FORMAT} v{FORMAT_VERSION}: MLX parameter "
+            f"names and layouts, one safetensors file per component).\n\n"
+            f"- quantization: {f'{bits}-bit affine, group {group_size}, scales and biases {SCALES_DTYPE}' if bits else 'none'}"
+            "\n- every other float tensor: bf16 (column 'bf16 lossless': the source held those values exactly)"
+            "\n- the VAE encoder is not included: no Mobile-O inference path (generation, editing, understanding) "
+            "runs it\n\n"
+            "| component | file | stored as | bytes | bf16 lossless |\n| --- | --- | --- | --- | --- |\n"
+            + "\n".join(rows) + f"\n| total | | | {_mb(sum(sizes.values()))} | |\n\n"
             f"Use: `python -m mlx_model.generate \"a red cup\" --model <this folder> -q {bits}`\n")
 
 
+def upload(folder: str | Path, repo: str, log=print, api=None) -> None:
+    """Push ``folder`` to the Hugging Face hub repo ``repo`` (created when missing), as
+    ``mlx_lm.convert --upload-repo``; ``api``: an ``huggingface_hub.HfApi`` (default: a new one,
+    which reads ``HF_TOKEN`` / ``HF_ENDPOINT``)."""
+    if api is None:
+        try:
+            from huggingface_hub import HfApi
+        except ImportError:
+            raise MobileOError("--upload-repo needs the huggingface_hub package.",
+                               fix="pip install huggingface_hub, then run mobileo-convert again.") from None
+        api = HfApi()
+    try:
+        api.create_repo(repo_id=repo, repo_type="model", exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+                          commit_message="Upload Mobile-O MLX folder (mobileo-convert)")
+    except Exception as e:  # network, auth, permissions: the folder stays, one line says so
+        raise MobileOError(f"uploading {folder} to {repo} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).",
+                           fix=f"check HF_TOKEN (hf auth login) and the repo name; the converted folder is kept: "
+                               f"hf upload {repo} {folder}") from None
+    log(f"uploaded {folder} to {repo}")
+
+
 def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", quantize: int = DEFAULT_QUANTIZE,
-            group_size: int = QUANT_GROUP_SIZE, revision: str | None = None, log=print) -> Path:
-    """Write the MLX folder ``out`` for ``model``; returns its path."""
+            group_size: int = QUANT_GROUP_SIZE, revision: str | None = None, log=print,
+            upload_repo: str | None = None) -> Path:
+    """Write the MLX folder ``out`` for ``model`` (then push it to ``upload_repo``); returns its path."""
     import mlx.core as mx
 
     from weights.mapping.checkpoint import Checkpoint
@@ -104,19 +158,21 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        files = {}
+        files, sizes, lossless = {}, {}, {}
         for component, module in _modules(ckpt, quantize, group_size):
             name = mlx_file(component)
-            mx.save_safetensors(str(stage / name), _tensors(ckpt, component, module), metadata={"format": "mlx"})
-            files[component] = name
-            log(f"wrote {component}")
-            del module
+            tensors, lossless[component] = _tensors(module)
+            mx.save_safetensors(str(stage / name), tensors, metadata={"format": "mlx"})
+            files[component], sizes[component] = name, (stage / name).stat().st_size
+            log(f"wrote {component} ({_mb(sizes[component])})")
+            del module, tensors
         assert sorted(files) == sorted(COMPONENTS), files
         raw = json.loads((src / CONFIG_FILE).read_text())
         cfg = ckpt.config
         raw.update(vocab_size=cfg.llm.vocab_size, tie_word_embeddings=cfg.llm.tie_word_embeddings)
         raw[META_KEY] = {"format": FORMAT, "version": FORMAT_VERSION, "source": str(model),
                          "quantization": {"bits": quantize, "group_size": group_size},
+                         "bytes": sizes, "vae_encoder": False,
                          "mcp_temperature": cfg.mcp.temperature, "files": files}
         (stage / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n")
         for sub in src.iterdir():  # SANA sub-configs (scheduler/, transformer/, vae/)
@@ -127,7 +183,8 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, stage / name)
-        (stage / CARD).write_text(_card(str(model), quantize, group_size, files))
+        (stage / CARD).write_text(_card(str(model), quantize, group_size, files, sizes, lossless,
+                                        cfg.llm.tie_word_embeddings))
         umask = os.umask(0)
         os.umask(umask)
         stage.chmod(0o777 & ~umask)  # mkdtemp made it 0700: the folder gets the mode of any new folder
@@ -136,6 +193,8 @@ def convert(model: str = DEFAULT_MODEL, out: str | Path = "mlx_models/mobileo", 
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log(f"saved {out}")
+    if upload_repo:
+        upload(out, upload_repo, log)
     return out
 
 
@@ -149,6 +208,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=QUANT_GROUP_SIZE,
                    help=f"weights per quantization group, one of {GROUP_SIZES} (MLX's). Default {QUANT_GROUP_SIZE}")
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    p.add_argument("--upload-repo", default=None,
+                   help="then upload the folder to this Hugging Face repo (as mlx_lm.convert), e.g. me/Mobile-O-4bit")
     return p
 
 
@@ -159,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         use_openblas()
     ready()  # from here run_cli says "interrupted"
     a = parser().parse_args(argv)
-    run_cli(lambda: convert(a.model, a.out, a.quantize, a.group_size, a.revision))
+    run_cli(lambda: convert(a.model, a.out, a.quantize, a.group_size, a.revision, upload_repo=a.upload_repo))
 
 
 if __name__ == "__main__":

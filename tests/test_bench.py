@@ -20,7 +20,10 @@ def test_bench_quick_on_demo(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     data = json.loads((tmp_path / "bench.json").read_text())
     groups = {row["group"] for row in data["rows"]}
-    assert groups == {"generate", "load", "decode"}
+    assert groups == {"generate", "load", "decode", "ops"}
+    assert data["blas"]["libraries"] and "unset_env" in data
+    ops = [row["result"] for row in data["rows"] if row["group"] == "ops"]
+    assert len(ops) == 3 and all(m["dit_step"]["wall_s"] > 0 and m["decode"]["ops_s"]["linear"] > 0 for m in ops)
     for row in data["rows"]:
         assert "error" not in row["result"], row
         assert row["result"]["peak_rss_mb"] > 0
@@ -30,4 +33,5 @@ def test_bench_quick_on_demo(tmp_path):
     assert low and low[0]["low_memory"] is True
     dec = [row["result"]["token_ids"] for row in data["rows"] if row["group"] == "decode"]
     assert dec[0] == dec[1]  # same weights, greedy: the same tokens
-    assert "whole generation" in (tmp_path / "bench.txt").read_text()
+    text = (tmp_path / "bench.txt").read_text()
+    assert "whole generation" in text and "per op kind, one DiT call" in text and text.startswith("BLAS: ")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from weights.core.prompts import conversation_prompt, understanding_prompt
 
-from metrics import rel_err
+from metrics import rel_err, within
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,42 @@ def test_a_cache_out_of_step_with_its_keys_is_dropped():
     pc.cache = [SimpleNamespace(offset=6, is_trimmable=lambda: True)]
     pc.record([1, 2, 3], [4, 5])  # 5 known positions, 6 held
     assert pc.cache is None and pc.keys == []
+
+
+def reference_logprobs(und, photo, question, tokens, penalty=None, context=20) -> np.ndarray:
+    """log_softmax, in float64 numpy, of the logits of ONE uncached forward pass over the prompt
+    and the answer's tokens (mlx-lm's repetition penalty applied by hand): [len(tokens), vocab]."""
+    import mlx.core as mx
+
+    prompt, embeds = und.embed(und.encoder.pixels(photo), question)
+    embeds = mx.concatenate([embeds, und.llm.embed(mx.array([tokens[:-1]]))], axis=1)
+    logits = np.array(und.llm(embeds)[0, len(prompt) - 1:].astype(mx.float32), np.float64)
+    if penalty is not None:
+        ids = list(prompt.ids()) + list(tokens)
+        for k, row in enumerate(logits):
+            seen = ids[:len(prompt) + k][-context:]
+            row[seen] = np.where(row[seen] < 0, row[seen] * penalty, row[seen] / penalty)
+    logits -= logits.max(axis=-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("options", [dict(temp=0), dict(temp=0.9, seed=4), dict(temp=0, repetition_penalty=1.3)])
+def test_each_token_carries_the_log_probabilities_it_was_sampled_from(und, photos, options):
+    """``stream_chat(logprobs=True)``: every token's log-probabilities are mlx-lm's (log_softmax of
+    the logits after the repetition penalty, before temperature), checked against one uncached
+    forward pass over the prompt and the answer."""
+    import mlx.core as mx
+
+    question = "What is it?"
+    out = [r for r in und.stream_chat([("user", question)], image=und.encoder.pixels(photos[0])[0], max_tokens=10,
+                                      logprobs=True, **options) if r.token is not None]
+    tokens = [r.token for r in out]
+    ours = np.stack([np.array(r.logprobs.astype(mx.float32)) for r in out])
+    ref = reference_logprobs(und, photos[0], question, tokens, options.get("repetition_penalty"))
+    within(np.abs(ours - ref).max(), at_most=1e-4, what="max |logprob - reference|")
+    if options["temp"] == 0:
+        assert tokens == list(ref.argmax(axis=-1))  # greedy took the most likely token each time
+    assert all(r.logprobs is None for r in und.stream_chat([("user", question)], max_tokens=2, temp=0))
 
 
 @pytest.fixture(scope="module")

@@ -335,7 +335,10 @@ def test_cli_converts_every_component(tiny_ckpt_dir, tmp_path, capsys, parity):
         # --target ane: 100 % eligible, every weight format one the Neural Engine runs
         assert c["target"] == "ane" and c["compute_units"] == "cpuAndNeuralEngine"
         assert c["lint"]["eligible_share"] == 1.0 and "compression" not in c["lint"]["rules"], c["lint"]
+    run = manifest["export"].pop("conversion")  # the run's own figures (issue 27)
     assert manifest["export"] == {"target": "ane", "partial": False, "components": list(REGISTRY)}
+    assert run["processes"] == "one" and run["seconds"] > 0  # a tiny checkpoint: one process (--isolate auto)
+    assert run["peak_rss_mb"] >= max(c["conversion"]["peak_rss_mb"] for c in manifest["components"])
     assert validate(out) == []
 
 
@@ -351,6 +354,7 @@ def test_cli_gpu_target_dit_and_vae_fp32(tiny_ckpt_dir, tmp_path, capsys, parity
                             "--components", "dit", "vae_decoder"], capsys)
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
+    manifest["export"].pop("conversion")
     assert manifest["export"] == {"target": "gpu", "partial": True, "components": ["dit", "vae_decoder"]}
     for c in manifest["components"]:
         assert (c["target"], c["compute_units"], c["compression"]["precision"]) == ("gpu", "cpuAndGPU", "fp32")
@@ -473,3 +477,70 @@ def test_compression_hook_int8(tiny_ckpt, tmp_path):
     path = cv.save_atomic(model, tmp_path, spec.file)
     assert any(t.startswith("constexpr_") for t in op_types(path))
     assert gates.gate2(spec, path, "fp16")["velocity"] >= gates.GATE2_MIN_DB
+
+
+# ------------------------------------------------------------------ memory (issue 27)
+
+
+@pytest.mark.slow
+def test_cli_isolates_components_and_reports_their_own_peaks(tiny_ckpt_dir, tmp_path, capsys):
+    """--isolate on: each component in its own process (the same bundle bytes as one process),
+    its own peak RSS and stages in the record and the table, the run's peak in the manifest."""
+    from ios_bridge.validate import validate
+
+    one, each = tmp_path / "one", tmp_path / "each"
+    code, _, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(one), "--components", "mcp", "--isolate", "off"],
+                           capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(each), "--components", "mcp",
+                                 "--isolate", "on"], capsys)
+    assert code == 0, err
+    assert "mcp: converting" in stdout and "in its own process" in stdout and "run:" in stdout
+    assert stdout.count("peak RSS MB") == 1  # one table: the child's is not printed
+    a, b = cli.read_record(one, "mcp")["result"], cli.read_record(each, "mcp")["result"]
+    assert a["sha256"] == b["sha256"]  # byte-identical bundles
+    stages = [s["stage"] for s in b["stages"]]
+    assert stages[:3] == ["load", "gate 1", "convert"] and stages[-1] == "lint"
+    assert b["peak_rss_mb"] == max(s["peak_rss_mb"] for s in b["stages"]) > 0
+    manifest = json.loads((each / "manifest.json").read_text())
+    run = manifest["export"]["conversion"]
+    assert run["processes"] == "one per component" and run["peak_rss_mb"] >= b["peak_rss_mb"]
+    assert manifest["components"][0]["conversion"]["peak_rss_mb"] == b["peak_rss_mb"]
+    assert validate(each) == []
+
+
+def test_isolate_auto_follows_the_checkpoint_size(tiny_ckpt, monkeypatch):
+    assert cli.use_processes("on", tiny_ckpt) and not cli.use_processes("off", tiny_ckpt)
+    assert not cli.use_processes("auto", tiny_ckpt)  # tiny: one process
+    monkeypatch.setattr(cli, "ISOLATE_ABOVE_BYTES", 0)
+    assert cli.use_processes("auto", tiny_ckpt)
+
+
+def test_stage_log_records_each_stage():
+    from coreml_convert import memory
+
+    log = memory.StageLog()
+    with memory.logging_stages(log):
+        log.mark("load")
+        memory.mark("reference")  # a component's own stage
+        block = bytearray(32 * 2**20)  # touched: RSS grows by 32 MB during "reference"
+        del block
+    stages = log.close()
+    assert [s["stage"] for s in stages] == ["load", "reference"]
+    assert all(s["peak_rss_mb"] >= s["rss_mb"] > 0 and s["seconds"] >= 0 for s in stages)
+    memory.mark("outside")  # no log: a no-op
+    assert log.peak_mb == max(s["peak_rss_mb"] for s in stages)
+
+
+def test_streamed_load_equals_load_state_dict(tiny_ckpt):
+    """load_torch reading one tensor at a time gives the module load_state_dict gives."""
+    import torch
+
+    from coreml_convert.components.dit import SanaDiT
+    from weights.mapping.torch_map import load_torch
+
+    cfg = tiny_ckpt.config.dit
+    streamed = load_torch(SanaDiT(cfg), tiny_ckpt, "dit")
+    at_once = load_torch(SanaDiT(cfg), tiny_ckpt, "dit", tensors=tiny_ckpt.load("dit"))
+    a, b = streamed.state_dict(), at_once.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

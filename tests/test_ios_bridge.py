@@ -410,7 +410,7 @@ def golden(tmp_path_factory, tiny_ckpt_dir):
 
 def test_golden_files(golden):
     for name in ("sampler.json", "tokenizer_cases.json", "pipeline.json", "golden.json", "qwen/tokenizer.json",
-                 "export/manifest.json"):
+                 "export/manifest.json", "token_sampling.json"):
         assert (golden / name).is_file(), name
     assert validate(golden / "export", read_bundles=False) == []  # placeholder bundles
     cases = json.loads((golden / "tokenizer_cases.json").read_text())
@@ -419,6 +419,27 @@ def test_golden_files(golden):
     texts = [c["text"] for c in cases["cases"]]
     assert any("😀" in t for t in texts) and any("你好" in t for t in texts) and any("<|im_start|>" in t for t in texts)
     assert max(len(c["ids"]) for c in cases["cases"]) > 20
+
+
+def test_golden_token_sampling_follows_mlx_lm(golden):
+    """token_sampling.json (Swift's TokenSampler goldens): every drawn token is one the filters
+    kept, top-k keeps at most k, and mlx-lm's own make_sampler (the Python pipelines' sampler)
+    never draws outside the kept set -- the filter order golden.py applies is mlx-lm's."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import make_sampler
+
+    g = json.loads((golden / "token_sampling.json").read_text())
+    assert len(g["cases"]) >= 20
+    for c in g["cases"]:
+        kept = set(c["kept"])
+        assert set(c["tokens"]) <= kept, c
+        if c["top_k"]:
+            assert len(kept) <= c["top_k"]
+        logits = mx.array(np.array(g["vectors"][c["vector"]], np.float32)[None, :])
+        sampler = make_sampler(c["temperature"], c["top_p"], c["min_p"], top_k=c["top_k"])
+        mx.random.seed(0)
+        drawn = {int(sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True)).item()) for _ in range(40)}
+        assert drawn <= kept, (c, drawn - kept)
 
 
 def test_golden_sampler_is_diffusers(golden):

@@ -99,7 +99,7 @@ def test_swift_samplers_are_rows_of_the_table():
     """Swift implements a subset of the table (at least the manifest's default), each one
     under its manifest type; the golden tests check their numbers against Python's."""
     src = (ROOT / "ios_bridge" / "swift" / "Sources" / "MobileO" / "Sampler.swift").read_text()
-    type_names = dict(re.findall(r"class (\w+): Sampler \{\s*public static let typeName = \"(\w+)\"", src))
+    type_names = dict(re.findall(r"class (\w+): Sampler \{\s*(?:///[^\n]*\s*)*public static let typeName = \"(\w+)\"", src))
     assert type_names, "no Swift sampler with a typeName found"
     assert set(type_names.values()) <= set(TYPES), f"Swift samplers outside the table: {type_names}"
     assert SAMPLER_INFO[DEFAULT_SAMPLER].manifest_type in type_names.values()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mlx_model.support.image_settings import ImageSettings
+from metrics import within
 from PIL import Image
 
 import openai
@@ -141,6 +142,87 @@ def test_multi_turn_and_stop_sequences(server, photo):
         assert cut.choices[0].message.content == full[:full.find(stop)]
 
 
+@pytest.fixture(scope="module")
+def und():
+    from mlx_model.pipelines.understanding import Understanding
+
+    return Understanding.from_pretrained("demo", quantize=0, low_memory=False)
+
+
+def entries(choice) -> list:
+    return choice.logprobs.content if choice.logprobs is not None else []
+
+
+def test_logprobs_are_the_log_softmax_of_a_direct_forward_pass(server, photo, und):
+    """``logprobs``/``top_logprobs`` as OpenAI shapes them (token, bytes, logprob, the most likely
+    first), each value against log_softmax of the logits of one uncached forward pass (test_chat's
+    reference), sampled (temperature 0.9) so that the chosen token is not always the top one."""
+    from test_chat import reference_logprobs
+
+    q, top = "What is in the picture?", 5
+    r = server.client.chat.completions.create(model="demo", messages=ask(q, data_url(photo)), temperature=0.9,
+                                              seed=7, max_tokens=12, logprobs=True, top_logprobs=top)
+    got = entries(r.choices[0])
+    assert len(got) == r.usage.completion_tokens > 0
+    by_bytes = {und.tokenizer.token_bytes(i): i for i in range(und.config.llm.vocab_size)}
+    tokens = [by_bytes[bytes(e.bytes)] for e in got]
+    ref = reference_logprobs(und, photo, q, tokens)
+    err = 0.0
+    for k, e in enumerate(got):
+        assert e.token == bytes(e.bytes).decode("utf-8", "backslashreplace")
+        want = np.sort(ref[k])[::-1][:top]
+        assert [t.logprob for t in e.top_logprobs] == sorted((t.logprob for t in e.top_logprobs), reverse=True)
+        err = max(err, abs(e.logprob - ref[k, tokens[k]]), *(abs(t.logprob - w) for t, w in zip(e.top_logprobs, want)),
+                  *(abs(t.logprob - ref[k, by_bytes[bytes(t.bytes)]]) for t in e.top_logprobs))
+        assert len(e.top_logprobs) == top
+    within(err, at_most=1e-4, what="max |logprob - reference|")
+    assert b"".join(bytes(e.bytes) for e in got).decode("utf-8", "replace") == r.choices[0].message.content
+    # without top_logprobs: each entry alone; without logprobs: null
+    r = server.client.chat.completions.create(model="demo", messages=ask(q, data_url(photo)), temperature=0,
+                                              max_tokens=4, logprobs=True)
+    assert all(e.top_logprobs == [] for e in entries(r.choices[0])) and len(entries(r.choices[0])) == 4
+    r = server.client.chat.completions.create(model="demo", messages=ask(q, data_url(photo)), max_tokens=2)
+    assert r.choices[0].logprobs is None
+
+
+def test_streamed_logprobs_go_with_their_text_and_stop_at_a_stop_sequence(server, photo):
+    msgs, kw = ask("Describe it.", data_url(photo)), dict(temperature=0, max_tokens=12, logprobs=True, top_logprobs=2)
+    whole = server.client.chat.completions.create(model="demo", messages=msgs, **kw).choices[0]
+    chunks = [c.choices[0] for c in server.client.chat.completions.create(model="demo", messages=msgs, stream=True, **kw)
+              if c.choices]
+    streamed = [e for c in chunks for e in entries(c)]
+    assert [e.bytes for e in streamed] == [e.bytes for e in entries(whole)]
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(streamed, entries(whole))) <= 1e-4
+    assert "".join(c.delta.content or "" for c in chunks) == whole.message.content
+    for c in chunks:  # every chunk's entries come with text, the closing chunk's at most with the end
+        assert c.logprobs is None or c.delta.content or c.finish_reason
+    # a stop sequence: the entries of the tokens before it, none of the tokens inside it
+    text = whole.message.content
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = server.client.chat.completions.create(model="demo", messages=msgs, stop=[stop], **kw).choices[0]
+    assert cut.finish_reason == "stop" and cut.message.content == text[:text.find(stop)]
+    kept = entries(cut)
+    assert [e.bytes for e in kept] == [e.bytes for e in entries(whole)[:len(kept)]]
+    spelled = b"".join(bytes(e.bytes) for e in kept).decode("utf-8", "replace")
+    assert spelled.startswith(cut.message.content) and len(spelled) - len(cut.message.content) < len(stop) + 4
+    assert len(kept) < len(entries(whole))
+
+
+def test_logprob_entries_go_with_the_text_that_reaches_them():
+    from mlx_model.server.openai_api import LogprobsByText
+
+    lps = LogprobsByText()
+    lps.add("half", "")  # the first byte of a character: no text yet
+    lps.add("rest", "é")
+    assert lps.take(0) == []
+    assert lps.take(1) == ["half", "rest"]  # sent with the character
+    lps.add("x", "xy")
+    lps.add("stop", "zz")
+    assert lps.take(2) == ["x"]  # a stop sequence "zz" cut at 3 characters: its token never goes
+    lps.add("special", "")
+    assert lps.take(3, everything=True) == ["stop", "special"]  # an answer that ended without a stop sequence
+
+
 def test_an_image_after_an_assistant_greeting(server, photo):
     msgs = [{"role": "assistant", "content": "Hi! Send me a picture."}] + ask("What is it?", data_url(photo))
     r = server.client.chat.completions.create(model="demo", messages=msgs, temperature=0, max_tokens=3)
@@ -202,6 +284,11 @@ def error_of(fn):
     (dict(n=2), 400, "n"),
     (dict(messages=[{"role": "assistant", "content": "hi"}]), 400, "messages"),
     (dict(messages=[{"role": "tool", "content": "hi"}]), 400, "messages[0].role"),
+    (dict(top_logprobs=3), 400, "top_logprobs"),  # without logprobs: true
+    (dict(logprobs=True, top_logprobs=21), 400, "top_logprobs"),  # OpenAI's limit is 20
+    (dict(extra_body={"logprobs": "yes"}), 400, "logprobs"),
+    (dict(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    (dict(stream_options={"include_usage": 1}, stream=True), 400, "stream_options.include_usage"),
 ])
 def test_chat_errors(server, photo, kw, status, code_or_param):
     args = dict(model="demo", messages=ask("What is it?", data_url(photo)), max_tokens=4, **{})

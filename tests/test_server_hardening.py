@@ -133,15 +133,15 @@ def test_models_retrieve(guarded):
 
 @pytest.mark.parametrize("name, value", [
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]), ("tool_choice", "auto"),
-    ("logit_bias", {"1": 5}), ("presence_penalty", 0.5), ("frequency_penalty", 1), ("logprobs", True),
-    ("top_logprobs", 3), ("response_format", {"type": "json_object"}), ("functions", [{"name": "f"}]),
+    ("logit_bias", {"1": 5}), ("presence_penalty", 0.5), ("frequency_penalty", 1),
+    ("response_format", {"type": "json_object"}), ("functions", [{"name": "f"}]),
 ])
 def test_unsupported_parameters_are_a_400_naming_them(guarded, name, value):
     r = call(guarded, "POST", "/v1/chat/completions", json=chat_body(**{name: value}))
     assert r.status_code == 400 and r.json()["error"]["param"] == name
     # the values that ask for nothing are accepted
     harmless = {"tools": [], "tool_choice": "none", "logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0,
-                "logprobs": False, "top_logprobs": None, "response_format": {"type": "text"}, "functions": []}
+                "response_format": {"type": "text"}, "functions": []}
     assert call(guarded, "POST", "/v1/chat/completions", json=chat_body(**{name: harmless[name]})).status_code == 200
 
 
@@ -176,7 +176,7 @@ def bad_inputs(photo_url):
             out.append(("POST", "/v1/chat/completions", {"content": body.replace('"max_tokens": 2, "max_tokens"', '"max_tokens"').encode(), "headers": j}))
     values = [None, True, -1, 0, 2**70, 1.5, "x", "", [], {}, [1], {"a": 1}, "\u0000", "9" * 5000]
     for name in ("messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n", "stream",
-                 "stream_options", "repetition_penalty", "model"):
+                 "stream_options", "repetition_penalty", "model", "logprobs", "top_logprobs"):
         out += [("POST", "/v1/chat/completions", {"json": {**chat_body(), name: v}}) for v in values[1:]]
     for name in ("prompt", "n", "size", "steps", "guidance", "seed", "scheduler", "response_format", "model"):
         out += [("POST", "/v1/images/generations", {"json": {"prompt": "x", "steps": 1, "size": "64x64", name: v}})

@@ -32,7 +32,7 @@ from weights.mapping.torch_map import load_torch
 
 from coreml_convert import ane
 from weights.bundles.contract import CFG_BATCH, dit_io, sequence_lengths, timestep_features
-from coreml_convert.spec import ComponentSpec
+from coreml_convert.spec import ComponentSpec, reference_first
 
 TIME_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
 
@@ -224,18 +224,20 @@ def build_spec(ckpt, seed: int = 0, lengths: tuple[int, ...] | None = None, laye
     cfg = ckpt.config.dit
     if layers is not None:
         cfg = cfg.replace(num_layers=layers)
-    module = SanaDiT(cfg).eval()  # checks the config before any tensor is read
-    tensors = ckpt.load("dit")
-    if layers is not None:
-        tensors = {k: v for k, v in tensors.items()
-                   if not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < layers}
+    with torch.device("meta"):
+        SanaDiT(cfg)  # checks the config before any tensor is read (nothing allocated)
+    keys = [k for k in ckpt.keys("dit")
+            if layers is None or not k.startswith("transformer_blocks.") or int(k.split(".")[1]) < layers]
     lengths = lengths or sequence_lengths(ckpt.config)
-    load_torch(module, ckpt, "dit", tensors=tensors)
-    ref = upstream.build("dit", replace(ckpt.config, dit=cfg), tensors)
-    del tensors
+    example = example_inputs(cfg, lengths[0], seed)
+    # the reference runs first and is freed: it and our module are never in memory together
+    reference = reference_first(lambda: upstream.build("dit", replace(ckpt.config, dit=cfg), ckpt.load("dit", keys)),
+                                reference_forward, example)
+    module = SanaDiT(cfg).eval()
+    load_torch(module, ckpt, "dit", keys=keys)  # one tensor at a time
     return ComponentSpec(
         module=module,
-        example_inputs=example_inputs(cfg, lengths[0], seed),
-        reference=lambda x: reference_forward(ref, x),
+        example_inputs=example,
+        reference=reference,
         io=dit_io(ckpt.config, lengths),
     )

@@ -48,7 +48,8 @@ from weights.bundles import contract
 from coreml_convert.ane_qwen2 import Qwen2ANE
 from weights.bundles.contract import LLM_FUNCTIONS as FUNCTIONS
 from weights.bundles.contract import LLM_INPUTS, cache_shape, chunk_length, llm_io
-from coreml_convert.spec import ComponentSpec
+from coreml_convert import memory
+from coreml_convert.spec import ComponentSpec, reference_first
 from weights.core.configs import MobileOConfig
 
 
@@ -191,13 +192,21 @@ def run_torch(module: LLM, sequence: list[Call]) -> np.ndarray:
 
 def run_program_calls(path, sequence: list[Call]) -> np.ndarray:
     """The saved bundle's MIL program through ``sequence`` (numpy executor, one shared state):
-    decode logits (steps, vocab)."""
+    decode logits (steps, vocab).  Each run of calls to one function loads that function
+    alone (the functions share one weight set on disk, but each loaded function holds its own
+    copy), then the next; the states carry over."""
     from coreml_convert.mil_exec import load_program, make_states, run_program
 
-    program = load_program(path)  # once, not per call
-    states = make_states(program, FUNCTIONS[0])
-    out = [run_program(program, inputs, function=fn, states=states) for fn, inputs in sequence]
-    return np.stack([logits_of(o) for (fn, _), o in zip(sequence, out) if fn == "decode"])
+    states, program, loaded, logits = None, None, None, []
+    for fn, inputs in sequence:
+        if fn != loaded:
+            program = None
+            program, loaded = load_program(path, functions=[fn]), fn
+            states = make_states(program, fn) if states is None else states
+        out = run_program(program, inputs, function=fn, states=states)
+        if fn == "decode":
+            logits.append(logits_of(out))
+    return np.stack(logits)
 
 
 def reference_logits(model, embeds: np.ndarray, steps: int) -> np.ndarray:
@@ -265,8 +274,10 @@ def convert_multifunction(module: LLM, cfg: MobileOConfig, examples: dict[str, d
                           states=bundle.states if fn in contract.LLM_STATE_FUNCTIONS else ())
             spec = ComponentSpec(module=module.with_mode(fn), example_inputs=examples[fn],
                                  reference=lambda _: {}, io=one)
+            memory.mark(f"convert {fn}")
             model = cv.convert(spec, precision)
             module.reset()
+            memory.mark(f"compress {fn}")
             for kind in kinds:
                 done = cv.compress(model, compression) if kind == "compressed" else model
                 cv.save_atomic(done, tmp / kind, f"{fn}.mlpackage")
@@ -274,6 +285,7 @@ def convert_multifunction(module: LLM, cfg: MobileOConfig, examples: dict[str, d
                                          target_function_name=fn)
                 del done
             del model
+        memory.mark("merge")
         merged = {}
         for kind, desc in descs.items():
             desc.default_function_name = FUNCTIONS[0]
@@ -319,6 +331,12 @@ class GateModule(nn.Module):
         return d
 
 
+def embedding_table(ckpt) -> np.ndarray:
+    """The (V, C) token-embedding table (float32) read alone from the checkpoint: the
+    module's ``embed_tokens`` weight (``Qwen2ANE.embedding_table``), without building it."""
+    return ckpt.load("llm", ["model.embed_tokens.weight"])["model.embed_tokens.weight"]
+
+
 def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     """Both gates cover "decode" after the example sequence ("prefill" chunks holding an image,
     then "decode" of the prompt's last token) and "hidden_states" on a padded prompt.  The
@@ -327,20 +345,18 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     from weights.references import upstream
 
     cfg = ckpt.config
-    core = Qwen2ANE.from_checkpoint(ckpt)
-    packed = contract.quantize_rows(core.embedding_table())  # the table the app reads (int8 rows + scales)
+    packed = contract.quantize_rows(embedding_table(ckpt))  # the table the app reads (int8 rows + scales)
     table = fp16_exact(contract.dequantize_rows(packed))  # what it feeds the bundle
-    llm = LLM(core, cfg).eval()
     rng = np.random.default_rng(seed)
     prompt = example_prompt(cfg, rng)
     sequence = calls(cfg, table, prompt["ids"], prompt["image_embeds"], prompt["image_offset"])
     hidden, valid = example_hidden(cfg, table, contract.sequence_lengths(cfg)[0], rng)
     full = contract.embed_prompt(table, prompt["ids"], prompt["image_embeds"][0, :, 0, :].T, prompt["image_offset"])
-    ref_model = upstream.build("llm", cfg, ckpt.load("llm"))
+    del table  # 4 bytes per weight of the (V, C) table: not needed again
     widths = contract.logits_widths(cfg.llm.vocab_size)
     last = sequence[-1][1]
 
-    def reference(inputs):
+    def forward(ref_model, inputs):
         if not np.array_equal(inputs["position"], last["position"]):
             raise ValueError("the llm reference continues the example prompt at its last position")
         embeds = np.concatenate([full[..., :-1], np.asarray(inputs["embeds"], np.float32)], axis=-1)
@@ -349,12 +365,17 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
         out["hidden_states"] = reference_hidden(ref_model, hidden["embeds"], valid, cfg.mcp.num_layers)
         return out
 
+    # the reference runs first and is freed: it and our module are never in memory together
+    reference = reference_first(lambda: upstream.build("llm", cfg, ckpt.load("llm")), forward, last)
+    llm = LLM(Qwen2ANE.from_checkpoint(ckpt), cfg).eval()
+
     def program_check(path):
-        from coreml_convert.mil_exec import run_program
+        from coreml_convert.mil_exec import load_program, run_program
 
         logits = run_program_calls(path, sequence)[-1]
         out = {f"logits_{i}": part[None] for i, part in enumerate(np.split(logits, np.cumsum(widths)[:-1]))}
-        out["hidden_states"] = run_program(path, hidden, function="hidden_states")["hidden_states"]
+        program = load_program(path, functions=["hidden_states"])
+        out["hidden_states"] = run_program(program, hidden, function="hidden_states")["hidden_states"]
         return out
 
     def convert(precision, compression=None, keep_plain=False):

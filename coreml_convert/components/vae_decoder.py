@@ -27,7 +27,7 @@ from weights.mapping.torch_map import load_torch
 
 from coreml_convert import ane
 from weights.bundles.contract import vae_decoder_io
-from coreml_convert.spec import ComponentSpec
+from coreml_convert.spec import ComponentSpec, reference_first
 
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "relu6": F.relu6, "gelu": F.gelu}
 assert tuple(ACTIVATIONS) == VAEConfig.ACTIVATIONS  # what check_supported lets through
@@ -182,14 +182,23 @@ def build_spec(ckpt, seed: int = 0, latent_size: int | None = None) -> Component
     config = ckpt.config
     cfg = config.vae
     io = vae_decoder_io(config, latent_size)
-    module = VAEDecoder(cfg).eval()  # checks the config before any tensor is read
-    load_torch(module, ckpt, "vae", tensors=ckpt.load_used("vae", prefix=layout.VAE_DECODER))
-    ref = upstream.build("vae", config, ckpt.load("vae"))  # diffusers loads encoder and decoder
-    ref.encoder = None  # only decode() is compared; drop the encoder's weights
+    with torch.device("meta"):
+        VAEDecoder(cfg)  # checks the config before any tensor is read (nothing allocated)
     latent = np.random.default_rng(seed).standard_normal(io.inputs[0].shape).astype(np.float32)
+    example = {"latent": latent}
+
+    def build():
+        ref = upstream.build("vae", config, ckpt.load("vae"))  # diffusers loads encoder and decoder
+        ref.encoder = None  # only decode() is compared; drop the encoder's weights
+        return ref
+
+    # the reference runs first and is freed: it and our module are never in memory together
+    reference = reference_first(build, lambda ref, x: reference_forward(ref, cfg.scaling_factor, x), example)
+    module = VAEDecoder(cfg).eval()
+    load_torch(module, ckpt, "vae", keys=ckpt.used_keys("vae", prefix=layout.VAE_DECODER))  # one tensor at a time
     return ComponentSpec(
         module=module,
-        example_inputs={"latent": latent},
-        reference=lambda x: reference_forward(ref, cfg.scaling_factor, x),
+        example_inputs=example,
+        reference=reference,
         io=io,
     )

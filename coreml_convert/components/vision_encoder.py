@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from coreml_convert import ane
 from weights.bundles.contract import vision_encoder_io
-from coreml_convert.spec import ComponentSpec
+from coreml_convert.spec import ComponentSpec, reference_first
 from weights.core.configs import VisionConfig
 from weights.mapping.vision_keys import BLOCKS, DOWNSAMPLE, POS_EMB
 
@@ -177,7 +177,7 @@ class VisionEncoder(nn.Module):
 
         cfg = ckpt.config
         module = cls(cfg.vision, cfg.mm_hidden_size, cfg.llm.hidden_size)
-        load_torch(module.tower, ckpt, "vision", tensors=ckpt.load_used("vision"))  # no CLIP head
+        load_torch(module.tower, ckpt, "vision", keys=ckpt.used_keys("vision"))  # no CLIP head
         load_torch(module.projector, ckpt, "projector")
         return module.eval()
 
@@ -188,30 +188,38 @@ class VisionEncoder(nn.Module):
 # ---------------------------------------------------------------------- spec
 
 
-def reference(ckpt):
-    """timm fastvit_mci3 forward_features -> flatten to tokens -> upstream projector, laid
-    out like ``image_features``."""
+def reference_model(ckpt):
+    """timm fastvit_mci3 and the upstream projector: (tower, projector)."""
     from weights.references import upstream
 
     cfg = ckpt.config
-    tower = upstream.build("vision", cfg, ckpt.load("vision"))
-    proj = upstream.build("projector", cfg, ckpt.load("projector"))
+    return upstream.build("vision", cfg, ckpt.load("vision")), upstream.build("projector", cfg, ckpt.load("projector"))
 
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            f = tower.forward_features(torch.from_numpy(np.asarray(inputs["image"], np.float32)))
-            tokens = proj(f.flatten(2).transpose(1, 2))  # (1, N, hidden)
-        return {"image_features": tokens.transpose(1, 2)[:, :, None, :].numpy()}
 
-    return run
+def reference_forward(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """timm forward_features -> flatten to tokens -> projector, laid out like ``image_features``."""
+    tower, proj = model
+    with torch.no_grad():
+        f = tower.forward_features(torch.from_numpy(np.asarray(inputs["image"], np.float32)))
+        tokens = proj(f.flatten(2).transpose(1, 2))  # (1, N, hidden)
+    return {"image_features": tokens.transpose(1, 2)[:, :, None, :].numpy()}
+
+
+def reference(ckpt):
+    """The upstream reference as a function of the inputs (built now, kept)."""
+    model = reference_model(ckpt)
+    return lambda inputs: reference_forward(model, inputs)
 
 
 def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     io = vision_encoder_io(ckpt.config)
     image = np.random.default_rng(seed).uniform(0, 1, io.inputs[0].shape).astype(np.float32)
+    example = {"image": image}
+    # the reference runs first and is freed: it and our module are never in memory together
+    ref = reference_first(lambda: reference_model(ckpt), reference_forward, example)
     return ComponentSpec(
         module=VisionEncoder.from_checkpoint(ckpt),
-        example_inputs={"image": image},
-        reference=reference(ckpt),
+        example_inputs=example,
+        reference=ref,
         io=io,
     )

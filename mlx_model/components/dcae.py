@@ -125,6 +125,8 @@ class MultiscaleLinearAttention(nn.Module):
 class GLUMBConv(nn.Module):
     """1x1 expand, SiLU, depthwise 3x3, gated SiLU, 1x1, RMSNorm, residual."""
 
+    HALO, SCALE = 1, 1  # one depthwise 3x3 convolution: spatially local, band-able (``banded``)
+
     def __init__(self, channels: int):
         super().__init__()
         hidden = VAEConfig.GLU_EXPAND_RATIO * channels
@@ -137,6 +139,9 @@ class GLUMBConv(nn.Module):
         y = self.conv_depth(nn.silu(self.conv_inverted(x)))
         y, gate = mx.split(y, 2, axis=-1)
         return self.norm(self.conv_point(y * nn.silu(gate))) + x
+
+    def unfold_bytes_per_row(self, x) -> int:  # ~4 live [W, 2 * hidden] rows (expand, act, taps, gate)
+        return 4 * x.shape[2] * self.conv_inverted.weight.shape[0] * x.itemsize
 
 
 class EfficientViTBlock(nn.Module):
@@ -221,7 +226,35 @@ class OutputHead:
         return x.shape[2] * 9 * x.shape[3] * x.itemsize
 
 
-BAND_BYTES = 192 * 2**20  # im2col budget of one band of a local block (bytes)
+# im2col budget of one band of a local block (bytes): 64 MB puts the full-size 512x512 decode's
+# activations at ~0.45 GB (192 MB: ~0.78 GB) for no measurable time (#24)
+BAND_BYTES = 64 * 2**20
+
+
+def banded_in_place(block, x, band_bytes: int = BAND_BYTES):
+    """:func:`banded` for a block whose output has the input's shape (``SCALE`` 1, same
+    channels: ResBlock, the Mix-FFN), writing each band's result over ``x`` itself: the rows a
+    later band still reads above its start (``HALO`` of them) are kept aside first, so the
+    result is :func:`banded`'s while one full-size activation lives instead of two (the last
+    512x512 stage: 134 MB less).  ``x`` must be an array nothing else reads afterwards."""
+    h, halo = x.shape[1], block.HALO
+    rows = max(halo, band_bytes // max(1, block.unfold_bytes_per_row(x) * x.shape[0]))
+    if rows >= h:
+        return banded(block, x, band_bytes)
+    above = None  # input rows [r0 - halo, r0), saved before they were overwritten
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        band = x[:, r0:min(h, r1 + halo)]
+        y = block(band if above is None else mx.concatenate([above, band], axis=1))
+        skip = 0 if above is None else above.shape[1]
+        y = y[:, skip:skip + r1 - r0]
+        above = mx.contiguous(x[:, r1 - halo:r1]) if r1 < h else None
+        mx.eval(y, *([above] if above is not None else []))
+        del band
+        x[:, r0:r1] = y  # the only reference to x's buffer: updated in place
+        del y
+        mx.eval(x)
+    return x
 
 
 def banded(block, x, band_bytes: int = BAND_BYTES):
@@ -231,8 +264,9 @@ def banded(block, x, band_bytes: int = BAND_BYTES):
     rows per input row.  A band of input rows [r0, r1) is computed from rows [r0 - HALO,
     r1 + HALO) and cropped back, so the zero padding at a band's inner edges never reaches
     the kept rows: the result equals the unbanded one (up to float summation order).  Each
-    band is evaluated before the next one starts, so at most one band's temporaries (its
-    im2col buffers) live at a time.  Returns an evaluated array."""
+    band is evaluated into its rows of the result (a slice update, in place) before the next
+    one starts, so at most one band's temporaries (its im2col buffers) live at a time beside
+    the input and the result.  Returns an evaluated array."""
     h = x.shape[1]
     per_row = max(1, block.unfold_bytes_per_row(x) * x.shape[0])
     rows = max(1, band_bytes // per_row)
@@ -241,16 +275,16 @@ def banded(block, x, band_bytes: int = BAND_BYTES):
         mx.eval(out)
         return out
     halo, scale = block.HALO, block.SCALE
-    bands = []
+    out = None
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         a, b = max(0, r0 - halo), min(h, r1 + halo)
         y = block(x[:, a:b])[:, (r0 - a) * scale:(r1 - a) * scale]
-        mx.eval(y)
-        bands.append(y)
-    out = mx.concatenate(bands, axis=1)
-    del bands
-    mx.eval(out)
+        if out is None:  # written band by band in place: no list of bands beside the result
+            out = mx.zeros((y.shape[0], h * scale, *y.shape[2:]), dtype=y.dtype)
+        out[:, r0 * scale:r1 * scale] = y
+        mx.eval(out)
+        del y
     return out
 
 
@@ -314,7 +348,13 @@ class Decoder(nn.Module):
         mx.eval(x)
         for blocks in reversed(self.up_blocks):
             for block in blocks:
-                if hasattr(block, "HALO"):
+                if isinstance(block, EfficientViTBlock):  # global attention, then its local Mix-FFN in bands
+                    x = block.attn(x)
+                    mx.eval(x)
+                    block = block.conv_out
+                if isinstance(block, (ResBlock, GLUMBConv)):  # same shape out: over x itself
+                    x = banded_in_place(block, x, band_bytes)
+                elif hasattr(block, "HALO"):
                     x = banded(block, x, band_bytes)
                 else:
                     x = block(x)
@@ -322,6 +362,7 @@ class Decoder(nn.Module):
         return banded(OutputHead(self), x, band_bytes)
 
 
+HOLD = "bf16"  # fp32 activations: hold the VAE weights in bf16 where exact (AutoencoderDC.from_checkpoint)
 TILE_LATENT = 16  # diffusers' default tile: 512 pixels at f32
 TILE_STRIDE_LATENT = 14  # 448 pixels: 64 blended
 EXACT_DECODE_BYTES = 2 * 2**30
@@ -335,21 +376,47 @@ class AutoencoderDC(nn.Module):
         if encoder:
             self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        self.compute_dtype = None  # activations; None: the weights' dtype
 
     @classmethod
     def from_checkpoint(cls, ckpt, dtype=mx.float32, encoder: bool = True, tensors=None,
-                        config: VAEConfig | None = None):
+                        config: VAEConfig | None = None, hold: str | None = None):
         """``encoder=False`` loads only the decoder (generation does not need the encoder:
-        the ``vae_decoder`` component of weights.core.components)."""
-        from mlx_model.support.mlx_folder import load_part
+        the ``vae_decoder`` component of weights.core.components).  An MLX folder holds the
+        decoder only (no Mobile-O inference path encodes; docs/upstream.md section H).
 
+        ``hold="bf16"`` (default :data:`HOLD` for fp32 activations): the weights stay bf16 in
+        memory where that holds their values exactly (an MLX folder's bf16 tensors as stored,
+        a bf16 checkpoint's after the fp32 load) while activations run in ``dtype``: MLX widens
+        each weight inside its op, the result is bit-identical, and the decoder's 0.64 GB of
+        fp32 weights (full size) are 0.32 GB."""
+        from weights.core.errors import WeightsError
+
+        from mlx_model.support.mlx_folder import load_part, native
+
+        if encoder and tensors is None and native(ckpt) and not ckpt.meta.get("vae_encoder", True):
+            raise WeightsError(f"the MLX folder {ckpt.folder} holds the VAE decoder only; the encoder is left out "
+                               "because no Mobile-O inference path runs it.",
+                               fix="load the VAE encoder from the original checkpoint (--model SOURCE), not the MLX folder.")
+        from mlx.utils import tree_flatten
+
+        from mlx_model.support.quant import hold_exact
+
+        model = cls(config or ckpt.config.vae, encoder=encoder)
+        hold = HOLD if hold is None and dtype == mx.float32 else hold
+        keep = tuple(k for k, _ in tree_flatten(model.parameters())) if hold == "bf16" else ()
         # only what this module holds (shapes are checked on those)
-        return load_part(cls(config or ckpt.config.vae, encoder=encoder), ckpt, "vae", dtype=dtype,
-                         tensors=tensors, used="" if encoder else VAE_DECODER)
+        model = load_part(model, ckpt, "vae", dtype=dtype, tensors=tensors, used="" if encoder else VAE_DECODER,
+                          keep_stored=keep)
+        if hold == "bf16":
+            hold_exact(model)
+            model.compute_dtype = dtype
+        return model
 
     @property
     def dtype(self):
-        return self.decoder.conv_in.weight.dtype
+        """The activations' dtype (the weights may be held in bf16: see ``from_checkpoint``)."""
+        return self.compute_dtype or self.decoder.conv_in.weight.dtype
 
     def encode(self, images: mx.array) -> mx.array:
         """[B, 3, H, W] in [-1, 1] -> unscaled latents [B, C, H/f, W/f]."""

@@ -15,6 +15,7 @@ import mlx.nn as nn
 
 from weights.core.configs import DiTConfig
 
+from mlx_model.components.vision import DepthwiseConv2d
 from mlx_model.support.quant import QUANT_GROUP_SIZE
 
 TIMESTEP_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
@@ -137,7 +138,9 @@ class GLUMBConv(nn.Module):
         super().__init__()
         hidden = int(mlp_ratio * dim)
         self.conv_inverted = nn.Linear(dim, 2 * hidden)
-        self.conv_depth = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
+        # MLX's grouped convolution on CPU runs one small product per channel: the shifted sum
+        # (same parameters and result) instead, as the vision tower and DC-AE do
+        self.conv_depth = DepthwiseConv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
         self.conv_point = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x):

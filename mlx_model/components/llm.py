@@ -68,14 +68,16 @@ class LanguageModel:
         ``embed_as_stored``: keep the token-embedding table in bf16 when the source stores it so
         (an MLX folder's dtype; from a checkpoint, when bf16 holds it losslessly): half the fp32
         table's ~0.54 GB at full size; looked-up rows are cast to ``dtype`` (the same values).  For callers that only
-        look rows up (generation); a tied LM head would then multiply by the bf16 table."""
+        look rows up (generation); a tied LM head would then multiply by the bf16 table.
+        Quantized (``quantize`` 4/8), the embedding table is quantized too, as mlx-lm's: a
+        tied head multiplies by it through ``QuantizedEmbedding.as_linear``."""
         from mlx_model.support.mlx_folder import load_part
 
         cfg = ckpt.config.llm
         model = Model(ModelArgs.from_dict(cfg.to_hf_dict()))
         keep = ("model.embed_tokens.weight",) if embed_as_stored else ()  # an MLX folder's dtype
         load_part(model, ckpt, "llm", dtype=dtype, keys=model.sanitize, quantize=quantize,
-                  group_size=group_size, dequantize=dequantize, keep_stored=keep)
+                  group_size=group_size, dequantize=dequantize, keep_stored=keep, embeddings=True)
         emb = model.model.embed_tokens
         if embed_as_stored and emb.weight.dtype == mx.float32:  # bf16 when that is lossless (a bf16 source)
             low = emb.weight.astype(mx.bfloat16)
@@ -108,6 +110,16 @@ class LanguageModel:
             states.append(h)
         states[-1] = inner.norm(h)
         return states[-num:]
+
+    def prefill(self, embeds: mx.array, cache) -> mx.array:
+        """Logits [B, 1, V] of the last position after feeding ``embeds`` [B, L, D] into
+        ``cache``, as mlx-lm's ``generate_step`` prefills: all but the last position run for
+        their keys and values only (the cache states are evaluated, their logits never are),
+        so the LM head multiplies one row -- no [L, V] logits and, on CPU, no dequantized head."""
+        if embeds.shape[1] > 1:
+            self.model(None, cache=cache, input_embeddings=embeds[:, :-1])
+            mx.eval([c.state for c in cache])
+        return self(embeds[:, -1:], cache=cache)
 
     def __call__(self, embeds: mx.array, cache=None) -> mx.array:
         """Logits [B, L, V]; ``cache`` from ``mlx_lm.models.cache.make_prompt_cache(self.model)``."""

@@ -143,8 +143,9 @@ class BatchNorm(nn.Module):
         self.num_batches_tracked = mx.zeros((), dtype=mx.int64)
 
     def __call__(self, x):
-        scale = self.weight * mx.rsqrt(self.running_var + BN_EPS)
-        return x * scale + (self.bias - self.running_mean * scale)
+        w, b, mean, var = (p.astype(x.dtype) for p in (self.weight, self.bias, self.running_mean, self.running_var))
+        scale = w * mx.rsqrt(var + BN_EPS)  # in the activations' dtype (the weights may be held in bf16)
+        return x * scale + (b - mean * scale)
 
 
 class ConvBN(nn.Module):
@@ -261,10 +262,17 @@ class VisionTower(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "VisionTower":
-        """From a checkpoint or an MLX folder (:func:`mlx_model.support.mlx_folder.load_part`)."""
-        from mlx_model.support.mlx_folder import load_part
+        """From a checkpoint or an MLX folder (:func:`mlx_model.support.mlx_folder.load_part`).
+        The weights are held in bf16 where that is exact (an MLX folder's as stored, a bf16
+        checkpoint's): 0.25 GB instead of 0.5 GB at full size, activations fp32, the same result."""
+        from mlx.utils import tree_flatten
 
-        return load_part(cls(ckpt.config.vision), ckpt, "vision", used="")
+        from mlx_model.support.mlx_folder import load_part
+        from mlx_model.support.quant import hold_exact
+
+        tower = cls(ckpt.config.vision)
+        keep = tuple(k for k, _ in tree_flatten(tower.parameters()))
+        return hold_exact(load_part(tower, ckpt, "vision", used="", keep_stored=keep))
 
     def features(self, x: mx.array) -> mx.array:
         """[B, S, S, 3] pixels -> [B, S/64, S/64, out_dim] (timm ``forward_features``)."""

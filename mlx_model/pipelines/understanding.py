@@ -59,6 +59,9 @@ class Response:
     peak_memory: float  # GB
     image_seconds: float  # preprocessing + vision tower + projector
     finish_reason: str | None = None  # "stop" (end of turn), "length", or None while streaming
+    # with stream_chat(logprobs=True): the log-probabilities [vocab] that ``token`` was sampled
+    # from (as mlx-lm's: log_softmax of the logits after the logits processors, before temperature)
+    logprobs: mx.array | None = None
 
 
 class Detokenizer:
@@ -169,11 +172,14 @@ def check_length(n_prompt: int, max_tokens: int, context: int) -> None:
 
 def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int, *,
                  logits_processors: Sequence = (), prompt_ids: Sequence[int] = (),
-                 max_kv_size: int | None = None, cache: list | None = None) -> Iterator[int]:
+                 max_kv_size: int | None = None, cache: list | None = None,
+                 logprobs: bool = False) -> Iterator[int] | Iterator[tuple[int, mx.array]]:
     """Prefill ``embeds`` [1, L, D] into ``cache`` (which may hold the positions before them)
     or a fresh KV cache (rotating, of ``max_kv_size`` entries, when given), then sample one
     token at a time (the next step is queued before the current token is handed out, as mlx-lm does).  ``logits_processors(tokens, logits)`` see the
-    prompt's ``prompt_ids`` and the tokens so far, as in mlx-lm's ``generate_step``."""
+    prompt's ``prompt_ids`` and the tokens so far, as in mlx-lm's ``generate_step``.
+    ``logprobs``: yield (token, the float32 log-probabilities [vocab] it was sampled from) instead,
+    evaluated with the token (reading them waits for nothing queued after it)."""
     from mlx_lm.models.cache import make_prompt_cache
 
     if cache is None:
@@ -188,16 +194,17 @@ def decode_steps(llm: LanguageModel, embeds: mx.array, sampler, max_tokens: int,
                 tokens = mx.concatenate([tokens, y.astype(mx.int32)])
             for processor in logits_processors:
                 logits = processor(tokens, logits)
-        return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return sampler(lp), (lp.astype(mx.float32) if logprobs else None)  # float32: numpy reads it as it is
 
-    y = step(llm(embeds, cache=cache))
-    mx.async_eval(y)
+    y, lp = step(llm.prefill(embeds, cache))  # last position's logits only, as mlx-lm
+    mx.async_eval(y, *([lp] if logprobs else []))
     for n in range(max_tokens):
-        nxt = step(llm(llm.embed(y[:, None]), cache=cache), y) if n + 1 < max_tokens else None
-        if nxt is not None:
-            mx.async_eval(nxt)
-        yield y.item()
-        y = nxt
+        nxt = step(llm(llm.embed(y[:, None]), cache=cache), y) if n + 1 < max_tokens else (None, None)
+        if nxt[0] is not None:
+            mx.async_eval(*(nxt if logprobs else nxt[:1]))
+        yield (y.item(), lp[0]) if logprobs else y.item()
+        y, lp = nxt
 
 
 class Understanding:
@@ -312,11 +319,12 @@ class Understanding:
                     top_p: float | None = None, top_k: int | None = None, min_p: float = 0.0,
                     repetition_penalty: float | None = None, repetition_context_size: int = 20,
                     max_kv_size: int | None = None, seed: int | None = None,
-                    stop_at_eos: bool = True) -> Iterator[Response]:
+                    stop_at_eos: bool = True, logprobs: bool = False) -> Iterator[Response]:
         """Answer the last user turn of ``turns`` ((role, text) pairs; ``image``, when given,
         belongs to the first user turn), streamed.  ``prompt_cache``
         (:class:`~mlx_model.pipelines.conversation.PromptCache`): reuse the positions it shares with this
-        prompt and keep this turn in it; without one, every position is computed afresh."""
+        prompt and keep this turn in it; without one, every position is computed afresh.
+        ``logprobs``: each response carries the log-probabilities its token was sampled from."""
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         from mlx_model.pipelines.conversation import PromptCache, image_digest
@@ -357,17 +365,19 @@ class Understanding:
         processors = make_logits_processors(repetition_penalty=repetition_penalty,
                                             repetition_context_size=repetition_context_size)
         steps = decode_steps(self.llm, embeds, make_sampler(temp, top_p, min_p, top_k=top_k), max_tokens,
-                             logits_processors=processors, prompt_ids=prompt.ids(), cache=cache)
+                             logits_processors=processors, prompt_ids=prompt.ids(), cache=cache,
+                             logprobs=logprobs)
 
-        def response(text, token, n, finish=None):
+        def response(text, token, n, finish=None, lp=None):
             gen_time = max(time.perf_counter() - t_gen, 1e-9)
             return Response(text, token, n_prompt, prompt_tps, n, n / gen_time if n else 0.0,
-                            mx.get_peak_memory() / 1e9, image_seconds, finish)
+                            mx.get_peak_memory() / 1e9, image_seconds, finish, lp)
 
         t1 = time.perf_counter()
         prompt_tps, t_gen, n, finish, generated = 0.0, t1, 0, "length", []
         try:
             for token in steps:
+                token, lp = token if logprobs else (token, None)
                 generated.append(token)
                 if n == 0:
                     t_gen = time.perf_counter()
@@ -376,7 +386,7 @@ class Understanding:
                     finish = "stop"
                     break
                 n += 1
-                yield response(detok.add(token), token, n)
+                yield response(detok.add(token), token, n, lp=lp)
             yield response(detok.finish(), None, n, finish)
         finally:
             steps.close()

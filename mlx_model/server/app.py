@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.exceptions import HTTPException
 
 from weights.core.errors import MobileOError
@@ -159,35 +160,58 @@ def decoded(raw: bytes | None, name: str):
 
 
 def chat_job(req: api.ChatRequest, stream: bool):
-    """Answer ``req``; ``stream``: emit ("delta", text) pieces.  Nothing is emitted before the
-    first token, so a bad request (too long, bad option) still gets a 4xx."""
+    """Answer ``req``; ``stream``: emit ("delta", (text, logprob entries or None)) pieces.
+    Nothing is emitted before the first token, so a bad request (too long, bad option) still
+    gets a 4xx."""
 
     def run(state, job: Job) -> dict:
         model, cache = state
-        pieces = model.understanding.stream_chat(req.turns, image=decoded(req.image, "the image in the message"),
-                                                 system_prompt=req.system_prompt, prompt_cache=cache, **req.options)
+        und = model.understanding
+        pieces = und.stream_chat(req.turns, image=decoded(req.image, "the image in the message"),
+                                 system_prompt=req.system_prompt, prompt_cache=cache, logprobs=req.logprobs,
+                                 **req.options)
         stopper, text, r, finish = api.StopMatcher(req.stop), "", None, "length"
+        lps, kept = (api.LogprobsByText(), []) if req.logprobs else (None, None)
         try:
             for i, r in enumerate(pieces):
                 job.check()
                 if i == 0:
                     job.emit("start")
+                if lps is not None and r.token is not None:
+                    lps.add(logprob_entry(und.tokenizer, r, req.top_logprobs), r.text)
                 out, stopped = stopper.feed(r.text)
-                if r.finish_reason is not None or stopped:
+                done = r.finish_reason is not None or stopped
+                if done:
                     out += "" if stopped else stopper.flush()
                     finish = "stop" if stopped else r.finish_reason
-                if out:
-                    text += out
-                    if stream:
-                        job.emit("delta", out)
-                if r.finish_reason is not None or stopped:
+                text += out
+                ready = lps.take(len(text), everything=done and not stopped) if lps is not None else None
+                if stream and (out or ready):
+                    job.emit("delta", (out, ready))
+                elif ready:
+                    kept += ready
+                if done:
                     break
         finally:
             pieces.close()
         return {"text": text, "finish": finish, "prompt_tokens": r.prompt_tokens if r else 0,
-                "completion_tokens": r.generation_tokens if r else 0}
+                "completion_tokens": r.generation_tokens if r else 0, "logprobs": kept}
 
     return run
+
+
+def logprob_entry(tokenizer, r, top: int) -> dict:
+    """``r.token``'s entry of ``logprobs.content`` from the log-probabilities it was sampled
+    from, with the ``top`` most likely tokens (most likely first; ties by token id).  Read with
+    numpy: an MLX op here would wait for the next token, already queued."""
+    import numpy as np
+
+    lp = np.asarray(r.logprobs)
+    top = min(top, lp.size)
+    best = np.argpartition(-lp, top - 1)[:top] if top else np.zeros(0, np.int64)
+    best = sorted(best.tolist(), key=lambda i: (-lp[i], i))
+    return api.token_logprob(tokenizer.token_bytes(r.token), float(lp[r.token]),
+                             [(tokenizer.token_bytes(i), float(lp[i])) for i in best])
 
 
 def image_job(req: api.ImageRequest, model_id: str):
@@ -222,7 +246,7 @@ class Server:
     limits: Limits = Limits()
     security: Security = Security()
     started: int = field(default_factory=lambda: int(time.time()))
-    client_errors: int = 0  # answers with a 4xx status, apart from the jobs' failures
+    client_errors: int = 0  # answers with a 4xx status (the jobs' "invalid" among them), apart from failures
     closing: bool = False  # shutting down: every request gets a 503
     decoder: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "mobileo-upload"))
 
@@ -345,10 +369,9 @@ class Server:
             while kind == "start":
                 kind, value = await self.outcome(job, request)
             return api.chat_completion(cid, self.model_id, value["text"], value["finish"], value["prompt_tokens"],
-                                       value["completion_tokens"])
-        return StreamingResponse(self.chat_events(req, job, cid, (kind, value), request),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                       value["completion_tokens"], value["logprobs"])
+        return EventSourceResponse(self.chat_events(req, job, cid, (kind, value), request),
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def chat_events(self, req: api.ChatRequest, job: Job, cid: str, first, request: Request):
         finished = False
@@ -357,7 +380,7 @@ class Server:
             kind, value = first
             while kind != "result":
                 if kind == "delta":
-                    yield sse(api.chat_chunk(cid, self.model_id, {"content": value}))
+                    yield sse(api.chat_chunk(cid, self.model_id, {"content": value[0]}, logprobs=value[1]))
                 elif kind == "error":
                     yield sse(api.error_body(self.failure(value)))
                     finished = True
@@ -373,7 +396,7 @@ class Server:
             if req.include_usage:
                 yield sse(api.chat_chunk(cid, self.model_id, None, usage_=api.usage(value["prompt_tokens"],
                                                                                value["completion_tokens"])))
-            yield "data: [DONE]\n\n"
+            yield sse("[DONE]")
         finally:
             if not finished:  # the client went away: stop the work
                 job.cancel()
@@ -460,5 +483,6 @@ def create_app(worker: Worker, model_id: str, limits: Limits = Limits(), securit
     return app
 
 
-def sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+def sse(obj: dict | str) -> bytes:
+    """One server-sent event in the framework's framing (OpenAI's stream ends with ``[DONE]``)."""
+    return format_sse_event(data_str=obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False))

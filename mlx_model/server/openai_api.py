@@ -5,19 +5,27 @@ Every bad request becomes an :class:`APIError` (status, message, ``param``, ``co
 OpenAI's error body; nothing here touches MLX.  Extensions beyond OpenAI's fields, named as
 mlx-lm's server names them: ``top_k``, ``min_p``, ``repetition_penalty`` (chat), ``seed``,
 ``steps``, ``guidance`` (images).
+
+``logprobs``/``top_logprobs`` (chat) are OpenAI's: per answered token its text, its UTF-8
+``bytes`` and its log-probability, with the ``top_logprobs`` most likely tokens (0 to 20,
+most likely first), in ``choices[0].logprobs.content``, streamed with each chunk's text.  The
+probabilities are mlx-lm's: log_softmax of the logits after the repetition penalty, before
+temperature, top-k, top-p and min-p.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from weights.core.errors import MobileOError, SettingError
 
@@ -25,11 +33,12 @@ from mlx_model.support.image_settings import SEED_LIMIT, ImageSettings
 
 __all__ = ["APIError", "ChatRequest", "ImageRequest", "StopMatcher", "error_body", "from_mobileo_error",
            "parse_chat", "parse_image_request", "parse_size", "chat_completion", "chat_chunk", "check_image_bytes",
-           "check_unicode", "image_url_bytes"]
+           "check_unicode", "image_url_bytes", "token_logprob", "LogprobsByText"]
 
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
 MAX_BODY_BYTES = 32 << 20  # a request body, and a local image named by image_url (mobileo-server --max-body-mb)
 MAX_IMAGES_PER_REQUEST = 4
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 class APIError(Exception):
@@ -66,30 +75,75 @@ def from_mobileo_error(e: MobileOError) -> APIError:
 
 
 # ------------------------------------------------------------------ values
-def _get(body: dict, name: str, kinds, default=None, check=None, what: str = ""):
-    """``body[name]`` of one of ``kinds`` (bool is never a number), checked by ``check``."""
-    value = body.get(name, default)
-    if value is None:
-        return default
-    numeric = kinds in (int, float, (int, float))
-    if (numeric and isinstance(value, bool)) or not isinstance(value, kinds):
-        raise APIError(400, f"'{name}' must be {what or _kind_name(kinds)}, got {json_type(value)}.", param=name)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise APIError(400, f"'{name}' must be a finite number.", param=name)
-    if isinstance(value, int) and not isinstance(value, bool) and not -2**53 <= value <= 2**53:
-        raise APIError(400, f"'{name}' {value} is out of range.", param=name)  # MLX casts it to a C++ number
-    if kinds == (int, float) and isinstance(value, int):
-        value = float(value)
-    if check is not None and not check(value):
-        raise APIError(400, f"'{name}' must be {what}, got {value!r}.", param=name)
-    return value
+# A body's fields, as pydantic models: JSON types strictly (bool is never a number, "1" never
+# an integer), numbers finite and within what MLX casts to a C++ number; multipart fields
+# (always strings) are read laxly.  The library checks the ranges it owns (temperature >= 0,
+# steps, sizes, ...); these say only what the API itself limits.
+Whole = Annotated[int, Field(ge=-2**53, le=2**53)]
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-2**53, le=2**53)]
 
 
-def _kind_name(kinds) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "an array",
-             dict: "an object"}
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    return " or ".join(dict.fromkeys(names[k] for k in kinds))
+class Fields(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")  # messages, prompt, ...: read by hand
+
+    @classmethod
+    def read(cls, body: dict, form: bool = False):
+        try:
+            return cls.model_validate(body, strict=False if form else None)
+        except ValidationError as e:
+            raise from_validation(cls, e) from None
+
+
+def from_validation(model: type[BaseModel], e: ValidationError) -> APIError:
+    """The first field a pydantic model refused, as a 400 naming it (a union's members each
+    report: the first names the field, and its description says what it takes)."""
+    err = e.errors()[0]
+    param = ".".join(str(p) for p in err["loc"][:2 if err["loc"][0] == "stream_options" else 1])
+    info = model.model_fields.get(str(err["loc"][0]))
+    value = err.get("input")
+    shown = json_type(value) if not isinstance(value, (int, float, str)) or isinstance(value, bool) else repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    if info is not None and info.description:
+        return APIError(400, f"'{param}' must be {info.description}, got {shown}.", param=param)
+    return APIError(400, f"'{param}': {err['msg'][0].lower()}{err['msg'][1:]}, got {shown}.", param=param)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool | None = None
+
+
+class ChatFields(Fields):
+    n: Annotated[int, Field(ge=1, le=1)] | None = Field(None, description="1 (one answer per request)")
+    max_tokens: Whole | None = None
+    max_completion_tokens: Whole | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: Whole | None = None
+    min_p: Number | None = None
+    repetition_penalty: Number | None = None
+    seed: Annotated[int, Field(ge=0, lt=SEED_LIMIT)] | None = Field(
+        None, description=f"an integer from 0 to {SEED_LIMIT - 1}")
+    stop: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]],
+                                                           Field(max_length=MAX_STOP)] | None = Field(
+        None, description=f"a non-empty string or up to {MAX_STOP} of them")
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = Field(
+        None, description=f"an integer from 0 to {MAX_TOP_LOGPROBS}")
+
+
+class ImageFields(Fields):
+    n: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_REQUEST)] | None = Field(
+        None, description=f"an integer from 1 to {MAX_IMAGES_PER_REQUEST}")
+    steps: Whole | None = None
+    guidance: Number | None = None
+    seed: Whole | None = None
+    scheduler: str | None = None
+    size: str | None = None
+    response_format: str | None = None
 
 
 def json_type(v) -> str:
@@ -212,6 +266,8 @@ class ChatRequest:
     include_usage: bool = False
     stop: list[str] = field(default_factory=list)
     options: dict = field(default_factory=dict)  # Understanding.stream_chat's decoding keywords
+    logprobs: bool = False  # answer each token's log-probability
+    top_logprobs: int = 0  # ... and that of the most likely tokens at its place
 
 
 def _text_of(content, i: int, images: list) -> str:
@@ -245,8 +301,8 @@ UNSUPPORTED = {
     "functions": lambda v: v in (None, []), "function_call": lambda v: v in (None, "none"),
     "parallel_tool_calls": lambda v: True,  # meaningless without tools
     "logit_bias": lambda v: v in (None, {}), "presence_penalty": lambda v: v in (None, 0, 0.0),
-    "frequency_penalty": lambda v: v in (None, 0, 0.0), "logprobs": lambda v: v in (None, False),
-    "top_logprobs": lambda v: v in (None, 0), "response_format": lambda v: v is None or v == {"type": "text"},
+    "frequency_penalty": lambda v: v in (None, 0, 0.0),
+    "response_format": lambda v: v is None or v == {"type": "text"},
     "modalities": lambda v: v in (None, ["text"]), "audio": lambda v: v is None, "prediction": lambda v: v is None,
     "web_search_options": lambda v: v is None,
 }
@@ -256,13 +312,14 @@ def check_unsupported(body: dict) -> None:
     for name, harmless in UNSUPPORTED.items():
         if name in body and not harmless(body[name]):
             raise APIError(400, f"'{name}' is not supported by this server (Mobile-O answers in plain text, "
-                           "one answer per request, without tools or token log-probabilities); leave it out.",
+                           "one answer per request, without tools, penalties or logit biases); leave it out.",
                            param=name, code="unsupported_parameter")
 
 
 def parse_chat(body: dict, model_id: str, max_tokens_limit: int) -> ChatRequest:
-    """A ``/v1/chat/completions`` body -> :class:`ChatRequest` (images decoded, options checked
-    for type; the library checks ranges)."""
+    """A ``/v1/chat/completions`` body -> :class:`ChatRequest`: the messages read here (the image
+    as a reference, read later off the loop), the other fields by :class:`ChatFields`; the
+    library checks the decoding options' ranges."""
     check_model(body, model_id)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -292,32 +349,44 @@ def parse_chat(body: dict, model_id: str, max_tokens_limit: int) -> ChatRequest:
         raise APIError(400, "the last user message has no text; ask something.", param="messages",
                        code="empty_prompt")
     check_unsupported(body)
-    n = _get(body, "n", int, 1)
-    if n != 1:
-        raise APIError(400, "'n' must be 1: one answer per request.", param="n")
-    max_tokens = _get(body, "max_completion_tokens", int, None) or _get(body, "max_tokens", int, None)
+    f = ChatFields.read(body)
+    max_tokens = f.max_completion_tokens if f.max_completion_tokens is not None else f.max_tokens
     if max_tokens is not None and max_tokens > max_tokens_limit:
         raise APIError(400, f"'max_tokens' {max_tokens} is more than this server's limit of {max_tokens_limit}.",
                        param="max_tokens")
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP
-                             or not all(isinstance(s, str) and s for s in stop)):
-        raise APIError(400, f"'stop' must be a non-empty string or up to {MAX_STOP} of them.", param="stop")
-    stream_options = _get(body, "stream_options", dict, {})
-    options = {
-        "max_tokens": max_tokens,
-        "temp": _get(body, "temperature", (int, float), 0.0),
-        "top_p": _get(body, "top_p", (int, float), 1.0),
-        "top_k": _get(body, "top_k", int, 0),
-        "min_p": _get(body, "min_p", (int, float), 0.0),
-        "repetition_penalty": _get(body, "repetition_penalty", (int, float), None),
-        "seed": _get(body, "seed", int, None, check=lambda v: 0 <= v < SEED_LIMIT,
-                     what=f"an integer from 0 to {SEED_LIMIT - 1}"),
-    }
+    if f.top_logprobs and not f.logprobs:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+    options = {"max_tokens": max_tokens, "temp": _or(f.temperature, 0.0), "top_p": _or(f.top_p, 1.0),
+               "top_k": _or(f.top_k, 0), "min_p": _or(f.min_p, 0.0), "repetition_penalty": f.repetition_penalty,
+               "seed": f.seed}
     return ChatRequest(turns, images[0] if images else None, None, "\n".join(systems) if systems else None,
-                       bool(_get(body, "stream", bool, False)), bool(stream_options.get("include_usage")),
-                       list(stop or []), options)
+                       bool(f.stream), bool(f.stream_options and f.stream_options.include_usage),
+                       [f.stop] if isinstance(f.stop, str) else list(f.stop or []), options, bool(f.logprobs),
+                       f.top_logprobs or 0)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+class LogprobsByText:
+    """Token entries handed out with the answer's text: an entry goes with the first piece of
+    text that reaches its token's text; tokens wholly inside a cut stop sequence are never sent."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []  # (where the token's text starts in the answer, entry)
+        self.fed = 0  # characters of the answer made so far, sent or held back
+
+    def add(self, entry: dict, text: str) -> None:
+        self.pending.append((self.fed, entry))
+        self.fed += len(text)
+
+    def take(self, sent: int, everything: bool = False) -> list[dict]:
+        """The entries whose text has begun within the ``sent`` characters sent so far (all of
+        them with ``everything``: the answer ended without a stop sequence)."""
+        ready = [e for start, e in self.pending if everything or start < sent]
+        self.pending = [] if everything else [(start, e) for start, e in self.pending if start >= sent]
+        return ready
 
 
 class StopMatcher:
@@ -356,17 +425,34 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_completion(cid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def token_logprob(token: bytes, logprob: float, top: list[tuple[bytes, float]] | None = None) -> dict:
+    """One entry of ``logprobs.content``: the token's text (bytes that are part of a UTF-8
+    character written as ``\\xNN``), its bytes, its log-probability and (``top``) the most
+    likely tokens at its place."""
+    def one(b: bytes, lp: float) -> dict:
+        return {"token": b.decode("utf-8", "backslashreplace"), "logprob": lp, "bytes": list(b)}
+
+    return {**one(token, logprob), "top_logprobs": [one(b, lp) for b, lp in top or []]}
+
+
+def logprobs_of(entries: list[dict] | None) -> dict | None:
+    """A choice's ``logprobs``: None unless asked for."""
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def chat_completion(cid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int,
+                    logprobs: list[dict] | None = None) -> dict:
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                         "logprobs": None}],
+                         "logprobs": logprobs_of(logprobs)}],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
-def chat_chunk(cid: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None) -> dict:
+def chat_chunk(cid: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None,
+               logprobs: list[dict] | None = None) -> dict:
     out = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-           "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None
-           else []}
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs_of(logprobs)}]
+           if delta is not None else []}
     if usage_ is not None:
         out["usage"] = usage_
     return out
@@ -390,38 +476,21 @@ def parse_size(size, param: str = "size") -> tuple[int | None, int | None]:
     return int(m.group(2)), int(m.group(1))
 
 
-def _form_number(form: dict, name: str, kind):
-    """A multipart field (always a string) as ``kind``."""
-    value = form.get(name)
-    if value is None or not isinstance(value, str):
-        return value
-    try:
-        return kind(value)
-    except ValueError:
-        raise APIError(400, f"'{name}' must be {_kind_name(kind)}, got {value!r}.", param=name) from None
-
-
 def parse_image_request(body: dict, model_id: str, form: bool = False) -> ImageRequest:
     """A ``/v1/images/generations`` JSON body, or (``form``) the fields of a
     ``/v1/images/edits`` upload, -> :class:`ImageRequest` (the edit's image is added by the caller)."""
-    if form:
-        body = {**body, **{k: _form_number(body, k, kind) for k, kind in
-                           (("n", int), ("seed", int), ("steps", int), ("guidance", float)) if k in body}}
+    f = ImageFields.read(body, form)
     check_model(body, model_id)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise APIError(400, "'prompt' must be a non-empty string.", param="prompt", code="empty_prompt")
-    fmt = body.get("response_format") or "b64_json"
+    fmt = f.response_format or "b64_json"
     if fmt != "b64_json":
         raise APIError(400, f"'response_format' {fmt!r} is not supported: this server returns images inline "
                        "(\"b64_json\"); it hosts no files to point a URL at.", param="response_format")
-    n = _get(body, "n", int, 1, check=lambda v: 1 <= v <= MAX_IMAGES_PER_REQUEST,
-             what=f"an integer from 1 to {MAX_IMAGES_PER_REQUEST}")
-    height, width = parse_size(body.get("size"))
-    settings = ImageSettings(prompt, steps=_get(body, "steps", int, None),
-                             guidance=_get(body, "guidance", (int, float), None), seed=_get(body, "seed", int, None),
-                             n_images=n, height=height, width=width,
-                             scheduler=_get(body, "scheduler", str, ImageSettings.scheduler))
+    height, width = parse_size(f.size)
+    settings = ImageSettings(prompt, steps=f.steps, guidance=f.guidance, seed=f.seed, n_images=_or(f.n, 1),
+                             height=height, width=width, scheduler=_or(f.scheduler, ImageSettings.scheduler))
     try:
         return ImageRequest(settings.check())
     except MobileOError as e:

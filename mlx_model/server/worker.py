@@ -89,8 +89,9 @@ class Worker:
         self.max_queue = max_queue
         self.state = None
         self.current: Job | None = None  # the job running now
-        # client_errors: jobs that ended in a bad-input error (a 4xx), not counted as failures
-        self.stats = {"done": 0, "failed": 0, "client_errors": 0, "cancelled": 0, "rejected": 0}
+        # invalid: jobs that ended in a bad-input error (answered 4xx: the server's client_errors
+        # count them too), not counted as failures; rejected: refused with a full queue (503)
+        self.stats = {"done": 0, "failed": 0, "invalid": 0, "cancelled": 0, "rejected": 0}
         self.durations: dict[str, collections.deque] = {}  # kind -> the last seconds of finished jobs
         self._started_at = 0.0  # when the running job began
         self._ready = threading.Event()
@@ -173,7 +174,7 @@ class Worker:
         except Cancelled:
             self.stats["cancelled"] += 1
         except Exception as e:  # the request turns it into an error answer
-            self.stats["client_errors" if isinstance(e, MobileOError) else "failed"] += 1
+            self.stats["invalid" if isinstance(e, MobileOError) else "failed"] += 1
             job.emit("error", detached(e))
         else:
             self.stats["done"] += 1

@@ -29,10 +29,10 @@ from weights.core.configs import MobileOConfig
 from weights.core.errors import WeightsError
 from weights.loading.hub import MLX_FOLDER_MARK
 
-from mlx_model.support.quant import QUANT_GROUP_SIZE, cast, finish_quantized, quantizable, quantize_linears
+from mlx_model.support.quant import QUANT_GROUP_SIZE, cast, finish_quantized, quantize_linears, quantized_modules
 
 FORMAT = "mobileo-mlx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bf16 scales/biases, quantized embedding, bf16 floats, no VAE encoder
 META_KEY = MLX_FOLDER_MARK  # in config.json
 QUANTIZED = QUANTIZED_PARTS  # the parts whose Linear layers -q quantizes: ("llm", "dit")
 
@@ -92,23 +92,40 @@ class MLXFolder:
     def load_into(self, module, component: str, quantize: int = 0, dtype=None,
                   dequantize: bool | None = None, keep_stored: tuple[str, ...] = (), prefix: str = ""):
         """Fill ``module`` (float structure, as built from the config) with ``component``:
-        quantized in place first when the folder's component is, then ``mx.load`` + strict
-        ``load_weights`` of the tensors under ``prefix`` (e.g. the VAE's ``decoder.``); float
-        parameters cast to ``dtype``, except those named in ``keep_stored`` (dotted parameter
-        paths), which keep the folder's dtype (e.g. bf16)."""
-        import mlx.core as mx
+        ``mx.load`` (lazy) of the tensors under ``prefix`` (e.g. the VAE's ``decoder.``), the
+        layers the file holds quantized (a ``.scales`` tensor, as mlx-lm's ``load``) made
+        quantized in place -- their never-evaluated float weights are replaced, not computed --
+        then a strict ``load_weights``; float parameters cast to ``dtype``, except quantized
+        layers' scales/biases (bf16 as stored) and those named in ``keep_stored`` (dotted
+        parameter paths), which keep the folder's dtype."""
         import mlx.nn as nn
-        from mlx.utils import tree_map_with_path
 
         if not self.has(component):
             raise WeightsError(f"{self.folder} holds no {component} weights.",
-                               fix="convert the model again with mobileo-convert.")
+                               fix="convert the model again with mobileo-convert (python -m mlx_model.convert).")
         q = self.quantization
         if component in QUANTIZED:
             self.check_quantize(quantize, q["group_size"])
-            if q["bits"]:
-                nn.quantize(module, group_size=q["group_size"], bits=q["bits"],
-                            class_predicate=quantizable(q["group_size"]))
+        weights = self._read(component, prefix)
+        if q["bits"] and any(k.endswith(".scales") for k in weights):
+            nn.quantize(module, group_size=q["group_size"], bits=q["bits"],
+                        class_predicate=lambda p, m: hasattr(m, "to_quantized") and f"{p}.scales" in weights)
+        try:
+            module.load_weights(list(weights.items()), strict=True)
+        except ValueError as e:
+            raise WeightsError(f"{self.folder / self.meta['files'][component]} does not match the {component} "
+                               f"model: {str(e).splitlines()[0]}",
+                               fix="convert the model again with this version of mobileo-convert.") from None
+        import mlx.core as mx
+
+        cast(module, mx.float32 if dtype is None else dtype, keep_stored)  # as the checkpoint path
+        if quantized_modules(module):
+            finish_quantized(module, dequantize, dtype)
+        return module
+
+    def _read(self, component: str, prefix: str = "") -> dict:
+        import mlx.core as mx
+
         path = self.folder / self.meta["files"][component]
         if not path.is_file():
             raise WeightsError(f"the MLX folder {self.folder} lists {path.name} for its {component} weights, but "
@@ -116,23 +133,10 @@ class MLXFolder:
                                "with mobileo-convert.")
         try:
             weights = mx.load(str(path))
-            if prefix:
-                weights = {k: v for k, v in weights.items() if k.startswith(prefix)}
-        except Exception as e:  # missing or corrupt file
+        except Exception as e:  # corrupt file
             raise WeightsError(f"cannot read {path} ({type(e).__name__}).",
                                fix="convert the model again with mobileo-convert.") from None
-        try:
-            module.load_weights(list(weights.items()), strict=True)
-        except ValueError as e:
-            raise WeightsError(f"{path} does not match the {component} model: {str(e).splitlines()[0]}",
-                               fix="convert the model again with this version of mobileo-convert.") from None
-        dtype = mx.float32 if dtype is None else dtype  # as the checkpoint path (bf16 -> fp32, exact)
-        module.update(tree_map_with_path(
-            lambda path, x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype
-            and path not in keep_stored else x, module.parameters()))
-        if component in QUANTIZED and q["bits"]:
-            finish_quantized(module, dequantize)
-        return module
+        return {k: v for k, v in weights.items() if k.startswith(prefix)} if prefix else weights
 
 
 FOLDER_KIND = (is_mlx_folder, MLXFolder.open)  # for weights.loading.hub.open_model(kinds=...)
@@ -153,7 +157,7 @@ def native(ckpt) -> bool:
 
 def load_part(module, ckpt, part: str, *, dtype=None, tensors=None, used: str | None = None, keys=None,
               quantize: int = 0, group_size: int = QUANT_GROUP_SIZE, dequantize: bool | None = None,
-              keep_stored: tuple[str, ...] = ()):
+              keep_stored: tuple[str, ...] = (), embeddings: bool = False):
     """Fill ``module`` with checkpoint part ``part`` (``weights.core.components.CHECKPOINT_PARTS``)
     and return it evaluated, in inference mode.  The one loader of both sources:
 
@@ -163,7 +167,8 @@ def load_part(module, ckpt, part: str, *, dtype=None, tensors=None, used: str | 
     * a checkpoint, or explicit ``tensors`` (part-local, numpy; ``ckpt`` may then be None):
       mapped to MLX names (then ``keys``, e.g. mlx-lm's ``sanitize``), shape-checked, cast to
       ``dtype``, Linear layers quantized to ``quantize`` bits (``dequantize``: see
-      :func:`mlx_model.support.quant.quantize_linears`).
+      :func:`mlx_model.support.quant.quantize_linears`; ``embeddings``: the Embedding tables
+      too, as mlx-lm -- the LLM's).
 
     ``used``: only the part-local keys under this prefix, without those inference never
     reads (``Checkpoint.load_used``; e.g. ``Component.prefix`` of the VAE decoder); None: all.
@@ -179,7 +184,7 @@ def load_part(module, ckpt, part: str, *, dtype=None, tensors=None, used: str | 
             tensors = ckpt.load_used(part, used)
         load_component(module, ckpt, part, tensors=tensors, keys=keys)
         cast(module, dtype)
-        quantize_linears(module, quantize, group_size, dequantize)
+        quantize_linears(module, quantize, group_size, dequantize, embeddings=embeddings, dtype=dtype)
     module.eval()
     mx.eval(module.parameters())
     return module

@@ -11,6 +11,10 @@ DEFAULT_QUANTIZE = 4  # every entry point's default (-q 4): the one place it is 
 QUANT_GROUP_SIZE = 64  # MLX / mlx-lm default; Mobile-O ships its LLM 4-bit with group 64
 GROUP_SIZES = (32, 64, 128)  # the group sizes mx.quantize takes
 QMM_MAX_ROWS = 16  # on CPU: up to this many input rows, MLX's quantized matmul; above, JIT dequantize
+JIT_CHUNK_BYTES = 64 * 2**20  # on CPU: a JIT-dequantized weight larger than this is dequantized in row blocks
+# scales and biases are kept (in memory and in an MLX folder) in bfloat16, as mlx-community's
+# conversions of bf16 models hold them: half the bytes of fp32 (~1 bit per 4-bit weight at group 64)
+SCALES_DTYPE = "bfloat16"
 
 
 def check_bits(quantize: int) -> int:
@@ -22,9 +26,12 @@ def check_bits(quantize: int) -> int:
 
 
 def quantize_linears(module, quantize: int, group_size: int = QUANT_GROUP_SIZE,
-                     dequantize: bool | None = None):
-    """Affine ``quantize``-bit quantization of the Linear layers whose input dim is a multiple of
-    ``group_size`` (the others stay float).  ``quantize`` 0: unchanged.
+                     dequantize: bool | None = None, embeddings: bool = False, dtype=None):
+    """Affine ``quantize``-bit quantization of the Linear layers (and, with ``embeddings``, the
+    Embedding tables, as mlx-lm: a tied LM head then multiplies by the quantized table through
+    ``QuantizedEmbedding.as_linear``) whose input dim is a multiple of ``group_size`` (the
+    others stay float).  ``quantize`` 0: unchanged.  Quantized from the float weights; scales
+    and biases then rounded to :data:`SCALES_DTYPE` (bf16), exactly what an MLX folder stores.
 
     ``dequantize`` True turns the quantized layers back into float Linear layers holding the
     *dequantized* 4/8-bit values (float memory); False keeps MLX's ``QuantizedLinear``; None
@@ -37,19 +44,42 @@ def quantize_linears(module, quantize: int, group_size: int = QUANT_GROUP_SIZE,
 
     if not quantize:
         return module
-    nn.quantize(module, group_size=group_size, bits=quantize, class_predicate=quantizable(group_size))
-    return finish_quantized(module, dequantize)
+    nn.quantize(module, group_size=group_size, bits=quantize, class_predicate=quantizable(group_size, embeddings))
+    scales_to_stored(module)
+    return finish_quantized(module, dequantize, dtype)
 
 
-def quantizable(group_size: int = QUANT_GROUP_SIZE):
-    """``nn.quantize``'s predicate: the Linear layers whose input width is a multiple of the group."""
+def quantizable(group_size: int = QUANT_GROUP_SIZE, embeddings: bool = False):
+    """``nn.quantize``'s predicate: the Linear layers (and Embedding tables when ``embeddings``)
+    whose input width is a multiple of the group."""
     import mlx.nn as nn
 
-    return lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0
+    kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
+    return lambda _, m: isinstance(m, kinds) and m.weight.shape[-1] % group_size == 0
 
 
-def finish_quantized(module, dequantize: bool | None = None):
-    """The compute form of a module's QuantizedLinear layers (see :func:`quantize_linears`)."""
+def quantized_modules(module) -> dict:
+    """{dotted name: module} of the quantized layers (QuantizedLinear, QuantizedEmbedding)."""
+    import mlx.nn as nn
+
+    return {n: m for n, m in module.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+
+
+def scales_to_stored(module):
+    """Round every quantized layer's scales and biases to :data:`SCALES_DTYPE` (kept so)."""
+    import mlx.core as mx
+
+    low = getattr(mx, SCALES_DTYPE)
+    for _, m in quantized_modules(module).items():
+        m.scales = m.scales.astype(low)
+        m.biases = m.biases.astype(low)
+    return module
+
+
+def finish_quantized(module, dequantize: bool | None = None, dtype=None):
+    """The compute form of a module's quantized layers (see :func:`quantize_linears`);
+    ``dtype``: the float dtype of dequantized weights (default fp32)."""
     if dequantize is None:
         from mlx_model.support.platform import metal_available
 
@@ -57,61 +87,89 @@ def finish_quantized(module, dequantize: bool | None = None):
             return jit_linears(module)
         return module
     if dequantize:
-        dequantize_linears(module)
+        dequantize_linears(module, dtype)
     return module
 
 
-def _jit_class():
+def _dequantized_matmul(m, x):
+    """``x @ W.T`` with W = ``m``'s weight dequantized in ``x``'s dtype just for this call (scales
+    upcast first: the same values as MLX's quantized matmul), in blocks of output rows when W
+    would be over :data:`JIT_CHUNK_BYTES` (an LM head: 136M weights, 0.5 GB in fp32)."""
+    import mlx.core as mx
+
+    s, b = m.scales.astype(x.dtype), m.biases.astype(x.dtype)
+    rows = m.weight.shape[0]
+    step = max(1, min(rows, JIT_CHUNK_BYTES // max(1, x.shape[-1] * x.itemsize)))
+    outs = []
+    for i in range(0, rows, step):
+        w = mx.dequantize(m.weight[i:i + step], s[i:i + step], b[i:i + step], group_size=m.group_size,
+                          bits=m.bits, mode=m.mode)
+        outs.append(x @ w.T)
+        if len(outs) > 1:
+            mx.eval(outs[-1])  # one block's dequantized weight alive at a time
+    return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=-1)
+
+
+def _jit_classes():
     import mlx.core as mx
     import mlx.nn as nn
 
     class JITQuantizedLinear(nn.QuantizedLinear):
         """A QuantizedLinear (same parameters: packed weight, scales, biases) for CPUs: inputs
         of more than :data:`QMM_MAX_ROWS` rows are multiplied by the weight dequantized just
-        for this call (a temporary, freed after the matmul), fewer rows go through MLX's
-        quantized matmul.  Memory holds the packed weights; the values are those of the
-        dequantized model."""
+        for this call (a temporary, freed after the matmul; in blocks when large), fewer rows
+        go through MLX's quantized matmul.  Memory holds the packed weights; the values are
+        those of the dequantized model."""
 
         def __call__(self, x):
             if x.size // x.shape[-1] <= QMM_MAX_ROWS:
                 return super().__call__(x)
-            w = mx.dequantize(self.weight, self.scales, self.biases, group_size=self.group_size,
-                              bits=self.bits, mode=self.mode).astype(self.scales.dtype)
-            if "bias" in self:
-                return mx.addmm(self.bias, x, w.T)
-            return x @ w.T
+            y = _dequantized_matmul(self, x)
+            return y + self.bias if "bias" in self else y
 
-    return JITQuantizedLinear
+    class JITQuantizedEmbedding(nn.QuantizedEmbedding):
+        """A QuantizedEmbedding whose ``as_linear`` (a tied LM head) takes the same JIT path."""
+
+        def as_linear(self, x):
+            if x.size // x.shape[-1] <= QMM_MAX_ROWS:
+                return super().as_linear(x)
+            return _dequantized_matmul(self, x)
+
+    return {nn.QuantizedLinear: JITQuantizedLinear, nn.QuantizedEmbedding: JITQuantizedEmbedding}
 
 
 _JIT = None
 
 
 def jit_linears(module):
-    """Make every QuantizedLinear of ``module`` a :class:`JITQuantizedLinear` (no copy)."""
-    import mlx.nn as nn
-
+    """Make every quantized layer of ``module`` its JIT form (:class:`JITQuantizedLinear`,
+    :class:`JITQuantizedEmbedding`; no copy)."""
     global _JIT
     if _JIT is None:
-        _JIT = _jit_class()
-    for _, m in module.named_modules():
-        if isinstance(m, nn.QuantizedLinear) and not isinstance(m, _JIT):
-            m.__class__ = _JIT
+        _JIT = _jit_classes()
+    for _, m in quantized_modules(module).items():
+        for base, jit in _JIT.items():
+            if type(m) is base:
+                m.__class__ = jit
     return module
 
 
-def dequantize_linears(module):
-    """Replace every QuantizedLinear by a Linear with its dequantized weight (same values)."""
+def dequantize_linears(module, dtype=None):
+    """Replace every QuantizedLinear by a Linear with its dequantized weight (same values) in
+    ``dtype`` (default fp32)."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map_with_path
 
+    dtype = mx.float32 if dtype is None else dtype
+
     def swap(_, m):
         if not isinstance(m, nn.QuantizedLinear):
             return m
-        w = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits, mode=m.mode)
+        w = mx.dequantize(m.weight, m.scales.astype(dtype), m.biases.astype(dtype), group_size=m.group_size,
+                          bits=m.bits, mode=m.mode)
         lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
-        lin.weight = w.astype(m.scales.dtype)
+        lin.weight = w
         if "bias" in m:
             lin.bias = m.bias
         return lin
@@ -120,10 +178,42 @@ def dequantize_linears(module):
     return module
 
 
-def cast(module, dtype):
-    """Cast the floating-point parameters (not quantized weights) to ``dtype``."""
+def cast(module, dtype, keep: tuple[str, ...] = ()):
+    """Cast the floating-point parameters to ``dtype``, except the quantized layers' scales and
+    biases (kept in :data:`SCALES_DTYPE`) and the dotted parameter paths in ``keep``."""
     import mlx.core as mx
+    from mlx.utils import tree_map_with_path
 
-    if dtype is not None and dtype != mx.float32:
-        module.apply(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x)
+    if dtype is None:
+        return module
+    qnames = set(quantized_modules(module))
+
+    def one(path, x):
+        owner, _, leaf = path.rpartition(".")
+        stays = path in keep or (owner in qnames and leaf in ("scales", "biases"))
+        return x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype and not stays else x
+
+    module.update(tree_map_with_path(one, module.parameters()))
+    return module
+
+
+
+def hold_exact(module, low="bfloat16"):
+    """Hold every fp32 parameter that ``low`` (bf16) represents exactly in ``low``: half the
+    memory, the same values.  Activations stay whatever the caller feeds (fp32 on CPU): MLX
+    widens each weight inside its op, so results are bit-identical (the VAE decoder, the
+    vision tower of a bf16 checkpoint or MLX folder)."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+
+    low = getattr(mx, low)
+
+    def one(x):
+        if x.dtype != mx.float32:
+            return x
+        y = x.astype(low)
+        return y if mx.array_equal(y.astype(mx.float32), x).item() else x
+
+    module.update(tree_map(one, module.parameters()))
+    mx.eval(module.parameters())
     return module

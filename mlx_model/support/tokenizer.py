@@ -68,6 +68,23 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token ``i`` stands for (a byte-level BPE token may be part of a UTF-8
+        character, so its text alone cannot say); a special token's own name."""
+        from weights.mapping.tokenizer_files import byte_decoder
+
+        name = self._tok.id_to_token(i) or ""
+        if i not in self._special_ids():
+            decode = byte_decoder()
+            if all(c in decode for c in name):
+                return bytes(decode[c] for c in name)
+        return name.encode("utf-8")
+
+    def _special_ids(self) -> set[int]:
+        if not hasattr(self, "_specials"):
+            self._specials = set(self._tok.get_added_tokens_decoder())
+        return self._specials
+
     def token_id(self, name: str) -> int:
         i = self._tok.token_to_id(name)
         if i is None:

@@ -8,7 +8,14 @@
 - load time and peak RSS: ``-q 4`` quantized at load from the bf16 checkpoint vs read from
   the pre-quantized folder;
 - understanding decode tokens/s: our ``decode_steps`` vs mlx-lm's own ``generate_step`` on
-  the same 4-bit LLM weights (greedy; the token ids are compared).
+  the same 4-bit LLM weights (greedy; the token ids are compared);
+- per op kind (linear, depthwise conv, conv, attention, norm, other = elementwise / casts /
+  transposes), exclusive seconds of one DiT call (the CFG pair) and one DC-AE decode: MLX
+  float, MLX ``-q 4`` (folder) and torch on the same shapes (``--no-ops`` leaves it out).
+
+The BLAS in use (library file, OpenBLAS configuration and core name: the kernels it runs) is
+recorded in the table's first line and bench.json; ``OPENBLAS_CORETYPE`` and
+``OPENBLAS_L2_SIZE`` are unset for the workers, so OpenBLAS picks its kernels for the CPU.
 
     python tests/tools/bench.py --model checkpoints/full [--q4 DIR] [--steps 2] [--tokens 32]
     python tests/tools/bench.py --model demo --quick          # seconds; what CI runs
@@ -154,7 +161,156 @@ def work_decode(a) -> dict:
             "decode_tok_s": n / (t2 - t1) if n > 0 and t2 > t1 else 0.0, "token_ids": tokens}
 
 
-WORKERS = {"generate": work_generate, "torch": work_torch, "load": work_load, "decode": work_decode}
+# ------------------------------------------------------------------ per-op profile (one DiT step, one decode)
+OP_KINDS = ("linear", "depthwise conv", "conv", "attention", "norm", "other")
+OTHER = "other"  # elementwise, casts, transposes, reshapes, concatenations: what the blocks add around the ops
+
+
+class OpTimer:
+    """Exclusive seconds per op kind: each timed call's own time less its timed children's.
+    MLX is lazy: a timed call first evaluates its inputs (that work belongs to the caller)
+    and then its output, so the ops it launched are the ones it is charged for."""
+
+    def __init__(self, sync=None):
+        self.sync = sync or (lambda *_: None)
+        self.seconds = {k: 0.0 for k in OP_KINDS}
+        self.stack = [0.0]
+
+    def timed(self, kind, fn):
+        """``fn`` timed as ``kind`` (a name, or a function of the call's first argument: a
+        method patched on a class, whose instances differ in kind)."""
+        def run(*args, **kw):
+            k = kind(args[0]) if callable(kind) else kind
+            self.sync(args)
+            self.stack.append(0.0)
+            t = time.perf_counter()
+            out = fn(*args, **kw)
+            self.sync(out)
+            took = time.perf_counter() - t
+            self.seconds[k] += took - self.stack.pop()
+            self.stack[-1] += took
+            return out
+        return run
+
+    def total(self, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.sync(out)
+        wall = time.perf_counter() - t
+        self.seconds[OTHER] += wall - self.stack[-1]
+        self.stack = [0.0]
+        return wall
+
+
+def _mlx_kind(m) -> str | None:
+    import mlx.nn as nn
+
+    from mlx_model.components import dcae, dit
+    from mlx_model.components.vision import DepthwiseConv2d
+
+    if isinstance(m, (nn.Linear, nn.QuantizedLinear)):
+        return "linear"
+    if isinstance(m, DepthwiseConv2d) or (isinstance(m, nn.Conv2d) and m.weight.shape[-1] == 1):
+        return "depthwise conv"
+    if isinstance(m, nn.Conv2d):
+        return "linear" if m.weight.shape[1:3] == (1, 1) else "conv"
+    if isinstance(m, (dit.LinearAttention, dit.CrossAttention, dcae.MultiscaleLinearAttention)):
+        return "attention"
+    if isinstance(m, (dcae.RMSNorm, nn.RMSNorm, nn.LayerNorm)):
+        return "norm"
+    return None
+
+
+def _mlx_instrument(timer, *modules):
+    """Time every module call by kind (patched on the instances' classes for this process)."""
+    from mlx_model.components import dit
+
+    for module in modules:
+        for _, m in module.named_modules():
+            cls = type(m)
+            if _mlx_kind(m) and "_op_timed" not in cls.__dict__:
+                cls.__call__, cls._op_timed = timer.timed(_mlx_kind, cls.__call__), True
+    dit._layer_norm = timer.timed("norm", dit._layer_norm)
+
+
+def _torch_kind(m) -> str | None:
+    import torch
+
+    name = type(m).__name__
+    if isinstance(m, torch.nn.Linear):
+        return "linear"
+    if isinstance(m, torch.nn.Conv2d):
+        if m.groups > 1:
+            return "depthwise conv" if m.groups == m.in_channels else "attention"  # DC-AE's grouped 1x1 aggregation
+        return "linear" if m.kernel_size == (1, 1) else "conv"
+    if name == "Attention" or name.endswith("LinearAttention"):
+        return "attention"
+    if "Norm" in name:
+        return "norm"
+    return None
+
+
+def _torch_instrument(timer, *modules):
+    for module in modules:
+        for m in module.modules():
+            kind = _torch_kind(m)
+            if kind:
+                m.forward = timer.timed(kind, m.forward)
+
+
+def work_ops(a) -> dict:
+    """One DiT call (the CFG pair, batch 2, at the model's latent size) and one decode, each
+    per op kind (exclusive seconds), after one untimed warm-up; MLX or torch."""
+    import numpy as np
+
+    cfg_src = __import__("mlx_model.support.mlx_folder", fromlist=["open_model"]).open_model(a.model)
+    cfg = cfg_src.config
+    rng = np.random.default_rng(0)
+    lat = rng.standard_normal((2, *cfg.latent_shape)).astype("float32")
+    ctx = rng.standard_normal((2, 40, cfg.dit.caption_channels)).astype("float32")
+    z = (lat[:1] / cfg.vae.scaling_factor).astype("float32")
+    if a.impl == "torch":
+        import torch
+
+        from weights.references import upstream
+
+        torch.set_grad_enabled(False)
+        dit = upstream.build("dit", cfg, cfg_src.load("dit"))
+        vae = upstream.build("vae", cfg, cfg_src.load("vae"))
+        timer = OpTimer()
+        step = lambda: dit(torch.from_numpy(lat), torch.from_numpy(ctx), torch.tensor([500.0, 500.0])).sample
+        decode = lambda: vae.decode(torch.from_numpy(z)).sample
+        instrument = lambda: _torch_instrument(timer, dit, vae)
+        extra = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+    else:
+        import mlx.core as mx
+
+        from mlx_model.components.dcae import AutoencoderDC
+        from mlx_model.components.dit import SanaTransformer
+
+        dit = SanaTransformer.from_checkpoint(cfg_src, a.quantize)
+        vae = AutoencoderDC.from_checkpoint(cfg_src, encoder=False)
+        from mlx.utils import tree_flatten
+
+        timer = OpTimer(sync=lambda x: mx.eval([v for _, v in tree_flatten(x, is_leaf=lambda v: not isinstance(
+            v, (list, tuple, dict))) if isinstance(v, mx.array)]))
+        step = lambda: dit(mx.array(lat), mx.array(ctx), mx.array([500.0, 500.0]))
+        decode = lambda: vae.decode(mx.array(z))
+        instrument = lambda: _mlx_instrument(timer, dit, vae)
+        extra = {"mlx_version": mx.__version__}
+    out = {}
+    for phase, fn in (("dit_step", step), ("decode", decode)):
+        timer.total(fn)  # warm-up (MLX compiles its shifted-sum kernels on first use)
+    instrument()
+    for phase, fn in (("dit_step", step), ("decode", decode)):
+        timer.seconds = {k: 0.0 for k in OP_KINDS}
+        wall = timer.total(fn)
+        out[phase] = {"wall_s": wall, "ops_s": dict(timer.seconds)}
+    return {**out, **extra}
+
+
+WORKERS = {"generate": work_generate, "torch": work_torch, "load": work_load, "decode": work_decode,
+           "ops": work_ops, "blas": lambda a: blas_info()}
 
 
 def worker_main(argv) -> None:
@@ -173,11 +329,15 @@ def worker_main(argv) -> None:
 
 
 # ------------------------------------------------------------------ driver
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # unset for the workers: OpenBLAS picks its own kernels
+
+
 def run_worker(args: list[str], timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_ENV}
     t = time.perf_counter()
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
     wall = time.perf_counter() - t
@@ -242,7 +402,54 @@ def table(rows: list[dict]) -> str:
         ids = [r["result"].get("token_ids") for r in dec if "error" not in r["result"]]
         if len(ids) == 2:
             lines.append(f"same token ids: {ids[0] == ids[1]}")
+    lines += ops_table([r for r in rows if r["group"] == "ops"])
     return "\n".join(lines)
+
+
+def ops_table(ops: list[dict]) -> list[str]:
+    """Seconds per op kind for one DiT call and one decode, each contender, and MLX / torch."""
+    ok = [r for r in ops if "error" not in r["result"]]
+    lines = [f"{r['name']:<40}  {r['result']['error']}" for r in ops if r not in ok]
+    if not ok:
+        return lines
+    torch_row = next((r for r in ok if r["args"][-1] == "torch"), None)
+    for phase, title in (("dit_step", "one DiT call (CFG pair, batch 2)"), ("decode", "one DC-AE decode")):
+        lines += ["", f"per op kind, {title}: exclusive seconds (each op synchronised; 'other' = elementwise, "
+                  "casts, transposes, reshapes around the ops)",
+                  f"{'op kind':<16}" + "".join(f"{r['name'][:22]:>24}" for r in ok)
+                  + ("".join(f"{'/torch ' + r['name'][:8]:>18}" for r in ok if r is not torch_row) if torch_row else "")]
+        for kind in (*OP_KINDS, "total"):
+            vals = [r["result"][phase]["wall_s"] if kind == "total" else r["result"][phase]["ops_s"][kind] for r in ok]
+            row = f"{kind:<16}" + "".join(f"{v:>24.3f}" for v in vals)
+            if torch_row:
+                t = vals[ok.index(torch_row)]
+                row += "".join(f"{(v / t if t > 0 else float('nan')):>18.2f}" for r, v in zip(ok, vals) if r is not torch_row)
+            lines.append(row)
+    return lines
+
+
+def blas_info() -> dict:
+    """The BLAS this process (and so every worker, LD_PRELOAD being inherited) runs: the
+    library file mapped in and, for OpenBLAS, its configuration and core (kernel) name."""
+    import ctypes
+
+    import mlx.core as mx
+
+    mx.eval(mx.ones((2, 2)) @ mx.ones((2, 2)))  # make sure a BLAS is mapped
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    libs = sorted({ln.split()[-1] for ln in maps.splitlines() if "blas" in ln.lower() and "/" in ln})
+    info = {"libraries": libs, "LD_PRELOAD": os.environ.get("LD_PRELOAD", "")}
+    for lib in libs:
+        try:
+            h = ctypes.CDLL(lib)
+            for fn in ("openblas_get_config", "openblas_get_corename"):
+                f = getattr(h, fn)
+                f.restype = ctypes.c_char_p
+                info[fn.replace("openblas_get_", "openblas_")] = f().decode()
+            break
+        except (OSError, AttributeError):
+            continue
+    return info
 
 
 def main(argv=None) -> int:
@@ -257,6 +464,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=32, help="answer tokens decoded")
     p.add_argument("--quick", action="store_true", help="1 step, 4 tokens (CI smoke run on --model demo)")
     p.add_argument("--no-torch", action="store_true", help="leave out the torch reference")
+    p.add_argument("--no-ops", action="store_true", help="leave out the per-op profile")
+    p.add_argument("--only", nargs="+", choices=("generate", "load", "decode", "ops"), help="run these groups only")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
     p.add_argument("--out", default=str(ROOT / "build"), help="folder for bench.json and bench.txt")
     a = p.parse_args(argv)
@@ -279,8 +488,20 @@ def main(argv=None) -> int:
         ("decode", "ours (understanding.decode_steps)", ["decode", "--model", q4, "-q", "4", "--impl", "ours", *n]),
         ("decode", "mlx-lm generate_step", ["decode", "--model", q4, "-q", "4", "--impl", "mlx-lm", *n]),
     ]
+    if not a.no_ops:
+        contenders += [
+            ("ops", "MLX float (bf16 checkpoint)", ["ops", "--model", a.model, "-q", "0", "--impl", "mlx"]),
+            ("ops", "MLX -q 4 (folder)", ["ops", "--model", q4, "-q", "4", "--impl", "mlx"]),
+        ] + ([] if a.no_torch else [("ops", "torch reference (fp32)", ["ops", "--model", a.model, "--impl", "torch"])])
+    if a.only:
+        contenders = [c for c in contenders if c[0] in a.only]
     rows = []
-    info = {"model": a.model, "q4_folder": q4, "steps": a.steps, "tokens": a.tokens, "python": sys.version.split()[0],
+    blas = run_worker(["blas", "--model", "-"], 120)  # as the workers see it (their environment)
+    blas.setdefault("libraries", [])
+    print(f"BLAS: {blas.get('openblas_config') or blas['libraries']}; core {blas.get('openblas_corename', '?')}",
+          file=sys.stderr, flush=True)
+    info = {"blas": blas, "unset_env": sorted(k for k in BLAS_ENV if k in os.environ),
+            "model": a.model, "q4_folder": q4, "steps": a.steps, "tokens": a.tokens, "python": sys.version.split()[0],
             "platform": platform.platform(), "cpus": os.cpu_count(), "rows": rows, "complete": False,
             "note": "reports, never asserts; peak RSS per process (VmHWM)"}
     for group, name, args in contenders:
@@ -288,7 +509,8 @@ def main(argv=None) -> int:
         rows.append({"group": group, "name": name, "args": args, "result": run_worker(args, a.timeout)})
         (out_dir / "bench.json").write_text(json.dumps(info, indent=2) + "\n")  # partial results survive a stop
     info["complete"] = True
-    text = table(rows)
+    text = (f"BLAS: {blas.get('openblas_config') or ', '.join(blas['libraries']) or 'none found'}; "
+            f"core (kernels) {blas.get('openblas_corename', 'unknown')}\n\n" + table(rows))
     print(text)
     (out_dir / "bench.json").write_text(json.dumps(info, indent=2) + "\n")
     (out_dir / "bench.txt").write_text(text + "\n")

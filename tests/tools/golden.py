@@ -16,6 +16,20 @@ Writes (all generated, never committed; ``make swift-test`` puts them in build/g
                         (manifest.json, bundles, tokenizer files; ``make swift-test`` converts
                         the tiny model's mcp and dit); without it, a manifest written by
                         ``write_manifest`` over placeholder bundles with the contract's I/O
+  token_sampling.json   sampled decoding with fixed uniform draws: for several logits vectors
+                        and temperature / top-p / min-p / top-k settings, the tokens mlx-lm's
+                        own filters keep (apply_top_p, apply_min_p, apply_top_k in make_sampler's
+                        order) and the token each uniform u picks (inverse CDF over the kept
+                        tokens in id order, weights exp((l - max) / T)) for Swift's TokenSampler
+  coreml/               --export only: a recording for the Core ML stand-in (ios_bridge/swift/Tools/
+                        CoreMLStandIn): generate (pipeline.json's first prompt and initial latents,
+                        CORE_ML_STEPS steps) through the export's real mcp, dit and (when exported)
+                        vae_decoder and llm bundles, fakes for the others, and -- when the export has
+                        the llm and vision_encoder -- understand (pipeline.json's first question,
+                        greedy), edit (its first instruction) and a one-turn chat; bundles executed by
+                        coreml_convert.mil_exec, inputs built as
+                        CoreMLRunner.swift builds them; calls.json + arrays.bin hold every
+                        prediction's inputs and outputs, result.json the final latents (and image)
   host.json             the inputs the app computes for the pure-fp16 bundles, from
                         ``weights.bundles.contract`` (RoPE cos/sin, causal and padding masks,
                         KV-cache write masks, DiT timestep features) for Swift's HostInputs
@@ -343,6 +357,14 @@ class _FakeLLM:
         per_batch = [fake_hidden_states(*self._values(rows), num, self.dim) for rows in np.array(embeds)]
         return [mx.array(np.stack([b[j] for b in per_batch])) for j in range(num)]
 
+    def prefill(self, embeds, cache):
+        """A new prompt (mlx_model's LanguageModel.prefill): the last position's logits [1, 1, V]."""
+        import mlx.core as mx
+
+        self.values, self.generated = self._values(np.array(embeds)[0])[0], 0
+        logits = fake_logits(fake_next_token(self.values, 0, self.tokenizer.eos_id), self.tokenizer.vocab_size)
+        return mx.array(logits[None, None, :])
+
     def __call__(self, embeds, cache=None):
         import mlx.core as mx
 
@@ -483,6 +505,296 @@ def _embedding_rows_golden(contract) -> dict:
             "values": contract.dequantize_rows(packed).reshape(-1).tolist()}
 
 
+# ---------------------------------------------------------------------- token sampling
+
+# (temperature, top_p, top_k, min_p): Mobile-O's default (top-k 50), each filter alone, and mixes
+SAMPLING_SETTINGS = [(0.8, 1.0, 50, 0.0), (0.7, 0.9, 0, 0.0), (1.0, 1.0, 0, 0.05), (1.0, 0.9, 20, 0.0),
+                     (1.2, 0.95, 40, 0.02), (0.5, 0.8, 5, 0.1), (0.8, 1.0, 0, 0.0), (1.0, 0.5, 1000, 0.0)]
+SAMPLING_UNIFORMS = [0.0, 0.137, 0.5, 0.861, 0.9999]
+
+
+def sampling_filters(logits: np.ndarray, top_p: float, top_k: int, min_p: float) -> list[int]:
+    """Token ids mlx-lm's sampler keeps: its own filter functions on the log-probabilities at
+    temperature 1, in make_sampler's order (top-p, min-p, top-k; mlx_lm.sample_utils)."""
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    x = mx.array(logits[None, :])
+    x = x - mx.logsumexp(x, axis=-1, keepdims=True)
+    if 0 < top_p < 1.0:
+        x = apply_top_p(x, top_p)
+    if min_p != 0.0:
+        x = apply_min_p(x, min_p)
+    if top_k > 0:
+        x = apply_top_k(x, top_k)
+    kept = np.isfinite(np.array(x[0]))
+    return [int(i) for i in np.nonzero(kept)[0]]
+
+
+def inverse_cdf(logits: np.ndarray, kept: list[int], temperature: float, u: float) -> int:
+    """The first kept token (ascending id) whose cumulative weight exp((l - max) / T) exceeds u x total."""
+    m = float(np.max(logits))
+    w = np.exp((logits[kept].astype(np.float64) - m) / temperature)
+    cum = np.cumsum(w)
+    return int(kept[min(int(np.searchsorted(cum, u * cum[-1], side="right")), len(kept) - 1)])
+
+
+def token_sampling_goldens() -> dict:
+    rng = np.random.default_rng(23)
+    vectors = [(rng.standard_normal(2000) * 3).astype(np.float32) for _ in range(3)]
+    vectors[2][[5, 77, 1500]] = 15.0  # a peaked vector with three tied top tokens
+    cases = []
+    for v, logits in enumerate(vectors):
+        for temperature, top_p, top_k, min_p in SAMPLING_SETTINGS:
+            kept = sampling_filters(logits, top_p, top_k, min_p)
+            cases.append({"vector": v, "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+                          "kept": kept, "uniforms": SAMPLING_UNIFORMS,
+                          "tokens": [inverse_cdf(logits, kept, temperature, u) for u in SAMPLING_UNIFORMS]})
+    return {"vectors": [x.tolist() for x in vectors], "cases": cases}
+
+
+# ---------------------------------------------------------------------- Core ML recording
+
+CORE_ML_STEPS = 4
+
+
+class _Recorder:
+    """Runs bundles with the numpy MIL executor and records each call for the Swift stand-in."""
+
+    def __init__(self, export: Path, manifest: dict):
+        self.export, self.components = export, {c["name"]: c for c in manifest["components"]}
+        self.calls, self.blob = [], bytearray()
+
+    def _array(self, values: np.ndarray, dtype: str) -> dict:
+        a = np.ascontiguousarray(values, np.float32)
+        entry = {"shape": list(a.shape), "dtype": dtype, "offset": len(self.blob)}
+        self.blob += a.astype("<f4").tobytes()
+        return entry
+
+    def run(self, name: str, inputs: dict[str, np.ndarray], function: str | None = None,
+            states: dict | None = None) -> dict[str, np.ndarray]:
+        from coreml_convert.mil_exec import run_program
+
+        comp = self.components[name]
+        io = (comp.get("function_io") or {}).get(function) or comp
+        dtypes = {t["name"]: t["dtype"] for t in io["inputs"]}
+        kinds = {"float16": np.float16, "int32": np.int32}
+        cast = {k: np.asarray(v).astype(kinds.get(dtypes[k], np.float32)) for k, v in inputs.items()}
+        out = run_program(self.export / comp["file"], cast, function=function or "main", states=states)
+        out = {k: np.asarray(v, np.float32) for k, v in out.items()}
+        out_dtypes = {t["name"]: t["dtype"] for t in io["outputs"]}
+        self.calls.append({"bundle": comp["file"], "function": function, "stateful": states is not None,
+                           "inputs": {k: self._array(v.astype(np.float32), dtypes[k]) for k, v in cast.items()},
+                           "outputs": {k: self._array(v, out_dtypes.get(k, "float32")) for k, v in out.items()}})
+        return out
+
+    def length(self, name: str, feature: str, axis: int, n: int, function: str | None = None) -> int:
+        comp = self.components[name]
+        io = (comp.get("function_io") or {}).get(function) or comp
+        spec = next(t for t in io["inputs"] if t["name"] == feature)
+        sizes = (spec.get("enumerated") or {}).get(str(axis)) or [spec["shape"][axis]]
+        return min(s for s in sizes if s >= n)
+
+
+class _RecordedLLM:
+    """The llm bundle's three functions driven as CoreMLRunner.swift's CoreMLLanguageModel
+    drives them: embedding rows from the table beside the bundle (right-padded with the pad
+    token's row), host-computed RoPE, masks and cache positions, one KV-cache state shared by
+    "prefill" and "decode"."""
+
+    def __init__(self, rec: _Recorder, pipeline: dict, cfg):
+        from weights.bundles import contract
+
+        self.rec, self.cfg, self.contract = rec, cfg, contract
+        comp, host = rec.components["llm"], pipeline["host_inputs"]
+        entry = next(t for t in comp["files"] if t["file"] == host["embeddings"])
+        raw = np.fromfile(rec.export / entry["file"], np.uint8)
+        vocab, hidden = entry["shape"]
+        self.table = (contract.dequantize_rows(raw.reshape(vocab, hidden + 2)) if entry["dtype"] == "int8_row_scale"
+                      else raw.view("<f2").reshape(vocab, hidden).astype(np.float32))
+        tok = pipeline["tokenizer"]
+        names = {t["name"]: t["id"] for t in tok["special_tokens"]}
+        self.pad = names.get(tok["roles"].get("pad"), 0)
+        self.chunk, self.slots = host["chunk_length"], host["context_length"]
+        self.states, self.position = None, 0
+
+    def rows(self, ids, image_id: int | None = None, image: np.ndarray | None = None) -> np.ndarray:
+        """[L, D]: table rows, the image's rows in order at the image token's positions."""
+        out, n = [], 0
+        for i in ids:
+            if image is not None and i == image_id:
+                out.append(image[n]); n += 1
+            else:
+                out.append(self.table[i])
+        return np.array(out, np.float32)
+
+    def columns(self, rows: np.ndarray, a: int, b: int, length: int) -> np.ndarray:
+        part = np.concatenate([rows[a:b], np.tile(self.table[self.pad], (length - (b - a), 1))])
+        return part.T[None, :, None, :]
+
+    def hidden_states(self, rows: np.ndarray, k: int) -> list[np.ndarray]:
+        n = rows.shape[0]
+        s = self.rec.length("llm", "embeds", 3, n, function="hidden_states")
+        pos = np.arange(s)
+        cos, sin = self.contract.rope(self.cfg.llm, pos)
+        out = self.rec.run("llm", {"embeds": self.columns(rows, 0, n, s), "cos": cos, "sin": sin,
+                                   "attention_bias": self.contract.causal_bias(pos, pos, pos < n)},
+                           function="hidden_states")["hidden_states"]
+        assert out.shape[0] == k
+        return [out[j, :, 0, :n].T for j in range(k)]
+
+    def _step(self, function: str, embeds: np.ndarray, start: int, count: int) -> dict:
+        pos = np.arange(start, start + count)
+        cos, sin = self.contract.rope(self.cfg.llm, pos)
+        return self.rec.run("llm", {"embeds": embeds, "cos": cos, "sin": sin,
+                                    "attention_bias": self.contract.causal_bias(pos, np.arange(self.slots)),
+                                    "position": self.contract.cache_position(start, count, self.slots)},
+                            function=function, states=self.states)
+
+    def prefill(self, rows: np.ndarray) -> np.ndarray:
+        from coreml_convert.mil_exec import make_states
+
+        self.states = make_states(self.rec.export / self.rec.components["llm"]["file"], "decode")
+        last, start = rows.shape[0] - 1, 0
+        while start < last:
+            self._step("prefill", self.columns(rows, start, min(start + self.chunk, last), self.chunk), start, self.chunk)
+            start += self.chunk
+        self.position = last
+        return self.decode_embeds(self.columns(rows, last, last + 1, 1))
+
+    def decode_embeds(self, embeds: np.ndarray) -> np.ndarray:
+        out = self._step("decode", embeds, self.position, 1)
+        self.position += 1
+        names = sorted((n for n in out if n.startswith("logits_")), key=lambda n: int(n[7:]))
+        return np.concatenate([out[n].reshape(-1) for n in names])
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.decode_embeds(self.table[[token]].T[None, :, None, :])
+
+
+CORE_ML_ANSWER_TOKENS = 8
+
+
+def _greedy(rec: _Recorder, p: dict, cfg, ids: list[int], image: np.ndarray | None) -> list[int]:
+    """Greedy answer through the llm bundle (prefill, then decode), as CoreMLRunner.swift drives it."""
+    llm = _RecordedLLM(rec, p, cfg)
+    tok = p["tokenizer"]
+    names = {t["name"]: t["id"] for t in tok["special_tokens"]}
+    image_id, eos = names[tok["roles"]["image"]], names[tok["roles"]["eos"]]
+    logits, out = llm.prefill(llm.rows(ids, image_id, image)), []
+    for n in range(CORE_ML_ANSWER_TOKENS):
+        nxt = int(np.argmax(logits))
+        if nxt == eos:
+            break
+        out.append(nxt)
+        if n + 1 < CORE_ML_ANSWER_TOKENS:
+            logits = llm.decode(nxt)
+    return out
+
+
+def _recorded_answer(rec: _Recorder, p: dict, cfg, case: dict) -> dict:
+    """understand (pipeline.json's first question) through the vision_encoder and llm bundles, greedy."""
+    feats = rec.run("vision_encoder", {"image": fake_pixels(p["image_preprocess"]["size"])[None]})["image_features"]
+    return {"question": case["question"], "max_new_tokens": CORE_ML_ANSWER_TOKENS, "prompt_ids": case["ids"],
+            "ids": _greedy(rec, p, cfg, case["ids"], feats[0, :, 0, :].T)}
+
+
+CORE_ML_CHAT = "hello there"
+
+
+def _recorded_chat(rec: _Recorder, p: dict, cfg) -> dict:
+    """A one-turn text chat through the llm bundle: the manifest's chat template around the
+    message, token ids from the export's tokenizer.json (the `tokenizers` library), greedy."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(rec.export / next(f["file"] for f in p["tokenizer"]["files"]
+                                                    if f["file"].endswith("tokenizer.json"))))
+    ids = tok.encode(p["prompts"]["chat"].replace("{qs}", CORE_ML_CHAT), add_special_tokens=False).ids
+    return {"message": CORE_ML_CHAT, "max_new_tokens": CORE_ML_ANSWER_TOKENS, "prompt_ids": ids,
+            "ids": _greedy(rec, p, cfg, ids, None)}
+
+
+def _channels(rows: np.ndarray, s: int) -> np.ndarray:
+    """[L, C] -> (C, 1, S), right-padded with zeros (CoreMLRunner's rowsToChannels)."""
+    out = np.zeros((rows.shape[1], 1, s), np.float32)
+    out[:, 0, :rows.shape[0]] = rows.T
+    return out
+
+
+def _recorded_image(rec: _Recorder, p: dict, cfg, case: dict, image: np.ndarray | None = None) -> dict:
+    """One image task (generate, or edit with the image's embedding rows) through the bundles:
+    the llm's hidden_states (or the fake LLM's), the MCP (conditional and unconditional), the DiT
+    with CFG over CORE_ML_STEPS steps from the case's initial latents, the VAE when exported."""
+    from mlx_model.pipelines.generation import sample
+    from mlx_model.support.scheduler import SCHEDULERS, classifier_free_guidance
+    from weights.bundles import contract
+
+    k, dim = p["conditioning"]["hidden_states"], p["conditioning"]["llm_hidden_size"]
+    if "llm" in rec.components:
+        llm = _RecordedLLM(rec, p, cfg)
+        tok = p["tokenizer"]
+        image_id = {t["name"]: t["id"] for t in tok["special_tokens"]}[tok["roles"]["image"]]
+        hidden = llm.hidden_states(llm.rows(case["ids"], image_id, image), k)
+    else:
+        hidden = fake_hidden_states(case["ids"], None, k, dim)
+    l = hidden[0].shape[0]
+
+    def mcp(h: list[np.ndarray]) -> np.ndarray:
+        s = rec.length("mcp", "hidden_states", 3, l)
+        res = rec.run("mcp", {"hidden_states": np.stack([_channels(x, s) for x in h]),
+                              "attention_mask": (np.arange(s) < l).astype(np.float32)[None, :]})
+        return res["conditioning"][0, :, 0, :l].T  # [L, Cc]
+
+    cond = mcp(hidden)
+    uncond = mcp([np.zeros_like(x) for x in hidden])  # the engine's cache is freed with the MCP (reduceMemory)
+    s = rec.length("dit", "encoder_hidden_states", 3, l)
+    ctx = np.stack([_channels(uncond, s), _channels(cond, s)])
+    mask = np.tile((np.arange(s) < l).astype(np.float32), (2, 1))
+    guidance = float(case["guidance"])
+
+    def denoise(x, t):
+        v = rec.run("dit", {"latent": np.stack([x, x]),
+                            "timestep_features": contract.timestep_features(np.full(2, t, np.float32)),
+                            "encoder_hidden_states": ctx, "encoder_attention_mask": mask})["velocity"]
+        return classifier_free_guidance(v[0], v[1], np.float32(guidance))
+
+    kind = {"flow_dpm_solver_multistep": "dpm", "flow_euler": "euler"}[p["scheduler"]["type"]]
+    x = np.array(case["initial"], np.float32).reshape(p["latent_shape"])
+    for x in sample(denoise, x, SCHEDULERS[kind](cfg.scheduler, CORE_ML_STEPS)):
+        pass
+    result = {"prompt": case.get("prompt") or case.get("instruction"), "steps": CORE_ML_STEPS, "guidance": guidance,
+              "initial": case["initial"], "latents": np.asarray(x, np.float32).reshape(-1).tolist(),
+              "llm": "llm" in rec.components, "prompt_ids": case["ids"]}
+    if "vae_decoder" in rec.components:  # the bundle divides by the scaling factor and maps to [0, 1]
+        unit = rec.run("vae_decoder", {"latent": np.asarray(x, np.float32)[None]})["image"][0]
+        result.update(unit=unit.reshape(-1).tolist(),
+                      rgb=np.round(np.clip(unit, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0).reshape(-1).tolist())
+    return result
+
+
+def coreml_recording(export: Path, out: Path, pipeline: dict, ckpt) -> bool:
+    """The stand-in's recording (see the module docstring); False when the export lacks mcp or dit.
+    In the order the Swift test runs them: generate, then (with the llm and the vision encoder)
+    understand and edit, then (with the llm) chat."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    rec = _Recorder(export, manifest)
+    if not {"mcp", "dit"} <= rec.components.keys():
+        return False
+    p = manifest["pipeline"]
+    result = _recorded_image(rec, p, ckpt.config, pipeline["generate"][0])
+    if "llm" in rec.components and "vision_encoder" in rec.components:
+        result["understand"] = _recorded_answer(rec, p, ckpt.config, pipeline["understand"][0])
+        feats = rec.run("vision_encoder", {"image": fake_pixels(p["image_preprocess"]["size"])[None]})["image_features"]
+        result["edit"] = _recorded_image(rec, p, ckpt.config, pipeline["edit"][0], image=feats[0, :, 0, :].T)
+    if "llm" in rec.components:
+        result["chat"] = _recorded_chat(rec, p, ckpt.config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "arrays.bin").write_bytes(bytes(rec.blob))
+    (out / "calls.json").write_text(json.dumps({"calls": rec.calls}))
+    (out / "result.json").write_text(json.dumps(result))
+    return True
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -500,6 +812,9 @@ def write_goldens(out: str | Path, model: str = "demo", export: str | Path | Non
     write_export(ckpt, out / "export", Path(export) if export else None)
     (out / "pipeline.json").write_text(json.dumps(pipeline_goldens(ckpt), ensure_ascii=False))
     (out / "host.json").write_text(json.dumps(host_goldens(ckpt.config)))
+    (out / "token_sampling.json").write_text(json.dumps(token_sampling_goldens()))
+    if export:
+        coreml_recording(out / "export", out / "coreml", json.loads((out / "pipeline.json").read_text()), ckpt)
     (out / "golden.json").write_text(json.dumps({"format": FORMAT, "model": model,
                                                   "export": str(export) if export else None}))
     return out

@@ -111,7 +111,7 @@ _TABLE = (
               compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_MIXED, "gpu": INT4_GPU_FP32}, swift="dit"),
     Component("vae_decoder", ("vae",), "DC-AE decoder: latents -> image", ("generation", "editing"),
               slot="vae", phase="decode", quantized=False,
-              compute_units="cpuAndNeuralEngine", recipe={"ane": {"weights": "int8"}, "gpu": INT8_GPU_FP32},
+              compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_MIXED, "gpu": INT8_GPU_FP32},
               prefix="decoder.", swift="vae"),
 )
 

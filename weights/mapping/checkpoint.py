@@ -111,11 +111,14 @@ class Checkpoint:
         wanted = comp if keys is None else {k: comp[k] for k in keys}
         return {k: self._files[self.key_files[ck]].get(ck) for k, ck in wanted.items()}
 
-    def load_used(self, component: str, prefix: str = "") -> dict[str, np.ndarray]:
-        """What an inference module loads: the component's tensors under ``prefix`` (e.g.
+    def used_keys(self, component: str, prefix: str = "") -> list[str]:
+        """The local keys an inference module reads: under ``prefix`` (e.g.
         ``layout.VAE_DECODER``), without the ones inference never reads (``layout.UNUSED``)."""
-        keys = drop_unused(component, dict.fromkeys(k for k in self.keys(component) if k.startswith(prefix)))
-        return self.load(component, list(keys))
+        return list(drop_unused(component, dict.fromkeys(k for k in self.keys(component) if k.startswith(prefix))))
+
+    def load_used(self, component: str, prefix: str = "") -> dict[str, np.ndarray]:
+        """What an inference module loads: the tensors of :meth:`used_keys`."""
+        return self.load(component, self.used_keys(component, prefix))
 
     def check_shapes(self, component: str, expected: Mapping[str, tuple[int, ...]],
                      got: Mapping[str, tuple[int, ...]] | None = None) -> None:

@@ -37,6 +37,12 @@ def byte_encoder() -> dict[int, str]:
     return chars
 
 
+@lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """The inverse of :func:`byte_encoder`: a byte-level BPE token's character -> its byte."""
+    return {c: b for b, c in byte_encoder().items()}
+
+
 def _token(bs: bytes) -> str:
     enc = byte_encoder()
     return "".join(enc[b] for b in bs)

@@ -58,20 +58,25 @@ def to_torch(component: str, tensors: Tensors) -> Tensors:
 
 
 def load_torch(module, ckpt, component: str, prefix: str | None = None,
-               tensors: Tensors | None = None):
+               tensors: Tensors | None = None, keys: Iterable[str] | None = None):
     """Fill ``module`` (a torch.nn.Module named with the checkpoint's local keys) from ``ckpt``.
 
     ``prefix``: only the component's keys starting with it (e.g. "decoder." of the VAE).
+    ``keys``: only these local keys (e.g. ``Checkpoint.used_keys``).
     ``tensors``: already-loaded local tensors to use instead of reading ``ckpt``.
     Shapes are checked first (``ckpt.check_shapes``: one clear line naming key and file),
-    then loaded strictly.  Returns the module.
+    then loaded strictly.  Read from ``ckpt``, tensors are read and copied one at a time, so
+    loading peaks at the module plus its largest tensor (not plus a second copy of every
+    weight).  Returns the module.
     """
     import torch
 
     if tensors is None:
-        keys = None if prefix is None else [k for k in ckpt.keys(component) if k.startswith(prefix)]
-        tensors = ckpt.load(component, keys)
-    elif prefix is not None:
+        wanted = list(ckpt.keys(component)) if keys is None else list(keys)
+        if prefix is not None:
+            wanted = [k for k in wanted if k.startswith(prefix)]
+        return _load_streamed(module, ckpt, component, wanted)
+    if prefix is not None:
         tensors = {k: v for k, v in tensors.items() if k.startswith(prefix)}
     mapped = to_torch(component, tensors)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -79,4 +84,25 @@ def load_torch(module, ckpt, component: str, prefix: str | None = None,
     module.load_state_dict({k: torch.from_numpy(v.astype(np.float32, copy=False))
                             if v.dtype.kind == "f" else torch.from_numpy(v)
                             for k, v in mapped.items()}, strict=True)
+    return module
+
+
+def _load_streamed(module, ckpt, component: str, keys: list[str]):
+    """:func:`load_torch` from the checkpoint, one tensor at a time (same checks, same values:
+    ``load_state_dict`` copies each tensor into its parameter the same way)."""
+    import torch
+
+    shapes = ckpt.shapes(component)
+    # the mapped shapes without reading: np.empty reserves address space, touches no page
+    mapped = to_torch(component, {k: np.empty(shapes[k], np.uint8) for k in keys})
+    state = module.state_dict(keep_vars=True)
+    expected = {k: tuple(v.shape) for k, v in state.items()}
+    ckpt.check_shapes(component, expected=expected, got={k: v.shape for k, v in mapped.items()})
+    del mapped
+    with torch.no_grad():
+        for k in keys:
+            v = to_torch(component, ckpt.load(component, [k]))[k]
+            state[k].copy_(torch.from_numpy(v.astype(np.float32, copy=False)) if v.dtype.kind == "f"
+                           else torch.from_numpy(v))
+            del v
     return module

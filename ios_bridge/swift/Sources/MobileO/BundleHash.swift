@@ -4,6 +4,7 @@ import Foundation
 /// sha256 of its bytes; a folder to the sha256 of the `sha256sum`-style listing
 /// "<hex>  <relative path>\n" of its regular files, sorted by the UTF-8 bytes of the path.
 public enum BundleHash {
+    /// The hex sha256 of a file, or of a folder's sorted `sha256sum`-style listing (a bundle).
     public static func sha256(of url: URL) throws -> String {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else {
@@ -17,6 +18,7 @@ public enum BundleHash {
         return SHA256.hex(Array(listing.utf8))
     }
 
+    /// The size in bytes of a file, or the sum over a folder's regular files.
     public static func bytes(of url: URL) throws -> Int {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else {
@@ -104,14 +106,17 @@ public struct SHA256 {
         0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
     ]
 
+    /// An empty digest.
     public init() {}
 
+    /// The hex sha256 of `data`.
     public static func hex(_ data: [UInt8]) -> String {
         var s = SHA256()
         s.update(data)
         return s.finalizeHex()
     }
 
+    /// Feed more bytes.
     public mutating func update(_ data: [UInt8]) {
         length &+= UInt64(data.count)
         buffer += data
@@ -123,6 +128,7 @@ public struct SHA256 {
         buffer.removeFirst(start)
     }
 
+    /// Finish and return the hex digest.
     public mutating func finalizeHex() -> String {
         let bits = length &* 8
         var tail = buffer + [0x80]

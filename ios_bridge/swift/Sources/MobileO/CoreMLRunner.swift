@@ -20,7 +20,15 @@ import Foundation
 //                   encoder_hidden_states (2,Cc,1,S), encoder_attention_mask (2,S) -> velocity
 //   vae_decoder     latent (1,C,h,w) -> image (1,3,H,W) in [0, 1]
 // Sequences are right-padded to the bundle's next enumerated length and masked.
+//
+// Predictions use Core ML's async API (`prediction(from:options:)`, with the state for the
+// LLM's KV cache), so no cooperative thread is blocked and the engine's actor stays free
+// during a call; cancellation is checked before each call and passed to Core ML's task.
+// The runners are used by one task at a time (the engine and the pipeline queue their
+// tasks), which is what their `@unchecked Sendable` relies on.
 
+/// The Core ML runners of an export: loaders for `MobileOEngine`, all-at-once loading for
+/// `MobileOPipeline`, and the compile cache's cleanup.
 @available(iOS 18.0, macOS 15.0, *)
 public enum CoreMLRunners {
     /// Load every bundle the manifest lists from `folder` (compiled once, cached by sha256),
@@ -34,8 +42,11 @@ public enum CoreMLRunners {
     }
 
     /// One loader per component, for `MobileOEngine` (which loads each when a task needs it).
-    /// Bundles may be `.mlpackage` (compiled on first use, cached by sha256) or `.mlmodelc`
-    /// (loaded as is).  Models load with Core ML's async loader.
+    /// Bundles may be `.mlpackage` (compiled on first use into a race-free cache keyed by
+    /// sha256: compiled aside, renamed atomically, one compile per key at a time) or
+    /// `.mlmodelc` (loaded as is).  Models load with Core ML's async loader.  The LLM loads
+    /// each of its functions (`functionName`) when a task first calls it: generation loads
+    /// "hidden_states" only, understanding and chat "prefill" and "decode".
     public static func loaders(manifest: Manifest, folder: URL, computeUnits: MLComputeUnits? = nil) -> RunnerLoaders {
         @Sendable func component(_ name: String, function: String? = nil) async throws -> CoreMLComponent? {
             guard let spec = manifest.component(name) else { return nil }
@@ -62,9 +73,7 @@ public enum CoreMLRunners {
                 }
                 let table = try EmbeddingTable(url: folder.appendingPathComponent(t.file), vocab: t.shape[0], hidden: t.shape[1],
                                                dtype: t.dtype)
-                return CoreMLLanguageModel(hiddenStates: try await component("llm", function: "hidden_states"),
-                                           chunk: try await component("llm", function: "prefill"),
-                                           step: try await component("llm", function: "decode"),
+                return CoreMLLanguageModel(load: { try await component("llm", function: $0) },
                                            table: table, host: p.hostInputs,
                                            imageTokens: p.conditioning.imageTokens, hidden: p.conditioning.llmHiddenSize,
                                            padId: pad)
@@ -94,12 +103,15 @@ public enum CoreMLRunners {
 
 /// One compiled bundle (or one function of a multifunction bundle).
 @available(iOS 18.0, macOS 15.0, *)
-public final class CoreMLComponent {
+public final class CoreMLComponent: @unchecked Sendable {  // immutable; predictions one task at a time
+    /// The manifest's entry of the bundle.
     public let spec: Manifest.Component
     /// The function loaded (nil: the bundle's default); its I/O is `spec.io(function:)`.
     public let function: String?
+    /// The loaded Core ML model.
     public let model: MLModel
 
+    /// Compile (once, cached) and load `spec`'s bundle from `folder`, optionally one `function`.
     public init(spec: Manifest.Component, folder: URL, function: String? = nil,
                 computeUnits: MLComputeUnits? = nil) async throws {
         guard spec.chunks == nil, let file = spec.file, let sha = spec.sha256 else {
@@ -152,13 +164,7 @@ public final class CoreMLComponent {
                                fix: "add the export folder (manifest.json and every bundle it lists) to the app.")
         }
         if bundle.pathExtension == "mlmodelc" { return bundle }
-        let caches = try cacheFolder()
-        let target = caches.appendingPathComponent("\(sha256).mlmodelc")
-        if fm.fileExists(atPath: target.path) { return target }
-        let temp = try await MLModel.compileModel(at: bundle)
-        try? fm.removeItem(at: target)
-        try fm.moveItem(at: temp, to: target)
-        return target
+        return try await CompileCache.shared.compiled(bundle, sha256: sha256, into: try cacheFolder())
     }
 
     /// The manifest's spec of an input (of the loaded function).
@@ -186,22 +192,26 @@ public final class CoreMLComponent {
         try MultiArrays.make(shape: shape, dtype: try input(name).dtype, values: values)
     }
 
-    func predict(_ inputs: [String: MLMultiArray], state: MLState? = nil) throws -> MLFeatureProvider {
+    /// One async prediction (with `state` for a stateful function); cancellation is checked
+    /// before and after it, and Core ML's task sees the caller's cancellation.
+    func predict(_ inputs: [String: MLMultiArray], state: MLState? = nil) async throws -> MLFeatureProvider {
+        try Task.checkCancellation(orThrow: MobileOError.cancelled)
         let provider = try MLDictionaryFeatureProvider(dictionary: inputs.mapValues { MLFeatureValue(multiArray: $0) })
+        let out: MLFeatureProvider
         do {
-            #if canImport(ObjectiveC)
-            // release Core ML's autoreleased buffers after each prediction, not at the end of the task
-            return try autoreleasepool { () throws -> MLFeatureProvider in
-                if let state { return try model.prediction(from: provider, using: state) }
-                return try model.prediction(from: provider)
+            if let state {
+                out = try await model.prediction(from: provider, using: state, options: MLPredictionOptions())
+            } else {
+                out = try await model.prediction(from: provider, options: MLPredictionOptions())
             }
-            #else
-            if let state { return try model.prediction(from: provider, using: state) }
-            return try model.prediction(from: provider)
-            #endif
+        } catch is CancellationError {
+            throw MobileOError.cancelled
         } catch {
+            if Task.isCancelled { throw MobileOError.cancelled }
             throw MobileOError(.runner, "\(spec.name) prediction failed: \(error.localizedDescription)")
         }
+        try Task.checkCancellation(orThrow: MobileOError.cancelled)
+        return out
     }
 
     func output(_ out: MLFeatureProvider, _ name: String) throws -> Tensor {
@@ -212,11 +222,46 @@ public final class CoreMLComponent {
     }
 }
 
+/// The compile cache: one compile per key at a time (concurrent loaders of the same bundle
+/// await the first), compiled aside and renamed into place atomically, so two loaders (or
+/// two processes) never see a half-written `<sha256>.mlmodelc`.
+@available(iOS 18.0, macOS 15.0, *)
+actor CompileCache {
+    static let shared = CompileCache()
+    private var inFlight: [String: Task<URL, Error>] = [:]
+
+    func compiled(_ bundle: URL, sha256: String, into caches: URL) async throws -> URL {
+        let target = caches.appendingPathComponent("\(sha256).mlmodelc")
+        if FileManager.default.fileExists(atPath: target.path) { return target }
+        if let running = inFlight[sha256] { return try await running.value }
+        LoadEvents.compiling()  // a .compiling progress event for the component being loaded
+        let task = Task<URL, Error> {
+            let temp = try await MLModel.compileModel(at: bundle)
+            let aside = caches.appendingPathComponent("\(sha256).\(UUID().uuidString).partial")
+            try FileManager.default.moveItem(at: temp, to: aside)
+            // rename(2) is atomic; it fails when another process put the target there first
+            if rename(aside.path, target.path) != 0 {
+                try? FileManager.default.removeItem(at: aside)
+                guard FileManager.default.fileExists(atPath: target.path) else {
+                    throw MobileOError(.runner, "cannot move the compiled \(bundle.lastPathComponent) into \(caches.path).",
+                                       fix: "check the free space of the device.")
+                }
+            }
+            return target
+        }
+        inFlight[sha256] = task
+        defer { inFlight[sha256] = nil }
+        return try await task.value
+    }
+}
+
 /// MLMultiArray <-> Tensor, honouring strides; fp16 as raw bits (see `Half`).
 @available(iOS 18.0, macOS 15.0, *)
 enum MultiArrays {
     static func make(shape: [Int], dtype: Manifest.DType, values: [Float]) throws -> MLMultiArray {
-        precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not hold \(values.count) values")
+        guard shape.reduce(1, *) == values.count else {
+            throw MobileOError(.runner, "an input of shape \(shape) cannot hold \(values.count) values.")
+        }
         let type: MLMultiArrayDataType = dtype == .float16 ? .float16 : (dtype == .int32 ? .int32 : .float32)
         let a = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: type)
         a.withUnsafeMutableBytes { raw, strides in
@@ -247,7 +292,7 @@ enum MultiArrays {
                 }
             }
         }
-        return Tensor(shape: shape, data: out)
+        return Tensor(uncheckedShape: shape, data: out)
     }
 
     /// Visit every element: (row-major logical index, element offset from the strides).
@@ -285,37 +330,50 @@ func channelsToRows(_ t: Tensor, keep l: Int) -> [Tensor] {
     return (0..<b).map { i in
         var rows = [Float](repeating: 0, count: l * c)
         for p in 0..<l { for ch in 0..<c { rows[p * c + ch] = t.data[(i * c + ch) * s + p] } }
-        return Tensor(shape: [l, c], data: rows)
+        return Tensor(uncheckedShape: [l, c], data: rows)
     }
 }
 
 // MARK: - runners
 
 @available(iOS 18.0, macOS 15.0, *)
-final class CoreMLVision: VisionRunner {
+final class CoreMLVision: VisionRunner, @unchecked Sendable {
     let c: CoreMLComponent
     init(_ c: CoreMLComponent) { self.c = c }
 
-    func imageEmbeddings(_ pixels: Tensor) throws -> Tensor {
-        let out = try c.predict(["image": try c.array("image", shape: [1] + pixels.shape, pixels.data)])
+    func imageEmbeddings(_ pixels: Tensor) async throws -> Tensor {
+        let out = try await c.predict(["image": try c.array("image", shape: [1] + pixels.shape, pixels.data)])
         let f = try c.output(out, "image_features")  // (1, D, 1, N)
         return channelsToRows(f, keep: f.shape[3])[0]
     }
 }
 
 @available(iOS 18.0, macOS 15.0, *)
-final class CoreMLLanguageModel: LanguageModelRunner {
-    let hiddenBundle: CoreMLComponent?, chunk: CoreMLComponent?, step: CoreMLComponent?
+final class CoreMLLanguageModel: LanguageModelRunner, @unchecked Sendable {  // one task at a time
+    /// Loads one function of the llm bundle (nil: the manifest lists no llm).
+    let load: @Sendable (String) async throws -> CoreMLComponent?
     let table: EmbeddingTable, host: Manifest.HostInputs
     let imageTokens: Int, hidden: Int, padId: Int
+    private var functions: [String: CoreMLComponent] = [:]
     private var state: MLState?
     private var position = 0
 
-    init(hiddenStates: CoreMLComponent?, chunk: CoreMLComponent?, step: CoreMLComponent?, table: EmbeddingTable,
+    init(load: @escaping @Sendable (String) async throws -> CoreMLComponent?, table: EmbeddingTable,
          host: Manifest.HostInputs, imageTokens: Int, hidden: Int, padId: Int) {
-        self.hiddenBundle = hiddenStates; self.chunk = chunk; self.step = step
+        self.load = load
         self.table = table; self.host = host
         self.imageTokens = imageTokens; self.hidden = hidden; self.padId = padId
+    }
+
+    /// The function `name`, loaded on first use (a task loads only the functions it calls).
+    func function(_ name: String, for task: String) async throws -> CoreMLComponent {
+        if let f = functions[name] { return f }
+        guard let f = try await load(name) else {
+            throw MobileOError(.runner, "manifest.json lists no llm component; \(task) needs it.",
+                               fix: "convert it: python -m coreml_convert --components llm.")
+        }
+        functions[name] = f
+        return f
     }
 
     /// The prompt's embedding rows [L, D]: token rows from the table, the image's rows in place
@@ -335,7 +393,7 @@ final class CoreMLLanguageModel: LanguageModelRunner {
                 rows += e.data; count += imageTokens
             }
         }
-        return Tensor(shape: [count, hidden], data: rows)
+        return Tensor(uncheckedShape: [count, hidden], data: rows)
     }
 
     /// Rows [a, b) of `rows` right-padded with the pad token's embedding to `length` columns,
@@ -343,7 +401,7 @@ final class CoreMLLanguageModel: LanguageModelRunner {
     func columns(_ rows: Tensor, _ a: Int, _ b: Int, length: Int) throws -> [Float] {
         let pad = try table.rows([Int](repeating: padId, count: length - (b - a)))
         let part = Array(rows.data[(a * hidden)..<(b * hidden)]) + pad.data
-        return rowsToChannels(Tensor(shape: [length, hidden], data: part), length: length)
+        return rowsToChannels(Tensor(uncheckedShape: [length, hidden], data: part), length: length)
     }
 
     func stepInputs(_ c: CoreMLComponent, embeds: [Float], at start: Int, count s: Int) throws -> [String: MLMultiArray] {
@@ -361,18 +419,15 @@ final class CoreMLLanguageModel: LanguageModelRunner {
         ]
     }
 
-    func hiddenStates(_ prompt: [PromptSegment], count: Int) throws -> [Tensor] {
-        guard let c = hiddenBundle else {
-            throw MobileOError(.runner, "manifest.json lists no llm component; generation and editing need it.",
-                               fix: "convert it: python -m coreml_convert --components llm.")
-        }
+    func hiddenStates(_ prompt: [PromptSegment], count: Int) async throws -> [Tensor] {
+        let c = try await function("hidden_states", for: "generation and editing")
         let rows = try embedRows(prompt)
         let n = rows.shape[0]
         let s = try c.length(n, input: "embeds", axis: 3)
         let pos = Array(0..<s)
         let (cos, sin) = HostInputs.rope(positions: pos, headDim: host.headDim, theta: host.ropeTheta)
         let bias = HostInputs.causalBias(queries: pos, keys: pos, keyValid: pos.map { $0 < n }, maskBias: Float(host.maskBias))
-        let out = try c.predict([
+        let out = try await c.predict([
             "embeds": try c.array("embeds", shape: [1, hidden, 1, s], try columns(rows, 0, n, length: s)),
             "cos": try c.array("cos", shape: [1, host.headDim, 1, s], cos),
             "sin": try c.array("sin", shape: [1, host.headDim, 1, s], sin),
@@ -385,11 +440,9 @@ final class CoreMLLanguageModel: LanguageModelRunner {
         return states
     }
 
-    func prefill(_ prompt: [PromptSegment]) throws -> [Float] {
-        guard let chunk, let step else {
-            throw MobileOError(.runner, "manifest.json lists no llm component; understanding needs it.",
-                               fix: "convert it: python -m coreml_convert --components llm.")
-        }
+    func prefill(_ prompt: [PromptSegment]) async throws -> [Float] {
+        let chunk = try await function("prefill", for: "understanding")
+        let step = try await function("decode", for: "understanding")
         let rows = try embedRows(prompt)
         guard rows.shape[0] > 0 else { throw MobileOError(.runner, "the prompt is empty.") }
         let fresh = step.model.makeState()  // "prefill" and "decode" share the KV cache
@@ -398,44 +451,53 @@ final class CoreMLLanguageModel: LanguageModelRunner {
         var start = 0
         while start < last {
             let end = min(start + p, last)
-            _ = try chunk.predict(try stepInputs(chunk, embeds: try columns(rows, start, end, length: p), at: start, count: p),
+            _ = try await chunk.predict(try stepInputs(chunk, embeds: try columns(rows, start, end, length: p), at: start, count: p),
                                   state: fresh)
             start += p
         }
         state = fresh
         position = last
-        return try decode(embeds: try columns(rows, last, last + 1, length: 1))
+        return try await decode(embeds: try columns(rows, last, last + 1, length: 1))
     }
 
-    func decode(_ token: Int) throws -> [Float] {
-        try decode(embeds: rowsToChannels(try table.rows([token]), length: 1))
+    func decode(_ token: Int) async throws -> [Float] {
+        try await decode(embeds: rowsToChannels(try table.rows([token]), length: 1))
     }
 
-    func decode(embeds: [Float]) throws -> [Float] {
-        guard let step, let state else {
+    func decode(embeds: [Float]) async throws -> [Float] {
+        guard let step = functions["decode"], let state else {
             throw MobileOError(.runner, "decode was called before prefill.")
         }
         guard position < host.contextLength else {
             throw MobileOError(.runner, "the answer reached the KV cache's \(host.contextLength) positions.", fix: "ask for fewer new tokens.")
         }
-        let out = try step.predict(try stepInputs(step, embeds: embeds, at: position, count: 1), state: state)
+        let out = try await step.predict(try stepInputs(step, embeds: embeds, at: position, count: 1), state: state)
         position += 1
+        // logits_0, logits_1, ... in numeric order (a name with another suffix is not a logits slice)
         let names = (step.spec.io(function: "decode")?.outputs ?? step.spec.outputs).map(\.name)
-            .filter { $0.hasPrefix("logits_") }.sorted { Int($0.dropFirst(7))! < Int($1.dropFirst(7))! }
+            .compactMap { name -> (Int, String)? in
+                guard name.hasPrefix("logits_"), let i = Int(name.dropFirst(7)) else { return nil }
+                return (i, name)
+            }
+            .sorted { $0.0 < $1.0 }.map(\.1)
+        guard !names.isEmpty else {
+            throw MobileOError(.runner, "the llm's decode function lists no logits_<n> outputs in manifest.json.",
+                               fix: "re-export with the matching coreml_convert version.")
+        }
         return try names.flatMap { try step.output(out, $0).data }
     }
 }
 
 @available(iOS 18.0, macOS 15.0, *)
-final class CoreMLMCP: ConditioningRunner {
+final class CoreMLMCP: ConditioningRunner, @unchecked Sendable {
     let c: CoreMLComponent
     init(_ c: CoreMLComponent) { self.c = c }
 
-    func conditioning(_ hiddenStates: [Tensor]) throws -> Tensor {
+    func conditioning(_ hiddenStates: [Tensor]) async throws -> Tensor {
         let k = hiddenStates.count, l = hiddenStates[0].shape[0], d = hiddenStates[0].shape[1]
         let s = try c.length(l, input: "hidden_states", axis: 3)
         let values = hiddenStates.flatMap { rowsToChannels($0, length: s) }
-        let out = try c.predict([
+        let out = try await c.predict([
             "hidden_states": try c.array("hidden_states", shape: [k, d, 1, s], values),
             "attention_mask": try c.array("attention_mask", shape: [1, s], (0..<s).map { Float($0 < l ? 1 : 0) }),
         ])
@@ -444,9 +506,10 @@ final class CoreMLMCP: ConditioningRunner {
 }
 
 @available(iOS 18.0, macOS 15.0, *)
-final class CoreMLDiT: DenoiserRunner {
+final class CoreMLDiT: DenoiserRunner, @unchecked Sendable {  // one task at a time
     let c: CoreMLComponent, host: Manifest.HostInputs
-    /// The conditioning inputs of the current generation, built at its first step only.
+    /// The conditioning inputs of the current generation, built at its first step only
+    /// (at most two entries, freed with the runner).
     private var contexts: [(conditioning: Tensor, ctx: MLMultiArray, mask: MLMultiArray)] = []
     init(_ c: CoreMLComponent, host: Manifest.HostInputs) { self.c = c; self.host = host }
 
@@ -463,12 +526,14 @@ final class CoreMLDiT: DenoiserRunner {
         return (ctx, mask)
     }
 
-    func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) throws -> Tensor {
+    func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) async throws -> Tensor {
         let b = latents.shape[0], bundleBatch = try c.input("latent").shape[0]
         if bundleBatch != b {
             if bundleBatch == 1 {  // a batch-1 bundle: one call per item
-                let parts = try zip(latents.unstacked(), conditioning.unstacked()).map { x, ctx in
-                    try velocity(latents: Tensor.stack([x]), timestep: timestep, conditioning: Tensor.stack([ctx])).unstacked()[0]
+                var parts = [Tensor]()
+                for (x, ctx) in zip(latents.unstacked(), conditioning.unstacked()) {
+                    parts.append(try await velocity(latents: Tensor.stack([x]), timestep: timestep,
+                                                    conditioning: Tensor.stack([ctx])).unstacked()[0])
                 }
                 return Tensor.stack(parts)
             }
@@ -477,11 +542,11 @@ final class CoreMLDiT: DenoiserRunner {
             }
             // e.g. guidance 1 (one item) on a batch-2 bundle: repeat the last item
             let pad = { (t: Tensor) in Tensor.stack(t.unstacked() + [Tensor](repeating: t.unstacked()[b - 1], count: bundleBatch - b)) }
-            let v = try velocity(latents: pad(latents), timestep: timestep, conditioning: pad(conditioning))
+            let v = try await velocity(latents: pad(latents), timestep: timestep, conditioning: pad(conditioning))
             return Tensor.stack(Array(v.unstacked().prefix(b)))
         }
         let (ctx, mask) = try contextInputs(conditioning)
-        let out = try c.predict([
+        let out = try await c.predict([
             "latent": try c.array("latent", shape: latents.shape, latents.data),
             "timestep_features": try c.array("timestep_features", shape: [b, host.timestepChannels, 1, 1],
                                              HostInputs.timestepFeatures([Float](repeating: Float(timestep), count: b),
@@ -495,15 +560,15 @@ final class CoreMLDiT: DenoiserRunner {
 }
 
 @available(iOS 18.0, macOS 15.0, *)
-final class CoreMLVAE: DecoderRunner {
+final class CoreMLVAE: DecoderRunner, @unchecked Sendable {
     let c: CoreMLComponent
     init(_ c: CoreMLComponent) { self.c = c }
 
     /// The bundle divides by the scaling factor and maps to [0, 1] itself.
-    func decode(_ latents: Tensor) throws -> Tensor {
-        let out = try c.predict(["latent": try c.array("latent", shape: [1] + latents.shape, latents.data)])
+    func decode(_ latents: Tensor) async throws -> Tensor {
+        let out = try await c.predict(["latent": try c.array("latent", shape: [1] + latents.shape, latents.data)])
         let image = try c.output(out, "image")
-        return image.reshaped(Array(image.shape.dropFirst()))
+        return try image.reshaped(Array(image.shape.dropFirst()))
     }
 }
 #endif

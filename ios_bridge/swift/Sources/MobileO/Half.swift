@@ -26,6 +26,7 @@ public enum Half {
         return sign | UInt16(h)
     }
 
+    /// The Float of IEEE half-precision bits `h` (exact).
     public static func value(_ h: UInt16) -> Float {
         let sign = UInt32(h & 0x8000) << 16
         let exp = UInt32((h >> 10) & 0x1F), mant = UInt32(h & 0x3FF)

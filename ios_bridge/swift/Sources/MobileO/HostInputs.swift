@@ -69,12 +69,16 @@ public enum HostInputs {
 /// "int8_row_scale", each row `hidden` int8 values then its little-endian fp16 scale
 /// (value = int8 * scale; contract.quantize_rows) -- half the bytes.
 public final class EmbeddingTable {
+    /// How the rows are stored: raw fp16, or int8 rows each followed by its fp16 scale.
     public enum Format: String, Sendable { case float16, int8RowScale = "int8_row_scale" }
+    /// Rows (vocabulary size), columns (hidden size) and storage format.
     public let vocab: Int, hidden: Int, format: Format
     let data: Data
 
     var rowBytes: Int { format == .float16 ? hidden * 2 : hidden + 2 }
 
+    /// Map the table file at `url` of `vocab` x `hidden` in `dtype` ("float16" or
+    /// "int8_row_scale"); throws when its size disagrees.
     public init(url: URL, vocab: Int, hidden: Int, dtype: String = "float16") throws {
         guard let format = Format(rawValue: dtype) else {
             throw MobileOError(.runner, "the embedding table's dtype \(dtype) is not one this package reads.",
@@ -116,6 +120,6 @@ public final class EmbeddingTable {
                 }
             }
         }
-        return Tensor(shape: [ids.count, hidden], data: out)
+        return Tensor(uncheckedShape: [ids.count, hidden], data: out)
     }
 }

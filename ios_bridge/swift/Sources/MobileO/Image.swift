@@ -5,12 +5,25 @@ import CoreGraphics
 
 /// An 8-bit RGB image, row-major, interleaved (R, G, B per pixel).
 public struct RGBImage: Equatable, Sendable {
+    /// Width in pixels.
     public var width: Int
+    /// Height in pixels.
     public var height: Int
+    /// width x height x 3 bytes, row-major, R G B per pixel.
     public var pixels: [UInt8]
 
-    public init(width: Int, height: Int, pixels: [UInt8]) {
-        precondition(pixels.count == width * height * 3, "RGBImage needs width * height * 3 bytes")
+    /// An image from its bytes; throws `MobileOError` unless there are width x height x 3 of them.
+    public init(width: Int, height: Int, pixels: [UInt8]) throws {
+        guard width >= 0, height >= 0, pixels.count == width * height * 3 else {
+            throw MobileOError(.pipeline, "an RGB image of \(width)x\(height) needs \(width * height * 3) bytes, got \(pixels.count).",
+                               fix: "pass width x height x 3 bytes (R, G, B per pixel).")
+        }
+        self.width = width; self.height = height; self.pixels = pixels
+    }
+
+    /// The package's own constructor, where the sizes are right by construction.
+    init(uncheckedWidth width: Int, height: Int, pixels: [UInt8]) {
+        assert(pixels.count == width * height * 3, "RGBImage needs width * height * 3 bytes")
         self.width = width; self.height = height; self.pixels = pixels
     }
 }
@@ -42,7 +55,7 @@ public enum ImagePostprocess {
                 px[i * 3 + c] = UInt8(Swift.min(Swift.max(v, 0), 255))
             }
         }
-        return RGBImage(width: w, height: h, pixels: px)
+        return RGBImage(uncheckedWidth: w, height: h, pixels: px)
     }
 }
 
@@ -63,7 +76,7 @@ public enum ImagePreprocess {
                 for c in 0..<3 { px[((y + oy) * side + x + ox) * 3 + c] = image.pixels[(y * image.width + x) * 3 + c] }
             }
         }
-        return RGBImage(width: side, height: side, pixels: px)
+        return RGBImage(uncheckedWidth: side, height: side, pixels: px)
     }
 
     /// A square image already at the encoder's size -> [3, S, S] tensor, rescaled and normalized.
@@ -78,7 +91,7 @@ public enum ImagePreprocess {
             let mean = Float(p.imageMean[c]), std = Float(p.imageStd[c]), scale = Float(p.rescaleFactor)
             for i in 0..<plane { data[c * plane + i] = (Float(image.pixels[i * 3 + c]) * scale - mean) / std }
         }
-        return Tensor(shape: [3, p.size, p.size], data: data)
+        return Tensor(uncheckedShape: [3, p.size, p.size], data: data)
     }
 
     #if canImport(CoreGraphics)
@@ -102,7 +115,7 @@ public enum ImagePreprocess {
         guard drawn else { throw MobileOError(.pipeline, "cannot create a \(s)x\(s) drawing context.") }
         var rgb = [UInt8](repeating: 0, count: s * s * 3)
         for i in 0..<(s * s) { for c in 0..<3 { rgb[i * 3 + c] = px[i * 4 + c] } }
-        return try tensor(RGBImage(width: s, height: s, pixels: rgb), p)
+        return try tensor(RGBImage(uncheckedWidth: s, height: s, pixels: rgb), p)
     }
     #endif
 }
@@ -154,7 +167,7 @@ extension ImagePreprocess {
                 }
             }
         }
-        return Tensor(shape: pixels.shape, data: out)
+        return Tensor(uncheckedShape: pixels.shape, data: out)
     }
 
     #if canImport(CoreGraphics)
@@ -180,6 +193,7 @@ extension MobileOEngine {
 import UIKit
 
 extension ImageOrientation {
+    /// The orientation of a UIKit image.
     public init(_ o: UIImage.Orientation) {
         switch o {
         case .up: self = .up
@@ -206,6 +220,7 @@ extension MobileOEngine {
 }
 
 extension RGBImage {
+    /// The image as a `UIImage` (nil where Core Graphics cannot make it).
     public func uiImage() -> UIImage? { cgImage().map { UIImage(cgImage: $0) } }
 }
 #elseif canImport(AppKit)
@@ -222,6 +237,7 @@ extension MobileOEngine {
 }
 
 extension RGBImage {
+    /// The image as an `NSImage` (nil where Core Graphics cannot make it).
     public func nsImage() -> NSImage? { cgImage().map { NSImage(cgImage: $0, size: NSSize(width: width, height: height)) } }
 }
 #endif

@@ -9,6 +9,7 @@ public enum JSONValue: Codable, Equatable, Sendable {
     case array([JSONValue])
     case object([String: JSONValue])
 
+    /// Decode any JSON value.
     public init(from decoder: Decoder) throws {
         let c = try decoder.singleValueContainer()
         if c.decodeNil() { self = .null }
@@ -19,6 +20,7 @@ public enum JSONValue: Codable, Equatable, Sendable {
         else { self = .object(try c.decode([String: JSONValue].self)) }
     }
 
+    /// Encode the value as it was.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.singleValueContainer()
         switch self {
@@ -31,6 +33,8 @@ public enum JSONValue: Codable, Equatable, Sendable {
         }
     }
 
+    /// The string, when this is one.
     public var stringValue: String? { if case .string(let s) = self { return s }; return nil }
+    /// The number, when this is one.
     public var doubleValue: Double? { if case .number(let d) = self { return d }; return nil }
 }

@@ -9,20 +9,24 @@ import Foundation
 /// the DiT with classifier-free guidance (u + g (c - u)) -> VAE decoder (latents / scaling
 /// factor, then clamp(x / 2 + 0.5)) -> round(255 x) as uint8.
 ///
-/// This is the synchronous API over runners that are all loaded up front.  It is `Sendable`
-/// because its tasks run one at a time (a lock; the runners hold the LLM's KV cache), so
-/// `Task.detached { try pipeline.generate(...) }` works, but each call blocks its thread.
-/// From Swift concurrency prefer the actor `MobileOEngine` (async tasks, streams, per-task
-/// loading, `reduceMemory`).  Do not use `runners` directly while a task runs.
-public final class MobileOPipeline: @unchecked Sendable {
+/// The pipeline over runners that are all loaded up front.  Its tasks are `async` and run one
+/// at a time, in call order (the runners hold the LLM's KV cache); a cancelled Task that is
+/// still waiting for its turn throws at once.  For per-task loading, memory policies and
+/// streams use the actor `MobileOEngine`.  Do not use `runners` directly while a task runs.
+public final class MobileOPipeline: Sendable {
+    /// The export's manifest.
     public let manifest: Manifest
-    public let tokenizer: TextTokenizer
+    /// The tokenizer checked against the manifest's special tokens.
+    public let tokenizer: any TextTokenizer
+    /// The runners this pipeline drives.
     public let runners: ModelRunners
+    /// The prompt templates of the manifest.
     public let templates: PromptTemplates
     let core: PipelineCore
-    private let lock = NSLock()  // one task at a time
+    private let queue = TaskQueue()  // one task at a time
 
-    public init(manifest: Manifest, tokenizer: TextTokenizer, runners: ModelRunners) throws {
+    /// Checks the tokenizer against the manifest; throws `MobileOError` on a mismatch.
+    public init(manifest: Manifest, tokenizer: any TextTokenizer, runners: ModelRunners) throws {
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.runners = runners
@@ -30,112 +34,85 @@ public final class MobileOPipeline: @unchecked Sendable {
         self.templates = core.templates
     }
 
-    // MARK: - options, progress, results
-
-    public struct ImageOptions: Sendable {
-        public var steps: Int?           // nil: manifest default
-        public var guidance: Double?     // nil: manifest default; 1 runs the conditional branch only
-        public var seed: UInt64 = 0      // initial noise (GaussianNoise), when initialLatents is nil
-        public var initialLatents: Tensor?  // [C, H, W]: to reproduce a Python run exactly
-        public var sampler: String?      // nil: manifest scheduler type; or FlowEuler.typeName
-        public init(steps: Int? = nil, guidance: Double? = nil, seed: UInt64 = 0, initialLatents: Tensor? = nil,
-                    sampler: String? = nil) {
-            self.steps = steps; self.guidance = guidance; self.seed = seed
-            self.initialLatents = initialLatents; self.sampler = sampler
-        }
-    }
-
-    public struct TextOptions: Sendable {
-        public var maxNewTokens: Int?    // nil: manifest default
-        public var temperature: Double?  // nil: manifest default; 0 = greedy
-        public var topP: Double?         // nil: manifest default
-        public var topK: Int?            // nil: manifest default; 0 = off
-        public var seed: UInt64 = 0
-        public init(maxNewTokens: Int? = nil, temperature: Double? = nil, topP: Double? = nil, topK: Int? = nil,
-                    seed: UInt64 = 0) {
-            self.maxNewTokens = maxNewTokens; self.temperature = temperature; self.topP = topP; self.topK = topK
-            self.seed = seed
-        }
-    }
-
-    public enum Progress: Sendable {
-        case encoded(promptTokens: Int)
-        case step(index: Int, of: Int, latents: Tensor)
-        case decoded
-        case token(id: Int, text: String)  // text: the new characters (empty while a character is incomplete)
-    }
-
-    /// Called at each stage, synchronously on the calling thread; return false to cancel (the
-    /// task throws `MobileOError.cancelled`).  Swift task cancellation (`Task.isCancelled`) is
-    /// honoured as well.  (`MobileOEngine` streams `Progress` instead.)
-    public typealias ProgressHandler = (Progress) -> Bool
-
-    public struct GeneratedImage: Sendable {
-        public var image: RGBImage
-        public var unit: Tensor       // [3, H, W] in [0, 1] before rounding
-        public var latents: Tensor    // final latents [C, H, W]
-        public var promptIds: [Int]   // the image token at every image position (mlx_model's prompt_ids)
-    }
-
-    public struct Answer: Sendable {
-        public var text: String
-        public var ids: [Int]
-        public var promptIds: [Int]   // as GeneratedImage.promptIds
-    }
+    /// Called at each stage, on the thread running the task; return false to stop: image tasks
+    /// throw `MobileOError.cancelled`, text tasks return the answer so far with
+    /// `FinishReason.cancelled`.  Swift task cancellation (`Task.isCancelled`) throws
+    /// `MobileOError.cancelled` as well.  (`MobileOEngine` streams `MobileOProgress` instead.)
+    public typealias ProgressHandler = @Sendable (MobileOProgress) -> Bool
 
     // MARK: - tasks
 
+    /// Text -> image.
     public func generate(prompt: String, options: ImageOptions = .init(),
-                         progress: ProgressHandler? = nil) throws -> GeneratedImage {
-        lock.lock(); defer { lock.unlock() }
+                         progress: ProgressHandler? = nil) async throws -> GeneratedImage {
+        try await queue.acquire()
+        defer { queue.release() }
         let ids = try core.encode(prompt, templates.generation, image: false)
-        return try image(ids: ids, image: nil, options: options, progress: progress)
+        return try await image(ids: ids, image: nil, options: options, progress: progress)
     }
 
-    /// `pixels`: the vision encoder's input [3, S, S] (see `ImagePreprocess`).
+    /// Image + instruction -> image.  `pixels`: the vision encoder's input [3, S, S] (see `ImagePreprocess`).
     public func edit(pixels: Tensor, instruction: String, options: ImageOptions = .init(),
-                     progress: ProgressHandler? = nil) throws -> GeneratedImage {
-        lock.lock(); defer { lock.unlock() }
+                     progress: ProgressHandler? = nil) async throws -> GeneratedImage {
+        try await queue.acquire()
+        defer { queue.release() }
         try core.checkPixels(pixels)
         let ids = try core.encode(instruction, templates.editing, image: true)
-        return try image(ids: ids, image: try core.imageEmbeddings(runners.vision, pixels), options: options, progress: progress)
+        let plan = try core.imagePlan(options)
+        return try await image(ids: ids, image: try await core.imageEmbeddings(runners.vision, pixels), plan: plan,
+                               progress: progress)
     }
 
+    /// Image + question -> answer.  Checks the prompt and `maxNewTokens` against the LLM's
+    /// context before any model runs.
     public func understand(pixels: Tensor, question: String, options: TextOptions = .init(),
-                           progress: ProgressHandler? = nil) throws -> Answer {
-        lock.lock(); defer { lock.unlock() }
+                           progress: ProgressHandler? = nil) async throws -> Answer {
+        try await queue.acquire()
+        defer { queue.release() }
         try core.checkPixels(pixels)
         let ids = try core.encode(question, templates.understanding, image: true)
-        let plan = try core.answerPlan(options)
-        let prompt = try core.segments(ids, image: try core.imageEmbeddings(runners.vision, pixels))
+        let plan = try core.answerPlan(options, promptTokens: core.promptLength(ids, image: true))
+        let prompt = try core.segments(ids, image: try await core.imageEmbeddings(runners.vision, pixels))
         try PipelineCore.check(progress, .encoded(promptTokens: PipelineCore.length(prompt)))
-        return try core.answer(runners.llm, prompt, plan, progress: progress)
+        return try await core.answer(runners.llm, prompt, plan, progress: progress)
     }
 
+    /// The number of tokens `text` encodes to (no template).
+    public func tokenCount(_ text: String) throws -> Int { try tokenizer.encode(text).count }
+
     private func image(ids: [Int], image: Tensor?, options: ImageOptions,
-                       progress: ProgressHandler?) throws -> GeneratedImage {
-        let plan = try core.imagePlan(options)
+                       progress: ProgressHandler?) async throws -> GeneratedImage {
+        try await self.image(ids: ids, image: image, plan: try core.imagePlan(options), progress: progress)
+    }
+
+    private func image(ids: [Int], image: Tensor?, plan: PipelineCore.ImagePlan,
+                       progress: ProgressHandler?) async throws -> GeneratedImage {
         let prompt = try core.segments(ids, image: image)
         try PipelineCore.check(progress, .encoded(promptTokens: PipelineCore.length(prompt)))
-        let hidden = try core.hiddenStates(runners.llm, prompt)
-        let context = try core.conditioning(runners.mcp, hidden, guided: plan.guided)
-        let latents = try core.denoise(runners.dit, context: context, plan: plan, progress: progress)
-        let (unit, rgb) = try core.decode(runners.vae, latents)
+        let hidden = try await core.hiddenStates(runners.llm, prompt)
+        let context = try await core.conditioning(runners.mcp, hidden, guided: plan.guided)
+        let latents = try await core.denoise(runners.dit, context: context, plan: plan, progress: progress)
+        let (unit, rgb) = try await core.decode(runners.vae, latents)
         try PipelineCore.check(progress, .decoded)
-        return GeneratedImage(image: rgb, unit: unit, latents: latents, promptIds: core.flat(prompt))
+        return core.result(plan, rgb: rgb, unit: unit, latents: latents, prompt: prompt)
     }
 }
 
 /// The stages of the tasks, shared by `MobileOPipeline` (runners loaded up front) and
-/// `MobileOEngine` (runners loaded per stage).  Each stage takes the runner it uses.
-final class PipelineCore {
+/// `MobileOEngine` (runners loaded per stage).  Each stage takes the runner it uses.  The one
+/// mutable member, the unconditional-conditioning cache, is bounded and behind a lock.
+final class PipelineCore: @unchecked Sendable {
     let manifest: Manifest
-    let tokenizer: TextTokenizer
+    let tokenizer: any TextTokenizer
     let templates: PromptTemplates
     /// MCP of zero hidden states by prompt length: the same for every prompt of that length.
+    /// At most `unconditionalLimit` entries, least recently used dropped first.
     private var unconditional: [Int: Tensor] = [:]
+    private var unconditionalOrder: [Int] = []
+    static let unconditionalLimit = 4
+    private let lock = NSLock()
 
-    init(manifest: Manifest, tokenizer: TextTokenizer) throws {
+    init(manifest: Manifest, tokenizer: any TextTokenizer) throws {
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.templates = PromptTemplates(manifest.pipeline.prompts)
@@ -145,15 +122,21 @@ final class PipelineCore {
         }
     }
 
-    typealias Progress = MobileOPipeline.Progress
     typealias ProgressHandler = MobileOPipeline.ProgressHandler
 
-    static func check(_ progress: ProgressHandler?, _ event: Progress) throws {
+    /// Throws when the Task is cancelled or `progress` returns false.
+    static func check(_ progress: ProgressHandler?, _ event: MobileOProgress) throws {
         if Task.isCancelled { throw MobileOError.cancelled }
         if let progress, !progress(event) { throw MobileOError.cancelled }
     }
 
     static func length(_ prompt: [PromptSegment]) -> Int { prompt.reduce(0) { $0 + $1.length } }
+
+    /// The number of cached unconditional conditionings (bounded by `unconditionalLimit`).
+    var cachedUnconditionalCount: Int { lock.withLock { unconditional.count } }
+
+    /// Drop the unconditional-conditioning cache (when the MCP is unloaded).
+    func clearCaches() { lock.withLock { unconditional = [:]; unconditionalOrder = [] } }
 
     /// `template(text)` as token ids, with the Python pipeline's checks before anything runs:
     /// empty; with an image, exactly one placeholder; too long, counting the image's tokens
@@ -173,10 +156,9 @@ final class PipelineCore {
                 throw MobileOError(.pipeline, "the prompt holds \(count) image placeholders; Mobile-O takes exactly one image.",
                                    fix: "remove the image placeholder from the question or instruction.")
             }
-            let n = manifest.pipeline.conditioning.imageTokens
-            let total = ids.count - 1 + n
+            let total = promptLength(ids, image: true)
             guard total <= limit else {
-                throw MobileOError(.pipeline, "the prompt is \(total) tokens with its template and the \(n) image tokens; the limit is \(limit).",
+                throw MobileOError(.pipeline, "the prompt is \(total) tokens with its template and the \(manifest.pipeline.conditioning.imageTokens) image tokens; the limit is \(limit).",
                                    fix: "shorten the question or instruction.")
             }
         } else {
@@ -188,6 +170,11 @@ final class PipelineCore {
         return ids
     }
 
+    /// The prompt's length in LLM positions: the image placeholder counts its image tokens.
+    func promptLength(_ ids: [Int], image: Bool) -> Int {
+        image ? ids.count - 1 + manifest.pipeline.conditioning.imageTokens : ids.count
+    }
+
     func checkPixels(_ pixels: Tensor) throws {
         let s = manifest.pipeline.imagePreprocess.size
         guard pixels.shape == [3, s, s] else {
@@ -196,13 +183,13 @@ final class PipelineCore {
         }
     }
 
-    func imageEmbeddings(_ vision: VisionRunner?, _ pixels: Tensor) throws -> Tensor {
+    func imageEmbeddings(_ vision: (any VisionRunner)?, _ pixels: Tensor) async throws -> Tensor {
         guard let vision else {
             throw MobileOError(.pipeline, "this pipeline has no vision runner; understanding and editing need one.",
                                fix: "export the vision_encoder component and pass its runner.")
         }
         try checkPixels(pixels)
-        return try vision.imageEmbeddings(pixels)
+        return try await cancellable { try await vision.imageEmbeddings(pixels) }
     }
 
     func segments(_ ids: [Int], image: Tensor?) throws -> [PromptSegment] {
@@ -218,30 +205,43 @@ final class PipelineCore {
 
     // MARK: image stages
 
-    struct ImagePlan {
+    struct ImagePlan: @unchecked Sendable {  // the sampler is used by one task only
         var sampler: any Sampler
         var guidance: Float
+        var guidanceValue: Double
         var latents: Tensor
+        var seed: UInt64?
+        var previewEvery: Int
         /// false at guidance 1: u + 1 (c - u) = c, so the unconditional branch is skipped
         var guided: Bool { guidance != 1 }
     }
 
     /// Sampler, guidance and initial latents, checked before any model runs.
-    func imagePlan(_ options: MobileOPipeline.ImageOptions) throws -> ImagePlan {
+    func imagePlan(_ options: ImageOptions) throws -> ImagePlan {
         var p = manifest.pipeline
-        if let name = options.sampler { p.scheduler.type = name }
+        if let choice = options.sampler { p.scheduler.type = choice.rawValue }
         let sampler = try p.makeSampler(steps: options.steps ?? p.defaults.steps)
         var noise = GaussianNoise(seed: options.seed)
         let latents = options.initialLatents ?? noise.tensor(p.latentShape)
         guard latents.shape == p.latentShape else {
             throw MobileOError(.pipeline, "initial latents have shape \(latents.shape); the model takes \(p.latentShape).")
         }
-        return ImagePlan(sampler: sampler, guidance: Float(options.guidance ?? p.defaults.guidance), latents: latents)
+        guard options.previewEvery >= 0 else {
+            throw MobileOError(.pipeline, "previewEvery must be >= 0, got \(options.previewEvery).", fix: "use 0 for no previews.")
+        }
+        let g = options.guidance ?? p.defaults.guidance
+        return ImagePlan(sampler: sampler, guidance: Float(g), guidanceValue: g, latents: latents,
+                         seed: options.initialLatents == nil ? options.seed : nil, previewEvery: options.previewEvery)
     }
 
-    func hiddenStates(_ llm: LanguageModelRunner, _ prompt: [PromptSegment]) throws -> [Tensor] {
+    func result(_ plan: ImagePlan, rgb: RGBImage, unit: Tensor, latents: Tensor, prompt: [PromptSegment]) -> GeneratedImage {
+        GeneratedImage(image: rgb, unit: unit, latents: latents, promptIds: flat(prompt), seed: plan.seed,
+                       steps: plan.sampler.steps, guidance: plan.guidanceValue)
+    }
+
+    func hiddenStates(_ llm: any LanguageModelRunner, _ prompt: [PromptSegment]) async throws -> [Tensor] {
         let k = manifest.pipeline.conditioning.hiddenStates
-        let hidden = try llm.hiddenStates(prompt, count: k)
+        let hidden = try await cancellable { try await llm.hiddenStates(prompt, count: k) }
         guard hidden.count == k else {
             throw MobileOError(.runner, "the LLM runner returned \(hidden.count) hidden states; the MCP fuses \(k).")
         }
@@ -250,28 +250,44 @@ final class PipelineCore {
 
     /// The DiT's conditioning batch, built once per generation: [uncond, cond] when guided,
     /// else [cond].  Unconditional = MCP of zero hidden states, cached per prompt length.
-    func conditioning(_ mcp: ConditioningRunner, _ hidden: [Tensor], guided: Bool) throws -> Tensor {
-        let cond = try mcp.conditioning(hidden)
+    func conditioning(_ mcp: any ConditioningRunner, _ hidden: [Tensor], guided: Bool) async throws -> Tensor {
+        let cond = try await cancellable { try await mcp.conditioning(hidden) }
         guard guided else { return Tensor.stack([cond]) }
         let l = hidden[0].shape[0]
+        let cached: Tensor? = lock.withLock {
+            guard let c = unconditional[l] else { return nil }
+            unconditionalOrder.removeAll { $0 == l }
+            unconditionalOrder.append(l)
+            return c
+        }
         let uncond: Tensor
-        if let cached = unconditional[l], cached.shape == cond.shape {
+        if let cached, cached.shape == cond.shape {
             uncond = cached
         } else {
-            uncond = try mcp.conditioning(hidden.map { Tensor(zeros: $0.shape) })
-            unconditional[l] = uncond
+            let zeros = hidden.map { Tensor(zeros: $0.shape) }
+            uncond = try await cancellable { try await mcp.conditioning(zeros) }
+            lock.withLock {
+                unconditional[l] = uncond
+                unconditionalOrder.removeAll { $0 == l }
+                unconditionalOrder.append(l)
+                while unconditionalOrder.count > Self.unconditionalLimit {
+                    unconditional[unconditionalOrder.removeFirst()] = nil
+                }
+            }
         }
         return Tensor.stack([uncond, cond])
     }
 
-    func denoise(_ dit: DenoiserRunner, context: Tensor, plan: ImagePlan, progress: ProgressHandler?) throws -> Tensor {
+    /// The sampler loop.  `onStep` runs after each step (the engine frees idle models there).
+    func denoise(_ dit: any DenoiserRunner, context: Tensor, plan: ImagePlan, progress: ProgressHandler?,
+                 onStep: (@Sendable (Int) async -> Void)? = nil) async throws -> Tensor {
         let shape = manifest.pipeline.latentShape
         let b = context.shape[0]
         var latents = plan.latents
         for (i, t) in plan.sampler.timesteps.enumerated() {
             try Task.checkCancellation(orThrow: MobileOError.cancelled)
-            let v = try dit.velocity(latents: Tensor.stack([Tensor](repeating: latents, count: b)), timestep: t,
-                                     conditioning: context)
+            let input = Tensor.stack([Tensor](repeating: latents, count: b))
+            let v = try await cancellable { try await dit.velocity(latents: input, timestep: t, conditioning: context) }
             guard v.shape == [b] + shape else {
                 throw MobileOError(.runner, "the DiT runner returned shape \(v.shape); expected \([b] + shape).")
             }
@@ -282,25 +298,31 @@ final class PipelineCore {
             } else {
                 guided = v.data
             }
-            latents = Tensor(shape: latents.shape, data: try plan.sampler.step(modelOutput: guided, sample: latents.data, index: i))
+            latents = Tensor(uncheckedShape: latents.shape, data: try plan.sampler.step(modelOutput: guided, sample: latents.data, index: i))
             try Self.check(progress, .step(index: i, of: plan.sampler.steps, latents: latents))
+            if plan.previewEvery > 0 && (i + 1) % plan.previewEvery == 0 {
+                try Self.check(progress, .preview(index: i, image: LatentPreview.image(latents)))
+            }
+            await onStep?(i)
         }
         return latents
     }
 
-    func decode(_ vae: DecoderRunner, _ latents: Tensor) throws -> (Tensor, RGBImage) {
+    func decode(_ vae: any DecoderRunner, _ latents: Tensor) async throws -> (Tensor, RGBImage) {
         try Task.checkCancellation(orThrow: MobileOError.cancelled)
-        let unit = try vae.decode(latents)
+        let unit = try await cancellable { try await vae.decode(latents) }
         return (unit, try ImagePostprocess.rgb8(unit))
     }
 
     // MARK: text stages
 
-    struct AnswerPlan {
-        var eos: Int, maxTokens: Int, temperature: Double, topP: Double, topK: Int, seed: UInt64
+    struct AnswerPlan: Sendable {
+        var eos: Int, maxTokens: Int, temperature: Double, topP: Double, topK: Int, minP: Double, seed: UInt64
     }
 
-    func answerPlan(_ options: MobileOPipeline.TextOptions) throws -> AnswerPlan {
+    /// The decoding plan, with every check before any model runs: the options' ranges, and the
+    /// prompt plus `maxNewTokens` against the LLM's context (as mlx_model's check_length).
+    func answerPlan(_ options: TextOptions, promptTokens: Int) throws -> AnswerPlan {
         let d = manifest.pipeline.defaults
         guard let eos = manifest.pipeline.tokenizer.id(ofRole: "eos") else {
             throw MobileOError(.manifest, "pipeline.tokenizer has no eos role.")
@@ -308,21 +330,31 @@ final class PipelineCore {
         let maxTokens = options.maxNewTokens ?? d.maxNewTokens
         let temperature = options.temperature ?? d.temperature, topP = options.topP ?? d.topP
         let topK = options.topK ?? d.topK ?? 0
-        guard maxTokens >= 1 else { throw MobileOError(.pipeline, "maxNewTokens must be at least 1, got \(maxTokens).") }
+        guard maxTokens >= 1 else { throw MobileOError(.pipeline, "maxNewTokens must be at least 1, got \(maxTokens).", fix: "pass 1 or more.") }
         guard temperature >= 0 else { throw MobileOError(.pipeline, "temperature must be >= 0, got \(temperature).", fix: "use 0 for greedy decoding.") }
         guard topP > 0 && topP <= 1 else { throw MobileOError(.pipeline, "topP must be in (0, 1], got \(topP).", fix: "use 1 to turn it off.") }
         guard topK >= 0 else { throw MobileOError(.pipeline, "topK must be >= 0, got \(topK).", fix: "use 0 to turn it off.") }
-        return AnswerPlan(eos: eos, maxTokens: maxTokens, temperature: temperature, topP: topP, topK: topK, seed: options.seed)
+        guard options.minP >= 0 && options.minP < 1 else {
+            throw MobileOError(.pipeline, "minP must be in [0, 1), got \(options.minP).", fix: "use 0 to turn it off.")
+        }
+        let context = manifest.pipeline.hostInputs.contextLength
+        guard promptTokens + maxTokens <= context else {
+            throw MobileOError(.pipeline, "maxNewTokens \(maxTokens) plus the prompt's \(promptTokens) tokens is more than the model's context of \(context) tokens.",
+                               fix: "pass maxNewTokens \(max(1, context - promptTokens)) or less, or shorten the prompt.")
+        }
+        return AnswerPlan(eos: eos, maxTokens: maxTokens, temperature: temperature, topP: topP, topK: topK,
+                          minP: options.minP, seed: options.seed)
     }
 
-    func answer(_ llm: LanguageModelRunner, _ prompt: [PromptSegment], _ plan: AnswerPlan,
-                progress: ProgressHandler?) throws -> MobileOPipeline.Answer {
-        var sampler = TokenSampler(temperature: plan.temperature, topP: plan.topP, topK: plan.topK, seed: plan.seed)
-        var logits = try llm.prefill(prompt)
-        var out = [Int](), shown = ""
+    func answer(_ llm: any LanguageModelRunner, _ prompt: [PromptSegment], _ plan: AnswerPlan,
+                progress: ProgressHandler?) async throws -> Answer {
+        var sampler = try TokenSampler(temperature: plan.temperature, topP: plan.topP, topK: plan.topK, minP: plan.minP,
+                                       seed: plan.seed)
+        var logits = try await cancellable { try await llm.prefill(prompt) }
+        var out = [Int](), shown = "", reason = FinishReason.length
         for n in 0..<plan.maxTokens {
             let next = sampler.sample(logits)
-            if next == plan.eos { break }
+            if next == plan.eos { reason = .stop; break }
             out.append(next)
             // stream whole characters only: hold back a piece that ends in half of one
             let text = tokenizer.decode(out, skipSpecialTokens: true)
@@ -333,12 +365,13 @@ final class PipelineCore {
                 piece = String(v)
                 shown = text
             }
-            try Self.check(progress, .token(id: next, text: piece))
-            if n + 1 < plan.maxTokens { logits = try llm.decode(next) }
+            if Task.isCancelled { throw MobileOError.cancelled }
+            if let progress, !progress(.token(id: next, text: piece)) { reason = .cancelled; break }
+            if n + 1 < plan.maxTokens { logits = try await cancellable { try await llm.decode(next) } }
         }
         // Mobile-O's answer: special tokens skipped, surrounding whitespace stripped
         let answer = tokenizer.decode(out, skipSpecialTokens: true).trimmingCharacters(in: .whitespacesAndNewlines)
-        return MobileOPipeline.Answer(text: answer, ids: out, promptIds: flat(prompt))
+        return Answer(text: answer, ids: out, promptIds: flat(prompt), finishReason: reason)
     }
 }
 
@@ -346,55 +379,5 @@ extension Task where Success == Never, Failure == Never {
     /// `checkCancellation()` throwing the package's own error.
     static func checkCancellation(orThrow error: MobileOError) throws {
         if isCancelled { throw error }
-    }
-}
-
-/// Next-token choice: greedy at temperature 0, else softmax(logits / T) with optional
-/// top-k (0 = off; Mobile-O's default 50 is transformers') and nucleus (top-p) filtering,
-/// drawn from a seeded generator.
-public struct TokenSampler {
-    public var temperature: Double
-    public var topP: Double
-    public var topK: Int
-    private var rng: GaussianNoise
-
-    public init(temperature: Double, topP: Double = 1, topK: Int = 0, seed: UInt64 = 0) {
-        self.temperature = temperature; self.topP = topP; self.topK = topK; rng = GaussianNoise(seed: seed)
-    }
-
-    public mutating func sample(_ logits: [Float]) -> Int {
-        guard temperature > 0 else { return Self.argmax(logits) }
-        let m = logits.max() ?? 0
-        var probs = logits.map { Foundation.exp(Double($0 - m) / temperature) }
-        let total = probs.reduce(0, +)
-        probs = probs.map { $0 / total }
-        var order = Array(probs.indices)
-        if topK > 0 && topK < order.count {  // ties at the k-th value stay in
-            let kth = order.map { probs[$0] }.sorted(by: >)[topK - 1]
-            order = order.filter { probs[$0] >= kth }
-        }
-        if topP < 1 {
-            order.sort { probs[$0] > probs[$1] }
-            var cum = 0.0, keep = 0
-            for (k, i) in order.enumerated() {
-                cum += probs[i]; keep = k + 1
-                if cum >= topP { break }
-            }
-            order = Array(order.prefix(keep))
-        }
-        let mass = order.reduce(0.0) { $0 + probs[$1] }
-        var u = rng.uniform() * mass
-        for i in order {
-            u -= probs[i]
-            if u <= 0 { return i }
-        }
-        return order.last ?? 0
-    }
-
-    /// First index of the largest logit (as numpy/MLX argmax).
-    public static func argmax(_ logits: [Float]) -> Int {
-        var best = 0
-        for i in logits.indices where logits[i] > logits[best] { best = i }
-        return best
     }
 }

@@ -2,8 +2,10 @@ import Foundation
 
 /// The prompt templates from the manifest (weights/core/prompts.py on the Python side).
 public struct PromptTemplates: Equatable, Sendable {
+    /// The manifest's templates.
     public let prompts: Manifest.Prompts
 
+    /// Templates from the manifest's `pipeline.prompts`.
     public init(_ prompts: Manifest.Prompts) { self.prompts = prompts }
 
     /// Fill `{slot}` once, inserting `value` verbatim (like Python's str.format).
@@ -12,16 +14,20 @@ public struct PromptTemplates: Equatable, Sendable {
         return template.replacingCharacters(in: r, with: value)
     }
 
+    /// `userTurn` in the chat template (system turn, user turn, assistant header).
     public func chat(_ userTurn: String) -> String { Self.fill(prompts.chat, "qs", userTurn) }
 
+    /// A generation prompt in its template, inside the chat template.
     public func generation(_ prompt: String) -> String {
         chat(Self.fill(prompts.generation, "prompt", prompt))
     }
 
+    /// A question about an image (with the image placeholder) inside the chat template.
     public func understanding(_ question: String) -> String {
         chat(Self.fill(prompts.understanding, "question", question))
     }
 
+    /// An editing instruction (with the image placeholder) inside the chat template.
     public func editing(_ instruction: String) -> String {
         chat(Self.fill(prompts.editing, "instruction", instruction))
     }
@@ -48,8 +54,11 @@ public struct PromptTemplates: Equatable, Sendable {
 
 /// One earlier exchange of a text chat.
 public struct ChatTurn: Sendable, Equatable {
+    /// What the user wrote.
     public var user: String
+    /// What the assistant answered.
     public var assistant: String
+    /// One exchange.
     public init(user: String, assistant: String) { self.user = user; self.assistant = assistant }
 }
 

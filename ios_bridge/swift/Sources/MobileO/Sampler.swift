@@ -2,23 +2,41 @@ import Foundation
 
 /// diffusers `DPMSolverMultistepScheduler` config (field names as in scheduler_config.json).
 public struct SchedulerConfig: Codable, Equatable, Sendable {
+    /// `num_train_timesteps`: the training schedule's length (1000).
     public var numTrainTimesteps: Int
+    /// `solver_order`: 1 or 2.
     public var solverOrder: Int
+    /// `algorithm_type`: only "dpmsolver++".
     public var algorithmType: String
+    /// `solver_type`: "midpoint" or "heun".
     public var solverType: String
+    /// `prediction_type`: only "flow_prediction".
     public var predictionType: String
+    /// `use_flow_sigmas`: must be true (a flow-matching model).
     public var useFlowSigmas: Bool
+    /// `flow_shift`: the sigma shift.
     public var flowShift: Double
+    /// `final_sigmas_type`: only "zero".
     public var finalSigmasType: String
+    /// `lower_order_final`: first-order last step for short schedules.
     public var lowerOrderFinal: Bool
+    /// `euler_at_final`: a first-order last step always.
     public var eulerAtFinal: Bool
+    /// `timestep_spacing` (recorded; the flow schedule is linspace).
     public var timestepSpacing: String
+    /// `steps_offset` (recorded).
     public var stepsOffset: Int
+    /// `thresholding`: unsupported when true.
     public var thresholding: Bool?
+    /// `use_karras_sigmas`: unsupported when true.
     public var useKarrasSigmas: Bool?
+    /// `use_exponential_sigmas`: unsupported when true.
     public var useExponentialSigmas: Bool?
+    /// `use_beta_sigmas`: unsupported when true.
     public var useBetaSigmas: Bool?
+    /// `use_lu_lambdas`: unsupported when true.
     public var useLuLambdas: Bool?
+    /// `use_dynamic_shifting`: unsupported when true.
     public var useDynamicShifting: Bool?
 
     enum CodingKeys: String, CodingKey {
@@ -32,6 +50,7 @@ public struct SchedulerConfig: Codable, Equatable, Sendable {
         case useDynamicShifting = "use_dynamic_shifting"
     }
 
+    /// A config; the defaults are Mobile-O's.
     public init(numTrainTimesteps: Int = 1000, solverOrder: Int = 2, algorithmType: String = "dpmsolver++",
                 solverType: String = "midpoint", predictionType: String = "flow_prediction",
                 useFlowSigmas: Bool = true, flowShift: Double = 3.0, finalSigmasType: String = "zero",
@@ -88,13 +107,15 @@ public protocol Sampler: AnyObject {
 }
 
 extension Sampler {
+    /// The number of steps.
     public var steps: Int { timesteps.count }
 
+    /// `step` over tensors of equal shapes.
     public func step(modelOutput: Tensor, sample: Tensor, index: Int) throws -> Tensor {
         guard modelOutput.shape == sample.shape else {
             throw MobileOError(.sampler, "model output shape \(modelOutput.shape) differs from the latents' \(sample.shape).")
         }
-        return Tensor(shape: sample.shape, data: try step(modelOutput: modelOutput.data, sample: sample.data, index: index))
+        return Tensor(uncheckedShape: sample.shape, data: try step(modelOutput: modelOutput.data, sample: sample.data, index: index))
     }
 }
 
@@ -103,8 +124,10 @@ extension Sampler {
 /// `GenerateOptions.sampler` may name another).  A new one is its class below and one line
 /// here; the golden tests check every entry against Python's schedules and trajectories.
 public enum Samplers {
+    /// Builds a sampler from the config and the step count.
     public typealias Make = @Sendable (SchedulerConfig, Int) throws -> any Sampler
 
+    /// The samplers by manifest type.
     public static let byType: [String: Make] = [
         FlowDPMSolver.typeName: { try FlowDPMSolver(config: $0, steps: $1) },
         FlowEuler.typeName: { try FlowEuler(config: $0, steps: $1) },
@@ -119,23 +142,27 @@ public enum Samplers {
     }
 }
 
-/// `u + g * (c - u)`.
+/// `u + g * (c - u)` over the common length of `uncond` and `cond` (equal in the pipeline).
 public func classifierFreeGuidance(uncond: [Float], cond: [Float], scale: Float) -> [Float] {
-    precondition(uncond.count == cond.count, "CFG needs equal sizes")
-    return zip(uncond, cond).map { u, c in u + scale * (c - u) }
+    zip(uncond, cond).map { u, c in u + scale * (c - u) }
 }
 
 /// DPM-Solver++ (multistep, order <= 2, midpoint or heun) on flow sigmas with a final
 /// sigma of 0, exactly as diffusers' `DPMSolverMultistepScheduler` with
 /// `use_flow_sigmas=True, prediction_type="flow_prediction"`.
 public final class FlowDPMSolver: Sampler {
+    /// The manifest's `pipeline.scheduler.type` of this sampler.
     public static let typeName = "flow_dpm_solver_multistep"
+    /// The scheduler config.
     public let config: SchedulerConfig
+    /// Timesteps handed to the denoiser (integers, as diffusers').
     public let timesteps: [Double]
+    /// Noise levels, one per step plus the final 0.
     public let sigmas: [Float]
     private var previous: [Float]?  // the last data prediction (x0)
     private var nextIndex = 0
 
+    /// A sampler over `steps` steps; throws when the config is one this package cannot run.
     public init(config: SchedulerConfig, steps: Int) throws {
         if let why = config.unsupported() { throw MobileOError(.sampler, "\(why).") }
         guard config.algorithmType == "dpmsolver++" else {
@@ -174,6 +201,7 @@ public final class FlowDPMSolver: Sampler {
         return (2, a, b, Float(c), Float(1 / r0))
     }
 
+    /// One DPM-Solver++ step; steps run in order from 0 (step 0 restarts the history).
     public func step(modelOutput: [Float], sample: [Float], index i: Int) throws -> [Float] {
         let n = timesteps.count
         guard i >= 0, i < n else { throw MobileOError(.sampler, "step index \(i) is outside 0..<\(n).") }
@@ -191,7 +219,10 @@ public final class FlowDPMSolver: Sampler {
         if k.order == 1 {
             out = zip(sample, x0).map { x, d in k.a * x + k.b * d }
         } else {
-            let m1 = previous!
+            guard let m1 = previous, m1.count == sample.count else {
+                throw MobileOError(.sampler, "step \(i) needs the previous step's data prediction of the same size.",
+                                   fix: "run the steps in order from 0 on latents of one shape.")
+            }
             out = (0..<sample.count).map { j in
                 let d1 = k.invR0 * (x0[j] - m1[j])
                 return k.a * sample[j] + k.b * x0[j] + k.c * d1
@@ -207,10 +238,14 @@ public final class FlowDPMSolver: Sampler {
 /// its own sigma schedule (linear in shifted training time, float timesteps), then
 /// x <- x + (sigma[i+1] - sigma[i]) * v.
 public final class FlowEuler: Sampler {
+    /// The manifest's `pipeline.scheduler.type` of this sampler.
     public static let typeName = "flow_euler"
+    /// Timesteps handed to the denoiser (float, as diffusers').
     public let timesteps: [Double]
+    /// Noise levels, one per step plus the final 0.
     public let sigmas: [Float]
 
+    /// A sampler over `steps` steps; `shift` overrides the config's `flow_shift`.
     public init(config: SchedulerConfig, steps: Int, shift: Double? = nil) throws {
         if let why = config.unsupported() { throw MobileOError(.sampler, "\(why).") }
         guard steps >= 1 else { throw MobileOError(.sampler, "steps must be >= 1, got \(steps).") }
@@ -227,6 +262,7 @@ public final class FlowEuler: Sampler {
         sigmas = sig32 + [0]
     }
 
+    /// One Euler step: x + (sigma[i+1] - sigma[i]) v.
     public func step(modelOutput: [Float], sample: [Float], index i: Int) throws -> [Float] {
         guard i >= 0, i < timesteps.count else {
             throw MobileOError(.sampler, "step index \(i) is outside 0..<\(timesteps.count).")

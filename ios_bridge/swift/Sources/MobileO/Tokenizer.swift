@@ -3,9 +3,11 @@ import Foundation
 /// What the pipeline needs from a tokenizer.  `BPETokenizer` implements it from
 /// tokenizer.json with no dependencies; an app may plug in another implementation
 /// (e.g. swift-transformers' `Tokenizer`) by conforming a small wrapper.
-public protocol TextTokenizer: AnyObject {
+/// It is `Sendable`: the engine encodes off the caller's actor and counts tokens from any thread.
+public protocol TextTokenizer: AnyObject, Sendable {
     /// Token ids of `text`; special tokens written in the text (e.g. `<|im_start|>`) map to their ids.
     func encode(_ text: String) throws -> [Int]
+    /// The text of `ids`; with `skipSpecialTokens` special tokens are left out.
     func decode(_ ids: [Int], skipSpecialTokens: Bool) -> String
     /// Id of a token by its exact text (special tokens by name), nil when unknown.
     func tokenId(_ token: String) -> Int?
@@ -14,7 +16,7 @@ public protocol TextTokenizer: AnyObject {
 /// Qwen2's tokenizer from its `tokenizer.json`: special tokens split first, NFC, the
 /// Qwen2 split pattern, then byte-level BPE with merge ranks — the same ids as the
 /// `tokenizers` library.
-public final class BPETokenizer: TextTokenizer {
+public final class BPETokenizer: TextTokenizer, @unchecked Sendable {  // the cache is behind `lock`
     /// The Qwen2 split pattern this class implements by hand (see `QwenPreTokenizer`).
     public static let qwen2Pattern =
         #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
@@ -38,6 +40,7 @@ public final class BPETokenizer: TextTokenizer {
         try self.init(data: data, source: url.path)
     }
 
+    /// Parse tokenizer.json's bytes; `source` names it in errors.
     public init(data: Data, source: String = "tokenizer.json") throws {
         let file: TokenizerFile
         do {
@@ -89,10 +92,13 @@ public final class BPETokenizer: TextTokenizer {
         self.merges = merges
     }
 
+    /// The id of a token by its exact text (special tokens by name).
     public func tokenId(_ token: String) -> Int? { vocab[token] }
 
+    /// One more than the largest id.
     public var vocabularySize: Int { (idToToken.keys.max() ?? -1) + 1 }
 
+    /// The ids of `text`, as the `tokenizers` library gives them.
     public func encode(_ text: String) throws -> [Int] {
         var ids = [Int]()
         for segment in splitSpecials(text) {
@@ -106,6 +112,7 @@ public final class BPETokenizer: TextTokenizer {
         return ids
     }
 
+    /// The text of `ids` (invalid UTF-8 as U+FFFD); special tokens left out when asked.
     public func decode(_ ids: [Int], skipSpecialTokens: Bool = false) -> String {
         var bytes = [UInt8]()
         for id in ids {

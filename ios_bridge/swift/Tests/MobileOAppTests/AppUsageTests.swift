@@ -1,6 +1,8 @@
 // The package used as an app uses it, compiled in the Swift 6 language mode (strict
-// concurrency): a @MainActor view model that starts work in Tasks, iterates the engine's
-// streams, runs a detached task and cancels.  Only the public API (no @testable).
+// concurrency, warnings as errors in `make swift-test`): a @MainActor view model that starts
+// work in Tasks, iterates the engine's streams, takes progress through a closure that hops to
+// the main actor, runs a detached task, cancels, handles a memory warning, runs two tasks at
+// once, and builds previews and mocks from public initialisers.  Only the public API (no @testable).
 import Foundation
 import MobileO
 import XCTest
@@ -13,7 +15,9 @@ final class MobileOViewModel {
     private(set) var answer = ""
     private(set) var failure: String?
     private(set) var cancelled = false
-    private let engine: MobileOEngine
+    private(set) var preview: RGBImage?
+    private(set) var stepsSeen = 0
+    let engine: MobileOEngine
     private var work: Task<Void, Never>?
 
     init(engine: MobileOEngine) { self.engine = engine }
@@ -30,6 +34,7 @@ final class MobileOViewModel {
                     try Task.checkCancellation()  // ignore what was already buffered
                     switch event {
                     case .progress(.step(let i, let n, _)): fraction = Double(i + 1) / Double(n)
+                    case .progress(.preview(_, let image)): preview = image
                     case .progress: break
                     case .finished(let out): image = out.image
                     }
@@ -72,6 +77,21 @@ final class MobileOViewModel {
         }
     }
 
+    /// The closure pattern: the callback is `@Sendable` and runs on the engine; it hops to the
+    /// main actor to touch the view model (a `@MainActor` class is `Sendable`).
+    func generateWithCallback(_ prompt: String) async throws -> GeneratedImage {
+        try await engine.generate(prompt: prompt, options: ImageOptions(steps: 3, seed: 5)) { [weak self] event in
+            guard case .step = event else { return }
+            Task { @MainActor in self?.stepsSeen += 1 }
+        }
+    }
+
+    /// What an app does on UIApplication.didReceiveMemoryWarningNotification.
+    func memoryWarning() { Task { await engine.unloadResources() } }
+
+    /// Prompt length for a counter under the text field (the tokenizer is Sendable).
+    nonisolated func tokens(_ text: String) -> Int { (try? engine.tokenCount(text)) ?? 0 }
+
     func cancel() { work?.cancel() }
     func finish() async { await work?.value }
 
@@ -85,10 +105,16 @@ final class MobileOViewModel {
     }
 }
 
-// Minimal runners with the right shapes (an app would use CoreMLRunners.loaders).
+// Minimal runners with the right shapes (an app would use CoreMLRunners.loaders).  A runner
+// is Sendable: one with state keeps it behind a lock.
 final class ZeroLLM: LanguageModelRunner {
     let dim: Int, vocab: Int, eos: Int
-    var produced = 0
+    private let state = NSLock()
+    nonisolated(unsafe) private var _produced = 0
+    private var produced: Int {
+        get { state.withLock { _produced } }
+        set { state.withLock { _produced = newValue } }
+    }
     init(dim: Int, vocab: Int, eos: Int) { self.dim = dim; self.vocab = vocab; self.eos = eos }
     func hiddenStates(_ prompt: [PromptSegment], count: Int) throws -> [Tensor] {
         let l = prompt.reduce(0) { $0 + $1.length }
@@ -115,7 +141,24 @@ final class ZeroMCP: ConditioningRunner {
 }
 
 final class DampingDiT: DenoiserRunner {
-    func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) throws -> Tensor { latents.map { -0.5 * $0 } }
+    func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) async throws -> Tensor {
+        try await Task.sleep(nanoseconds: 1_000_000)  // a model call that honours cancellation
+        return latents.map { -0.5 * $0 }
+    }
+}
+
+/// Previews and mocks from the public initialisers (what a SwiftUI preview would build).
+enum Mocks {
+    static func image() throws -> GeneratedImage {
+        let rgb = try RGBImage(width: 2, height: 2, pixels: [UInt8](repeating: 128, count: 12))
+        return GeneratedImage(image: rgb, unit: try Tensor(shape: [3, 2, 2], data: [Float](repeating: 0.5, count: 12)),
+                              latents: Tensor(zeros: [4, 1, 1]), promptIds: [1, 2, 3], seed: 42, steps: 20, guidance: 1.2)
+    }
+    static let answer = Answer(text: "A red cup.", ids: [32, 2518, 10525], finishReason: .stop)
+    static let imageOptions = ImageOptions(steps: 20, guidance: 1.2, seed: 42, sampler: .euler, previewEvery: 5)
+    static let textOptions = TextOptions(maxNewTokens: 64, temperature: 0.7, topP: 0.9, topK: 50, minP: 0.05, seed: 1)
+    static let progress: [MobileOProgress] = [.loading(.llm), .loaded(.llm), .encoded(promptTokens: 12), .decoded,
+                                       .token(id: 32, text: "A")]
 }
 
 final class AppUsageTests: XCTestCase {
@@ -138,13 +181,14 @@ final class AppUsageTests: XCTestCase {
             mcp: { ZeroMCP(channels: c.captionChannels) },
             dit: { DampingDiT() },
             vae: { ScaledDecoder(scalingFactor: 1) { z in Tensor(zeros: [3, z.shape[1] * 2, z.shape[2] * 2]) } })
-        return try MobileOEngine(manifest: manifest, tokenizer: tokenizer, loaders: loaders, reduceMemory: true)
+        return try MobileOEngine(manifest: manifest, tokenizer: tokenizer, loaders: loaders, memoryPolicy: .reduceMemory)
     }
 
     @MainActor
     func testViewModelGeneratesAsksAndCancels() async throws {
         let engine = try Self.makeEngine()
         let model = MobileOViewModel(engine: engine)
+        XCTAssertGreaterThan(model.tokens("a red cup"), 0)
         model.generate("a red cup", steps: 3)
         await model.finish()
         XCTAssertNil(model.failure)
@@ -171,7 +215,31 @@ final class AppUsageTests: XCTestCase {
 
         let image = try await model.generateDetached("a green cup")
         XCTAssertGreaterThan(image.width, 0)
-        // the synchronous pipeline from detached work (it is Sendable; its calls block that thread)
+        // the closure pattern, and a memory warning right after
+        let viaClosure = try await model.generateWithCallback("a cup")
+        XCTAssertEqual(viaClosure.seed, 5)
+        model.memoryWarning()
+        // two tasks at once: they queue on the engine
+        async let one = engine.generate(prompt: "one", options: .init(steps: 2))
+        async let two = engine.chat("two", options: .init(maxNewTokens: 4, temperature: 0))
+        let (first, second) = try await (one, two)
+        XCTAssertEqual(first.steps, 2)
+        XCTAssertNotEqual(second.finishReason, .cancelled)
+        // the memory policy changes at runtime
+        await engine.setMemoryPolicy(.keepLoaded)
+        let policy = await engine.memoryPolicy
+        XCTAssertEqual(policy, .keepLoaded)
+        // mocks
+        XCTAssertEqual(try Mocks.image().seed, 42)
+        XCTAssertEqual(Mocks.answer.finishReason, .stop)
+        XCTAssertEqual(Mocks.imageOptions.sampler, .euler)
+        XCTAssertEqual(Mocks.textOptions.minP, 0.05)
+        XCTAssertEqual(Mocks.progress.count, 5)
+        XCTAssertThrowsError(try RGBImage(width: 2, height: 2, pixels: [0]), "a throwing initialiser, not a crash")
+        #if canImport(CoreGraphics)
+        XCTAssertNotNil(try Mocks.image().image.cgImage())
+        #endif
+        // the pipeline from detached work (it is Sendable; its tasks run one at a time)
         let p = engine.manifest.pipeline, c = p.conditioning
         let pipeline = try MobileOPipeline(
             manifest: engine.manifest,
@@ -179,7 +247,7 @@ final class AppUsageTests: XCTestCase {
             runners: ModelRunners(llm: ZeroLLM(dim: c.llmHiddenSize, vocab: p.tokenizer.vocabSize, eos: p.tokenizer.id(ofRole: "eos")!),
                                   vision: nil, mcp: ZeroMCP(channels: c.captionChannels), dit: DampingDiT(),
                                   vae: ScaledDecoder(scalingFactor: 1) { z in Tensor(zeros: [3, z.shape[1] * 2, z.shape[2] * 2]) }))
-        let detached = try await Task.detached { try pipeline.generate(prompt: "a cup", options: .init(steps: 2)) }.value
+        let detached = try await Task.detached { try await pipeline.generate(prompt: "a cup", options: .init(steps: 2)) }.value
         XCTAssertEqual(detached.image.width, image.width)
 
         try await engine.prewarm([.understanding])

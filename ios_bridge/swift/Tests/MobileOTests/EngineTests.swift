@@ -26,7 +26,7 @@ final class RunnerTracker: @unchecked Sendable {
     func reset() { lock.lock(); everLoaded = []; maxHeavyAlive = 0; ditBatches = []; mcpCalls = 0; lock.unlock() }
 }
 
-final class TrackedLLM: LanguageModelRunner {
+final class TrackedLLM: LanguageModelRunner, @unchecked Sendable {
     let inner: FakeLLM, tracker: RunnerTracker
     init(_ inner: FakeLLM, _ tracker: RunnerTracker) { self.inner = inner; self.tracker = tracker; tracker.born(.llm) }
     deinit { tracker.died(.llm) }
@@ -35,21 +35,21 @@ final class TrackedLLM: LanguageModelRunner {
     func decode(_ token: Int) throws -> [Float] { try inner.decode(token) }
 }
 
-final class TrackedVision: VisionRunner {
+final class TrackedVision: VisionRunner, @unchecked Sendable {
     let inner: FakeVision, tracker: RunnerTracker
     init(_ inner: FakeVision, _ tracker: RunnerTracker) { self.inner = inner; self.tracker = tracker; tracker.born(.vision) }
     deinit { tracker.died(.vision) }
     func imageEmbeddings(_ pixels: Tensor) throws -> Tensor { try inner.imageEmbeddings(pixels) }
 }
 
-final class TrackedMCP: ConditioningRunner {
+final class TrackedMCP: ConditioningRunner, @unchecked Sendable {
     let inner: FakeMCP, tracker: RunnerTracker
     init(_ inner: FakeMCP, _ tracker: RunnerTracker) { self.inner = inner; self.tracker = tracker; tracker.born(.mcp) }
     deinit { tracker.died(.mcp) }
     func conditioning(_ hiddenStates: [Tensor]) throws -> Tensor { tracker.mcpCalled(); return try inner.conditioning(hiddenStates) }
 }
 
-final class TrackedDiT: DenoiserRunner {
+final class TrackedDiT: DenoiserRunner, @unchecked Sendable {
     let inner = FakeDiT(), tracker: RunnerTracker
     init(_ tracker: RunnerTracker) { self.tracker = tracker; tracker.born(.dit) }
     deinit { tracker.died(.dit) }
@@ -59,11 +59,11 @@ final class TrackedDiT: DenoiserRunner {
     }
 }
 
-final class TrackedVAE: DecoderRunner {
+final class TrackedVAE: DecoderRunner, @unchecked Sendable {
     let inner: ScaledDecoder, tracker: RunnerTracker
     init(_ inner: ScaledDecoder, _ tracker: RunnerTracker) { self.inner = inner; self.tracker = tracker; tracker.born(.vae) }
     deinit { tracker.died(.vae) }
-    func decode(_ latents: Tensor) throws -> Tensor { try inner.decode(latents) }
+    func decode(_ latents: Tensor) async throws -> Tensor { try await inner.decode(latents) }
 }
 
 /// A `MobileOEngine` over the tracked fake runners and the golden export's manifest and tokenizer.
@@ -80,7 +80,8 @@ func makeTrackedEngine(reduceMemory: Bool) throws -> (MobileOEngine, RunnerTrack
         mcp: { TrackedMCP(FakeMCP(outDim: c.captionChannels), t) },
         dit: { TrackedDiT(t) },
         vae: { TrackedVAE(ScaledDecoder(scalingFactor: factor, raw: { try FakeVAE.decode($0) }), t) })
-    return (try MobileOEngine(manifest: m, tokenizer: tok, loaders: loaders, reduceMemory: reduceMemory), t)
+    return (try MobileOEngine(manifest: m, tokenizer: tok, loaders: loaders,
+                              memoryPolicy: reduceMemory ? .reduceMemory : .keepLoaded), t)
 }
 
 final class EngineTests: XCTestCase {
@@ -95,7 +96,7 @@ final class EngineTests: XCTestCase {
         let pixels = fakePixels(engine.manifest.pipeline.imagePreprocess.size)
         for c in g.generate {
             let out = try await engine.generate(prompt: c.prompt!, options: .init(
-                steps: c.steps, guidance: c.guidance, initialLatents: Tensor(shape: shape, data: c.initial)))
+                steps: c.steps, guidance: c.guidance, initialLatents: Tensor(uncheckedShape: shape, data: c.initial)))
             XCTAssertEqual(out.promptIds, c.ids)
             XCTAssertLessThanOrEqual(maxAbsDiff(out.latents.data, c.latents), 1e-5)
             XCTAssertLessThanOrEqual(maxAbsDiff(out.unit.data, c.unit), 1e-5)
@@ -103,7 +104,7 @@ final class EngineTests: XCTestCase {
         XCTAssertFalse(t.everLoaded.contains(.vision), "generation never loads the vision encoder")
         for c in g.edit {
             let out = try await engine.edit(pixels: pixels, instruction: c.instruction!, options: .init(
-                steps: c.steps, guidance: c.guidance, initialLatents: Tensor(shape: shape, data: c.initial)))
+                steps: c.steps, guidance: c.guidance, initialLatents: Tensor(uncheckedShape: shape, data: c.initial)))
             XCTAssertEqual(out.promptIds, c.ids)
             XCTAssertLessThanOrEqual(maxAbsDiff(out.latents.data, c.latents), 1e-5)
         }
@@ -179,7 +180,7 @@ final class EngineTests: XCTestCase {
             if case .progress(.step(let i, _, _)) = event, i == 2 { seen = i; break }
         }
         XCTAssertEqual(seen, 2)
-        try await Task.sleep(nanoseconds: 50_000_000)
+        try await engine.prewarm([.chat])  // queued behind the cancelled generation: it has ended
         XCTAssertLessThan(t.ditBatches.count, 50, "stopped early")
         // cancelling the Task that awaits it
         t.reset()
@@ -246,7 +247,7 @@ final class EngineTests: XCTestCase {
         let pipe = try MobileOPipeline(manifest: m, tokenizer: tok, runners: ModelRunners(
             llm: FakeLLM(dim: 4, vocab: 8, eos: 0), vision: nil, mcp: FakeMCP(outDim: 2), dit: FakeDiT(),
             vae: ScaledDecoder(scalingFactor: 1, raw: { try FakeVAE.decode($0) })))
-        XCTAssertThrowsError(try pipe.understand(pixels: pixels, question: question)) { e in
+        await assertThrowsAsync(try await pipe.understand(pixels: pixels, question: question)) { e in
             XCTAssertTrue("\(e)".contains("image tokens; the limit"), "\(e)")
         }
         // a question n - 1 tokens shorter fits
@@ -258,7 +259,7 @@ final class EngineTests: XCTestCase {
 
 final class ImageOrientationTests: XCTestCase {
     func testOrientMatchesEXIF() {
-        let t = Tensor(shape: [1, 3, 3], data: [1, 2, 3, 4, 5, 6, 7, 8, 9])
+        let t = Tensor(uncheckedShape: [1, 3, 3], data: [1, 2, 3, 4, 5, 6, 7, 8, 9])
         let expected: [ImageOrientation: [Float]] = [
             .up: [1, 2, 3, 4, 5, 6, 7, 8, 9],
             .upMirrored: [3, 2, 1, 6, 5, 4, 9, 8, 7],
@@ -272,7 +273,7 @@ final class ImageOrientationTests: XCTestCase {
         for o in ImageOrientation.allCases {
             XCTAssertEqual(ImagePreprocess.orient(t, o).data, expected[o], "\(o)")
         }
-        let rgb = Tensor(shape: [3, 4, 4], data: (0..<48).map(Float.init))
+        let rgb = Tensor(uncheckedShape: [3, 4, 4], data: (0..<48).map(Float.init))
         XCTAssertEqual(ImagePreprocess.orient(ImagePreprocess.orient(rgb, .right), .left), rgb, "right then left is identity")
         XCTAssertEqual(ImagePreprocess.orient(ImagePreprocess.orient(rgb, .down), .down), rgb)
     }

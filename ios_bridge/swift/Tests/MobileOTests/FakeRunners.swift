@@ -18,7 +18,7 @@ func fakeValues(_ prompt: [PromptSegment]) -> ([FakeValue], Tensor?) {
     return (values, image)
 }
 
-final class FakeLLM: LanguageModelRunner {
+final class FakeLLM: LanguageModelRunner, @unchecked Sendable {  // one task at a time
     let dim: Int, vocab: Int, eos: Int
     static let eosAfter = 6
     var context = [FakeValue]()
@@ -42,7 +42,7 @@ final class FakeLLM: LanguageModelRunner {
                     }
                 }
             }
-            return Tensor(shape: [values.count, dim], data: data)
+            return Tensor(uncheckedShape: [values.count, dim], data: data)
         }
     }
 
@@ -74,7 +74,7 @@ final class FakeLLM: LanguageModelRunner {
 }
 
 /// sum_j (j+1)/K h_j W + b,  W[d, k] = cos(0.1 (d+1)(k+1)) / sqrt(D),  b_k = 0.01 (k+1) - 0.2
-final class FakeMCP: ConditioningRunner {
+final class FakeMCP: ConditioningRunner, @unchecked Sendable {
     let outDim: Int
     init(outDim: Int) { self.outDim = outDim }
 
@@ -94,12 +94,12 @@ final class FakeMCP: ConditioningRunner {
                 out[p * outDim + k] = Float(acc + (0.01 * Double(k + 1) - 0.2))
             }
         }
-        return Tensor(shape: [len, outDim], data: out)
+        return Tensor(uncheckedShape: [len, outDim], data: out)
     }
 }
 
 /// per batch item b: -0.6 x_b + 0.2 t / 1000 + mean(context_b)
-final class FakeDiT: DenoiserRunner {
+final class FakeDiT: DenoiserRunner, @unchecked Sendable {
     var calls = 0
     func velocity(latents: Tensor, timestep: Double, conditioning: Tensor) throws -> Tensor {
         calls += 1
@@ -109,7 +109,7 @@ final class FakeDiT: DenoiserRunner {
             let mean = conditioning.data[i * cper..<(i + 1) * cper].reduce(0.0) { $0 + Double($1) } / Double(cper)
             out += latents.data[i * per..<(i + 1) * per].map { Float(-0.6 * Double($0) + 0.2 * timestep / 1000 + mean) }
         }
-        return Tensor(shape: latents.shape, data: out)
+        return Tensor(uncheckedShape: latents.shape, data: out)
     }
 }
 
@@ -127,12 +127,12 @@ enum FakeVAE {
                 }
             }
         }
-        return Tensor(shape: [3, h * f, w * f], data: out)
+        return Tensor(uncheckedShape: [3, h * f, w * f], data: out)
     }
 }
 
 /// [3, S, S] -> [N, D]: sin(0.3 (n+1) + 0.05 (d+1)) * mean(pixels)
-final class FakeVision: VisionRunner {
+final class FakeVision: VisionRunner, @unchecked Sendable {
     let tokens: Int, dim: Int
     init(tokens: Int, dim: Int) { self.tokens = tokens; self.dim = dim }
 
@@ -140,7 +140,7 @@ final class FakeVision: VisionRunner {
         let mean = pixels.data.reduce(0.0) { $0 + Double($1) } / Double(pixels.count)
         var out = [Float]()
         for n in 0..<tokens { for d in 0..<dim { out.append(Float(Foundation.sin(0.3 * Double(n + 1) + 0.05 * Double(d + 1)) * mean)) } }
-        return Tensor(shape: [tokens, dim], data: out)
+        return Tensor(uncheckedShape: [tokens, dim], data: out)
     }
 }
 
@@ -148,5 +148,5 @@ final class FakeVision: VisionRunner {
 func fakePixels(_ size: Int) -> Tensor {
     var data = [Float]()
     for c in 0..<3 { for y in 0..<size { for x in 0..<size { data.append(Float(Double((7 * c + 3 * y + 5 * x) % 256) / 255)) } } }
-    return Tensor(shape: [3, size, size], data: data)
+    return Tensor(uncheckedShape: [3, size, size], data: data)
 }

@@ -10,7 +10,7 @@ struct TokenizerGolden: Decodable {
 }
 
 final class TokenizerTests: XCTestCase {
-    static var qwen: BPETokenizer?
+    nonisolated(unsafe) static var qwen: BPETokenizer?  // the tests of a class run one after another
 
     func qwenTokenizer() throws -> BPETokenizer {
         if let t = Self.qwen { return t }
