@@ -87,14 +87,22 @@ final class ResponsivenessTests: XCTestCase {
 
     func ms(_ a: Date, _ b: Date) -> String { String(format: "%.1f", b.timeIntervalSince(a) * 1000) }
 
+    /// A generation started in a Task, its step events logged in `steps` (in order with anything
+    /// else logged there), returned once step `reached` is seen.
+    func startGenerating(_ engine: MobileOEngine, _ options: ImageOptions, logging steps: EventLog,
+                         reached: Int) async throws -> Task<GeneratedImage, Error> {
+        let task = Task { try await engine.generate(prompt: "a cup", options: options) { e in
+            if case .step(let i, _, _) = e { steps.add("step \(i)") }
+        } }
+        try await waitFor("step \(reached)") { steps.index("step \(reached)") != nil }
+        return task
+    }
+
     func testMemoryWarningDuringDenoiseFreesIdleModelsWithinAStep() async throws {
         let log = EventLog()
         let engine = try makeEngine(log) { SlowDiT(log, stepNanoseconds: Self.step) }
         // step events are logged by the engine's callback, in order with the frees
-        let task = Task { try await engine.generate(prompt: "a cup", options: .init(steps: 6, seed: 1)) { e in
-            if case .step(let i, _, _) = e { log.add("step \(i)") }
-        } }
-        try await waitFor("step 1") { log.index("step 1") != nil }
+        let task = try await startGenerating(engine, .init(steps: 6, seed: 1), logging: log, reached: 1)
         let warnedAt = Date()
         log.add("warning")
         await engine.unloadResources()  // what an app does on a memory warning
@@ -121,11 +129,7 @@ final class ResponsivenessTests: XCTestCase {
         let log = EventLog()
         let dit = SlowDiT(log, stepNanoseconds: Self.step)
         let engine = try makeEngine(log) { dit }
-        let started = EventLog()
-        let task = Task { try await engine.generate(prompt: "a cup", options: .init(steps: 50)) { e in
-            if case .step(let i, _, _) = e { started.add("step \(i)") }
-        } }
-        try await waitFor("step 1") { started.index("step 1") != nil }
+        let task = try await startGenerating(engine, .init(steps: 50), logging: EventLog(), reached: 1)
         let callsAtCancel = dit.calls
         let cancelledAt = Date()
         task.cancel()
@@ -139,11 +143,7 @@ final class ResponsivenessTests: XCTestCase {
         let log = EventLog()
         let dit = SlowDiT(log, stepNanoseconds: Self.step)
         let engine = try makeEngine(log) { dit }
-        let started = EventLog()
-        let running = Task { try await engine.generate(prompt: "a cup", options: .init(steps: 50)) { e in
-            if case .step(let i, _, _) = e { started.add("step \(i)") }
-        } }
-        try await waitFor("the first task's step 0") { started.index("step 0") != nil }
+        let running = try await startGenerating(engine, .init(steps: 50), logging: EventLog(), reached: 0)
         let queued = Task { try await engine.chat("hello", options: .init(maxNewTokens: 2, temperature: 0)) }
         try await waitFor("the second task to queue") { await engine.queuedTaskCount == 1 }
         let callsAtCancel = dit.calls
