@@ -121,6 +121,23 @@ def coreml_bundle(coreml_spec, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_export(tiny_ckpt_dir, tmp_path_factory):
+    """The whole tiny model through ``mobileo-coreml`` (default target and recipes), run once
+    per session and shared: the CLI test checks its table and manifest; the bridge, LLM and
+    end-to-end drift tests read its compressed bundles instead of converting them again.
+    Tests that change files copy it first (``shutil.copytree``)."""
+    import io
+
+    from coreml_convert import cli
+
+    out = tmp_path_factory.mktemp("export") / "all"
+    log = io.StringIO()
+    code = cli.run(cli.parse_args(["--model", str(tiny_ckpt_dir), "--out", str(out)]), stream=log)
+    assert code == 0, log.getvalue()
+    return out
+
+
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     """A small random RGB photo (PNG, not square) for understanding and editing tests."""

@@ -393,14 +393,14 @@ def test_stopped_rank_share_is_taken_by_the_other(work, ring):
 
 @pytest.mark.slow
 def test_a_slow_rank_given_up_on_finishes_without_error(work, ring):
-    """Rank 1 sleeps (slow, not dead) past rank 0's bound after its first image: rank 0 goes on
-    alone; when rank 1 wakes, the images rank 0 saved meanwhile are the same bytes, so it counts
+    """Rank 1 sleeps (slow, not dead) past rank 0's bound after its first image, until rank 0,
+    going on alone, has made every image; when rank 1 wakes, the images rank 0 saved meanwhile are the same bytes, so it counts
     them as made instead of stopping with an error.  Every image once, as one process makes it."""
     args = ["--prompts-file", "prompts.txt", "--output-dir", "slow", *ARGS, "--peer-timeout", "2"]
     stops = (str(Path(__file__).parent / "tools" / "batch_rank_stops.py"), "1", "1")
     cmd = [str(LAUNCH), "-n", "2", "--backend", "ring", "--starting-port", str(free_port_pair()), "--",
            sys.executable, *stops, *map(str, args)]
-    r = subprocess.run(cmd, cwd=work, env=dict(env(work / "cache"), BATCH_STOP_HOW="sleep:25"),
+    r = subprocess.run(cmd, cwd=work, env=dict(env(work / "cache"), BATCH_STOP_HOW=f"until-made:{len(EXPECTED)}"),
                        capture_output=True, text=True, timeout=240)
     assert "appeared while this run was making it" not in r.stdout + r.stderr, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and "terminate called" not in r.stderr, r.stderr

@@ -193,7 +193,8 @@ def test_parse_compression():
     for bad in ("palettize5", "lut7", "int4b", "int2", "lut4g0"):
         with pytest.raises(cv.ConversionError):
             cv.parse_compression(bad)
-    for text in ("int8", "int4b16", "lut6g16", "palettize4", "fp16"):
+    assert cv.parse_compression("lloyd4g16") == {"weights": "lut", "nbits": 4, "palette": "lloyd", "group_size": 16}
+    for text in ("int8", "int4b16", "lut6g16", "lloyd4g16", "palettize4", "fp16"):
         assert cv.recipe_name(cv.parse_compression(text)) == text
 
 
@@ -216,7 +217,12 @@ def test_default_recipes():
     assert cv.recipe_for("dit", cv.DEFAULT, "gpu") == {"weights": "int4", "block_size": 32, "precision": "fp32"}
     assert cv.recipe_name(cv.recipe_for("vae_decoder", cv.DEFAULT, "gpu")) == "int8-fp32"
     assert cli.parse_args(["--model", "demo", "--out", "x"]).target == "ane"
-    assert cv.recipe_name(cv.RECIPES["llm"]) == "mixed4/6g16+int8" and cv.parse_compression("mixed") == cv.RECIPES["llm"]
+    assert cv.recipe_name(cv.RECIPES["dit"]) == "mixed4/6g16+int8" and cv.parse_compression("mixed") == cv.RECIPES["dit"]
+    # the LLM's: Lloyd-Max LUTs, bits per layer by the output-drift pre-analysis (issue 22)
+    assert cv.recipe_name(cv.RECIPES["llm"]) == "lloyd-mixed4/6g16-drift"
+    from coreml_convert.gates import DRIFT_MIN_DB
+
+    assert cv.RECIPES["llm"]["select"] == "output_drift" and cv.RECIPES["llm"]["target_db"] > DRIFT_MIN_DB
 
 
 def test_mixed_plan_picks_bits_per_layer_by_measured_snr():
@@ -232,7 +238,7 @@ def test_mixed_plan_picks_bits_per_layer_by_measured_snr():
     assert snr["gauss"][0] >= 14 and snr["heavy"][0] < 14 <= snr["heavy"][1] and snr["spike"][1] < 14, snr
     assert cv.uniform_lut_snr_db(np.zeros((16, 4)), 4, 16) == float("inf")
 
-    plan_of = lambda w: cv.mixed_plan(_model_with(w), cv.RECIPES["llm"])["w"][:2]
+    plan_of = lambda w: cv.mixed_plan(_model_with(w), cv.RECIPES["dit"])["w"][:2]
     assert plan_of(gauss) == ("lut", 4) and plan_of(heavy) == ("lut", 6) and plan_of(spike) == ("int8", 8)
 
 
@@ -306,16 +312,14 @@ def test_cli_convert_skip_force(tiny_ckpt_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_converts_every_component(tiny_ckpt_dir, tmp_path, capsys, parity):
-    """The whole tiny model through the CLI: every component passes both gates, and the
-    manifest it writes validates (schema, files, hashes)."""
+def test_cli_converts_every_component(tiny_export, parity):
+    """The whole tiny model through the CLI (the session's ``tiny_export``, exit code 0): every
+    component passes both gates, and the manifest it writes validates (schema, files, hashes)."""
     from coreml_convert import gates
     from coreml_convert.components import REGISTRY
     from ios_bridge.validate import validate
 
-    out = tmp_path / "all"
-    code, _, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out)], capsys)
-    assert code == 0, err
+    out = tiny_export
     manifest = json.loads((out / "manifest.json").read_text())
     assert [c["name"] for c in manifest["components"]] == list(REGISTRY)
     for c in manifest["components"]:

@@ -28,10 +28,9 @@ GUIDANCE = 1.5
 TOKENS = 12
 
 
-def both_programs(spec, name, tmp_path):
-    plain, packed = cv.convert_both(spec, "fp16", cv.RECIPES[name])
-    return (load_program(cv.save_atomic(plain, tmp_path / "fp16", spec.file)),
-            load_program(cv.save_atomic(packed, tmp_path / "compressed", spec.file)))
+def both_programs(name, coreml_bundle, tiny_export):
+    """(fp16 program, the default recipe's program as ``mobileo-coreml`` wrote it)."""
+    return load_program(coreml_bundle(name)), load_program(tiny_export / f"{name}.mlpackage")
 
 
 def sample_latents(program, cfg, cond, mask, noise) -> np.ndarray:
@@ -56,10 +55,9 @@ def sample_latents(program, cfg, cond, mask, noise) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_dit_final_latents_after_a_full_sampling_run(tiny_ckpt, tmp_path, parity):
+def test_dit_final_latents_after_a_full_sampling_run(tiny_ckpt, coreml_bundle, tiny_export, parity):
     cfg = tiny_ckpt.config
-    spec = dit.build_spec(tiny_ckpt)
-    plain, packed = both_programs(spec, "dit", tmp_path)
+    plain, packed = both_programs("dit", coreml_bundle, tiny_export)
     ex = dit.example_inputs(cfg.dit, contract.sequence_lengths(cfg)[0], seed=3)
     noise = np.random.default_rng(4).standard_normal((1, *cfg.latent_shape)).astype(np.float32)
     cond = ex["encoder_hidden_states"].astype(np.float16)
@@ -88,10 +86,10 @@ def greedy_tokens(program, cfg, table, ids) -> tuple[list[int], np.ndarray]:
 
 
 @pytest.mark.slow
-def test_llm_decoded_tokens(tiny_ckpt, tmp_path, parity, capsys):
+def test_llm_decoded_tokens(tiny_ckpt, coreml_spec, coreml_bundle, tiny_export, parity, capsys):
     cfg = tiny_ckpt.config
-    spec = llm.build_spec(tiny_ckpt)
-    plain, packed = both_programs(spec, "llm", tmp_path)
+    spec = coreml_spec("llm")
+    plain, packed = both_programs("llm", coreml_bundle, tiny_export)
     table = llm.fp16_exact(contract.dequantize_rows(spec.files[contract.EMBEDDINGS_FILE]))  # the rows the app feeds
     ids = np.random.default_rng(6).integers(0, cfg.llm.vocab_size, contract.chunk_length(cfg) + 5)
     ref, ref_logits = greedy_tokens(plain, cfg, table, ids)

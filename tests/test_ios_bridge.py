@@ -180,16 +180,24 @@ def test_placeholder_manifest_is_the_contract(export, tiny_ckpt):
 
 
 @pytest.fixture(scope="module")
-def llm_export(tmp_path_factory, tiny_ckpt_dir):
-    """A real conversion of the tiny llm (the three-function bundle) through the CLI."""
+def llm_export(tmp_path_factory, tiny_ckpt_dir, tiny_export):
+    """An llm-only export (the three-function bundle) through the CLI: the session's converted
+    llm copied into an empty folder, then ``--components llm``, which finds it converted and
+    writes the partial manifest."""
     import io
+    import shutil
 
     from coreml_convert import cli
+    from coreml_convert.components import REGISTRY
 
-    out = tmp_path_factory.mktemp("llm_export")
-    code = cli.run(cli.parse_args(["--model", str(tiny_ckpt_dir), "--out", str(out),
-                                   "--components", "llm"]), stream=io.StringIO())
-    assert code == 0
+    out = tmp_path_factory.mktemp("llm_export") / "llm"
+    others = {f"{n}{suffix}" for n in REGISTRY if n != "llm" for suffix in (".mlpackage", ".lint.json", ".json")}
+    shutil.copytree(tiny_export, out, ignore=lambda folder, names: [n for n in names if n in others])
+    (out / MANIFEST_FILE).unlink()
+    log = io.StringIO()
+    code = cli.run(cli.parse_args(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "llm"]),
+                   stream=log)
+    assert code == 0 and cli.SKIPPED in log.getvalue(), log.getvalue()
     return out
 
 
@@ -225,14 +233,18 @@ def test_manifest_lists_every_function_of_llm(llm_export, tiny_ckpt):
         assert [o.name for o in func.outputs] == [t["name"] for t in io["outputs"]], fn
     (table,) = c["files"]
     assert table["file"] == data["pipeline"]["host_inputs"]["embeddings"] == contract.EMBEDDINGS_FILE
-    assert table["shape"] == [cfg.llm.vocab_size, cfg.llm.hidden_size] and table["dtype"] == "int8_row_scale"
+    assert table["shape"] == [cfg.llm.vocab_size, cfg.llm.hidden_size] and table["dtype"] == "int4_row_scale"
     v, h = table["shape"]
-    packed = np.fromfile(llm_export / table["file"], np.uint8).reshape(v, h + 2)  # int8 row + fp16 scale
-    assert table["bytes"] == v * (h + 2)  # about half of fp16's v * h * 2
+    packed = np.fromfile(llm_export / table["file"], np.uint8).reshape(v, h // 2 + 2)  # int4 row + fp16 scale
+    assert table["bytes"] == v * (h // 2 + 2)  # about a quarter of fp16's v * h * 2
     rows = contract.dequantize_rows(packed)
     want = np.asarray(tiny_ckpt.load("llm")["model.embed_tokens.weight"], np.float32)
-    scale = np.abs(want).max(axis=1, keepdims=True) / 127
-    assert np.all(np.abs(rows - want) <= 0.5 * scale * 1.01 + 1e-7)  # round to nearest, per-row scale
+    scale = packed[:, -2:].copy().view("<f2").astype(np.float32)
+    inside = np.abs(want) <= 7 * scale
+    assert np.all(np.abs(rows - want)[inside] <= (0.5 * scale * 1.01 + 1e-7).repeat(h, 1)[inside])  # round to nearest
+    absmax = np.abs(want).max(axis=1, keepdims=True) / 7  # the unclipped scale: the chosen one does no worse
+    plain = np.clip(np.round(want / absmax), -8, 7) * absmax
+    assert np.all(((rows - want) ** 2).sum(1) <= ((plain - want) ** 2).sum(1) * 1.01 + 1e-9)
     assert c["lint"]["eligible_share"] >= 0.98 and c["lint"]["off"] == 0
 
 

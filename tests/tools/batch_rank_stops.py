@@ -4,13 +4,15 @@ under ``mlx.launch``:  python tests/tools/batch_rank_stops.py STOP_AFTER STOP_RA
 
 With ``BATCH_STOP_HOW=sigstop`` the rank stops itself with SIGSTOP instead (a hung or sleeping
 machine: the process stays, silent); with ``BATCH_STOP_HOW=sleep:S`` it sleeps S seconds once and
-goes on (slow, not dead: the other rank gives up on it meanwhile); with ``BATCH_RANK_MODEL_HASH=HASH`` rank STOP_RANK
+goes on, and with ``BATCH_STOP_HOW=until-made:N`` it sleeps once until the output folder holds N
+images (at most 120 s) and goes on (slow, not dead: the other rank gives up on it meanwhile); with ``BATCH_RANK_MODEL_HASH=HASH`` rank STOP_RANK
 sees other weights (its model hash is HASH) and STOP_AFTER is not used."""
 
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from mlx_model import generate
 from mlx_model.pipelines import batch
@@ -21,13 +23,19 @@ def main() -> None:
 
     def on_saved(this_rank: int, count: int) -> None:
         how = os.environ.get("BATCH_STOP_HOW", "exit")
-        if this_rank == rank and count == after if how.startswith("sleep:") else this_rank == rank and count >= after:
+        once = how.startswith(("sleep:", "until-made:"))
+        if this_rank == rank and count == after if once else this_rank == rank and count >= after:
             print(f"rank {rank} stops after {count} image(s) (test)", flush=True)
             sys.stderr.flush()
             if how == "sigstop":
                 os.kill(os.getpid(), signal.SIGSTOP)
             elif how.startswith("sleep:"):
                 time.sleep(float(how.split(":", 1)[1]))
+            elif how.startswith("until-made:"):  # an observed state, not a guessed delay
+                folder, want = Path(argv[argv.index("--output-dir") + 1]), int(how.split(":", 1)[1])
+                deadline = time.monotonic() + 120
+                while len(list(folder.glob("*.png"))) < want and time.monotonic() < deadline:
+                    time.sleep(0.2)
             else:
                 os._exit(17)
 
