@@ -138,8 +138,9 @@ def _convert_stages(ckpt, name, out, precision, compression, seed, target, log):
     spec.reference = None  # the upstream model is not needed again: freed before converting
     torch_out = gates.module_outputs(spec, precision)  # gate 2's module side, while the module is here
     log.mark("convert")
-    plain, model = cv.convert_both(spec, precision, compression)
-    spec.module = spec.convert = None  # traced and converted: the torch module goes before the gates
+    # the torch module is freed once traced and converted, before compression (and the LLM's merge)
+    plain, model = cv.convert_both(spec, precision, compression, release_module=True)
+    spec.module = spec.convert = None
     log.mark("save")
     plain_dir = plain_path = None
     try:
@@ -173,7 +174,7 @@ def _convert_stages(ckpt, name, out, precision, compression, seed, target, log):
         inputs=cv.io_specs(spec.inputs, precision), outputs=cv.io_specs(spec.outputs, precision),
         states=cv.io_specs(spec.states, precision), functions=tuple(spec.functions),
         compute_units=spec.compute_units, minimum_os=dict(spec.minimum_os),
-        compression=compression_record(precision, compression, report, target),
+        compression={**compression_record(precision, compression, report, target), **spec.compression_facts},
         gates=report.as_gates(), seconds=0.0, peak_rss_mb=0.0,
         function_io={fn: {k: cv.io_specs(specs, precision) for k, specs in io.items()}
                      for fn, io in spec.function_io.items()},

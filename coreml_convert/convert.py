@@ -138,29 +138,60 @@ def release_program(model) -> None:
         model._mil_program = None
 
 
-def convert_spec(spec: ComponentSpec, precision: str = "fp16", compression: dict | None = None):
+def convert_spec(spec: ComponentSpec, precision: str = "fp16", compression: dict | None = None,
+                 release_module: bool = False):
     """The spec's own conversion when it has one (it compresses per function), else
-    :func:`convert` then :func:`compress`."""
+    :func:`convert` then :func:`compress`.  ``release_module``: :func:`convert_both`'s."""
+    release = _releaser(spec) if release_module else None
     if spec.convert is not None:
-        return spec.convert(precision, compression)
-    return compress(convert(spec, precision), compression)
+        return spec.convert(precision, compression, release=release) if release else spec.convert(precision, compression)
+    model = convert(spec, precision)
+    if release:
+        release()
+    return compress(model, compression)
 
 
-def convert_both(spec: ComponentSpec, precision: str = "fp16", compression: dict | None = None):
+def _releaser(spec: ComponentSpec) -> Callable[[], None]:
+    """Drops the spec's torch module (called once it is traced and converted)."""
+    def release():
+        spec.module = None
+        memory.release_free_memory()
+    return release
+
+
+def convert_both(spec: ComponentSpec, precision: str = "fp16", compression: dict | None = None,
+                 release_module: bool = False):
     """(uncompressed model, compressed model or None), converting once: the uncompressed
-    program is what gate 2 checks, the compressed one is measured against it (drift)."""
+    program is what gate 2 checks, the compressed one is measured against it (drift).
+    ``release_module``: the spec's torch module is freed (``spec.module = None``) as soon as
+    it is converted -- before compression (and the LLM's merge), which then work without it
+    (the caller computed what it needs from the module before: ``gates.module_outputs``)."""
     if not compression or compression.get("weights") in (None, "fp16", "fp32"):
-        return convert_spec(spec, precision, None), None
+        return convert_spec(spec, precision, None, release_module), None
+    release = _releaser(spec) if release_module else None
     if spec.convert is not None:
+        if release:
+            return spec.convert(precision, compression, keep_plain=True, release=release)
         return spec.convert(precision, compression, keep_plain=True)
     plain = convert(spec, precision)
+    if release:
+        release()
     memory.mark("compress")
     return plain, compress(plain, compression)
 
 
+def load_saved(path: str | Path, compute_units: str):
+    """A saved ``.mlpackage`` as a ``ct.models.MLModel`` to compress from disk (not compiled
+    or loaded by Core ML; the compressed model gets ``compute_units``, a contract name)."""
+    import coremltools as ct
+
+    return ct.models.MLModel(str(path), skip_model_load=True,
+                             compute_units=getattr(ct.ComputeUnit, CT_COMPUTE_UNITS[compute_units]))
+
+
 def save_table(array: np.ndarray, out_dir: str | Path, file: str) -> Path:
     """Write ``array`` as ``out_dir/file`` atomically (temp + os.replace): uint8 arrays (packed
-    int8 rows, ``contract.quantize_rows``) as their bytes, anything else as little-endian fp16."""
+    int4 rows, ``contract.quantize_rows``) as their bytes, anything else as little-endian fp16."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{file}.", suffix=TMP_SUFFIX, dir=out_dir)
@@ -249,37 +280,84 @@ def _weight_consts(model):
             yield op.name, val
 
 
-def mixed_plan(model, recipe: dict) -> dict[str, tuple[str, int, float]]:
-    """Per weight: ("lut", bits, snr) for the fewest of ``recipe["bits"]`` whose measured
-    weight SNR reaches ``recipe["min_snr_db"]``, else ("int8", 8, snr of the widest palette):
-    a per-channel int8 weight where a palette drifts too far."""
+def lut_snr_db(w: np.ndarray, nbits: int, group_size: int, palette: str = "uniform") -> float:
+    """The worst output channel's weight SNR (dB) under ``palette`` ("uniform": coremltools'
+    min-max LUT, :func:`uniform_lut_snr_db`; "lloyd": ``palette.lloyd_lut``)."""
+    if palette == "uniform":
+        return uniform_lut_snr_db(w, nbits, group_size)
+    from coreml_convert.palette import fake_quantize
+
+    w = np.asarray(w).astype(np.float16).astype(np.float64)
+    rows = w.reshape(w.shape[0], -1)
+    err = np.sum((rows - fake_quantize(w, nbits, group_size, palette).reshape(rows.shape)) ** 2, axis=1)
+    lost = err > 0
+    if not lost.any():
+        return float("inf")
+    return float(np.min(10 * np.log10(np.maximum(np.sum(rows ** 2, axis=1)[lost], 1e-30) / err[lost])))
+
+
+def planned_bits(name: str, recipe: dict) -> int:
+    """The bits the output-drift pre-analysis gave the const ``name`` (``recipe["weight_bits"]``:
+    {parameter name: bits} for the weights it promoted, matched against the const's name,
+    which coremltools derives from the parameter's; ``unnamed_bits`` for consts named after no
+    parameter -- the LLM's lm_head slices, ``op_<n>``; else ``default_bits``, or the fewest
+    of ``bits`` when no pre-analysis ran)."""
+    default = int(recipe.get("default_bits", min(recipe.get("bits", (4,)))))
+    for key, bits in recipe.get("weight_bits", {}).items():
+        if key.replace(".", "_") in name:
+            return int(bits)
+    return int(recipe.get("unnamed_bits", default)) if "weight" not in name else default
+
+
+def mixed_plan(model, recipe: dict) -> dict[str, tuple]:
+    """Per weight: ("lut", bits, snr, shape) for the fewest of ``recipe["bits"]`` whose
+    measured weight SNR (``recipe["palette"]``'s LUTs) reaches ``recipe["min_snr_db"]``, else
+    ("int8", 8, snr of the widest palette, shape): a per-channel int8 weight where a palette
+    drifts too far.  A recipe whose bits were chosen by output drift (``select:
+    "output_drift"``, the plan in ``weight_bits``, coreml_convert.sensitivity) -> ("lut",
+    :func:`planned_bits`, None, shape)."""
     bits = sorted(int(b) for b in recipe.get("bits", (4, 6)))
     floor, group = float(recipe.get("min_snr_db", 14.0)), int(recipe.get("group_size", 16))
+    palette, by_drift = recipe.get("palette", "uniform"), recipe.get("select") == "output_drift"
     plan = {}
     for name, val in _weight_consts(model):
+        if by_drift:
+            plan[name] = ("lut", planned_bits(name, recipe), None, val.shape)
+            continue
         snr = None
         for b in bits:
-            snr = uniform_lut_snr_db(val, b, group)
+            snr = lut_snr_db(val, b, group, palette)
             if snr >= floor:
-                plan[name] = ("lut", b, snr)
+                plan[name] = ("lut", b, snr, val.shape)
                 break
         else:
-            plan[name] = ("int8", 8, snr)
+            plan[name] = ("int8", 8, snr, val.shape)
     return plan
 
 
-def compress_mixed(model, recipe: dict):
-    """Mixed-bit per-grouped-channel palettization (:func:`mixed_plan`), then per-channel
-    int8 for the weights no palette holds -- both formats the Neural Engine runs."""
+def compression_plan(model, recipe: dict | None) -> dict | None:
+    """What :func:`compress` would measure on ``model``'s in-memory program before
+    compressing (the mixed recipe's per-weight :func:`mixed_plan`; None for the others):
+    taken while the converted model still holds its program, so that it can be compressed
+    later from its saved package (``compress(saved, recipe, plan=...)``) without loading the
+    program once more (coremltools names ops from process-wide counters that a load advances)."""
+    if not recipe or recipe.get("weights") != "mixed":
+        return None
+    return mixed_plan(model, recipe)
+
+
+def compress_mixed(model, recipe: dict, plan: dict | None = None):
+    """Mixed-bit per-grouped-channel palettization (:func:`mixed_plan`, or ``plan`` measured
+    before), then per-channel int8 for the weights no palette holds -- both formats the
+    Neural Engine runs."""
     import coremltools.optimize.coreml as cto
 
-    plan = mixed_plan(model, recipe)
+    plan = mixed_plan(model, recipe) if plan is None else plan
     release_program(model)  # the plan was its last use
-    group = int(recipe.get("group_size", 16))
-    luts = {n: cto.OpPalettizerConfig(mode="uniform", nbits=b, granularity="per_grouped_channel", group_size=group)
-            for n, (kind, b, _) in plan.items() if kind == "lut"}
+    group, palette = int(recipe.get("group_size", 16)), recipe.get("palette", "uniform")
+    luts = {n: palettizer(b, group, palette, shape) for n, (kind, b, _, *shape) in plan.items() if kind == "lut"}
     ints = {n: cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
-            for n, (kind, _, _) in plan.items() if kind == "int8"}
+            for n, (kind, *_) in plan.items() if kind == "int8"}
     if luts:
         model = cto.palettize_weights(model, cto.OptimizationConfig(global_config=None, op_name_configs=luts))
     if ints:
@@ -287,7 +365,24 @@ def compress_mixed(model, recipe: dict):
     return model
 
 
-def compress(model, recipe: dict | None):
+def palettizer(nbits: int, group_size: int, palette: str = "uniform", shape=()):
+    """coremltools' per-grouped-channel palettizer config: its ``uniform`` mode, or Lloyd-Max
+    LUTs (``palette="lloyd"``, coreml_convert.palette) through its ``custom`` mode.  ``shape``
+    (the weight's, when known): a group size that divides its output channels (Lloyd-Max
+    recipes only: the uniform recipes keep their bytes, a weight whose channels the group size
+    does not divide stays fp16 there)."""
+    import coremltools.optimize.coreml as cto
+
+    from coreml_convert.palette import group_size_for, lut_function
+
+    if palette == "lloyd":
+        group = group_size_for(int(shape[0][0]), group_size) if shape else group_size
+        return cto.OpPalettizerConfig(mode="custom", lut_function=lut_function(nbits),
+                                      granularity="per_grouped_channel", group_size=group)
+    return cto.OpPalettizerConfig(mode="uniform", nbits=nbits, granularity="per_grouped_channel", group_size=group_size)
+
+
+def compress(model, recipe: dict | None, plan: dict | None = None):
     """Post-training weight compression (coremltools.optimize.coreml, iOS 18 ops).
 
     recipe: None or {"weights": "fp16"} -> unchanged;
@@ -299,6 +394,7 @@ def compress(model, recipe: dict | None):
             scikit-learn, not a dependency of this project);
             {"weights": "int8"} -> per-channel symmetric linear quantization.
     Embedding tables (``gather``) stay uncompressed.  Measure the gates after compressing.
+    ``plan``: the mixed recipe's :func:`compression_plan`, measured before (else now).
     """
     if not recipe or recipe.get("weights") in (None, "fp16", "fp32"):
         return model
@@ -306,7 +402,7 @@ def compress(model, recipe: dict | None):
 
     kind = recipe["weights"]
     if kind == "mixed":
-        return compress_mixed(model, recipe)
+        return compress_mixed(model, recipe, plan)
     release_program(model)
     if kind in ("palettize", "lut"):
         mode = "uniform" if kind == "lut" else "kmeans"
@@ -319,7 +415,10 @@ def compress(model, recipe: dict | None):
         kw = {"mode": mode, "nbits": int(recipe.get("nbits", 6))}
         if recipe.get("group_size"):
             kw.update(granularity="per_grouped_channel", group_size=int(recipe["group_size"]))
-        op_config = cto.OpPalettizerConfig(**kw)
+        if recipe.get("palette") == "lloyd":  # Lloyd-Max LUTs (coreml_convert.palette), no k-means restarts
+            op_config = palettizer(kw["nbits"], int(recipe.get("group_size", 0)), "lloyd")
+        else:
+            op_config = cto.OpPalettizerConfig(**kw)
         config = cto.OptimizationConfig(global_config=op_config, op_type_configs={"gather": None})
         return cto.palettize_weights(model, config)
     if kind in ("int8", "int4"):
@@ -337,7 +436,8 @@ def compress(model, recipe: dict | None):
 def parse_compression(text: str | None):
     """CLI form -> a recipe: "default" (each component's RECIPES entry; also when not given),
     "none"/"fp16" (None), "int8", "int4" / "int4b32" (block size 32), "lut6" / "lut4g16"
-    (uniform LUTs, group size 16), "palettize6" / "palettize4g16" (k-means LUTs)."""
+    (uniform LUTs, group size 16), "lloyd4g16" (Lloyd-Max LUTs, coreml_convert.palette),
+    "palettize6" / "palettize4g16" (k-means LUTs)."""
     if text is None or text == DEFAULT:
         return DEFAULT
     if text in ("none", "fp16"):
@@ -351,12 +451,14 @@ def parse_compression(text: str | None):
     m = re.fullmatch(r"int4(?:b(\d+))?", text)
     if m:
         return {"weights": "int4", "block_size": int(m[1] or 32)}
-    m = re.fullmatch(r"(palettize|lut)(\d)(?:g(\d+))?", text)
+    m = re.fullmatch(r"(palettize|lut|lloyd)(\d)(?:g(\d+))?", text)
     if not m or int(m[2]) not in (1, 2, 3, 4, 6, 8) or (m[3] and int(m[3]) < 1):
         raise ConversionError(f"unknown --compress value {text!r}.",
-                              fix="use default, none, int8, int4[b<block>], lut<bits>[g<group>] or "
-                                  "palettize<bits>[g<group>], e.g. lut6g16.")
-    recipe = {"weights": m[1], "nbits": int(m[2])}
+                              fix="use default, none, int8, int4[b<block>], lut<bits>[g<group>], "
+                                  "lloyd<bits>[g<group>] or palettize<bits>[g<group>], e.g. lut6g16.")
+    recipe = {"weights": "lut" if m[1] == "lloyd" else m[1], "nbits": int(m[2])}
+    if m[1] == "lloyd":
+        recipe["palette"] = "lloyd"
     if m[3]:
         recipe["group_size"] = int(m[3])
     return recipe
@@ -371,10 +473,14 @@ def recipe_name(recipe: dict | None) -> str:
         return recipe_name({k: v for k, v in recipe.items() if k != "precision"}) + "-fp32"
     if kind == "int4":
         return f"int4b{recipe.get('block_size', 32)}"
+    lloyd = "lloyd-" if recipe.get("palette") == "lloyd" else ""
     if kind == "mixed":
-        return "mixed" + "/".join(str(b) for b in recipe.get("bits", (4, 6))) + f"g{recipe.get('group_size', 16)}+int8"
+        bits = "/".join(str(b) for b in recipe.get("bits", (4, 6)))
+        return (f"{lloyd}mixed{bits}g{recipe.get('group_size', 16)}"
+                + ("-drift" if recipe.get("select") == "output_drift" else "+int8"))
     if kind in ("lut", "palettize"):
-        return f"{kind}{recipe.get('nbits', 6)}" + (f"g{recipe['group_size']}" if recipe.get("group_size") else "")
+        name = "lloyd" if lloyd and kind == "lut" else kind
+        return f"{name}{recipe.get('nbits', 6)}" + (f"g{recipe['group_size']}" if recipe.get("group_size") else "")
     return kind
 
 

@@ -42,9 +42,12 @@ class ComponentSpec:
     # path of the saved .mlpackage -> outputs from executing its MIL program (gate 2);
     # None = default (run "main" on example_inputs with coreml_convert.mil_exec)
     files: dict[str, np.ndarray] = field(default_factory=dict)
-    # tables the app reads beside the bundle (file name -> array: uint8 = packed int8 rows,
+    # tables the app reads beside the bundle (file name -> array: uint8 = packed int4 rows,
     # contract.quantize_rows; else written as little-endian fp16), e.g. the LLM's token
     # embeddings (contract.EMBEDDINGS_FILE)
+    compression_facts: dict = field(default_factory=dict)
+    # what the conversion measured to fill in its recipe (the LLM's output-drift plan, issue 22):
+    # added to the manifest's ``compression`` object beside the recipe
 
     # the contract's facts, read through
     name = property(lambda self: self.io.name)

@@ -7,5 +7,5 @@ The golden vectors ``swift test`` checks are a test fixture: ``python tests/tool
 (``make swift-test`` runs it).
 """
 
-SCHEMA_VERSION = 3  # 2: one multifunction llm bundle, host inputs; 3: llm cache written at an int32 position, export (target, partial), component target, int8 embedding rows
+SCHEMA_VERSION = 4  # 2: one multifunction llm bundle, host inputs; 3: llm cache written at an int32 position, export (target, partial), component target, int8 embedding rows; 4: int4 embedding rows (int4_row_scale)
 MANIFEST_FILE = "manifest.json"

@@ -20,7 +20,7 @@ from weights.core.errors import MobileOError
 from weights.loading.hub import DEMO
 
 from mlx_model.interrupt import ready
-from mlx_model.pipelines.peers import DEFAULT_PEER_TIMEOUT
+from mlx_model.pipelines.peers import DEFAULT_PEER_TIMEOUT, end_process
 from mlx_model.support.image_files import (IMAGE_FORMATS, check_writable_folder, output_paths, run_metadata,
                                            save_image, unique_path)
 from mlx_model.support.image_settings import SEED_LIMIT, ImageSettings, check_several_seeds
@@ -104,7 +104,12 @@ def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) 
         use_openblas()
     argv = sys.argv[1:] if argv is None else list(argv)
     ready()  # from here run_cli says "interrupted"
-    run_cli(lambda: run(p, parse(p, argv), argv))
+    try:
+        run_cli(lambda: run(p, parse(p, argv), argv))
+    except SystemExit as e:
+        end_process(e.code)  # a batch rank that gave up on its group (peers.end_process)
+        raise
+    end_process(0)
 
 
 # ------------------------------------------------------------------ options

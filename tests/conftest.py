@@ -138,6 +138,25 @@ def tiny_export(tiny_ckpt_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_export_of(tiny_export, tmp_path_factory):
+    """``tiny_export_of(*names)``: a new folder holding only those components of ``tiny_export``
+    (bundles, lint reports, conversion records; no manifest): ``mobileo-coreml --components``
+    on it finds them converted, as on a folder it converted itself."""
+    import shutil
+
+    from coreml_convert.components import REGISTRY
+
+    def copy(*names: str):
+        others = {f"{n}{suffix}" for n in REGISTRY if n not in names for suffix in (".mlpackage", ".lint.json", ".json")}
+        out = tmp_path_factory.mktemp("export_of") / "_".join(names)
+        shutil.copytree(tiny_export, out, ignore=lambda folder, files: [f for f in files if f in others])
+        (out / "manifest.json").unlink()
+        return out
+
+    return copy
+
+
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     """A small random RGB photo (PNG, not square) for understanding and editing tests."""

@@ -403,7 +403,8 @@ def test_a_slow_rank_given_up_on_finishes_without_error(work, ring):
     r = subprocess.run(cmd, cwd=work, env=dict(env(work / "cache"), BATCH_STOP_HOW=f"until-made:{len(EXPECTED)}"),
                        capture_output=True, text=True, timeout=240)
     assert "appeared while this run was making it" not in r.stdout + r.stderr, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr and "terminate called" not in r.stderr, r.stderr
+    # rank 0 ends while its abandoned collective is still inside MLX: exit 0, no abort (peers.end_process)
+    assert "Traceback" not in r.stderr and "terminate called" not in r.stderr and r.returncode == 0, r.stderr
     assert (work / "slow" / "index.jsonl").exists(), r.stdout + r.stderr
     assert pngs(work / "slow") == pngs(work / "one")
 

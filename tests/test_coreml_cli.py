@@ -280,23 +280,21 @@ def temp_folders(out):
 
 
 @pytest.mark.slow
-def test_cli_convert_skip_force(tiny_ckpt_dir, tmp_path, capsys):
-    out = tmp_path / "build"
+def test_cli_convert_skip_force(tiny_ckpt_dir, tiny_export_of, capsys):
+    """A folder holding a converted mcp (the session's, converted by the CLI with the default
+    recipe): asked again, it is skipped, the manifest written; --force redoes it; another
+    recipe is another bundle."""
+    out = tiny_export_of("mcp")
+    first = (out / "mcp.mlpackage").stat().st_mtime_ns
     code, stdout, err = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
-    assert code == 0, err
-    header = stdout.splitlines()
-    assert any(all(c in line for c in cli.COLUMNS[:6]) for line in header)
-    assert bundles(out) == ["mcp.mlpackage"] and not temp_folders(out)
+    assert code == 0 and cli.SKIPPED in stdout, err
+    assert (out / "mcp.mlpackage").stat().st_mtime_ns == first
+    assert any(all(c in line for c in cli.COLUMNS[:6]) for line in stdout.splitlines())
     manifest = json.loads((out / "manifest.json").read_text())
     assert [c["name"] for c in manifest["components"]] == ["mcp"]
     gates_ = manifest["components"][0]["gates"]
     assert gates_["reference_psnr_db"] >= 60 and gates_["program_psnr_db"] >= 35
     assert manifest["components"][0]["compression"]["recipe"] == "int8"  # the default recipe
-    first = (out / "mcp.mlpackage").stat().st_mtime_ns
-
-    code, stdout, _ = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp"], capsys)
-    assert code == 0 and cli.SKIPPED in stdout
-    assert (out / "mcp.mlpackage").stat().st_mtime_ns == first
 
     code, stdout, _ = run_cli(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "mcp",
                                "--force"], capsys)

@@ -286,6 +286,18 @@ def test_default_recipe_bundle_is_neural_engine_palettes(bundle, tiny_export):
     assert all(not f["rules"] and f["eligible_share"] == 1.0 for f in fns.values()), fns
     assert all(k.startswith(("lut4 ", "lut6 ", "int8 per-channel")) for f in fns.values() for k in f["compression"])
     assert bundle_bytes(path) < 0.75 * bundle_bytes(bundle)  # tiny: many weights under the 2,048 threshold
+    # the output-drift plan (issue 22) is in the manifest beside the recipe: what it measured,
+    # which weights it promoted to 6 bits, and they are the 6-bit LUTs the bundle holds
+    import json
+
+    (comp,) = [c["compression"] for c in json.loads((tiny_export / "manifest.json").read_text())["components"]
+               if c["name"] == "llm"]
+    plan = comp["drift_analysis"]
+    assert comp["select"] == "output_drift" and comp["default_bits"] == 4 and plan["forwards"] >= 2
+    assert plan["final_db"] >= plan["target_db"] or len(plan["promoted"]) == len(plan["sensitivity_db"])
+    assert bool(comp["weight_bits"]) == bool(plan["promoted"]) and set(comp["weight_bits"].values()) <= {6}
+    six = sum(n for f in fns.values() for k, n in f["compression"].items() if k.startswith("lut6 "))
+    assert (six > 0) == bool(comp["weight_bits"]) or comp["unnamed_bits"] == 6
 
 
 # ------------------------------------------------------------------ full width

@@ -180,20 +180,15 @@ def test_placeholder_manifest_is_the_contract(export, tiny_ckpt):
 
 
 @pytest.fixture(scope="module")
-def llm_export(tmp_path_factory, tiny_ckpt_dir, tiny_export):
+def llm_export(tiny_ckpt_dir, tiny_export_of):
     """An llm-only export (the three-function bundle) through the CLI: the session's converted
-    llm copied into an empty folder, then ``--components llm``, which finds it converted and
-    writes the partial manifest."""
+    llm in a folder of its own, then ``--components llm``, which finds it converted and writes
+    the partial manifest."""
     import io
-    import shutil
 
     from coreml_convert import cli
-    from coreml_convert.components import REGISTRY
 
-    out = tmp_path_factory.mktemp("llm_export") / "llm"
-    others = {f"{n}{suffix}" for n in REGISTRY if n != "llm" for suffix in (".mlpackage", ".lint.json", ".json")}
-    shutil.copytree(tiny_export, out, ignore=lambda folder, names: [n for n in names if n in others])
-    (out / MANIFEST_FILE).unlink()
+    out = tiny_export_of("llm")
     log = io.StringIO()
     code = cli.run(cli.parse_args(["--model", str(tiny_ckpt_dir), "--out", str(out), "--components", "llm"]),
                    stream=log)

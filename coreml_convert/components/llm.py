@@ -252,56 +252,94 @@ def example_hidden(cfg: MobileOConfig, table: np.ndarray, length: int, rng: np.r
 
 
 def convert_multifunction(module: LLM, cfg: MobileOConfig, examples: dict[str, dict], precision: str,
-                          compression: dict | None = None, keep_plain: bool = False):
+                          compression: dict | None = None, keep_plain: bool = False, release=None):
     """Trace, convert and compress each function on its own (coremltools cannot compress a
     multifunction model; the recipe is deterministic, so shared weights compress identically),
     then merge them: ``save_multifunction`` keeps one copy of identical weights.  Leaves the
     cache zeroed.  ``keep_plain``: -> (uncompressed merged model, compressed merged model or
-    None), each function traced and converted once."""
-    import coremltools as ct
+    None), each function traced and converted once.
 
+    In three passes, each holding one thing at a time: every function is traced, converted and
+    saved (uncompressed) to a temp folder while the torch module is alive; then ``release()``
+    (when given) lets the caller free the module, and each function is compressed from its
+    saved package, one at a time; then the merges read the saved packages.  (The mixed
+    recipe's plan is measured on each converted program before it is saved.)"""
     from coreml_convert import convert as cv
 
     compressing = bool(compression) and compression.get("weights") not in (None, "fp16", "fp32")
-    bundle = llm_io(cfg)
     tmp = Path(tempfile.mkdtemp(prefix="llm."))
-    kinds = ("plain", "compressed") if keep_plain and compressing else ("compressed",)
     try:
-        descs = {k: ct.utils.MultiFunctionDescriptor() for k in kinds}
-        for fn in FUNCTIONS:
-            io = bundle.function_io[fn]
-            one = replace(bundle, inputs=io["inputs"], outputs=io["outputs"], functions=("main",), function_io={},
-                          states=bundle.states if fn in contract.LLM_STATE_FUNCTIONS else ())
-            spec = ComponentSpec(module=module.with_mode(fn), example_inputs=examples[fn],
-                                 reference=lambda _: {}, io=one)
-            memory.mark(f"convert {fn}")
-            model = cv.convert(spec, precision)
-            module.reset()
-            memory.mark(f"compress {fn}")
-            for kind in kinds:
-                done = cv.compress(model, compression) if kind == "compressed" else model
-                cv.save_atomic(done, tmp / kind, f"{fn}.mlpackage")
-                descs[kind].add_function(str(tmp / kind / f"{fn}.mlpackage"), src_function_name="main",
-                                         target_function_name=fn)
-                del done
-            del model
-        memory.mark("merge")
-        merged = {}
-        for kind, desc in descs.items():
-            desc.default_function_name = FUNCTIONS[0]
-            ct.utils.save_multifunction(desc, str(tmp / f"llm.{kind}.mlpackage"))
-            merged[kind] = ct.models.MLModel(str(tmp / f"llm.{kind}.mlpackage"), skip_model_load=True)
+        plans = _convert_functions(module, cfg, examples, precision, compression if compressing else None,
+                                   tmp / "plain")
+        module.reset()  # tracing ran the functions on the buffers
+        if release is not None:
+            del module
+            release()  # the caller drops the torch module: what follows reads the saved packages
+        kinds = ("plain", "compressed") if keep_plain and compressing else ("compressed",)
+        if compressing:
+            for fn in FUNCTIONS:
+                memory.mark(f"compress {fn}")
+                plain = cv.load_saved(tmp / "plain" / f"{fn}.mlpackage", llm_io(cfg).compute_units)
+                cv.save_atomic(cv.compress(plain, compression, plans[fn]), tmp / "compressed", f"{fn}.mlpackage")
+                del plain
+        else:  # "compressed" is the plain functions
+            (tmp / "plain").rename(tmp / "compressed")
+        merged = _merge(tmp, kinds)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        module.reset()  # tracing ran the functions on the buffers
+        if release is None:
+            module.reset()
     holder = _TempOwner(tmp)  # the packages live until saved: the folder goes with the last model
     for model in merged.values():
         model._mobileo_tmp = holder
     if not keep_plain:
         return merged["compressed"]
     return (merged["plain"], merged["compressed"]) if compressing else (merged["compressed"], None)
+
+
+def _convert_functions(module: LLM, cfg: MobileOConfig, examples: dict[str, dict], precision: str,
+                       compression: dict | None, folder: Path) -> dict[str, dict | None]:
+    """Trace and convert each function, save it uncompressed as ``folder/<fn>.mlpackage``
+    and free it: -> each function's compression plan (``convert.compression_plan``, measured
+    on the converted program while it is in memory)."""
+    from coreml_convert import convert as cv
+
+    bundle = llm_io(cfg)
+    plans = {}
+    for fn in FUNCTIONS:
+        io = bundle.function_io[fn]
+        one = replace(bundle, inputs=io["inputs"], outputs=io["outputs"], functions=("main",), function_io={},
+                      states=bundle.states if fn in contract.LLM_STATE_FUNCTIONS else ())
+        spec = ComponentSpec(module=module.with_mode(fn), example_inputs=examples[fn],
+                             reference=lambda _: {}, io=one)
+        memory.mark(f"convert {fn}")
+        model = cv.convert(spec, precision)
+        del spec
+        module.reset()
+        plans[fn] = cv.compression_plan(model, compression)
+        cv.release_program(model)  # the saved package is what the next passes read
+        cv.save_atomic(model, folder, f"{fn}.mlpackage")
+        del model
+    return plans
+
+
+def _merge(tmp: Path, kinds: tuple[str, ...]) -> dict:
+    """``save_multifunction`` of ``tmp/<kind>/<fn>.mlpackage`` (every function) into
+    ``tmp/llm.<kind>.mlpackage`` per kind, "decode" the default: -> {kind: MLModel}."""
+    import coremltools as ct
+
+    memory.mark("merge")
+    merged = {}
+    for kind in kinds:
+        desc = ct.utils.MultiFunctionDescriptor()
+        for fn in FUNCTIONS:
+            desc.add_function(str(tmp / kind / f"{fn}.mlpackage"), src_function_name="main", target_function_name=fn)
+        desc.default_function_name = FUNCTIONS[0]
+        ct.utils.save_multifunction(desc, str(tmp / f"llm.{kind}.mlpackage"))
+        merged[kind] = ct.models.MLModel(str(tmp / f"llm.{kind}.mlpackage"), skip_model_load=True)
+    return merged
 
 
 class _TempOwner:
@@ -312,6 +350,48 @@ class _TempOwner:
 
 
 # ---------------------------------------------------------------------- spec
+
+
+def gate_outputs(module: LLM, sequence: list[Call], hidden: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the gates compare (as ``program_check`` returns it), from the torch module: the
+    decode logits after ``sequence`` in slices, and "hidden_states" on ``hidden``."""
+    logits = run_calls(module, sequence)[-1]
+    widths = contract.logits_widths(module.cfg.llm.vocab_size)
+    out = {f"logits_{i}": part[None] for i, part in enumerate(np.split(logits, np.cumsum(widths)[:-1]))}
+    with torch.no_grad():
+        out["hidden_states"] = module.with_mode("hidden_states")(
+            *(torch.from_numpy(hidden[k]) for k in args("hidden_states"))).numpy()
+    return out
+
+
+def drift_plan(module: LLM, sequence: list[Call], hidden: dict[str, np.ndarray], recipe: dict) -> dict:
+    """The output-drift pre-analysis (``coreml_convert.sensitivity``) of a recipe with
+    ``select: "output_drift"``, on the torch module before it is traced, over the gates' own
+    inputs; a group is a decoder layer's seven weights, or the lm_head (compressed as its logits
+    slices).  -> the plan, to add to the recipe (and to the manifest's ``compression``):
+    ``default_bits``, ``weight_bits`` (the promoted weights), ``unnamed_bits`` (the lm_head
+    slices' consts carry no parameter name), ``drift_analysis`` (what was measured).  Leaves
+    the cache primed by ``sequence``."""
+    from coreml_convert import sensitivity
+    from coreml_convert.convert import MIN_WEIGHT_ELEMENTS
+
+    cfg, core = module.cfg, module.core
+    weights = {n: p for n, p in core.named_parameters() if p.dim() == 4 and p.numel() >= MIN_WEIGHT_ELEMENTS}
+    groups = {"lm_head": [n for n in weights if n.startswith("lm_head.")]}
+    for i in range(cfg.llm.num_hidden_layers):
+        groups[f"layer {i}"] = [n for n in weights if n.startswith(f"model.layers.{i}.")]
+    groups = {g: names for g, names in groups.items() if names}
+    splits = {n: list(contract.logits_widths(cfg.llm.vocab_size)) for n in groups.get("lm_head", [])}
+    bits = sorted(int(b) for b in recipe.get("bits", (4, 6)))
+    memory.mark("drift plan")
+    probe = sensitivity.DriftProbe(weights, lambda: gate_outputs(module, sequence, hidden),
+                                   int(recipe.get("group_size", 16)), recipe.get("palette", "lloyd"), splits)
+    assign, record = sensitivity.plan_bits(probe, groups, bits, float(recipe.get("target_db", 16.0)))
+    del probe
+    run_calls(module, sequence)
+    return {"default_bits": bits[0], "weight_bits": {n: b for n, b in sorted(assign.items()) if b != bits[0]},
+            "unnamed_bits": max((assign[n] for n in groups.get("lm_head", [])), default=bits[0]),
+            "drift_analysis": record}
 
 
 class GateModule(nn.Module):
@@ -345,7 +425,7 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
     from weights.references import upstream
 
     cfg = ckpt.config
-    packed = contract.quantize_rows(embedding_table(ckpt))  # the table the app reads (int8 rows + scales)
+    packed = contract.quantize_rows(embedding_table(ckpt))  # the table the app reads (int4 rows + scales)
     table = fp16_exact(contract.dequantize_rows(packed))  # what it feeds the bundle
     rng = np.random.default_rng(seed)
     prompt = example_prompt(cfg, rng)
@@ -378,16 +458,32 @@ def build_spec(ckpt, seed: int = 0) -> ComponentSpec:
         out["hidden_states"] = run_program(program, hidden, function="hidden_states")["hidden_states"]
         return out
 
-    def convert(precision, compression=None, keep_plain=False):
+    box = {"llm": llm}  # the only reference the conversion holds: ``release`` empties it
+    facts = {}  # the output-drift plan of the last conversion (ComponentSpec.compression_facts)
+
+    def convert(precision, compression=None, keep_plain=False, release=None):
+        """``release``: called once every function is converted, to free the torch module
+        (``spec.module``) before compression and the merge; the cache is then not re-primed."""
         examples = {fn: inputs for fn, inputs in reversed(sequence)}
         examples["hidden_states"] = hidden
-        model = convert_multifunction(llm, cfg, examples, precision, compression, keep_plain)
-        run_calls(llm, sequence)  # re-prime the cache for the gates
+        if compression and compression.get("select") == "output_drift":  # before tracing
+            facts.clear()
+            facts.update(drift_plan(box["llm"], sequence, hidden, compression))
+            compression = {**compression, **facts}
+
+        def drop():
+            box.clear()
+            release()
+
+        model = convert_multifunction(box["llm"], cfg, examples, precision, compression, keep_plain,
+                                      release=None if release is None else drop)
+        if box:
+            run_calls(box["llm"], sequence)  # re-prime the cache for the gates
         return model
 
     run_calls(llm, sequence)
     return ComponentSpec(
         module=GateModule(llm, hidden), example_inputs=last, reference=reference, io=llm_io(cfg),
         convert=convert, program_check=program_check,
-        files={contract.EMBEDDINGS_FILE: packed},
+        files={contract.EMBEDDINGS_FILE: packed}, compression_facts=facts,
     )

@@ -26,7 +26,7 @@ import mlx.nn as nn
 from weights.core.configs import RES_BLOCK, VAEConfig, per_block
 from weights.mapping.layout import VAE_DECODER
 
-from mlx_model.components.vision import DepthwiseConv2d
+from mlx_model.components.vision import DepthwiseConv2d, PointwiseConv2d
 
 NORM_EPS = VAEConfig.NORM_EPS
 ATTN_EPS = VAEConfig.LINEAR_ATTN_EPS
@@ -130,9 +130,9 @@ class GLUMBConv(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         hidden = VAEConfig.GLU_EXPAND_RATIO * channels
-        self.conv_inverted = nn.Conv2d(channels, 2 * hidden, 1)
+        self.conv_inverted = PointwiseConv2d(channels, 2 * hidden)
         self.conv_depth = DepthwiseConv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
-        self.conv_point = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.conv_point = PointwiseConv2d(hidden, channels, bias=False)
         self.norm = RMSNorm(channels)
 
     def __call__(self, x):
@@ -380,7 +380,8 @@ class AutoencoderDC(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt, dtype=mx.float32, encoder: bool = True, tensors=None,
-                        config: VAEConfig | None = None, hold: str | None = None):
+                        config: VAEConfig | None = None, hold: str | None = None, quantize: int = 0,
+                        group_size: int | None = None):
         """``encoder=False`` loads only the decoder (generation does not need the encoder:
         the ``vae_decoder`` component of weights.core.components).  An MLX folder holds the
         decoder only (no Mobile-O inference path encodes; docs/upstream.md section H).
@@ -389,7 +390,11 @@ class AutoencoderDC(nn.Module):
         memory where that holds their values exactly (an MLX folder's bf16 tensors as stored,
         a bf16 checkpoint's after the fp32 load) while activations run in ``dtype``: MLX widens
         each weight inside its op, the result is bit-identical, and the decoder's 0.64 GB of
-        fp32 weights (full size) are 0.32 GB."""
+        fp32 weights (full size) are 0.32 GB.
+
+        ``quantize`` (``-q``; 0 = float): the decoder's matmul layers (attention projections,
+        the Mix-FFN's 1x1 convolutions) quantized to ``part_bits("vae", quantize)`` bits, group
+        ``group_size`` (:func:`mlx_model.support.quant.part_bits`); an MLX folder's are as stored."""
         from weights.core.errors import WeightsError
 
         from mlx_model.support.mlx_folder import load_part, native
@@ -400,14 +405,15 @@ class AutoencoderDC(nn.Module):
                                fix="load the VAE encoder from the original checkpoint (--model SOURCE), not the MLX folder.")
         from mlx.utils import tree_flatten
 
-        from mlx_model.support.quant import hold_exact
+        from mlx_model.support.quant import QUANT_GROUP_SIZE, hold_exact, part_bits
 
         model = cls(config or ckpt.config.vae, encoder=encoder)
         hold = HOLD if hold is None and dtype == mx.float32 else hold
         keep = tuple(k for k, _ in tree_flatten(model.parameters())) if hold == "bf16" else ()
         # only what this module holds (shapes are checked on those)
         model = load_part(model, ckpt, "vae", dtype=dtype, tensors=tensors, used="" if encoder else VAE_DECODER,
-                          keep_stored=keep)
+                          keep_stored=keep, quantize=part_bits("vae", quantize),
+                          group_size=group_size or QUANT_GROUP_SIZE)
         if hold == "bf16":
             hold_exact(model)
             model.compute_dtype = dtype

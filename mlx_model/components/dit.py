@@ -189,6 +189,7 @@ class SanaTransformer(nn.Module):
         self.transformer_blocks = [SanaBlock(c) for _ in range(c.num_layers)]
         self.scale_shift_table = mx.zeros((2, d))
         self.proj_out = nn.Linear(d, c.patch_size * c.patch_size * c.out_channels)
+        self.eval_blocks = False  # evaluate block by block (quant.has_jit_layers; set at load)
 
     @classmethod
     def from_checkpoint(cls, ckpt, quantize: int = 0, group_size: int = QUANT_GROUP_SIZE,
@@ -197,9 +198,12 @@ class SanaTransformer(nn.Module):
         """Build from ``ckpt`` (or from ``tensors`` with ``config`` when ``ckpt`` is None);
         ``dequantize``: see :func:`mlx_model.support.quant.quantize_linears`."""
         from mlx_model.support.mlx_folder import load_part
+        from mlx_model.support.quant import has_jit_layers
 
-        return load_part(cls(config or ckpt.config.dit), ckpt, "dit", dtype=dtype, tensors=tensors,
-                         quantize=quantize, group_size=group_size, dequantize=dequantize)
+        model = load_part(cls(config or ckpt.config.dit), ckpt, "dit", dtype=dtype, tensors=tensors,
+                          quantize=quantize, group_size=group_size, dequantize=dequantize)
+        model.eval_blocks = has_jit_layers(model)
+        return model
 
     def __call__(self, latents: mx.array, context: mx.array, timestep: mx.array,
                  context_mask: mx.array | None = None) -> mx.array:
@@ -218,6 +222,8 @@ class SanaTransformer(nn.Module):
             mask = ((1 - context_mask.astype(dtype)) * DiTConfig.MASK_BIAS)[:, None, None, :]
         for block in self.transformer_blocks:
             x = block(x, ctx, t6, mask, hw)
+            if self.eval_blocks:  # JIT layers: one block's dequantized weights alive at a time
+                mx.eval(x)
         shift, scale = mx.split(self.scale_shift_table[None] + emb[:, None], 2, axis=1)
         x = _layer_norm(x, DiTConfig.NORM_OUT_EPS) * (1 + scale) + shift
         x = self.proj_out(x)

@@ -55,9 +55,12 @@ from mlx_model.support.tokenizer import Tokenizer
 
 class LanguageModel:
     def __init__(self, model: Model, tokenizer: Tokenizer | None, config):
+        from mlx_model.support.quant import has_jit_layers
+
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
+        self.eval_layers = has_jit_layers(model)  # see quant.has_jit_layers
 
     @classmethod
     def from_checkpoint(cls, ckpt, quantize: int = 0, group_size: int = QUANT_GROUP_SIZE,
@@ -107,6 +110,8 @@ class LanguageModel:
         h = embeds
         for layer in inner.layers:
             h = layer(h, mask, None)
+            if self.eval_layers:  # JIT layers: one layer's dequantized weights alive at a time
+                mx.eval(h)
             states.append(h)
         states[-1] = inner.norm(h)
         return states[-num:]
@@ -116,7 +121,12 @@ class LanguageModel:
         ``cache``, as mlx-lm's ``generate_step`` prefills: all but the last position run for
         their keys and values only (the cache states are evaluated, their logits never are),
         so the LM head multiplies one row -- no [L, V] logits and, on CPU, no dequantized head."""
-        if embeds.shape[1] > 1:
+        if embeds.shape[1] > 1 and self.eval_layers:  # JIT layers: layer by layer (quant.has_jit_layers)
+            h, mask = embeds[:, :-1], create_attention_mask(embeds[:, :-1], cache[0])
+            for layer, c in zip(self.model.model.layers, cache):
+                h = layer(h, mask, c)
+                mx.eval(h, c.state)
+        elif embeds.shape[1] > 1:
             self.model(None, cache=cache, input_embeddings=embeds[:, :-1])
             mx.eval([c.state for c in cache])
         return self(embeds[:, -1:], cache=cache)

@@ -104,10 +104,12 @@ class ImageEncoder:
         self.config = config  # MobileOConfig
 
     @classmethod
-    def from_checkpoint(cls, ckpt) -> "ImageEncoder":
+    def from_checkpoint(cls, ckpt, quantize: int = 0, group_size: int | None = None) -> "ImageEncoder":
         """The ``vision_encoder`` component (weights.core.components): checkpoint parts
-        ``vision`` and ``projector``, from a checkpoint or an MLX folder."""
-        return cls(VisionTower.from_checkpoint(ckpt), Projector.from_checkpoint(ckpt), ckpt.config)
+        ``vision`` and ``projector``, from a checkpoint or an MLX folder; ``quantize``: ``-q``
+        (the tower's matmul layers: :meth:`VisionTower.from_checkpoint`)."""
+        return cls(VisionTower.from_checkpoint(ckpt, quantize, group_size), Projector.from_checkpoint(ckpt),
+                   ckpt.config)
 
     @property
     def num_tokens(self) -> int:

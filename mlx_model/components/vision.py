@@ -28,8 +28,33 @@ BN_EPS = VisionConfig.BN_EPS
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = True) -> nn.Conv2d:
     """timm's static padding ((stride - 1) + (k - 1)) // 2, i.e. k // 2 for odd k."""
+    if k == 1 and stride == 1 and groups == 1:
+        return PointwiseConv2d(cin, cout, 1, bias=bias)
     cls = DepthwiseConv2d if (stride == 1 and k > 1 and groups == cin == cout) else nn.Conv2d
     return cls(cin, cout, k, stride=stride, padding=((stride - 1) + (k - 1)) // 2, groups=groups, bias=bias)
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-1, ungrouped convolution (NHWC): a matmul over the channels.  Float, it is
+    ``nn.Conv2d`` (same parameters, same result); ``-q`` quantizes it as a Linear layer
+    (:meth:`to_quantized`: ``nn.QuantizedLinear`` over the weight [out, in], which multiplies
+    the last axis of an NHWC input -- the same product), so an MLX folder stores it packed
+    (``weight``, ``scales``, ``biases``; the bias as is).  The vision tower's ConvFFN and the
+    DC-AE decoder's Mix-FFN hold most of their weights in these."""
+
+    QUANTIZABLE = True  # mlx_model.support.quant.quantizable: quantized like a Linear layer
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 1, bias: bool = True):
+        super().__init__(cin, cout, 1, bias=bias)
+
+    def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine",
+                     **_):
+        cout, cin = self.weight.shape[0], self.weight.shape[-1]
+        lin = nn.Linear(cin, cout, bias="bias" in self)
+        lin.weight = self.weight.reshape(cout, cin)
+        if "bias" in self:
+            lin.bias = self.bias
+        return lin.to_quantized(group_size=group_size, bits=bits, mode=mode)
 
 
 @mx.compile
@@ -164,8 +189,8 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden: int, k: int = 7):
         super().__init__()
         self.conv = ConvBN(dim, k)
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc1 = PointwiseConv2d(dim, hidden)
+        self.fc2 = PointwiseConv2d(hidden, dim)
 
     def __call__(self, x):
         return self.fc2(nn.gelu(self.fc1(self.conv(x))))
@@ -243,6 +268,7 @@ class VisionTower(nn.Module):
             net[BLOCKS[stage]] = [block(d[stage], cfg) for _ in range(depth)]
         self.network = net
         self.conv_exp = MobileOneBlock(d[-1], cfg.out_dim, 3, groups=d[-1], se=True)
+        self.eval_blocks = False  # evaluate block by block (quant.has_jit_layers; set at load)
 
     @classmethod
     def from_tensors(cls, cfg: VisionConfig, tensors: dict, ckpt=None) -> "VisionTower":
@@ -261,18 +287,23 @@ class VisionTower(nn.Module):
         return tower
 
     @classmethod
-    def from_checkpoint(cls, ckpt) -> "VisionTower":
+    def from_checkpoint(cls, ckpt, quantize: int = 0, group_size: int | None = None) -> "VisionTower":
         """From a checkpoint or an MLX folder (:func:`mlx_model.support.mlx_folder.load_part`).
         The weights are held in bf16 where that is exact (an MLX folder's as stored, a bf16
-        checkpoint's): 0.25 GB instead of 0.5 GB at full size, activations fp32, the same result."""
+        checkpoint's): 0.25 GB instead of 0.5 GB at full size, activations fp32, the same result.
+        ``quantize`` (``-q``; 0 = float): the attention projections and 1x1 convolutions
+        quantized to ``part_bits("vision", quantize)`` bits (an MLX folder's are as stored)."""
         from mlx.utils import tree_flatten
 
         from mlx_model.support.mlx_folder import load_part
-        from mlx_model.support.quant import hold_exact
+        from mlx_model.support.quant import QUANT_GROUP_SIZE, has_jit_layers, hold_exact, part_bits
 
         tower = cls(ckpt.config.vision)
         keep = tuple(k for k, _ in tree_flatten(tower.parameters()))
-        return hold_exact(load_part(tower, ckpt, "vision", used="", keep_stored=keep))
+        tower = hold_exact(load_part(tower, ckpt, "vision", used="", keep_stored=keep,
+                                     quantize=part_bits("vision", quantize), group_size=group_size or QUANT_GROUP_SIZE))
+        tower.eval_blocks = has_jit_layers(tower)
+        return tower
 
     def features(self, x: mx.array) -> mx.array:
         """[B, S, S, 3] pixels -> [B, S/64, S/64, out_dim] (timm ``forward_features``)."""
@@ -281,6 +312,8 @@ class VisionTower(nn.Module):
         for item in self.network:
             for layer in (item if isinstance(item, list) else [item]):
                 x = layer(x)
+                if self.eval_blocks:  # JIT layers: one block's dequantized weights alive at a time
+                    mx.eval(x)
         return self.conv_exp(x)
 
     def __call__(self, pixels: mx.array) -> mx.array:

@@ -190,8 +190,10 @@ class GenerationPipeline:
             "llm": Component("llm", loader=load_llm),
             "dit": Component("dit", loader=lambda: SanaTransformer.from_checkpoint(
                 ckpt, quantize, group_size, dtype, dequantize=dequantize)),
-            "vae": Component("vae", loader=lambda: AutoencoderDC.from_checkpoint(ckpt, dtype=dtype, encoder=False)),
-            "encoder": Component("encoder", loader=(lambda: ImageEncoder.from_checkpoint(ckpt)) if edit else None),
+            "vae": Component("vae", loader=lambda: AutoencoderDC.from_checkpoint(
+                ckpt, dtype=dtype, encoder=False, quantize=quantize, group_size=group_size)),
+            "encoder": Component("encoder", loader=(lambda: ImageEncoder.from_checkpoint(
+                ckpt, quantize, group_size)) if edit else None),
         }
         parts.update(shared or {})
         mcp = MCP.from_checkpoint(ckpt, dtype=mx.float32)  # tiny; Mobile-O casts its output to fp32

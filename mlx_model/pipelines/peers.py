@@ -24,9 +24,10 @@ from pathlib import Path
 
 from weights.core.errors import MobileOError
 
-__all__ = ["DEFAULT_PEER_TIMEOUT", "PeerLost", "Peers", "open_group"]
+__all__ = ["DEFAULT_PEER_TIMEOUT", "PeerLost", "Peers", "end_process", "open_group"]
 
 DEFAULT_PEER_TIMEOUT = 60.0  # seconds a rank waits for the others beyond the work it expects of them
+_abandoned: list[str] = []  # collectives left blocked on their thread (see end_process)
 
 
 class PeerLost(Exception):
@@ -168,6 +169,7 @@ class Peers:
         self._jobs.put((fn, box, done))
         if not done.wait(timeout):
             self.lost = f"no answer from the other processes within {timeout:.0f}s at {what}"
+            _abandoned.append(what)
             raise PeerLost(self.lost)
         ok, value = box[0]
         if not ok:
@@ -203,6 +205,22 @@ class Peers:
         if self.size > 1:
             self._call(lambda stream: mx.eval(mx.distributed.all_sum(mx.array([1.0]), group=self.group,
                                                                      stream=stream)), timeout, what)
+
+
+def end_process(code) -> None:
+    """End the process now with exit status ``code`` (SystemExit's: None, an int or a message)
+    when a collective was abandoned, after flushing; otherwise return.  The abandoned collective
+    is still inside MLX on its thread, so a normal exit would run MLX's C++ destructors under it
+    and abort ("terminate called without an active exception", SIGABRT) after a finished run."""
+    import sys
+
+    if not _abandoned:
+        return
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ class Understanding:
         tokenizer = Tokenizer.from_checkpoint(ckpt)
         llm = Component("llm", loader=lambda: LanguageModel.from_checkpoint(ckpt, quantize, group_size, dtype,
                                                                           tokenizer=tokenizer))
-        encoder = Component("encoder", loader=lambda: ImageEncoder.from_checkpoint(ckpt))
+        encoder = Component("encoder", loader=lambda: ImageEncoder.from_checkpoint(ckpt, quantize, group_size))
         out = cls(llm, encoder, ckpt.config, quantize=quantize, source=str(ckpt.folder), low_memory=low_memory,
                   tokenizer=tokenizer)
         if not low_memory:

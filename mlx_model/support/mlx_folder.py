@@ -32,7 +32,9 @@ from weights.loading.hub import MLX_FOLDER_MARK
 from mlx_model.support.quant import QUANT_GROUP_SIZE, cast, finish_quantized, quantize_linears, quantized_modules
 
 FORMAT = "mobileo-mlx"
-FORMAT_VERSION = 2  # 2: bf16 scales/biases, quantized embedding, bf16 floats, no VAE encoder
+# 2: bf16 scales/biases, quantized embedding, bf16 floats, no VAE encoder; 3: the vision tower's and
+# VAE decoder's matmul layers quantized too (``parts_quantization``)
+FORMAT_VERSION = 3
 META_KEY = MLX_FOLDER_MARK  # in config.json
 QUANTIZED = QUANTIZED_PARTS  # the parts whose Linear layers -q quantizes: ("llm", "dit")
 
@@ -76,6 +78,12 @@ class MLXFolder:
     def tokenizer_dir(self) -> Path:
         return self.folder
 
+    def part_quantization(self, component: str) -> dict:
+        """{"bits", "group_size"} of ``component``'s quantized layers (bits 0: none)."""
+        q = self.quantization
+        return self.meta.get("parts_quantization", {}).get(component) or {
+            "bits": q["bits"] if component in QUANTIZED else 0, "group_size": q["group_size"]}
+
     def has(self, component: str) -> bool:
         return component in self.meta["files"]
 
@@ -103,9 +111,9 @@ class MLXFolder:
         if not self.has(component):
             raise WeightsError(f"{self.folder} holds no {component} weights.",
                                fix="convert the model again with mobileo-convert (python -m mlx_model.convert).")
-        q = self.quantization
         if component in QUANTIZED:
-            self.check_quantize(quantize, q["group_size"])
+            self.check_quantize(quantize, self.quantization["group_size"])
+        q = self.part_quantization(component)
         weights = self._read(component, prefix)
         if q["bits"] and any(k.endswith(".scales") for k in weights):
             nn.quantize(module, group_size=q["group_size"], bits=q["bits"],

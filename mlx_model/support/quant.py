@@ -15,6 +15,25 @@ JIT_CHUNK_BYTES = 64 * 2**20  # on CPU: a JIT-dequantized weight larger than thi
 # scales and biases are kept (in memory and in an MLX folder) in bfloat16, as mlx-community's
 # conversions of bf16 models hold them: half the bytes of fp32 (~1 bit per 4-bit weight at group 64)
 SCALES_DTYPE = "bfloat16"
+# -q N (N > 0) also quantizes the matmul layers (Linear layers and 1x1 convolutions) of these
+# float parts, with at least these bits (group: the folder's), chosen by the drift measured
+# against their float path (README "MLX folder": vision features and decoded image, demo and
+# full size); their spatial and depthwise convolutions, norms and squeeze-excite layers stay
+# float (bf16 in a folder)
+PART_BITS = {"vision": 4, "vae": 8}
+
+
+def part_bits(part: str, quantize: int) -> int:
+    """The bits ``-q quantize`` gives checkpoint part ``part``'s matmul layers: ``quantize``
+    for the LLM and DiT, :data:`PART_BITS` (never fewer than ``quantize``) for the vision tower
+    and the VAE decoder, 0 (float) for the rest or when ``quantize`` is 0."""
+    from weights.core.components import QUANTIZED_PARTS
+
+    if not quantize:
+        return 0
+    if part in QUANTIZED_PARTS:
+        return quantize
+    return max(quantize, PART_BITS[part]) if part in PART_BITS else 0
 
 
 def check_bits(quantize: int) -> int:
@@ -50,12 +69,14 @@ def quantize_linears(module, quantize: int, group_size: int = QUANT_GROUP_SIZE,
 
 
 def quantizable(group_size: int = QUANT_GROUP_SIZE, embeddings: bool = False):
-    """``nn.quantize``'s predicate: the Linear layers (and Embedding tables when ``embeddings``)
-    whose input width is a multiple of the group."""
+    """``nn.quantize``'s predicate: the Linear layers, the layers that say they are one
+    (``QUANTIZABLE``: 1x1 convolutions) and, with ``embeddings``, the Embedding tables, whose
+    input width is a multiple of the group."""
     import mlx.nn as nn
 
     kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
-    return lambda _, m: isinstance(m, kinds) and m.weight.shape[-1] % group_size == 0
+    return lambda _, m: ((isinstance(m, kinds) or getattr(m, "QUANTIZABLE", False))
+                         and m.weight.shape[-1] % group_size == 0)
 
 
 def quantized_modules(module) -> dict:
@@ -152,6 +173,15 @@ def jit_linears(module):
             if type(m) is base:
                 m.__class__ = jit
     return module
+
+
+def has_jit_layers(module) -> bool:
+    """Whether ``module`` holds quantized layers in their JIT form (CPU).  A model made of
+    such layers is best evaluated layer by layer: each call's dequantized weight depends on no
+    input, so in one lazy graph MLX may dequantize several layers' weights before their
+    products run (full size, one 35-token LLM prompt: +457 MB over the resident weights
+    as one graph, +109 MB layer by layer; one DiT call +462 MB vs +106 MB; same values)."""
+    return any(type(m).__name__.startswith("JIT") for m in quantized_modules(module).values())
 
 
 def dequantize_linears(module, dtype=None):

@@ -496,7 +496,7 @@ def host_goldens(cfg) -> dict:
 
 
 def _embedding_rows_golden(contract) -> dict:
-    """A small table in the app's format (contract.quantize_rows: int8 rows + fp16 scales) and
+    """A small table in the app's format (contract.quantize_rows: int4 rows + fp16 scales) and
     the rows it holds (Swift EmbeddingTable must read the same values)."""
     rng = np.random.default_rng(7)
     table = rng.standard_normal((3, 8)).astype(np.float32) * np.array([[0.02], [1.5], [0.0]], np.float32)
@@ -610,8 +610,8 @@ class _RecordedLLM:
         entry = next(t for t in comp["files"] if t["file"] == host["embeddings"])
         raw = np.fromfile(rec.export / entry["file"], np.uint8)
         vocab, hidden = entry["shape"]
-        self.table = (contract.dequantize_rows(raw.reshape(vocab, hidden + 2)) if entry["dtype"] == "int8_row_scale"
-                      else raw.view("<f2").reshape(vocab, hidden).astype(np.float32))
+        self.table = (contract.dequantize_rows(raw.reshape(vocab, hidden // 2 + contract.ROW_SCALE_BYTES))
+                      if entry["dtype"] == contract.EMBEDDINGS_DTYPE else raw.view("<f2").reshape(vocab, hidden).astype(np.float32))
         tok = pipeline["tokenizer"]
         names = {t["name"]: t["id"] for t in tok["special_tokens"]}
         self.pad = names.get(tok["roles"].get("pad"), 0)

@@ -59,10 +59,14 @@ CFG_BATCH = 2  # DiT batch: [unconditional, conditional] for classifier-free gui
 LLM_FUNCTIONS = ("decode", "prefill", "hidden_states")
 LLM_STATE_FUNCTIONS = ("decode", "prefill")  # the functions that read/write key_cache, value_cache
 LLM_INPUTS = ("embeds", "cos", "sin", "attention_bias", "position")  # traced argument order
-# the token-embedding table (V, C) beside the llm bundle: int8 rows, each followed by its
-# little-endian fp16 scale (EMBEDDINGS_DTYPE; quantize_rows / dequantize_rows; Swift EmbeddingTable)
-EMBEDDINGS_FILE = "llm_embeddings.q8"
-EMBEDDINGS_DTYPE = "int8_row_scale"
+# the token-embedding table (V, C) beside the llm bundle: int4 rows (two values a byte, low
+# nibble first), each followed by its little-endian fp16 scale (EMBEDDINGS_DTYPE, issue 22:
+# 68 MB at full size; quantize_rows / dequantize_rows; Swift EmbeddingTable, which still reads
+# the int8 rows of schema 3 exports, TABLE_DTYPES)
+EMBEDDINGS_FILE = "llm_embeddings.q4"
+EMBEDDINGS_DTYPE = "int4_row_scale"
+TABLE_DTYPES = ("float16", "int8_row_scale", "int4_row_scale")  # formats of a table beside a bundle
+ROW_SCALE_BYTES = 2  # the fp16 scale after each quantized row
 
 
 # ------------------------------------------------------------------ tensors
@@ -371,14 +375,37 @@ def cache_position(position: int, count: int, slots: int) -> np.ndarray:
 
 
 def quantize_rows(table: np.ndarray) -> np.ndarray:
-    """The embedding table as stored (EMBEDDINGS_DTYPE): (V, C + 2) bytes, each row C int8
-    values (symmetric, round to nearest) then its fp16 scale max|row| / 127, little-endian.
-    Half the bytes of fp16 rows; the app reads one row per token (value = int8 * scale)."""
+    """The embedding table as stored (EMBEDDINGS_DTYPE): (V, C/2 + 2) bytes, each row C int4
+    values (two's complement, -8..7, two a byte, column 2j in the low nibble) then its fp16
+    scale, little-endian (value = int4 * scale).  Each row's scale minimises the row's squared
+    error over clipping ratios of max|row| / 7 (CLIP_RATIOS): a few large values clip, the
+    rest get finer steps.  A quarter of fp16's bytes; the app reads one row per token."""
     t = np.asarray(table, np.float32)
-    scale = (np.abs(t).max(axis=1) / 127).astype(np.float16)
+    if t.ndim != 2 or t.shape[1] % 2:
+        raise ValueError(f"an int4 table needs an even row width, got shape {t.shape}")
+    scale = np.zeros(t.shape[0], np.float16)
+    for lo in range(0, t.shape[0], 4096):  # row blocks: bounded temporaries
+        scale[lo:lo + 4096] = _row_scales(t[lo:lo + 4096])
     safe = np.where(scale > 0, scale.astype(np.float32), 1.0)[:, None]
-    q = np.clip(np.round(t / safe), -127, 127).astype(np.int8)
-    return np.concatenate([q.view(np.uint8), scale.astype("<f2")[:, None].view(np.uint8)], axis=1)
+    q = (np.clip(np.round(t / safe), -8, 7).astype(np.int8) & 0x0F).astype(np.uint8)
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    return np.concatenate([packed, scale.astype("<f2")[:, None].view(np.uint8)], axis=1)
+
+
+CLIP_RATIOS = np.linspace(0.5, 1.0, 11)  # quantize_rows' candidate scales, x max|row| / 7
+
+
+def _row_scales(rows: np.ndarray) -> np.ndarray:
+    """Per row, the fp16 scale among CLIP_RATIOS x max|row| / 7 with the least squared error."""
+    peak = np.abs(rows).max(axis=1)
+    best, best_err = np.zeros(rows.shape[0], np.float16), np.full(rows.shape[0], np.inf)
+    for ratio in CLIP_RATIOS:
+        s = (peak * ratio / 7).astype(np.float16)
+        sf = np.where(s > 0, s.astype(np.float32), 1.0)[:, None]
+        err = np.sum((np.clip(np.round(rows / sf), -8, 7) * sf - rows) ** 2, axis=1)
+        take = err < best_err
+        best[take], best_err[take] = s[take], err[take]
+    return best
 
 
 def dequantize_rows(packed: np.ndarray, ids=None) -> np.ndarray:
@@ -386,17 +413,20 @@ def dequantize_rows(packed: np.ndarray, ids=None) -> np.ndarray:
     p = np.asarray(packed, np.uint8)
     if ids is not None:
         p = p[np.asarray(ids, np.int64)]
-    q = p[:, :-2].view(np.int8).astype(np.float32)
-    scale = np.ascontiguousarray(p[:, -2:]).view("<f2").astype(np.float32)
+    body = p[:, :-ROW_SCALE_BYTES]
+    q = np.empty((p.shape[0], body.shape[1] * 2), np.int8)
+    q[:, 0::2], q[:, 1::2] = body & 0x0F, body >> 4
+    q = np.where(q > 7, q - 16, q).astype(np.float32)
+    scale = np.ascontiguousarray(p[:, -ROW_SCALE_BYTES:]).view("<f2").astype(np.float32)
     return q * scale
 
 
 def table_format(array: np.ndarray) -> tuple[str, tuple[int, ...]]:
-    """(dtype, logical shape) of a table written beside a bundle: packed int8 rows (uint8
+    """(dtype, logical shape) of a table written beside a bundle: packed int4 rows (uint8
     bytes, :func:`quantize_rows`) or fp16 values."""
     a = np.asarray(array)
     if a.dtype == np.uint8:
-        return EMBEDDINGS_DTYPE, (int(a.shape[0]), int(a.shape[1]) - 2)
+        return EMBEDDINGS_DTYPE, (int(a.shape[0]), 2 * (int(a.shape[1]) - ROW_SCALE_BYTES))
     return "float16", tuple(int(n) for n in a.shape)
 
 

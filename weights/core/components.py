@@ -51,7 +51,16 @@ TARGET_COMPUTE_UNITS = {"ane": "cpuAndNeuralEngine", "gpu": "cpuAndGPU"}
 # (coreml_convert.convert.mixed_plan) -- ml-stable-diffusion's mixed-bit palettization, Anemll's
 # LUT4/LUT6
 ANE_MIXED = {"weights": "mixed", "bits": [4, 6], "group_size": 16, "min_snr_db": 14.0}
+# the LLM's (issue 22): Lloyd-Max LUTs (coreml_convert.palette: the 1-D k-means palette,
+# deterministic) per group of 16 output channels, 4 bits, and 6 bits for the layers that the
+# output-drift pre-analysis (coreml_convert.sensitivity, ml-stable-diffusion's: one layer at a
+# time, the whole model's output PSNR) ranks most sensitive, until the torch estimate of the
+# drift reaches ``target_db`` (the gate's floor is 15 dB)
+ANE_LLM = {"weights": "mixed", "bits": [4, 6], "group_size": 16, "palette": "lloyd", "select": "output_drift",
+           "target_db": 16.0}
 INT4_GPU = {"weights": "int4", "block_size": 32}
+# the vision encoder's (issue 22; was uniform ``lut6g16``): Lloyd-Max 4-bit LUTs per 16 channels
+LLOYD4 = {"weights": "lut", "nbits": 4, "group_size": 16, "palette": "lloyd"}
 # the GPU target computes the DiT and the VAE decoder in fp32, as Mobile-O's own app does
 # (docs/deployment-notes.md section 8): ``precision`` overrides the CLI's --precision
 INT4_GPU_FP32 = {**INT4_GPU, "precision": "fp32"}
@@ -98,11 +107,11 @@ def _both(recipe: dict) -> dict:
 _TABLE = (
     Component("vision_encoder", ("vision", "projector"), "image -> LLM-width image features (FastViTHD + projector)",
               ("editing", "understanding"), slot="encoder", phase="text", quantized=False,
-              compute_units="cpuAndNeuralEngine", recipe=_both({"weights": "lut", "nbits": 6, "group_size": 16}),
+              compute_units="cpuAndNeuralEngine", recipe=_both(LLOYD4),
               swift="vision"),
     Component("llm", ("llm",), "Qwen2: prompt -> hidden states (generation), answer tokens (understanding)",
               ("generation", "editing", "understanding", "chat"), slot="llm", phase="text", quantized=True,
-              compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_MIXED, "gpu": INT4_GPU}, swift="llm"),
+              compute_units="cpuAndNeuralEngine", recipe={"ane": ANE_LLM, "gpu": INT4_GPU}, swift="llm"),
     Component("mcp", ("mcp",), "fuses the LLM's last hidden states into DiT conditioning",
               ("generation", "editing"), slot=None, phase=None, quantized=False,
               compute_units="cpuAndNeuralEngine", recipe=_both({"weights": "int8"}), swift="mcp"),

@@ -7,6 +7,8 @@ transformers ``Qwen2ForCausalLM``, timm ``fastvit_mci3`` (re-parameterized), dif
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from weights.core.configs import DiTConfig, LLMConfig, MobileOConfig, SchedulerConfig, VAEConfig, VisionConfig
@@ -81,11 +83,38 @@ def build(component: str, cfg: MobileOConfig, tensors: dict[str, np.ndarray] | N
     }
     if component not in makers:
         raise ValueError(f"no upstream reference for {component!r} (the MCP has none)")
-    module = makers[component]()
-    if tensors is not None:
-        if component == "vision":
-            tensors = to_timm_state(tensors)
-        if component == "llm" and cfg.llm.tie_word_embeddings:
-            tensors = {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}
-        load_state(module, tensors, dtype)
+    if tensors is None:
+        return makers[component]()
+    with parameters_on_meta():  # no random fp32 weights beside the checkpoint's: the load assigns them
+        module = makers[component]()
+    if component == "vision":
+        tensors = to_timm_state(tensors)
+    if component == "llm" and cfg.llm.tie_word_embeddings:
+        tensors = {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}
+    load_state(module, tensors, dtype)
+    left = [n for n, p in module.named_parameters() if p.is_meta]
+    if left:
+        raise ValueError(f"{component}: parameter {left[0]!r} was not loaded")
     return module
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside hold their parameters on the meta device (no memory, no random
+    init); buffers stay real (a RoPE ``inv_freq`` is computed, not loaded).  ``load_state``
+    (``assign=True``) then gives them the checkpoint's tensors.  Patches ``nn.Module`` for the
+    duration: build one module at a time (no threads)."""
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(self, name, param):
+        register(self, name, param)
+        if param is not None and not param.is_meta:
+            self._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register

@@ -65,20 +65,32 @@ public enum HostInputs {
 
 /// The token-embedding table beside the llm bundle, memory-mapped; `rows` reads the
 /// embeddings of token ids, row by row.  Formats (the manifest's `files[].dtype`,
-/// contract.EMBEDDINGS_FILE): "float16", raw little-endian fp16 [vocab, hidden]; or
-/// "int8_row_scale", each row `hidden` int8 values then its little-endian fp16 scale
-/// (value = int8 * scale; contract.quantize_rows) -- half the bytes.
+/// contract.EMBEDDINGS_FILE): "float16", raw little-endian fp16 [vocab, hidden];
+/// "int4_row_scale" (what the converter writes, contract.quantize_rows), each row `hidden`
+/// int4 values, two a byte (column 2j in the low nibble, two's complement -8...7), then its
+/// little-endian fp16 scale (value = int4 * scale) -- a quarter of the bytes; or
+/// "int8_row_scale", each row `hidden` int8 values then its fp16 scale.
 public final class EmbeddingTable {
-    /// How the rows are stored: raw fp16, or int8 rows each followed by its fp16 scale.
-    public enum Format: String, Sendable { case float16, int8RowScale = "int8_row_scale" }
+    /// How the rows are stored: raw fp16, or int4 / int8 rows each followed by its fp16 scale.
+    public enum Format: String, Sendable {
+        case float16, int8RowScale = "int8_row_scale", int4RowScale = "int4_row_scale"
+    }
     /// Rows (vocabulary size), columns (hidden size) and storage format.
     public let vocab: Int, hidden: Int, format: Format
     let data: Data
 
-    var rowBytes: Int { format == .float16 ? hidden * 2 : hidden + 2 }
+    var rowBytes: Int { EmbeddingTable.rowBytes(format, hidden) }
 
-    /// Map the table file at `url` of `vocab` x `hidden` in `dtype` ("float16" or
-    /// "int8_row_scale"); throws when its size disagrees.
+    static func rowBytes(_ format: Format, _ hidden: Int) -> Int {
+        switch format {
+        case .float16: return hidden * 2
+        case .int8RowScale: return hidden + 2
+        case .int4RowScale: return (hidden + 1) / 2 + 2
+        }
+    }
+
+    /// Map the table file at `url` of `vocab` x `hidden` in `dtype` ("float16",
+    /// "int4_row_scale" or "int8_row_scale"); throws when its size disagrees.
     public init(url: URL, vocab: Int, hidden: Int, dtype: String = "float16") throws {
         guard let format = Format(rawValue: dtype) else {
             throw MobileOError(.runner, "the embedding table's dtype \(dtype) is not one this package reads.",
@@ -90,7 +102,7 @@ public final class EmbeddingTable {
             throw MobileOError(.runner, "cannot read the embedding table \(url.path): \(error.localizedDescription)",
                                fix: "copy every file manifest.json lists beside it (check with python -m ios_bridge.validate).")
         }
-        guard data.count == vocab * (format == .float16 ? hidden * 2 : hidden + 2) else {
+        guard data.count == vocab * EmbeddingTable.rowBytes(format, hidden) else {
             throw MobileOError(.runner, "\(url.lastPathComponent) holds \(data.count) bytes, not \(vocab) rows of \(hidden) \(dtype) values.",
                                fix: "re-export with python -m coreml_convert.")
         }
@@ -116,6 +128,14 @@ public final class EmbeddingTable {
                     let scale = Half.value(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: row + hidden, as: UInt16.self)))
                     for c in 0..<hidden {
                         out[r * hidden + c] = Float(raw.load(fromByteOffset: row + c, as: Int8.self)) * scale
+                    }
+                case .int4RowScale:
+                    let packed = (hidden + 1) / 2
+                    let scale = Half.value(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: row + packed, as: UInt16.self)))
+                    for c in 0..<hidden {
+                        let byte = raw.load(fromByteOffset: row + c / 2, as: UInt8.self)
+                        let nibble = Int(c % 2 == 0 ? byte & 0x0F : byte >> 4)
+                        out[r * hidden + c] = Float(nibble > 7 ? nibble - 16 : nibble) * scale
                     }
                 }
             }

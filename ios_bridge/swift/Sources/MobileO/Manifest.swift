@@ -6,7 +6,7 @@ import Foundation
 /// token ids, tensor specs) comes from here, none is hard-coded.
 public struct Manifest: Codable, Equatable, Sendable {
     /// The manifest schema version this package reads.
-    public static let supportedSchemaVersion = 3
+    public static let supportedSchemaVersion = 4
     /// The manifest's file name in an export folder.
     public static let fileName = "manifest.json"
 
@@ -65,7 +65,8 @@ public struct Manifest: Codable, Equatable, Sendable {
     public enum DType: String, Codable, Sendable { case float16, float32, int32 }
 
     /// A table beside a bundle, row-major, of `shape`: `dtype` "float16" (raw little-endian fp16)
-    /// or "int8_row_scale" (int8 rows, each followed by its fp16 scale; `EmbeddingTable`).
+    /// "int4_row_scale" or "int8_row_scale" (int4 / int8 rows, each followed by its fp16
+    /// scale; `EmbeddingTable`).
     public struct TableFile: Codable, Equatable, Sendable {
         /// `file`: path relative to the manifest.
         public var file: String
@@ -75,7 +76,7 @@ public struct Manifest: Codable, Equatable, Sendable {
         public var bytes: Int
         /// `shape`: [rows, columns].
         public var shape: [Int]
-        /// `dtype`: "float16" or "int8_row_scale".
+        /// `dtype`: "float16", "int4_row_scale" or "int8_row_scale".
         public var dtype: String
     }
 

@@ -50,13 +50,13 @@ final class HostInputsTests: XCTestCase {
         XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 4, hidden: 2))
     }
 
-    func testEmbeddingTableReadsTheContractsInt8Rows() throws {
+    func testEmbeddingTableReadsTheContractsRows() throws {
         let g = try Golden.load(Host.self, "host.json").embedding_rows
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("emb-\(UUID().uuidString).q8")
         try Data(g.bytes).write(to: url)
         defer { try? FileManager.default.removeItem(at: url) }
         let t = try EmbeddingTable(url: url, vocab: g.vocab, hidden: g.hidden, dtype: g.dtype)
-        XCTAssertEqual(try t.rows([0, 1, 2]).data, g.values)  // int8 * fp16 scale: exact in fp32
+        XCTAssertEqual(try t.rows([0, 1, 2]).data, g.values)  // int4 * fp16 scale: exact in fp32
     }
 
     func testEmbeddingTableReadsInt8RowsWithScales() throws {
@@ -74,5 +74,21 @@ final class HostInputsTests: XCTestCase {
         XCTAssertEqual(try t.rows([1, 0]).data, [-32, 16, 0, 63.5])
         XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 3, hidden: 2, dtype: "int8_row_scale"))  // 8 bytes: 2 rows
         XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 2, hidden: 2, dtype: "int4"))
+    }
+
+    func testEmbeddingTableReadsInt4RowsWithScales() throws {
+        // contract.quantize_rows: two int4 a byte (column 2j low nibble), then the fp16 scale
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("emb-\(UUID().uuidString).q4")
+        var bytes = Data()
+        for (pair, scale) in [((UInt8(0x7), UInt8(0x8)), Float(0.5)), ((0xF, 0x1), 0.25)] as [((UInt8, UInt8), Float)] {
+            bytes.append(pair.0 | (pair.1 << 4))  // columns 0 and 1
+            var b = Half.bits(scale).littleEndian
+            bytes.append(Data(bytes: &b, count: 2))
+        }
+        try bytes.write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let t = try EmbeddingTable(url: url, vocab: 2, hidden: 2, dtype: "int4_row_scale")
+        XCTAssertEqual(try t.rows([0, 1]).data, [3.5, -4, -0.25, 0.25])
+        XCTAssertThrowsError(try EmbeddingTable(url: url, vocab: 3, hidden: 2, dtype: "int4_row_scale"))  // 6 bytes: 2 rows
     }
 }
