@@ -80,6 +80,20 @@ def read_record(out: Path, name: str) -> dict | None:
         return None
 
 
+def component_files(out: Path, name: str) -> list[Path]:
+    """The paths in ``out`` that converted component ``name`` owns: its conversion record, its
+    lint report, its bundle and the files beside it (the LLM's embedding table); [] when it is
+    not converted there."""
+    from weights.bundles.contract import lint_report_name
+
+    rec = read_record(out, name)
+    if not rec:
+        return []
+    result = rec["result"]
+    return [record_path(out, name), out / lint_report_name(name), out / result["file"],
+            *(out / f["file"] for f in result.get("files", []))]
+
+
 def write_record(out: Path, name: str, record: dict) -> None:
     path = record_path(out, name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,7 @@ def convert_spec(spec: ComponentSpec, precision: str = "fp16", compression: dict
     :func:`convert` then :func:`compress`.  ``release_module``: :func:`convert_both`'s."""
     release = _releaser(spec) if release_module else None
     if spec.convert is not None:
-        return spec.convert(precision, compression, release=release) if release else spec.convert(precision, compression)
+        return spec.convert(precision, compression, release=release)
     model = convert(spec, precision)
     if release:
         release()
@@ -170,9 +170,7 @@ def convert_both(spec: ComponentSpec, precision: str = "fp16", compression: dict
         return convert_spec(spec, precision, None, release_module), None
     release = _releaser(spec) if release_module else None
     if spec.convert is not None:
-        if release:
-            return spec.convert(precision, compression, keep_plain=True, release=release)
-        return spec.convert(precision, compression, keep_plain=True)
+        return spec.convert(precision, compression, keep_plain=True, release=release)
     plain = convert(spec, precision)
     if release:
         release()

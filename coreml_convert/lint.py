@@ -38,7 +38,7 @@ from pathlib import Path
 
 from weights.core.errors import MobileOError, run_cli
 
-from weights.bundles.contract import MAX_DIMENSION
+from weights.bundles.contract import MAX_DIMENSION, lint_report_name
 from coreml_convert.mil_cost import SLICE_OPS, dtype_name
 
 ELIGIBLE, AT_RISK, OFF = "eligible", "at_risk", "off"
@@ -381,7 +381,7 @@ def write_report(report: dict, folder: Path) -> Path:
     """``folder/<name>.lint.json``: the report and its :func:`summary` (which the manifest
     records and ``mobileo-validate`` compares)."""
     report = {**report, "summary": summary(report)}
-    path = folder / f"{report['name']}.lint.json"
+    path = folder / lint_report_name(report["name"])
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:

@@ -175,7 +175,7 @@ def _host_shape_problems(comp: dict, funcs: dict, host: dict) -> list[str]:
 def _lint_problems(folder: Path, comp: dict) -> list[str]:
     if "lint" not in comp:
         return []
-    path = folder / f"{comp['name']}.lint.json"
+    path = folder / contract.lint_report_name(comp["name"])
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):

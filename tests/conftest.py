@@ -140,18 +140,23 @@ def tiny_export(tiny_ckpt_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_export_of(tiny_export, tmp_path_factory):
-    """``tiny_export_of(*names)``: a new folder holding only those components of ``tiny_export``
-    (bundles, lint reports, conversion records; no manifest): ``mobileo-coreml --components``
-    on it finds them converted, as on a folder it converted itself."""
+    """``tiny_export_of(*names)``: a new folder holding only what those components own in
+    ``tiny_export`` (``coreml_convert.cli.component_files``: record, lint report, bundle, the
+    files beside it; no manifest): ``mobileo-coreml --components`` on it finds them
+    converted, as on a folder it converted itself."""
     import shutil
 
-    from coreml_convert.components import REGISTRY
+    from coreml_convert.cli import component_files
 
     def copy(*names: str):
-        others = {f"{n}{suffix}" for n in REGISTRY if n not in names for suffix in (".mlpackage", ".lint.json", ".json")}
         out = tmp_path_factory.mktemp("export_of") / "_".join(names)
-        shutil.copytree(tiny_export, out, ignore=lambda folder, files: [f for f in files if f in others])
-        (out / "manifest.json").unlink()
+        for name in names:
+            files = component_files(tiny_export, name)
+            assert files, f"{name} is not in the session's export"
+            for src in files:
+                dst = out / src.relative_to(tiny_export)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
         return out
 
     return copy

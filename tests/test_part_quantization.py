@@ -18,6 +18,7 @@ import mlx.nn as nn
 from metrics import psnr  # noqa: E402
 from mlx_model.components.dcae import AutoencoderDC  # noqa: E402
 from mlx_model.components.vision import PointwiseConv2d, VisionTower  # noqa: E402
+from mlx_model.support.platform import metal_available  # noqa: E402
 from mlx_model.support.quant import PART_BITS, part_bits, quantized_modules  # noqa: E402
 
 GROUP = 32
@@ -129,6 +130,7 @@ def test_loading_the_folder_builds_no_float_copy(folder, part):
     assert peak <= 1.5 * ckpt.meta["bytes"][part] < floats, (peak, ckpt.meta["bytes"][part], floats)
 
 
+@pytest.mark.skipif(metal_available(), reason="JIT quantized layers are the CPU's; Metal runs MLX's quantized kernels")
 def test_jit_models_run_layer_by_layer_with_the_same_values(tiny_ckpt):
     """On a CPU (JIT quantized layers) the DiT, the LLM (hidden states, prefill) and the vision
     tower are evaluated block by block, so one block's dequantized weights are alive at a time

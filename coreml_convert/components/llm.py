@@ -269,9 +269,11 @@ def convert_multifunction(module: LLM, cfg: MobileOConfig, examples: dict[str, d
     compressing = bool(compression) and compression.get("weights") not in (None, "fp16", "fp32")
     tmp = Path(tempfile.mkdtemp(prefix="llm."))
     try:
-        plans = _convert_functions(module, cfg, examples, precision, compression if compressing else None,
-                                   tmp / "plain")
-        module.reset()  # tracing ran the functions on the buffers
+        try:
+            plans = _convert_functions(module, cfg, examples, precision, compression if compressing else None,
+                                       tmp / "plain")
+        finally:
+            module.reset()  # tracing ran the functions on the buffers
         if release is not None:
             del module
             release()  # the caller drops the torch module: what follows reads the saved packages
@@ -288,9 +290,6 @@ def convert_multifunction(module: LLM, cfg: MobileOConfig, examples: dict[str, d
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if release is None:
-            module.reset()
     holder = _TempOwner(tmp)  # the packages live until saved: the folder goes with the last model
     for model in merged.values():
         model._mobileo_tmp = holder

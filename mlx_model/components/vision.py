@@ -29,7 +29,7 @@ BN_EPS = VisionConfig.BN_EPS
 def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = True) -> nn.Conv2d:
     """timm's static padding ((stride - 1) + (k - 1)) // 2, i.e. k // 2 for odd k."""
     if k == 1 and stride == 1 and groups == 1:
-        return PointwiseConv2d(cin, cout, 1, bias=bias)
+        return PointwiseConv2d(cin, cout, bias=bias)
     cls = DepthwiseConv2d if (stride == 1 and k > 1 and groups == cin == cout) else nn.Conv2d
     return cls(cin, cout, k, stride=stride, padding=((stride - 1) + (k - 1)) // 2, groups=groups, bias=bias)
 
@@ -44,7 +44,7 @@ class PointwiseConv2d(nn.Conv2d):
 
     QUANTIZABLE = True  # mlx_model.support.quant.quantizable: quantized like a Linear layer
 
-    def __init__(self, cin: int, cout: int, kernel_size: int = 1, bias: bool = True):
+    def __init__(self, cin: int, cout: int, bias: bool = True):
         super().__init__(cin, cout, 1, bias=bias)
 
     def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine",

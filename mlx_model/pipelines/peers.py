@@ -27,7 +27,7 @@ from weights.core.errors import MobileOError
 __all__ = ["DEFAULT_PEER_TIMEOUT", "PeerLost", "Peers", "end_process", "open_group"]
 
 DEFAULT_PEER_TIMEOUT = 60.0  # seconds a rank waits for the others beyond the work it expects of them
-_abandoned: list[str] = []  # collectives left blocked on their thread (see end_process)
+_abandoned = False  # a collective was left blocked on its thread in this process (see end_process)
 
 
 class PeerLost(Exception):
@@ -169,7 +169,8 @@ class Peers:
         self._jobs.put((fn, box, done))
         if not done.wait(timeout):
             self.lost = f"no answer from the other processes within {timeout:.0f}s at {what}"
-            _abandoned.append(what)
+            global _abandoned
+            _abandoned = True
             raise PeerLost(self.lost)
         ok, value = box[0]
         if not ok:

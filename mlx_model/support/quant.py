@@ -181,7 +181,8 @@ def has_jit_layers(module) -> bool:
     input, so in one lazy graph MLX may dequantize several layers' weights before their
     products run (full size, one 35-token LLM prompt: +457 MB over the resident weights
     as one graph, +109 MB layer by layer; one DiT call +462 MB vs +106 MB; same values)."""
-    return any(type(m).__name__.startswith("JIT") for m in quantized_modules(module).values())
+    jit = tuple((_JIT or {}).values())  # none made yet: no layer can be one
+    return bool(jit) and any(isinstance(m, jit) for m in quantized_modules(module).values())
 
 
 def dequantize_linears(module, dtype=None):

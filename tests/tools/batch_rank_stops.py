@@ -5,7 +5,7 @@ under ``mlx.launch``:  python tests/tools/batch_rank_stops.py STOP_AFTER STOP_RA
 With ``BATCH_STOP_HOW=sigstop`` the rank stops itself with SIGSTOP instead (a hung or sleeping
 machine: the process stays, silent); with ``BATCH_STOP_HOW=sleep:S`` it sleeps S seconds once and
 goes on, and with ``BATCH_STOP_HOW=until-made:N`` it sleeps once until the output folder holds N
-images (at most 120 s) and goes on (slow, not dead: the other rank gives up on it meanwhile); with ``BATCH_RANK_MODEL_HASH=HASH`` rank STOP_RANK
+images (exit 3 when that takes over 120 s) and goes on (slow, not dead: the other rank gives up on it meanwhile); with ``BATCH_RANK_MODEL_HASH=HASH`` rank STOP_RANK
 sees other weights (its model hash is HASH) and STOP_AFTER is not used."""
 
 import os
@@ -36,6 +36,9 @@ def main() -> None:
                 deadline = time.monotonic() + 120
                 while len(list(folder.glob("*.png"))) < want and time.monotonic() < deadline:
                     time.sleep(0.2)
+                if len(list(folder.glob("*.png"))) < want:  # the other rank did not go on alone
+                    print(f"rank {rank}: the other rank made no {want} images within 120 s (test)", file=sys.stderr)
+                    os._exit(3)
             else:
                 os._exit(17)
 

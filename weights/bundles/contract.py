@@ -64,6 +64,14 @@ LLM_INPUTS = ("embeds", "cos", "sin", "attention_bias", "position")  # traced ar
 # 68 MB at full size; quantize_rows / dequantize_rows; Swift EmbeddingTable, which still reads
 # the int8 rows of schema 3 exports, TABLE_DTYPES)
 EMBEDDINGS_FILE = "llm_embeddings.q4"
+
+
+def lint_report_name(component: str) -> str:
+    """The lint report beside a bundle (``coreml_convert.lint`` writes it, the manifest records
+    its summary, ``mobileo-validate`` compares the two)."""
+    return f"{component}.lint.json"
+
+
 EMBEDDINGS_DTYPE = "int4_row_scale"
 TABLE_DTYPES = ("float16", "int8_row_scale", "int4_row_scale")  # formats of a table beside a bundle
 ROW_SCALE_BYTES = 2  # the fp16 scale after each quantized row
