@@ -100,9 +100,11 @@ class EfficientViTBlock(nn.Module):
 
 def _repeat_channels(x: torch.Tensor, repeats: int) -> torch.Tensor:
     """torch.repeat_interleave(x, repeats, dim=1) with static shapes, every tensor rank 4 (the
-    pixels flattened onto the last axis while the copies take axis 2; the lint's rank rule)."""
+    lint's rank rule) and no axis longer than the image's (batch and channels share axis 0
+    while the copies take axis 1: flattening the pixels instead made a 65,536-long axis at
+    512x512, over the Neural Engine's 16,384)."""
     b, c, h, w = (int(d) for d in x.shape)
-    return x.reshape(b, c, 1, h * w).expand(b, c, repeats, h * w).reshape(b, c * repeats, h, w)
+    return x.reshape(b * c, 1, h, w).expand(b * c, repeats, h, w).reshape(b, c * repeats, h, w)
 
 
 class UpBlock(nn.Module):
