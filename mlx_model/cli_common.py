@@ -98,10 +98,10 @@ def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) 
     ``run(p, args, argv)``; project errors end as one ``error: ... Fix: ...`` line, exit 2."""
     from weights.core.errors import run_cli
 
-    from mlx_model.support.platform import use_openblas
+    from mlx_model.support.platform import prepare_cpu_process
 
     if argv is None:
-        use_openblas()
+        prepare_cpu_process()
     argv = sys.argv[1:] if argv is None else list(argv)
     ready()  # from here run_cli says "interrupted"
     try:

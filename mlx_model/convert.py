@@ -233,10 +233,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mlx_model.support.platform import use_openblas
+    from mlx_model.support.platform import prepare_cpu_process
 
     if argv is None:
-        use_openblas()
+        prepare_cpu_process()
     ready()  # from here run_cli says "interrupted"
     a = parser().parse_args(argv)
     run_cli(lambda: convert(a.model, a.out, a.quantize, a.group_size, a.revision, upload_repo=a.upload_repo))

@@ -42,3 +42,15 @@ def test_upstream_audit_names_real_tests_and_no_unchecked_row():
     absent = [f"{f}::{name}" for f, name in cited
               if not re.search(rf"^\s*def {name}\b", (ROOT / f).read_text(), re.M)]
     assert not absent, "docs/upstream.md names tests that do not exist:\n" + "\n".join(sorted(absent))
+
+
+def test_the_folder_card_quotes_the_readmes_drift_figures():
+    """The model card an MLX folder carries (``mlx_model.convert.DRIFT_NOTE``) and README's drift
+    table state the same measured figures: one changed alone fails here."""
+    from mlx_model.convert import DRIFT_NOTE
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## MLX folder"):readme.index("\n## ", readme.index("## MLX folder") + 1)]
+    figures = re.findall(r"\d+\.\d+ dB", DRIFT_NOTE)
+    assert len(figures) >= 4
+    assert [f for f in figures if f not in section] == []

@@ -78,12 +78,10 @@ class Reference:
 @pytest.fixture(scope="module", params=[0, 4], ids=["bf16", "bf16-q4"])
 def mac(request, tiny_ckpt):
     """(pipeline as a Mac builds it, bits): metal_available() says yes while it is built and run."""
-    import mlx_model.components.vision as vision
     import mlx_model.support.platform as platform
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(platform, "metal_available", lambda: True)
-        mp.setattr(vision, "_METAL", True)
         kw = {"group_size": 32} if request.param else {}  # the tiny widths hold whole groups of 32
         pipe = GenerationPipeline.from_checkpoint(tiny_ckpt, quantize=request.param, low_memory=False, edit=True,
                                                   **kw)

@@ -17,7 +17,8 @@ import mlx.nn as nn
 
 from metrics import psnr  # noqa: E402
 from mlx_model.components.dcae import AutoencoderDC  # noqa: E402
-from mlx_model.components.vision import PointwiseConv2d, VisionTower  # noqa: E402
+from mlx_model.components.conv_layers import PointwiseConv2d  # noqa: E402
+from mlx_model.components.vision import VisionTower  # noqa: E402
 from mlx_model.support.platform import metal_available  # noqa: E402
 from mlx_model.support.quant import PART_BITS, part_bits, quantized_modules  # noqa: E402
 
@@ -41,6 +42,33 @@ def test_pointwise_conv_quantizes_as_a_linear_layer():
     ref = nn.Conv2d(64, 96, 1)
     ref.weight, ref.bias = w, conv.bias
     np.testing.assert_allclose(np.array(q(x)), np.array(ref(x)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_compiled_dequantize_is_mx_dequantize_bit_for_bit(bits, group):
+    from mlx_model.support.quant import dequantize
+
+    w = mx.random.normal((48, 256), key=mx.random.key(bits + group))
+    q, s, b = mx.quantize(w, group_size=group, bits=bits)
+    s, b = s.astype(mx.bfloat16), b.astype(mx.bfloat16)  # as stored
+    for dtype in (mx.float32, mx.bfloat16):
+        for rows in (slice(None), slice(8, 40)):  # whole and a block of rows (the chunked JIT path)
+            ref = mx.dequantize(q[rows], s[rows].astype(dtype), b[rows].astype(dtype), group_size=group, bits=bits)
+            got = dequantize(q[rows], s[rows], b[rows], group, bits, dtype)
+            assert got.dtype == ref.dtype == dtype and got.shape == ref.shape
+            assert mx.array_equal(got, ref).item(), (bits, group, dtype, rows)
+
+
+def test_jit_layer_in_row_blocks_matches_the_quantized_matmul(monkeypatch):
+    from mlx_model.support import quant
+
+    q = nn.QuantizedLinear.from_linear(nn.Linear(128, 96), group_size=GROUP, bits=4)
+    x = mx.random.normal((40, 128), key=mx.random.key(1))  # > QMM_MAX_ROWS: dequantized per call
+    ref = np.array(q(x))  # MLX's quantized matmul
+    assert type(quant.jit_linears(q)).__name__ == "JITQuantizedLinear"
+    monkeypatch.setattr(quant, "JIT_CHUNK_BYTES", 128 * 4 * 24)  # 24 rows per block: 4 blocks
+    np.testing.assert_allclose(np.array(q(x)), ref, rtol=1e-4, atol=1e-4)
 
 
 def _decode(vae, z):

@@ -9,8 +9,9 @@ RMSNorm, "conv" downsampling, "interpolate" (nearest) upsampling, in/out shortcu
 
 Memory (``AutoencoderDC.decode``).  Built as one lazy graph and evaluated once, the 512x512
 decoder peaked at 13.6 GB on CPU: every intermediate of 23 blocks stays reachable until the
-single ``eval``, and each 3x3 convolution unfolds its input (im2col, 9x the activation: 2.4 GB
-for the 512x512 up-sampling conv alone).  ``decode`` therefore evaluates block by block, runs
+single ``eval``, and MLX's 3x3 convolution unfolds its input (im2col, 9x the activation: 2.4 GB
+for the 512x512 up-sampling conv alone; on a CPU the 3x3 convolutions here are
+``conv_layers.TapConv2d``, which does not).  ``decode`` therefore evaluates block by block, runs
 the spatially local blocks (ResBlock, UpBlock, the output head) in row bands with a halo
 (exact: a band's border rows, the only ones its zero padding touches, are cropped), and
 decodes the images of a batch one at a time.  ``decode(..., tile=True)`` (or ``"auto"`` for
@@ -26,11 +27,12 @@ import mlx.nn as nn
 from weights.core.configs import RES_BLOCK, VAEConfig, per_block
 from weights.mapping.layout import VAE_DECODER
 
-from mlx_model.components.vision import DepthwiseConv2d, PointwiseConv2d
+from mlx_model.components.conv_layers import DepthwiseConv2d, PointwiseConv2d, TapConv2d
+from mlx_model.support.activations import silu
 
 NORM_EPS = VAEConfig.NORM_EPS
 ATTN_EPS = VAEConfig.LINEAR_ATTN_EPS
-ACTIVATIONS = {"silu": nn.silu, "relu": nn.relu, "relu6": nn.relu6, "gelu": nn.gelu}  # VAEConfig.ACTIVATIONS
+ACTIVATIONS = {"silu": silu, "relu": nn.relu, "relu6": nn.relu6, "gelu": nn.gelu}  # VAEConfig.ACTIVATIONS
 
 
 class RMSNorm(nn.Module):
@@ -52,14 +54,14 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, act: str):
         super().__init__()
         self.act = ACTIVATIONS[act]
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv1 = TapConv2d(channels, channels, 3)
+        self.conv2 = TapConv2d(channels, channels, 3, bias=False)
         self.norm = RMSNorm(channels)
 
     def __call__(self, x):
         return self.norm(self.conv2(self.act(self.conv1(x)))) + x
 
-    def unfold_bytes_per_row(self, x) -> int:
+    def band_bytes_per_row(self, x) -> int:  # MLX's im2col of a 3x3 conv (Metal; TapConv2d on a CPU needs less)
         return x.shape[2] * 9 * x.shape[3] * x.itemsize
 
 
@@ -136,11 +138,11 @@ class GLUMBConv(nn.Module):
         self.norm = RMSNorm(channels)
 
     def __call__(self, x):
-        y = self.conv_depth(nn.silu(self.conv_inverted(x)))
+        y = self.conv_depth(silu(self.conv_inverted(x)))
         y, gate = mx.split(y, 2, axis=-1)
-        return self.norm(self.conv_point(y * nn.silu(gate))) + x
+        return self.norm(self.conv_point(y * silu(gate))) + x
 
-    def unfold_bytes_per_row(self, x) -> int:  # ~4 live [W, 2 * hidden] rows (expand, act, taps, gate)
+    def band_bytes_per_row(self, x) -> int:  # ~4 live [W, 2 * hidden] rows (expand, act, taps, gate)
         return 4 * x.shape[2] * self.conv_inverted.weight.shape[0] * x.itemsize
 
 
@@ -200,13 +202,13 @@ class UpBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.repeats = cout * 4 // cin
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv = TapConv2d(cin, cout, 3)
 
     def __call__(self, x):
         up = mx.repeat(mx.repeat(x, 2, axis=1), 2, axis=2)
         return self.conv(up) + pixel_shuffle(mx.repeat(x, self.repeats, axis=-1))
 
-    def unfold_bytes_per_row(self, x) -> int:  # per input row: two output rows of 2W pixels
+    def band_bytes_per_row(self, x) -> int:  # per input row: two output rows of 2W pixels, im2col
         return 2 * (2 * x.shape[2]) * 9 * x.shape[3] * x.itemsize
 
 
@@ -222,12 +224,14 @@ class OutputHead:
         d = self.decoder
         return d.conv_out(d.conv_act(d.norm_out(x)))
 
-    def unfold_bytes_per_row(self, x) -> int:
+    def band_bytes_per_row(self, x) -> int:
         return x.shape[2] * 9 * x.shape[3] * x.itemsize
 
 
-# im2col budget of one band of a local block (bytes): 64 MB puts the full-size 512x512 decode's
-# activations at ~0.45 GB (192 MB: ~0.78 GB) for no measurable time (#24)
+# temporaries budget of one band of a local block (bytes; ``band_bytes_per_row``, which counts
+# MLX's im2col of a 3x3 convolution, as on Metal: on a CPU TapConv2d needs less, and taller bands
+# measured no faster): 64 MB puts the full-size 512x512 decode's activations at ~0.45 GB (192 MB:
+# ~0.78 GB) for no measurable time (#24)
 BAND_BYTES = 64 * 2**20
 
 
@@ -238,7 +242,7 @@ def banded_in_place(block, x, band_bytes: int = BAND_BYTES):
     result is :func:`banded`'s while one full-size activation lives instead of two (the last
     512x512 stage: 134 MB less).  ``x`` must be an array nothing else reads afterwards."""
     h, halo = x.shape[1], block.HALO
-    rows = max(halo, band_bytes // max(1, block.unfold_bytes_per_row(x) * x.shape[0]))
+    rows = max(halo, band_bytes // max(1, block.band_bytes_per_row(x) * x.shape[0]))
     if rows >= h:
         return banded(block, x, band_bytes)
     above = None  # input rows [r0 - halo, r0), saved before they were overwritten
@@ -265,10 +269,10 @@ def banded(block, x, band_bytes: int = BAND_BYTES):
     r1 + HALO) and cropped back, so the zero padding at a band's inner edges never reaches
     the kept rows: the result equals the unbanded one (up to float summation order).  Each
     band is evaluated into its rows of the result (a slice update, in place) before the next
-    one starts, so at most one band's temporaries (its im2col buffers) live at a time beside
+    one starts, so at most one band's temporaries live at a time beside
     the input and the result.  Returns an evaluated array."""
     h = x.shape[1]
-    per_row = max(1, block.unfold_bytes_per_row(x) * x.shape[0])
+    per_row = max(1, block.band_bytes_per_row(x) * x.shape[0])
     rows = max(1, band_bytes // per_row)
     if rows >= h:
         out = block(x)
@@ -298,7 +302,7 @@ class Encoder(nn.Module):
     def __init__(self, c: VAEConfig):
         super().__init__()
         ch = c.encoder_block_out_channels
-        self.conv_in = nn.Conv2d(c.in_channels, ch[0], 3, padding=1)
+        self.conv_in = TapConv2d(c.in_channels, ch[0], 3)
         self.down_blocks = []
         for i, (cout, n) in enumerate(zip(ch, c.encoder_layers_per_block)):
             blocks = [_block(c.encoder_block_types[i], cout, c.attention_head_dim, "silu",
@@ -306,7 +310,7 @@ class Encoder(nn.Module):
             if i < len(ch) - 1 and n > 0:
                 blocks.append(DownBlock(cout, ch[i + 1]))
             self.down_blocks.append(blocks)
-        self.conv_out = nn.Conv2d(ch[-1], c.latent_channels, 3, padding=1)
+        self.conv_out = TapConv2d(ch[-1], c.latent_channels, 3)
         self.out_group = ch[-1] // c.latent_channels
 
     def __call__(self, x):
@@ -322,7 +326,7 @@ class Decoder(nn.Module):
         ch = c.decoder_block_out_channels
         nblocks = len(ch)
         acts = per_block(c.decoder_act_fns, nblocks)
-        self.conv_in = nn.Conv2d(c.latent_channels, ch[-1], 3, padding=1)
+        self.conv_in = TapConv2d(c.latent_channels, ch[-1], 3)
         self.in_repeats = ch[-1] // c.latent_channels
         self.up_blocks = []
         for i, (cout, n) in enumerate(zip(ch, c.decoder_layers_per_block)):
@@ -332,7 +336,7 @@ class Decoder(nn.Module):
             self.up_blocks.append(blocks)
         self.norm_out = RMSNorm(ch[0])
         self.conv_act = ACTIVATIONS[c.decoder_conv_act_fn]
-        self.conv_out = nn.Conv2d(ch[0], c.in_channels, 3, padding=1)
+        self.conv_out = TapConv2d(ch[0], c.in_channels, 3)
 
     def __call__(self, z):
         """One lazy graph (for ``mx.compile`` and small inputs); see :meth:`stepwise`."""

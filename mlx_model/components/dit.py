@@ -15,7 +15,8 @@ import mlx.nn as nn
 
 from weights.core.configs import DiTConfig
 
-from mlx_model.components.vision import DepthwiseConv2d
+from mlx_model.components.conv_layers import DepthwiseConv2d
+from mlx_model.support.activations import silu
 from mlx_model.support.quant import QUANT_GROUP_SIZE
 
 TIMESTEP_CHANNELS = DiTConfig.TIMESTEP_CHANNELS
@@ -37,7 +38,7 @@ class TimestepEmbedder(nn.Module):
         self.linear_2 = nn.Linear(dim, dim)
 
     def __call__(self, x):
-        return self.linear_2(nn.silu(self.linear_1(x)))
+        return self.linear_2(silu(self.linear_1(x)))
 
 
 class _TimeEmb(nn.Module):
@@ -56,7 +57,7 @@ class AdaLayerNormSingle(nn.Module):
 
     def __call__(self, t: mx.array, dtype):
         emb = self.emb.timestep_embedder(timestep_embedding(t).astype(dtype))
-        return self.linear(nn.silu(emb)), emb
+        return self.linear(silu(emb)), emb
 
 
 class CaptionProjection(nn.Module):
@@ -144,9 +145,9 @@ class GLUMBConv(nn.Module):
         self.conv_point = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x):
-        x = self.conv_depth(nn.silu(self.conv_inverted(x)))
+        x = self.conv_depth(silu(self.conv_inverted(x)))
         x, gate = mx.split(x, 2, axis=-1)
-        return self.conv_point(x * nn.silu(gate))
+        return self.conv_point(x * silu(gate))
 
 
 def _layer_norm(x, eps):
@@ -198,12 +199,9 @@ class SanaTransformer(nn.Module):
         """Build from ``ckpt`` (or from ``tensors`` with ``config`` when ``ckpt`` is None);
         ``dequantize``: see :func:`mlx_model.support.quant.quantize_linears`."""
         from mlx_model.support.mlx_folder import load_part
-        from mlx_model.support.quant import has_jit_layers
 
-        model = load_part(cls(config or ckpt.config.dit), ckpt, "dit", dtype=dtype, tensors=tensors,
-                          quantize=quantize, group_size=group_size, dequantize=dequantize)
-        model.eval_blocks = has_jit_layers(model)
-        return model
+        return load_part(cls(config or ckpt.config.dit), ckpt, "dit", dtype=dtype, tensors=tensors,
+                         quantize=quantize, group_size=group_size, dequantize=dequantize)
 
     def __call__(self, latents: mx.array, context: mx.array, timestep: mx.array,
                  context_mask: mx.array | None = None) -> mx.array:

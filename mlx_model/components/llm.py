@@ -55,12 +55,10 @@ from mlx_model.support.tokenizer import Tokenizer
 
 class LanguageModel:
     def __init__(self, model: Model, tokenizer: Tokenizer | None, config):
-        from mlx_model.support.quant import has_jit_layers
-
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.eval_layers = has_jit_layers(model)  # see quant.has_jit_layers
+        self.eval_layers = getattr(model, "eval_blocks", False)  # set by load_part (quant.has_jit_layers)
 
     @classmethod
     def from_checkpoint(cls, ckpt, quantize: int = 0, group_size: int = QUANT_GROUP_SIZE,

@@ -23,6 +23,8 @@ from weights.core.configs import VisionConfig
 from weights.mapping.layout import drop_unused
 from weights.mapping.vision_keys import BLOCKS, DOWNSAMPLE, POS_EMB
 
+from mlx_model.components.conv_layers import DepthwiseConv2d, PointwiseConv2d
+
 BN_EPS = VisionConfig.BN_EPS
 
 
@@ -32,68 +34,6 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: b
         return PointwiseConv2d(cin, cout, bias=bias)
     cls = DepthwiseConv2d if (stride == 1 and k > 1 and groups == cin == cout) else nn.Conv2d
     return cls(cin, cout, k, stride=stride, padding=((stride - 1) + (k - 1)) // 2, groups=groups, bias=bias)
-
-
-class PointwiseConv2d(nn.Conv2d):
-    """A 1x1, stride-1, ungrouped convolution (NHWC): a matmul over the channels.  Float, it is
-    ``nn.Conv2d`` (same parameters, same result); ``-q`` quantizes it as a Linear layer
-    (:meth:`to_quantized`: ``nn.QuantizedLinear`` over the weight [out, in], which multiplies
-    the last axis of an NHWC input -- the same product), so an MLX folder stores it packed
-    (``weight``, ``scales``, ``biases``; the bias as is).  The vision tower's ConvFFN and the
-    DC-AE decoder's Mix-FFN hold most of their weights in these."""
-
-    QUANTIZABLE = True  # mlx_model.support.quant.quantizable: quantized like a Linear layer
-
-    def __init__(self, cin: int, cout: int, bias: bool = True):
-        super().__init__(cin, cout, 1, bias=bias)
-
-    def to_quantized(self, group_size: int | None = None, bits: int | None = None, mode: str = "affine",
-                     **_):
-        cout, cin = self.weight.shape[0], self.weight.shape[-1]
-        lin = nn.Linear(cin, cout, bias="bias" in self)
-        lin.weight = self.weight.reshape(cout, cin)
-        if "bias" in self:
-            lin.bias = self.bias
-        return lin.to_quantized(group_size=group_size, bits=bits, mode=mode)
-
-
-@mx.compile
-def _depthwise_taps(x: mx.array, w: mx.array) -> mx.array:
-    """Stride-1 'same' depthwise conv as a sum of k*k shifted products (NHWC, w [C, k, k, 1])."""
-    k = w.shape[1]
-    p = k // 2
-    H, W = x.shape[1], x.shape[2]
-    xp = mx.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
-    out = None
-    for i in range(k):
-        for j in range(k):
-            t = xp[:, i:i + H, j:j + W, :] * w[:, i, j, 0]
-            out = t if out is None else out + t
-    return out
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """Same parameters and result as ``nn.Conv2d(groups=C)``.  Without Metal, MLX's grouped
-    convolution runs one small product per channel group; the compiled shifted sum is 2-4x
-    faster on CPU for FastViTHD's 3x3 and 7x7 kernels."""
-
-    def __call__(self, x):
-        if _metal():
-            return super().__call__(x)
-        y = _depthwise_taps(x, self.weight)
-        return y + self.bias if "bias" in self else y
-
-
-def _metal() -> bool:
-    global _METAL
-    if _METAL is None:
-        from mlx_model.support.platform import metal_available
-
-        _METAL = metal_available()
-    return _METAL
-
-
-_METAL: bool | None = None
 
 
 class SqueezeExcite(nn.Module):
@@ -296,14 +236,12 @@ class VisionTower(nn.Module):
         from mlx.utils import tree_flatten
 
         from mlx_model.support.mlx_folder import load_part
-        from mlx_model.support.quant import QUANT_GROUP_SIZE, has_jit_layers, hold_exact, part_bits
+        from mlx_model.support.quant import QUANT_GROUP_SIZE, hold_exact, part_bits
 
         tower = cls(ckpt.config.vision)
         keep = tuple(k for k, _ in tree_flatten(tower.parameters()))
-        tower = hold_exact(load_part(tower, ckpt, "vision", used="", keep_stored=keep,
-                                     quantize=part_bits("vision", quantize), group_size=group_size or QUANT_GROUP_SIZE))
-        tower.eval_blocks = has_jit_layers(tower)
-        return tower
+        return hold_exact(load_part(tower, ckpt, "vision", used="", keep_stored=keep,
+                                    quantize=part_bits("vision", quantize), group_size=group_size or QUANT_GROUP_SIZE))
 
     def features(self, x: mx.array) -> mx.array:
         """[B, S, S, 3] pixels -> [B, S/64, S/64, out_dim] (timm ``forward_features``)."""

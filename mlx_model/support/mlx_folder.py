@@ -29,7 +29,8 @@ from weights.core.configs import MobileOConfig
 from weights.core.errors import WeightsError
 from weights.loading.hub import MLX_FOLDER_MARK
 
-from mlx_model.support.quant import QUANT_GROUP_SIZE, cast, finish_quantized, quantize_linears, quantized_modules
+from mlx_model.support.quant import (QUANT_GROUP_SIZE, cast, finish_quantized, has_jit_layers, quantize_linears,
+                                     quantized_modules)
 
 FORMAT = "mobileo-mlx"
 # 2: bf16 scales/biases, quantized embedding, bf16 floats, no VAE encoder; 3: the vision tower's and
@@ -71,7 +72,9 @@ class MLXFolder:
 
     @property
     def quantization(self) -> dict:
-        """{"bits": 0|4|8, "group_size": int} of the LLM and DiT Linear layers."""
+        """{"bits": 0|4|8, "group_size": int}: the ``-q`` the folder was made with (mlx-lm's
+        ``quantization`` entry; what ``check_quantize`` compares a request with).  The bits of
+        each part are in ``parts_quantization`` (:meth:`part_quantization`)."""
         return self.meta["quantization"]
 
     @property
@@ -79,10 +82,9 @@ class MLXFolder:
         return self.folder
 
     def part_quantization(self, component: str) -> dict:
-        """{"bits", "group_size"} of ``component``'s quantized layers (bits 0: none)."""
-        q = self.quantization
-        return self.meta.get("parts_quantization", {}).get(component) or {
-            "bits": q["bits"] if component in QUANTIZED else 0, "group_size": q["group_size"]}
+        """{"bits", "group_size"} of ``component``'s quantized layers, as the converter recorded
+        every quantized part (``quant.part_bits``); a part it does not list is float (bits 0)."""
+        return self.meta["parts_quantization"].get(component, {"bits": 0, "group_size": self.quantization["group_size"]})
 
     def has(self, component: str) -> bool:
         return component in self.meta["files"]
@@ -167,7 +169,9 @@ def load_part(module, ckpt, part: str, *, dtype=None, tensors=None, used: str | 
               quantize: int = 0, group_size: int = QUANT_GROUP_SIZE, dequantize: bool | None = None,
               keep_stored: tuple[str, ...] = (), embeddings: bool = False):
     """Fill ``module`` with checkpoint part ``part`` (``weights.core.components.CHECKPOINT_PARTS``)
-    and return it evaluated, in inference mode.  The one loader of both sources:
+    and return it evaluated, in inference mode, its ``eval_blocks`` set: whether the component
+    evaluates block by block because it holds JIT layers (:func:`quant.has_jit_layers`).
+    The one loader of both sources:
 
     * an MLX folder (``ckpt`` from :func:`open_model`): ``mx.load`` into the module, quantized
       as the folder is (``quantize`` / ``group_size`` are checked against it, never re-applied),
@@ -194,5 +198,6 @@ def load_part(module, ckpt, part: str, *, dtype=None, tensors=None, used: str | 
         cast(module, dtype)
         quantize_linears(module, quantize, group_size, dequantize, embeddings=embeddings, dtype=dtype)
     module.eval()
+    module.eval_blocks = has_jit_layers(module)
     mx.eval(module.parameters())
     return module

@@ -3,6 +3,8 @@
 - Linux: MLX's wheel bundles the reference BLAS; Debian's OpenBLAS is ~14x faster for fp32
   matmuls.  ``use_openblas()`` re-executes the CLI process once with LD_PRELOAD set when the
   library exists and is not already preloaded (LD_PRELOAD only works at process start).
+- Linux: ``keep_freed_memory()`` stops glibc from handing MLX's large per-call temporaries back
+  to the kernel, which then zero-fills them again on every call (page faults).
 - Without Metal (CPU), activations stay fp32: quantized matmuls with fp16/bf16 activations are
   20-70x slower there.  On Metal, bfloat16 (what Mobile-O itself runs in).
 """
@@ -46,6 +48,41 @@ def use_openblas(argv: list[str] | None = None) -> None:
         os.execve(sys.executable, [sys.executable, *argv], env)
     except OSError:  # cannot re-exec: run on with the bundled BLAS
         return
+
+
+# glibc's mallopt parameters (malloc.h) and the values keep_freed_memory sets
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap, never from a fresh mmap
+HEAP_TRIM_THRESHOLD = 256 << 20  # free memory at the heap's top kept for reuse, up to 256 MiB
+
+
+def keep_freed_memory() -> bool:
+    """On Linux (glibc), let freed memory be reused instead of handed back to the kernel; True
+    when applied.  MLX's CPU backend allocates and frees large temporaries on every call (a
+    JIT-dequantized weight: 21 MB; a decode band's buffers).  By default glibc serves each from
+    a fresh ``mmap`` that the kernel then zero-fills page by page: a full-size ``-q 4`` DiT call
+    took 3.5M page faults and 6.3 s; with blocks under 1 GiB taken from the heap and up to
+    256 MiB of its free top kept, 0.15M faults and 5.0 s, the same peak RSS (README,
+    Benchmark; 64 MiB kept was not enough).  Process-wide, so the commands call it
+    (:func:`prepare_cpu_process`), not the library.  Metal allocates through its own buffer
+    cache, and macOS's malloc is another."""
+    import ctypes
+    import platform
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+
+
+def prepare_cpu_process(argv: list[str] | None = None) -> None:
+    """What an MLX command line sets up first on Linux: OpenBLAS (:func:`use_openblas`, which may
+    re-execute the process) and glibc's malloc keeping freed memory (:func:`keep_freed_memory`)."""
+    use_openblas(argv)
+    keep_freed_memory()
 
 
 def metal_available() -> bool:

@@ -206,7 +206,7 @@ def _mlx_kind(m) -> str | None:
     import mlx.nn as nn
 
     from mlx_model.components import dcae, dit
-    from mlx_model.components.vision import DepthwiseConv2d
+    from mlx_model.components.conv_layers import DepthwiseConv2d
 
     if isinstance(m, (nn.Linear, nn.QuantizedLinear)):
         return "linear"
@@ -322,8 +322,15 @@ def worker_main(argv) -> None:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--impl", default="ours")
     p.add_argument("--low-memory", default="off", choices=("auto", "on", "off"))
+    p.add_argument("--malloc", default="default", choices=("default", "keep"),
+                   help="keep: glibc keeps freed memory, as the MLX commands set it (platform.keep_freed_memory)")
     a = p.parse_args(argv)
+    if a.malloc == "keep":
+        from mlx_model.support.platform import keep_freed_memory
+
+        keep_freed_memory()
     out = WORKERS[a.kind](a)
+    out["malloc"] = a.malloc
     out["peak_rss_mb"] = peak_rss_mb()
     print("BENCH " + json.dumps(out), flush=True)
 
@@ -475,23 +482,26 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     q4 = q4_folder(a.model, a.q4, out_dir)
     s, n = ["--steps", str(a.steps)], ["--tokens", str(a.tokens)]
+    keep = ["--malloc", "keep"]  # MLX rows run as the commands do (platform.prepare_cpu_process)
     contenders = [
-        ("generate", "MLX -q 4 (folder)", ["generate", "--model", q4, "-q", "4", *s]),
-        ("generate", "MLX -q 4 (folder), low memory", ["generate", "--model", q4, "-q", "4", "--low-memory", "on", *s]),
-        ("generate", "MLX float (bf16 checkpoint)", ["generate", "--model", a.model, "-q", "0", *s]),
+        ("generate", "MLX -q 4 (folder)", ["generate", "--model", q4, "-q", "4", *s, *keep]),
+        ("generate", "MLX -q 4 (folder), low memory",
+         ["generate", "--model", q4, "-q", "4", "--low-memory", "on", *s, *keep]),
+        ("generate", "MLX float (bf16 checkpoint)", ["generate", "--model", a.model, "-q", "0", *s, *keep]),
     ]
-    if not a.no_torch:
-        contenders.append(("generate", "torch reference (fp32)", ["torch", "--model", a.model, *s]))
+    if not a.no_torch:  # torch as users run it, and with the MLX commands' malloc setting
+        contenders += [("generate", "torch reference (fp32)", ["torch", "--model", a.model, *s]),
+                       ("generate", "torch, malloc as MLX's", ["torch", "--model", a.model, *s, *keep])]
     contenders += [
-        ("load", "MLX -q 4 from bf16 checkpoint", ["load", "--model", a.model, "-q", "4"]),
-        ("load", "MLX -q 4 from pre-quantized folder", ["load", "--model", q4, "-q", "4"]),
-        ("decode", "ours (understanding.decode_steps)", ["decode", "--model", q4, "-q", "4", "--impl", "ours", *n]),
-        ("decode", "mlx-lm generate_step", ["decode", "--model", q4, "-q", "4", "--impl", "mlx-lm", *n]),
+        ("load", "MLX -q 4 from bf16 checkpoint", ["load", "--model", a.model, "-q", "4", *keep]),
+        ("load", "MLX -q 4 from pre-quantized folder", ["load", "--model", q4, "-q", "4", *keep]),
+        ("decode", "ours (understanding.decode_steps)", ["decode", "--model", q4, "-q", "4", "--impl", "ours", *n, *keep]),
+        ("decode", "mlx-lm generate_step", ["decode", "--model", q4, "-q", "4", "--impl", "mlx-lm", *n, *keep]),
     ]
     if not a.no_ops:
         contenders += [
-            ("ops", "MLX float (bf16 checkpoint)", ["ops", "--model", a.model, "-q", "0", "--impl", "mlx"]),
-            ("ops", "MLX -q 4 (folder)", ["ops", "--model", q4, "-q", "4", "--impl", "mlx"]),
+            ("ops", "MLX float (bf16 checkpoint)", ["ops", "--model", a.model, "-q", "0", "--impl", "mlx", *keep]),
+            ("ops", "MLX -q 4 (folder)", ["ops", "--model", q4, "-q", "4", "--impl", "mlx", *keep]),
         ] + ([] if a.no_torch else [("ops", "torch reference (fp32)", ["ops", "--model", a.model, "--impl", "torch"])])
     if a.only:
         contenders = [c for c in contenders if c[0] in a.only]

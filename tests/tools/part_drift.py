@@ -15,20 +15,24 @@ full size: run it under ``flock /tmp/bigrun.lock`` on shared machines.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tests' own metrics
+from metrics import psnr  # noqa: E402
 
 KINDS = {"all": lambda p: True,
          "ffn": lambda p: any(k in p for k in ("fc1", "fc2", "conv_inverted", "conv_point")),
          "attn": lambda p: any(k in p for k in ("qkv", "proj", "to_q", "to_k", "to_v", "to_out"))}
 
 
-def db(ref, got) -> tuple[float, float]:
-    """(PSNR over max|ref|, SNR) in dB."""
+def snr(ref, got) -> float:
+    """Signal / error energy in dB (float64)."""
     ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    err = np.mean((ref - got) ** 2)
-    return 20 * np.log10(np.abs(ref).max() / np.sqrt(err)), 10 * np.log10(np.mean(ref ** 2) / err)
+    return float(10 * np.log10(np.mean(ref ** 2) / np.mean((ref - got) ** 2)))
 
 
 def quantized(module, bits: int, group: int, kind: str):
@@ -65,14 +69,14 @@ def main(argv=None) -> None:
     import mlx.core as mx
 
     from mlx_model.support.mlx_folder import open_model
-    from mlx_model.support.platform import use_openblas
+    from mlx_model.support.platform import prepare_cpu_process
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="demo")
     p.add_argument("--part", choices=("vae", "vision"), required=True)
     p.add_argument("--variants", default="4/64/all,8/64/all")
     a = p.parse_args(argv)
-    use_openblas()
+    prepare_cpu_process()
     build, run, sub = runner(open_model(a.model), a.part)
 
     def timed(m):
@@ -88,8 +92,7 @@ def main(argv=None) -> None:
         m = build()
         quantized(getattr(m, sub) if sub else m, int(bits), int(group), kind)
         got, t = timed(m)
-        psnr, snr = db(ref, got)
-        line = f"{a.part} {v}: PSNR {psnr:.2f} dB, SNR {snr:.2f} dB"
+        line = f"{a.part} {v}: PSNR {psnr(ref, got):.2f} dB, SNR {snr(ref, got):.2f} dB"
         if a.part == "vae":
             px = [np.round((np.clip(x, -1, 1) / 2 + 0.5) * 255) for x in (ref, got)]
             line += f", 8-bit pixels {10 * np.log10(255 ** 2 / np.mean((px[0] - px[1]) ** 2)):.2f} dB"
