@@ -94,7 +94,7 @@ def parse(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
 
 
 def run_command(p: argparse.ArgumentParser, run, argv: list[str] | None = None) -> None:
-    """Parse ``argv`` (None: the command line, with OpenBLAS preloaded first) and call
+    """Parse ``argv`` (None: the command line, the process prepared first: OpenBLAS, malloc) and call
     ``run(p, args, argv)``; project errors end as one ``error: ... Fix: ...`` line, exit 2."""
     from weights.core.errors import run_cli
 

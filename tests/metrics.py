@@ -27,6 +27,13 @@ def psnr(ref, test) -> float:
     return float("inf") if rmse == 0 else float(20 * np.log10(np.abs(ref).max() / rmse))
 
 
+def snr(ref, test) -> float:
+    """Signal / error energy in dB, computed in float64; inf when equal."""
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    err = np.mean((ref - test) ** 2)
+    return float("inf") if err == 0 else float(10 * np.log10(np.mean(ref ** 2) / err))
+
+
 def within(value, *, at_most=None, at_least=None, what: str = "value") -> None:
     """Assert ``value`` is inside its bound (exactly one of ``at_most``/``at_least``).
 

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from metrics import rel_err, within  # noqa: E402
-from mlx_model.components.conv_layers import TapConv2d  # noqa: E402
+from mlx_model.components.conv_layers import DepthwiseConv2d, TapConv2d  # noqa: E402
 from mlx_model.support import platform  # noqa: E402
 
 
@@ -30,6 +30,7 @@ def test_tap_conv_hand_case(monkeypatch):
 def test_tap_conv_is_nn_conv2d(monkeypatch, shape, cout, k, bias):
     monkeypatch.setattr(platform, "metal_available", lambda: False)
     conv = TapConv2d(shape[-1], cout, k, bias=bias)
+    conv.weight = mx.random.normal(conv.weight.shape, key=mx.random.key(3)) * 0.2
     if bias:
         conv.bias = mx.random.normal((cout,), key=mx.random.key(2))
     x = mx.random.normal(shape, key=mx.random.key(1))
@@ -41,3 +42,27 @@ def test_tap_conv_is_nn_conv2d(monkeypatch, shape, cout, k, bias):
     held = conv.weight.astype(mx.bfloat16)  # weights held in bf16, activations fp32 (the VAE on a CPU)
     conv.weight = held
     within(rel_err(np.array(conv(x)), np.array(nn.Conv2d.__call__(conv, x))), at_most=1e-5)
+
+
+@pytest.mark.parametrize("k, batch, bias", [(3, 2, True), (5, 1, False), (7, 1, True)])
+def test_depthwise_conv_is_nn_conv2d(monkeypatch, k, batch, bias):
+    monkeypatch.setattr(platform, "metal_available", lambda: False)
+    c = 12
+    conv = DepthwiseConv2d(c, c, k, padding=k // 2, groups=c, bias=bias)
+    conv.weight = mx.random.normal(conv.weight.shape, key=mx.random.key(k))
+    if bias:
+        conv.bias = mx.random.normal((c,), key=mx.random.key(k + 1))
+    x = mx.random.normal((batch, 9, 11, c), key=mx.random.key(0))
+    for held in (False, True):  # weights fp32, then held in bf16 with fp32 activations
+        if held:
+            conv.weight = conv.weight.astype(mx.bfloat16)
+        within(rel_err(np.array(conv(x)), np.array(nn.Conv2d.__call__(conv, x))), at_most=1e-5)
+
+
+def test_cpu_forms_refuse_what_they_do_not_compute():
+    with pytest.raises(ValueError, match="odd kernel"):
+        TapConv2d(3, 4, 2)
+    with pytest.raises(ValueError, match="stride 1"):
+        DepthwiseConv2d(8, 8, 3, stride=2, padding=1, groups=8)
+    with pytest.raises(ValueError, match="stride 1"):
+        DepthwiseConv2d(8, 8, 3, padding=1, groups=4)

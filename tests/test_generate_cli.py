@@ -276,9 +276,11 @@ def test_console_scripts_point_at_main_functions():
         assert callable(getattr(mod, func)), name
 
 
-def test_commands_keep_freed_memory_for_reuse():
-    """platform.prepare_cpu_process (every MLX command) makes glibc reuse freed blocks: a 64 MB
-    temporary made and freed 20 times is page-faulted (zero-filled by the kernel) once, not 20 times."""
+def test_keep_freed_memory_makes_glibc_reuse_freed_blocks(monkeypatch):
+    """platform.keep_freed_memory: a 64 MB temporary made and freed 20 times is page-faulted
+    (zero-filled by the kernel) once, not 20 times; and the commands' start-up calls it."""
+    from mlx_model import cli_common
+    from mlx_model.support import platform as ours
     import platform as host
 
     if not sys.platform.startswith("linux") or host.libc_ver()[0] != "glibc":
@@ -291,12 +293,20 @@ def test_commands_keep_freed_memory_for_reuse():
             "once()\nf0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "for _ in range(20):\n    once()\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     faults = {}
     for mode in ("default", "keep"):
-        r = subprocess.run([sys.executable, "-c", code, mode], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        r = subprocess.run([sys.executable, "-c", code, mode], env=dict(env, PYTHONPATH=str(ROOT)),
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         faults[mode] = int(r.stdout.split()[-1])
     pages = 20 * 64 * 2**20 // 4096  # 20 temporaries of 64 MB in 4 KB pages
     assert faults["default"] > pages // 2, faults  # glibc's default: a fresh mmap each time
     assert faults["keep"] < pages // 20, faults
+    calls = []
+    monkeypatch.setattr(ours, "use_openblas", lambda argv=None: calls.append("openblas"))
+    monkeypatch.setattr(ours, "keep_freed_memory", lambda: calls.append("malloc"))
+    monkeypatch.setattr(sys, "argv", ["mobileo-generate", "--help"])
+    with pytest.raises(SystemExit):
+        cli_common.run_command(cli_common.argparse.ArgumentParser(), lambda *a: None)
+    assert calls == ["openblas", "malloc"]

@@ -63,7 +63,9 @@ def test_compiled_dequantize_is_mx_dequantize_bit_for_bit(bits, group):
 def test_jit_layer_in_row_blocks_matches_the_quantized_matmul(monkeypatch):
     from mlx_model.support import quant
 
-    q = nn.QuantizedLinear.from_linear(nn.Linear(128, 96), group_size=GROUP, bits=4)
+    lin = nn.Linear(128, 96)
+    lin.weight = mx.random.normal((96, 128), key=mx.random.key(2)) * 0.1
+    q = nn.QuantizedLinear.from_linear(lin, group_size=GROUP, bits=4)
     x = mx.random.normal((40, 128), key=mx.random.key(1))  # > QMM_MAX_ROWS: dequantized per call
     ref = np.array(q(x))  # MLX's quantized matmul
     assert type(quant.jit_linears(q)).__name__ == "JITQuantizedLinear"

@@ -55,9 +55,17 @@ def _depthwise_taps(x: mx.array, w: mx.array) -> mx.array:
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """Same parameters and result as ``nn.Conv2d(groups=C)``.  Without Metal, MLX's grouped
+    """A stride-1, "same"-padded (k // 2) depthwise convolution, odd k: the parameters and
+    result of ``nn.Conv2d(C, C, k, padding=k // 2, groups=C)``.  Without Metal, MLX's grouped
     convolution runs one small product per channel group; the compiled shifted sum is 2-4x
     faster on CPU for FastViTHD's 3x3 and 7x7 kernels."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1,
+                 bias: bool = True):
+        if not (kernel_size % 2 and stride == 1 and padding == kernel_size // 2 and groups == cin == cout):
+            raise ValueError(f"DepthwiseConv2d is stride 1, padding k // 2, groups = channels, odd k; got k={kernel_size}, "
+                             f"stride={stride}, padding={padding}, groups={groups}, {cin} -> {cout} channels")
+        super().__init__(cin, cout, kernel_size, stride=stride, padding=padding, groups=groups, bias=bias)
 
     def __call__(self, x):
         if platform.metal_available():
@@ -72,11 +80,13 @@ class TapConv2d(nn.Conv2d):
     one GEMM, first copying the input k*k times.  Here the padded input is flattened to rows of
     W + 2p pixels, so tap (i, j) of every output pixel reads one contiguous slice of it,
     starting at row i (W + 2p) + j; the output, on that padded width, is the sum of k*k GEMMs
-    [H (W + 2p), Cin] x [Cin, Cout] (``addmm``), and its 2p extra columns are dropped.  On the
-    DC-AE decoder's 3x3 shapes (512x512x128 to 128x128x512) 1.3-2.1x faster than MLX's
-    convolution there and within 1.0-1.2x of torch's oneDNN; no im2col buffer."""
+    [H (W + 2p), Cin] x [Cin, Cout] (``addmm``), and its 2p extra columns are dropped: no
+    im2col buffer, and faster than MLX's convolution at the DC-AE decoder's 3x3 shapes
+    (README, Benchmark)."""
 
     def __init__(self, cin: int, cout: int, kernel_size: int, bias: bool = True):
+        if not kernel_size % 2:
+            raise ValueError(f"TapConv2d takes odd kernel sizes (a 'same' padding of k // 2), got {kernel_size}")
         super().__init__(cin, cout, kernel_size, padding=kernel_size // 2, bias=bias)
 
     def __call__(self, x):

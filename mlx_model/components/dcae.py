@@ -61,7 +61,7 @@ class ResBlock(nn.Module):
     def __call__(self, x):
         return self.norm(self.conv2(self.act(self.conv1(x)))) + x
 
-    def band_bytes_per_row(self, x) -> int:  # MLX's im2col of a 3x3 conv (Metal; TapConv2d on a CPU needs less)
+    def band_bytes_per_row(self, x) -> int:  # an im2col's 9x: an upper bound (TapConv2d needs less)
         return x.shape[2] * 9 * x.shape[3] * x.itemsize
 
 
@@ -228,10 +228,10 @@ class OutputHead:
         return x.shape[2] * 9 * x.shape[3] * x.itemsize
 
 
-# temporaries budget of one band of a local block (bytes; ``band_bytes_per_row``, which counts
-# MLX's im2col of a 3x3 convolution, as on Metal: on a CPU TapConv2d needs less, and taller bands
-# measured no faster): 64 MB puts the full-size 512x512 decode's activations at ~0.45 GB (192 MB:
-# ~0.78 GB) for no measurable time (#24)
+# temporaries budget of one band of a local block (bytes; ``band_bytes_per_row``, which counts a
+# 3x3 convolution's im2col, 9x its input: an upper bound whatever the kernel; on a CPU TapConv2d
+# needs less, and taller bands measured no faster): 64 MB puts the full-size 512x512 decode's
+# activations at ~0.45 GB (192 MB: ~0.78 GB) for no measurable time (#24)
 BAND_BYTES = 64 * 2**20
 
 

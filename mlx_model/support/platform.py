@@ -59,12 +59,11 @@ HEAP_TRIM_THRESHOLD = 256 << 20  # free memory at the heap's top kept for reuse,
 def keep_freed_memory() -> bool:
     """On Linux (glibc), let freed memory be reused instead of handed back to the kernel; True
     when applied.  MLX's CPU backend allocates and frees large temporaries on every call (a
-    JIT-dequantized weight: 21 MB; a decode band's buffers).  By default glibc serves each from
-    a fresh ``mmap`` that the kernel then zero-fills page by page: a full-size ``-q 4`` DiT call
-    took 3.5M page faults and 6.3 s; with blocks under 1 GiB taken from the heap and up to
-    256 MiB of its free top kept, 0.15M faults and 5.0 s, the same peak RSS (README,
-    Benchmark; 64 MiB kept was not enough).  Process-wide, so the commands call it
-    (:func:`prepare_cpu_process`), not the library.  Metal allocates through its own buffer
+    JIT-dequantized weight, a decode band's buffers).  By default glibc serves each from a
+    fresh ``mmap`` that the kernel then zero-fills page by page on every call; with blocks under
+    1 GiB taken from the heap and up to 256 MiB of its free top kept, they are reused (figures:
+    docs/deployment-notes.md section 6, README Benchmark).  Process-wide, so the commands call
+    it (:func:`prepare_cpu_process`), not the library.  Metal allocates through its own buffer
     cache, and macOS's malloc is another."""
     import ctypes
     import platform

@@ -4,6 +4,8 @@ MLX is imported inside the functions, so the CLIs can read the constants without
 
 from __future__ import annotations
 
+import functools
+
 from weights.core.errors import MobileOError, SettingError
 
 QUANTIZE_CHOICES = (0, 4, 8)  # bits for the LLM and DiT Linear layers; 0 = float
@@ -112,38 +114,33 @@ def finish_quantized(module, dequantize: bool | None = None, dtype=None):
     return module
 
 
-_KERNELS = None
-
-
+@functools.cache
 def _kernels():
     """The compiled elementwise kernels of :func:`dequantize` (compiled once, shapeless)."""
-    global _KERNELS
-    if _KERNELS is None:
-        import mlx.core as mx
+    import mlx.core as mx
 
-        def words(packed, shifts, mask, scales, biases):  # 32 // bits values per uint32, low bits first
-            return ((packed >> shifts) & mask).astype(scales.dtype) * scales + biases
+    def words(packed, shifts, mask, scales, biases):  # 32 // bits values per uint32, low bits first
+        return ((packed >> shifts) & mask).astype(scales.dtype) * scales + biases
 
-        def octets(packed, scales, biases):  # 8 bits: one value per byte
-            return packed.astype(scales.dtype) * scales + biases
+    def octets(packed, scales, biases):  # 8 bits: one value per byte
+        return packed.astype(scales.dtype) * scales + biases
 
-        _KERNELS = (mx.compile(words, shapeless=True), mx.compile(octets, shapeless=True))
-    return _KERNELS
+    return mx.compile(words, shapeless=True), mx.compile(octets, shapeless=True)
 
 
 def dequantize(weight, scales, biases, group_size: int, bits: int, dtype, mode: str = "affine"):
     """``mx.dequantize``'s values (``scales``, ``biases`` upcast to ``dtype`` first, as MLX's
     quantized matmul does), computed by one compiled elementwise kernel over the packed words:
-    bit-identical, and on a CPU 1.1-5.7x faster than ``mx.dequantize`` (whose CPU kernel
-    unpacks one value at a time; 4608x1152 4-bit 6.6 vs 10.7 ms, 8-bit 3.3 vs 8.3 ms;
-    ``tests/test_part_quantization.py`` checks the equality).  Other modes or bit widths:
-    ``mx.dequantize``."""
+    bit-identical (``tests/test_part_quantization.py``) and faster on a CPU, where
+    ``mx.dequantize`` unpacks one value at a time (README, Benchmark).  Other modes, or bit
+    widths that do not divide 32: ``mx.dequantize``."""
     import mlx.core as mx
 
+    if mode != "affine" or 32 % bits or group_size % (32 // bits):
+        return mx.dequantize(weight, scales.astype(dtype), None if biases is None else biases.astype(dtype),
+                             group_size=group_size, bits=bits, mode=mode)
     s, b = scales.astype(dtype)[..., None], biases.astype(dtype)[..., None]
     rows = weight.shape[0]
-    if mode != "affine" or 32 % bits or group_size % (32 // bits):
-        return mx.dequantize(weight, s[..., 0], b[..., 0], group_size=group_size, bits=bits, mode=mode)
     words, octets = _kernels()
     if bits == 8:
         return octets(weight.view(mx.uint8).reshape(rows, -1, group_size), s, b).reshape(rows, -1)

@@ -22,17 +22,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tests' own metrics
-from metrics import psnr  # noqa: E402
+from metrics import psnr, snr  # noqa: E402
 
 KINDS = {"all": lambda p: True,
          "ffn": lambda p: any(k in p for k in ("fc1", "fc2", "conv_inverted", "conv_point")),
          "attn": lambda p: any(k in p for k in ("qkv", "proj", "to_q", "to_k", "to_v", "to_out"))}
-
-
-def snr(ref, got) -> float:
-    """Signal / error energy in dB (float64)."""
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    return float(10 * np.log10(np.mean(ref ** 2) / np.mean((ref - got) ** 2)))
 
 
 def quantized(module, bits: int, group: int, kind: str):

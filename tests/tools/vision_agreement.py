@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the tests' own metrics
-from metrics import psnr  # noqa: E402
-from part_drift import snr  # noqa: E402  (tests/tools/, this file's folder)
+from metrics import psnr, snr  # noqa: E402
 
 QUESTION = "Describe this image in detail."
 
